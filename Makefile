@@ -1,0 +1,36 @@
+# The two commands of the README:
+#   make run   set everything up, then run python's print(2**8) in a sandbox on the host rootfs
+#   make test  set everything up, then run the whole suite (as root: again, rootless)
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+
+.PHONY: all setup build run test bench clean
+
+all: build
+
+setup: $(VENV)/.installed build
+
+$(VENV)/.installed: pyproject.toml setup.py
+	./scripts/system-deps.sh
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+build:
+	$(MAKE) -s -C csrc
+
+run: setup
+	$(VPY) -m isol8 exec -r python -e 'print(2**8)'
+
+test: setup
+	./scripts/test.sh $(VPY)
+
+bench: setup
+	./scripts/system-deps.sh bubblewrap
+	$(VPY) benchmarks/cold_start.py
+
+clean:
+	$(MAKE) -C csrc clean
+	rm -rf $(VENV) build *.egg-info

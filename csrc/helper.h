@@ -1,0 +1,115 @@
+/* isol8-helper: everything between clone() and execve(), and the sandbox's PID 1.
+ *
+ * Interface (bubblewrap's --args/--seccomp/--json-status-fd model, on one socket):
+ *   fd 3 is a SOCK_SEQPACKET unix socket to the supervisor.
+ *   in:  one config message ('C'), then exec requests ('X') carrying stdio fds by SCM_RIGHTS;
+ *   out: one JSON object per message: {"event":"started"|"ready"|"spawned"|"exit"|"error",...}.
+ * Every message is a type byte followed by records: u16 tag, u16 zero, u32 length, payload.
+ * The wire format is defined once, in isol8/protocol.py; the tags below mirror it. */
+#ifndef ISOL8_HELPER_H
+#define ISOL8_HELPER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CONTROL_FD 3
+#define SANDBOX_UID 1000
+#define SANDBOX_GID 1000
+#define MAX_MESSAGE (4u << 20)
+#define MAX_FILTERS 4
+#define MAX_RLIMITS 16
+#define MAX_OPS 128
+
+enum msg_type { MSG_CONFIG = 'C', MSG_EXEC = 'X', MSG_KILL = 'K' };
+
+enum tag {
+  /* config */
+  T_HOST_UID = 1, T_HOST_GID = 2, T_HOSTNAME = 3, T_NEW_NETNS = 4, T_SECCOMP = 5,
+  T_RLIMIT = 6, T_STAGING_DIR = 7,
+  /* mount plan, executed in order relative to the new root */
+  T_OP_BIND_RO = 10, T_OP_TMPFS = 11, T_OP_DIR = 12, T_OP_FILE = 13, T_OP_SYMLINK = 14,
+  T_OP_PROC = 15, T_OP_BIND_DEV = 16, T_OP_DEVPTS = 17, T_OP_RO_SELF = 18,
+  /* exec request */
+  T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_CODE_PATH = 24,
+};
+
+/* tmpfs flag bits in T_OP_TMPFS */
+enum { TMPFS_NOEXEC = 1, TMPFS_RDONLY_LATER = 2 };
+
+struct record {
+  uint16_t tag;
+  uint32_t len;
+  const unsigned char *data;
+};
+
+struct reader {
+  const unsigned char *p, *end;
+};
+
+struct op {
+  uint16_t tag;
+  const char *a, *b;       /* paths / strings, NUL-terminated inside the message buffer */
+  const unsigned char *content;
+  uint32_t content_len;
+  uint32_t mode, flags;
+  uint64_t size, inodes;
+};
+
+struct rlimit_req {
+  uint32_t resource;
+  uint64_t cur, max;
+};
+
+struct filter {
+  const unsigned char *bpf;
+  uint32_t len;
+};
+
+struct config {
+  uint32_t host_uid, host_gid;
+  const char *hostname, *staging;
+  int new_netns;
+  struct filter filters[MAX_FILTERS];
+  int n_filters;
+  struct rlimit_req rlimits[MAX_RLIMITS];
+  int n_rlimits;
+  struct op ops[MAX_OPS];
+  int n_ops;
+};
+
+/* wire.c */
+int next_record(struct reader *r, struct record *rec);
+const char *record_str(const struct record *rec);
+int record_u32(const struct record *rec, uint32_t *out);
+int parse_config(const unsigned char *buf, size_t len, struct config *cfg);
+ssize_t recv_message(int fd, unsigned char *buf, size_t cap, int *fds, int *nfds, int maxfds);
+void send_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void send_json_fd(int fd_to_pass, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+long long now_ns(void); /* CLOCK_MONOTONIC: comparable with the supervisor's */
+const char *json_str(const char *s); /* escapes into a rotating static buffer */
+__attribute__((noreturn)) void fail(const char *step, const char *syscall, const char *path);
+__attribute__((noreturn)) void fail_errno(int err, const char *step, const char *syscall,
+                                          const char *path);
+extern const char *current_step;
+
+/* userns.c */
+void write_id_maps(pid_t child, const struct config *cfg);
+void become_sandbox_user(void);
+
+/* rootfs.c */
+void build_root(const struct config *cfg);
+
+/* net.c */
+void bring_up_loopback(void);
+
+/* privs.c */
+void lock_securebits(void);
+void drop_capabilities(void);
+void apply_rlimits(const struct config *cfg);
+void install_seccomp(const struct config *cfg);
+
+/* init.c */
+__attribute__((noreturn)) void run_init(void);
+
+#endif

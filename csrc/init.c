@@ -1,0 +1,241 @@
+/* PID 1 of the sandbox: starts user processes on request, reaps everything, reports exits.
+ *
+ * User code runs with this process's uid, so the init is hostile territory: it is not
+ * dumpable, installs no signal handlers (the kernel then drops every signal sent to a
+ * namespace init from inside, SIGKILL included), holds no capabilities, and exits as soon
+ * as the supervisor's socket closes, which takes the whole pid namespace with it. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helper.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+#define MAX_RUNS 64
+#define MAX_ARGS 4096
+#define MAX_EXEC_FDS 4
+
+struct run {
+  uint32_t id;
+  pid_t pid;
+};
+
+static struct run runs[MAX_RUNS];
+static unsigned char msg[MAX_MESSAGE];
+
+struct exec_req {
+  uint32_t id;
+  int has_id;
+  const char *argv[MAX_ARGS + 1];
+  const char *envp[MAX_ARGS + 1];
+  int argc, envc;
+  const char *cwd, *code_path;
+};
+
+static int parse_exec(const unsigned char *buf, size_t len, struct exec_req *req) {
+  memset(req, 0, sizeof *req);
+  struct reader r = {buf + 1, buf + len};
+  struct record rec;
+  int rc;
+  while ((rc = next_record(&r, &rec)) > 0) {
+    const char *s = NULL;
+    if (rec.tag == T_EXEC_ID) {
+      if (record_u32(&rec, &req->id))
+        return -1;
+      req->has_id = 1;
+      continue;
+    }
+    if (!(s = record_str(&rec)))
+      return -1;
+    switch (rec.tag) {
+    case T_ARG:
+      if (req->argc == MAX_ARGS)
+        return -1;
+      req->argv[req->argc++] = s;
+      break;
+    case T_ENV:
+      if (req->envc == MAX_ARGS || !strchr(s, '='))
+        return -1;
+      req->envp[req->envc++] = s;
+      break;
+    case T_CWD:
+      req->cwd = s;
+      break;
+    case T_CODE_PATH:
+      req->code_path = s;
+      break;
+    default:
+      return -1;
+    }
+  }
+  return (rc < 0 || !req->has_id || req->argc == 0 || !req->cwd || req->argv[0][0] != '/') ? -1
+                                                                                            : 0;
+}
+
+/* The code travels as a sealed memfd and is written here, by the user process itself
+ * (uid 1000, no privileges), so no argv limit applies and the init never blocks on I/O. */
+static int write_code(const char *path, int src) {
+  int dst = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (dst < 0)
+    return -1;
+  struct stat st;
+  if (fstat(src, &st) < 0)
+    return -1;
+  off_t off = 0;
+  while (off < st.st_size) {
+    ssize_t n = sendfile(dst, src, &off, (size_t)(st.st_size - off));
+    if (n <= 0)
+      return -1;
+  }
+  return close(dst);
+}
+
+static void exec_child(const struct exec_req *req, const int *fds, int nfds) {
+  const char *what = "sigprocmask";
+  sigset_t none;
+  sigemptyset(&none);
+  if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+    goto fail;
+  what = "setsid"; /* its own session and process group: no shared tty, no TIOCSTI target */
+  if (setsid() < 0)
+    goto fail;
+  what = "chdir";
+  if (chdir(req->cwd) < 0)
+    goto fail;
+  what = "write code";
+  if (req->code_path && (nfds < 4 || write_code(req->code_path, fds[3]) < 0))
+    goto fail;
+  what = "dup2";
+  for (int i = 0; i < 3; i++)
+    if (dup2(fds[i], i) < 0)
+      goto fail;
+  /* CLOEXEC instead of close: the socket stays usable to report an execve failure. */
+  what = "close_range";
+  if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+    goto fail;
+  what = "execve";
+  execve(req->argv[0], (char *const *)req->argv, (char *const *)req->envp);
+fail:;
+  int err = errno;
+  send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"%s\",\"errno\":%d,"
+            "\"path\":\"%s\"}",
+            req->id, what, err, json_str(req->argv[0]));
+  _exit(127);
+}
+
+static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) {
+  struct exec_req req;
+  int slot = -1;
+  for (int i = 0; i < MAX_RUNS && slot < 0; i++)
+    if (runs[i].pid == 0)
+      slot = i;
+  if (parse_exec(buf, len, &req) < 0 || nfds < 3) {
+    send_json("{\"event\":\"error\",\"step\":\"exec\",\"syscall\":\"parse\",\"errno\":%d,"
+              "\"path\":\"exec request\"}", EINVAL);
+  } else if (slot < 0) {
+    send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"fork\","
+              "\"errno\":%d,\"path\":\"\"}", req.id, EAGAIN);
+  } else {
+    pid_t pid = fork();
+    if (pid == 0)
+      exec_child(&req, fds, nfds);
+    if (pid < 0) {
+      send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"fork\","
+                "\"errno\":%d,\"path\":\"\"}", req.id, errno);
+    } else {
+      runs[slot].id = req.id;
+      runs[slot].pid = pid;
+      send_json("{\"event\":\"spawned\",\"id\":%u,\"pid\":%d,\"t\":%lld}", req.id, (int)pid,
+                now_ns());
+    }
+  }
+  for (int i = 0; i < nfds; i++)
+    close(fds[i]);
+}
+
+static void kill_run(const unsigned char *buf, size_t len) {
+  struct reader r = {buf + 1, buf + len};
+  struct record rec;
+  uint32_t id;
+  if (next_record(&r, &rec) != 1 || rec.tag != T_EXEC_ID || record_u32(&rec, &id))
+    return;
+  for (int i = 0; i < MAX_RUNS; i++)
+    if (runs[i].pid && runs[i].id == id)
+      kill(-runs[i].pid, SIGKILL); /* its process group: the run's own session */
+}
+
+static void reap(void) {
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    for (int i = 0; i < MAX_RUNS; i++) {
+      if (runs[i].pid != pid)
+        continue;
+      runs[i].pid = 0;
+      if (WIFEXITED(status))
+        send_json("{\"event\":\"exit\",\"id\":%u,\"code\":%d}", runs[i].id,
+                  WEXITSTATUS(status));
+      else
+        send_json("{\"event\":\"exit\",\"id\":%u,\"signal\":%d}", runs[i].id,
+                  WTERMSIG(status));
+    }
+  }
+}
+
+void run_init(void) {
+  current_step = "init";
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  /* Blocked, not handled: a queued SIGCHLD wakes the signalfd, and a SIGCHLD forged by
+   * user code only causes a harmless extra waitpid. */
+  if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0)
+    fail("init", "sigprocmask", NULL);
+  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0)
+    fail("init", "signalfd", NULL);
+
+  struct pollfd pfd[2] = {{CONTROL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
+  for (;;) {
+    if (poll(pfd, 2, -1) < 0) {
+      if (errno == EINTR)
+        continue;
+      fail("init", "poll", NULL);
+    }
+    if (pfd[1].revents) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof si) > 0)
+        ;
+      reap();
+    }
+    if (pfd[0].revents & POLLIN) {
+      int fds[MAX_EXEC_FDS], nfds;
+      ssize_t n = recv_message(CONTROL_FD, msg, sizeof msg, fds, &nfds, MAX_EXEC_FDS);
+      if (n <= 0)
+        _exit(0); /* supervisor gone: the namespace dies with us */
+      if (msg[0] == MSG_EXEC)
+        start_run(msg, (size_t)n, fds, nfds);
+      else if (msg[0] == MSG_KILL)
+        kill_run(msg, (size_t)n);
+      else
+        for (int i = 0; i < nfds; i++)
+          close(fds[i]);
+    } else if (pfd[0].revents & (POLLHUP | POLLERR)) {
+      _exit(0);
+    }
+  }
+}

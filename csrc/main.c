@@ -1,0 +1,155 @@
+/* isol8-helper main: the setup order of shared/design.md, in order.
+ *
+ * The outer process stays in the host namespaces only to write the child's id maps and to
+ * wait for it: its exit tells the supervisor that the sandbox's PID 1, and with it every
+ * process of the pid namespace, is gone (the kernel reaps the whole namespace before the
+ * init's own exit is reported). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <grp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helper.h"
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+static unsigned char config_buf[MAX_MESSAGE];
+static struct config cfg;
+
+static void child_setup(int sync_fd) __attribute__((noreturn));
+
+int main(void) {
+  /* Phase 0: nothing from the supervisor but stdio and the control socket survives. */
+  current_step = "start";
+  if (syscall(SYS_close_range, CONTROL_FD + 1, ~0U, 0) < 0)
+    fail("start", "close_range", NULL);
+  if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0)
+    fail("start", "fcntl", "control socket");
+
+  /* Phase 1: configuration. */
+  current_step = "config";
+  int nfds;
+  ssize_t n = recv_message(CONTROL_FD, config_buf, sizeof config_buf, NULL, &nfds, 0);
+  if (n < 0)
+    fail("config", "recvmsg", "control socket");
+  if (n == 0)
+    _exit(0); /* supervisor gone before we started */
+  if (parse_config(config_buf, (size_t)n, &cfg))
+    fail_errno(EINVAL, "config", "parse", "config message");
+
+  /* As root, the child must not keep root's supplementary groups: once setgroups is
+   * denied in the new namespace they could never be dropped again. */
+  if (geteuid() == 0 && setgroups(0, NULL) < 0)
+    fail("identity", "setgroups", NULL);
+
+  /* Phase 2: clone into every namespace. */
+  current_step = "clone";
+  int sync[2];
+  if (pipe2(sync, O_CLOEXEC) < 0)
+    fail("clone", "pipe2", NULL);
+  int flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
+              CLONE_NEWCGROUP | CLONE_PIDFD | SIGCHLD;
+  if (cfg.new_netns)
+    flags |= CLONE_NEWNET;
+  int pidfd = -1;
+  /* Raw clone in a single-threaded C process is safe (the warning in minijail is about
+   * threaded callers); x86_64 argument order: flags, stack, parent_tid, child_tid, tls. */
+  pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)flags, NULL, &pidfd, NULL, 0);
+  if (pid < 0) {
+    int err = errno;
+    fail_errno(err, "clone", "clone",
+               err == EPERM || err == ENOSPC || err == EACCES ? "user namespace" : NULL);
+  }
+  if (pid == 0) {
+    close(sync[1]);
+    child_setup(sync[0]);
+  }
+  close(sync[0]);
+
+  /* Phase 3 (parent): id maps, then release the child. */
+  current_step = "idmap";
+  write_id_maps(pid, &cfg);
+  if (write(sync[1], "1", 1) != 1)
+    fail("idmap", "write", "sync pipe");
+  close(sync[1]);
+  send_json_fd(pidfd, "{\"event\":\"started\",\"pid\":%d}", (int)pid);
+  close(pidfd);
+
+  /* Phase 4 (parent): wait for the init; everything in its pid namespace dies with it. */
+  int status;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR)
+      fail("wait", "waitpid", NULL);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void child_setup(int sync_fd) {
+  /* Wait until the parent has written our maps: until then we are the overflow uid. */
+  current_step = "idmap";
+  char c;
+  ssize_t r;
+  do
+    r = read(sync_fd, &c, 1);
+  while (r < 0 && errno == EINTR);
+  if (r != 1)
+    _exit(1); /* the parent reported why */
+  close(sync_fd);
+
+  current_step = "identity";
+  lock_securebits();
+  become_sandbox_user();
+  /* After the maps: user code runs with our uid, and a dumpable init would let it open
+   * /proc/1/mem for writing. PDEATHSIG must follow the credential change (which resets it). */
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+    fail("identity", "prctl", "PR_SET_DUMPABLE");
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+    fail("identity", "prctl", "PR_SET_PDEATHSIG");
+
+  current_step = "rootfs";
+  build_root(&cfg); /* mounts, pivot_root, read-only root, max_user_namespaces=0 */
+
+  if (cfg.hostname && sethostname(cfg.hostname, strlen(cfg.hostname)) < 0)
+    fail("uts", "sethostname", cfg.hostname);
+  if (cfg.new_netns) {
+    current_step = "network";
+    bring_up_loopback();
+  }
+
+  current_step = "privileges";
+  drop_capabilities();
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+    fail("privileges", "prctl", "PR_SET_NO_NEW_PRIVS");
+  apply_rlimits(&cfg);
+  if (setsid() < 0)
+    fail("privileges", "setsid", NULL);
+
+  /* stdio of the helper may be the supervisor's terminal: never hand it to the sandbox. */
+  current_step = "fds";
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0)
+    fail("fds", "open", "/dev/null");
+  for (int fd = 0; fd < 3; fd++)
+    if (dup2(null, fd) < 0)
+      fail("fds", "dup2", "/dev/null");
+  if (syscall(SYS_close_range, CONTROL_FD + 1, ~0U, 0) < 0)
+    fail("fds", "close_range", NULL);
+
+  /* seccomp last: every later fork inherits it, and it would block the setup above. */
+  current_step = "seccomp";
+  install_seccomp(&cfg);
+  send_json("{\"event\":\"ready\",\"t\":%lld}", now_ns());
+  run_init();
+}

@@ -1,0 +1,15 @@
+"""isol8: run untrusted code in rootless sandboxes built on Linux kernel primitives."""
+
+from .engine import Isol8
+from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError)
+from .result import ExecutionResult
+
+__all__ = [
+    "ExecutionResult",
+    "InvalidRequest",
+    "Isol8",
+    "Isol8Error",
+    "RuntimeNotAvailable",
+    "SandboxSetupError",
+]
+__version__ = "0.1.0"

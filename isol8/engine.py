@@ -1,0 +1,177 @@
+"""``Isol8``: the engine agent hosts embed. One fresh sandbox per ``execute()``.
+
+The engine compiles everything that does not change between runs once, at ``start()``: the
+seccomp filters, the mount plan and its encoded form. An execution then costs one helper
+spawn, the kernel's namespace setup, and the program itself.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+import uuid
+from datetime import datetime, timezone
+
+from . import identity, images, seccomp
+from .errors import InvalidRequest, RuntimeNotAvailable
+from .output import with_timeout_marker
+from .policy import EngineOptions, positive_int
+from .protocol import HelperConfig, encode_config
+from .result import ExecutionResult
+from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
+from .sandbox import RunSpec, run_ephemeral
+
+_EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
+              "mutually exclusive — provide exactly one.")
+_MISSING = "ExecutionRequest must include exactly one of: code, codeUrl, or cmd."
+# Limits every sandbox gets; the limits issue makes them configurable per engine.
+_RLIMITS = ((resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, 4096, 4096))
+
+
+class Isol8:
+    """Runs untrusted code in rootless kernel sandboxes.
+
+    Options follow upstream's names and defaults: ``network`` ("none" or "host"),
+    ``timeout_ms`` (30 s), ``max_output_size`` (1 MiB per stream), ``sandbox_size`` (512m
+    tmpfs ``/sandbox``), ``tmp_size`` (256m noexec tmpfs ``/tmp``). ``seccomp="unconfined"``
+    drops only the syscall filter (every namespace, capability and mount rule stays); it
+    exists to diagnose a program the filter breaks. ``uid_range`` is the host uid range
+    sandboxes map to when the supervisor runs as root.
+    """
+
+    def __init__(self, **options: object) -> None:
+        self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
+        self._static: HelperConfig | None = None
+
+    def __enter__(self) -> "Isol8":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Compile the policy and mount plan. Idempotent; ``execute()`` calls it lazily."""
+        if self._static is not None:
+            return
+        opts = self.options
+        policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
+        sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
+        self._static = HelperConfig(
+            host_uid=0, host_gid=0, hostname=images.HOSTNAME,
+            new_netns=opts.network == "none",
+            seccomp_filters=policy.filters, rlimits=_RLIMITS,
+            mounts=images.host_plan(sizes, host_network=opts.network == "host"),
+        )
+
+    def stop(self) -> None:
+        """Release the engine. Every sandbox is already gone when ``execute()`` returns."""
+        self._static = None
+
+    def execute(self, code: str | None = None, *, runtime: str | None = None,
+                cmd: str | None = None, timeout_ms: int | None = None,
+                env: dict[str, str] | None = None, stdin: str | bytes | None = None,
+                file_extension: str | None = None) -> ExecutionResult:
+        """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it."""
+        started = time.monotonic()
+        timeout = positive_int(timeout_ms, "timeout_ms") if timeout_ms is not None \
+            else self.options.timeout_ms
+        spec, runtime_name = self._run_spec(code, cmd, runtime, env, stdin, file_extension)
+        self.start()
+        assert self._static is not None
+        host = identity.acquire(self.options.uid_range)
+        try:
+            config = encode_config(_with_identity(self._static, host))
+            outcome = run_ephemeral(config, spec, deadline=started + timeout / 1000,
+                                    max_output=self.options.max_output_size)
+        finally:
+            host.release()
+
+        if outcome.timed_out:
+            exit_code = 137
+        elif outcome.signal is not None:
+            exit_code = 128 + outcome.signal
+        else:
+            exit_code = int(outcome.exit_code or 0)
+        stderr = outcome.stderr.text()
+        if outcome.timed_out:
+            stderr = with_timeout_marker(stderr)
+        end_ns = outcome.ended_ns or time.monotonic_ns()
+        begin_ns = outcome.started_ns if outcome.started_ns is not None else int(started * 1e9)
+        # The init's timestamp is data from inside the sandbox: clamp it to the call's span.
+        begin_ns = min(max(begin_ns, int(started * 1e9)), end_ns)
+        return ExecutionResult(
+            stdout=outcome.stdout.text(),
+            stderr=stderr,
+            exit_code=exit_code,
+            duration_ms=(end_ns - begin_ns) // 1_000_000,
+            truncated=outcome.stdout.truncated or outcome.stderr.truncated,
+            execution_id=str(uuid.uuid4()),
+            runtime=runtime_name,
+            timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                              .replace("+00:00", "Z"),
+        )
+
+    def _run_spec(self, code: str | None, cmd: str | None, runtime: str | None,
+                  env: dict[str, str] | None, stdin: str | bytes | None,
+                  file_extension: str | None) -> tuple[RunSpec, str]:
+        has_code = code is not None and code.strip() != ""
+        has_cmd = cmd is not None and cmd.strip() != ""
+        if has_code and has_cmd:
+            raise InvalidRequest(_EXCLUSIVE)
+        if not has_code and not has_cmd:
+            raise InvalidRequest(_MISSING)
+        full_env = base_env()
+        full_env.update(_validated_env(env))
+        stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin or b"")
+        if has_cmd:
+            assert cmd is not None
+            _require_binary(BASH, "bash")
+            return RunSpec([BASH, "-c", cmd], full_env, SANDBOX_HOME, stdin_bytes, None,
+                           None), runtime or "bash"
+        assert code is not None
+        rt = get_runtime(runtime or "python")
+        _require_binary(rt.binary, rt.name)
+        extension = _validated_extension(file_extension) if file_extension else rt.extension
+        script = f"{SANDBOX_HOME}/main{extension}"
+        return RunSpec(rt.argv(script), full_env, SANDBOX_HOME, stdin_bytes, code.encode(),
+                       script), rt.name
+
+
+def _with_identity(static: HelperConfig, host: identity.HostIdentity) -> HelperConfig:
+    return HelperConfig(host_uid=host.uid, host_gid=host.gid, hostname=static.hostname,
+                        new_netns=static.new_netns, seccomp_filters=static.seccomp_filters,
+                        rlimits=static.rlimits, mounts=static.mounts,
+                        staging_dir=static.staging_dir)
+
+
+def _require_binary(path: str, name: str) -> None:
+    if not images.binary_exists(path):
+        raise RuntimeNotAvailable(
+            f"runtime '{name}' is not available: {path} does not exist in the sandbox's root "
+            f"filesystem (the host's /usr); install it on the host (e.g. apt-get install "
+            f"{ {'python': 'python3', 'node': 'nodejs'}.get(name, name) })")
+
+
+def _validated_env(env: dict[str, str] | None) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise InvalidRequest("env: expected a mapping of names to strings")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidRequest(f"env: invalid variable name {key!r}")
+        if not isinstance(value, str) or "\0" in value:
+            raise InvalidRequest(f"env: value of {key} must be a string without NUL bytes")
+    return env
+
+
+def _validated_extension(ext: str) -> str:
+    ext = ext if ext.startswith(".") else "." + ext
+    if not ext[1:].isalnum() or len(ext) > 16:
+        raise InvalidRequest(f"file_extension: invalid extension {ext!r}")
+    return ext
+
+
+__all__ = ["Isol8"]

@@ -1,0 +1,62 @@
+"""The exceptions isol8 raises, each saying what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class Isol8Error(Exception):
+    """Base class of every isol8 error."""
+
+
+class InvalidRequest(Isol8Error, ValueError):
+    """An option or request field is malformed; the message names the field."""
+
+
+class RuntimeNotAvailable(Isol8Error):
+    """The requested runtime's interpreter is not in the sandbox's root filesystem."""
+
+
+class SandboxSetupError(Isol8Error):
+    """The helper failed while building or running the sandbox.
+
+    Carries the failing ``step``, ``syscall``, ``errno`` and ``path`` exactly as the helper
+    reported them, plus a ``hint`` for the common host configurations that cause them.
+    """
+
+    def __init__(self, step: str, syscall: str, err: int, path: str) -> None:
+        self.step, self.syscall, self.errno, self.path = step, syscall, err, path
+        self.hint = hint_for(step, syscall, err)
+        name = _errno.errorcode.get(err, str(err))
+        where = f" on {path}" if path else ""
+        message = f"sandbox setup failed at step '{step}': {syscall}{where}: {name} ({os.strerror(err)})"
+        super().__init__(f"{message}. {self.hint}" if self.hint else message)
+
+
+USERNS_HINT = (
+    "Unprivileged user namespaces are unavailable. Check, in this order: "
+    "'sysctl user.max_user_namespaces' must be > 0; on Debian-patched kernels "
+    "'sysctl kernel.unprivileged_userns_clone=1'; on Ubuntu 23.10+ "
+    "'kernel.apparmor_restrict_unprivileged_userns=1' blocks them unless the isol8 AppArmor "
+    "profile is installed (see README, 'AppArmor'); inside Docker, run with "
+    "'--security-opt seccomp=unconfined --security-opt apparmor=unconfined'. "
+    "'isol8 doctor' checks all of these."
+)
+
+
+def hint_for(step: str, syscall: str, err: int) -> str:
+    if step == "clone" and err in (_errno.EPERM, _errno.EACCES, _errno.ENOSPC, _errno.EINVAL):
+        return USERNS_HINT
+    if step == "idmap" and err in (_errno.EPERM, _errno.EACCES):
+        return USERNS_HINT
+    if step == "rootfs" and syscall.startswith("mount") and err == _errno.EPERM:
+        if "proc" in syscall:
+            return ("The host's /proc is partly masked (typical inside Docker or Kubernetes), "
+                    "so the kernel refuses a fresh /proc: run the container with an unmasked "
+                    "/proc ('--security-opt systempaths=unconfined' / 'procMount: Unmasked').")
+        return ("Mounting inside the user namespace was refused; an AppArmor or SELinux policy "
+                "may deny mounts (see 'isol8 doctor').")
+    if step == "exec" and err == _errno.ENOENT:
+        return "The program does not exist in the sandbox's root filesystem."
+    return ""

@@ -1,0 +1,84 @@
+"""Which host uid and gid the sandbox user (uid 1000 inside) is mapped to.
+
+Rootless: the caller's own ids, the only mapping the kernel allows without a setuid
+newuidmap. As root: one id per sandbox from a dedicated range, never host root and never an
+existing account, so that two tenants' sandboxes share no identity on the host. A lease (an
+exclusive ``flock`` on a file named after the id) keeps concurrent engines, in this process
+or others, from handing out the same id twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import os
+import pwd
+import random
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+
+DEFAULT_UID_RANGE = (1_500_000_000, 65536)
+LEASE_DIR = "/run/isol8/uid-leases"
+
+
+@dataclass(slots=True)
+class HostIdentity:
+    uid: int
+    gid: int
+    lease_fd: int = -1
+
+    def release(self) -> None:
+        if self.lease_fd >= 0:
+            # Unlink while still holding the lock; acquire() re-checks the inode after
+            # locking, so a waiter that locked the unlinked file retries instead of sharing.
+            try:
+                os.unlink(f"{LEASE_DIR}/{self.uid}")
+            except FileNotFoundError:
+                pass
+            os.close(self.lease_fd)
+            self.lease_fd = -1
+
+
+def validate_uid_range(uid_range: tuple[int, int]) -> tuple[int, int]:
+    start, count = uid_range
+    if start < 65536 or count < 1 or start + count > 0xFFFFFFFE:
+        raise InvalidRequest("uid_range must be (start >= 65536, count >= 1) within 32 bits")
+    return start, count
+
+
+def acquire(uid_range: tuple[int, int]) -> HostIdentity:
+    """The host identity for one new sandbox."""
+    euid = os.geteuid()
+    if euid != 0:
+        return HostIdentity(euid, os.getegid())
+    start, count = uid_range
+    os.makedirs(LEASE_DIR, mode=0o700, exist_ok=True)
+    for _ in range(64):
+        uid = start + random.randrange(count)
+        if _is_account(uid):
+            continue
+        path = f"{LEASE_DIR}/{uid}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise BlockingIOError  # the holder released and unlinked it meanwhile
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            continue
+        return HostIdentity(uid, uid, fd)
+    raise InvalidRequest(f"no free host uid in range {start}..{start + count - 1}")
+
+
+def _is_account(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        pass
+    try:
+        grp.getgrgid(uid)
+        return True
+    except KeyError:
+        return False

@@ -1,0 +1,58 @@
+"""Output capture with a hard cap: the supervisor never holds more than the cap per stream.
+
+Bytes past the cap are counted and discarded as they arrive, and reading never stops, so a
+flooding child is never blocked on a full pipe. The kept bytes are cut at a UTF-8 boundary,
+decoded with replacement, and trimmed at the end as upstream does.
+"""
+
+from __future__ import annotations
+
+TIMEOUT_MARKER = "--- EXECUTION TIMED OUT ---"
+
+
+def truncation_marker(total: int, limit: int) -> str:
+    return f"\n\n--- OUTPUT TRUNCATED ({total} bytes, limit: {limit}) ---"
+
+
+class CappedOutput:
+    __slots__ = ("limit", "total", "_kept")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._kept = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        room = self.limit - len(self._kept)
+        if room > 0:
+            self._kept += data[:room]
+        self.total += len(data)
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        kept = bytes(self._kept)
+        if not self.truncated:
+            return kept.decode("utf-8", "replace").rstrip()
+        cut = utf8_boundary(kept)
+        return (kept[:cut].decode("utf-8", "replace")
+                + truncation_marker(self.total, self.limit)).rstrip()
+
+
+def utf8_boundary(data: bytes) -> int:
+    """The largest length <= len(data) that does not split a UTF-8 sequence."""
+    end = len(data)
+    for back in range(1, min(4, end) + 1):
+        byte = data[end - back]
+        if byte < 0x80:
+            return end  # ASCII: nothing is split
+        if byte >= 0xC0:  # a lead byte: is its sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return end if back >= need else end - back
+    return end  # only continuation bytes: invalid anyway, the decoder replaces them
+
+
+def with_timeout_marker(stderr: str) -> str:
+    return f"{stderr}\n{TIMEOUT_MARKER}" if stderr else TIMEOUT_MARKER

@@ -1,0 +1,68 @@
+"""Engine options: defaults as upstream, and validation that names the offending field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+from .identity import DEFAULT_UID_RANGE, validate_uid_range
+
+NETWORK_MODES = ("none", "host")
+SECCOMP_MODES = ("strict", "unconfined")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)b?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: str | int, field: str) -> int:
+    """Bytes from upstream's size syntax (``512m``, ``1.5g``, ``1048576``; base 1024)."""
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{field}: expected a size like '512m', got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value).strip())
+        if not match:
+            raise InvalidRequest(f"{field}: expected a size like '512m', got {value!r}")
+        size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise InvalidRequest(f"{field}: must be positive, got {value!r}")
+    return size
+
+
+def positive_int(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequest(f"{field}: expected a positive integer, got {value!r}")
+    return value
+
+
+def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
+    if value not in allowed:
+        raise InvalidRequest(f"{field}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    network: str = "none"
+    timeout_ms: int = 30_000
+    max_output_size: int = 1 << 20
+    sandbox_size: int = 512 << 20
+    tmp_size: int = 256 << 20
+    seccomp: str = "strict"
+    uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+
+    @classmethod
+    def build(cls, *, network: str = "none", timeout_ms: int = 30_000,
+              max_output_size: int = 1 << 20, sandbox_size: str | int = "512m",
+              tmp_size: str | int = "256m", seccomp: str = "strict",
+              uid_range: tuple[int, int] = DEFAULT_UID_RANGE) -> "EngineOptions":
+        return cls(
+            network=choice(network, NETWORK_MODES, "network"),
+            timeout_ms=positive_int(timeout_ms, "timeout_ms"),
+            max_output_size=positive_int(max_output_size, "max_output_size"),
+            sandbox_size=parse_size(sandbox_size, "sandbox_size"),
+            tmp_size=parse_size(tmp_size, "tmp_size"),
+            seccomp=choice(seccomp, SECCOMP_MODES, "seccomp"),
+            uid_range=validate_uid_range(tuple(uid_range)),
+        )

@@ -1,0 +1,238 @@
+"""The wire format between the supervisor and ``isol8-helper``: pure functions, no I/O.
+
+Messages to the helper are a type byte followed by records (``u16 tag, u16 0, u32 length,
+payload``, little-endian); strings are NUL-terminated. Messages from the helper are single
+JSON objects. Everything coming back is parsed as untrusted: the sandbox's PID 1 shares its
+uid with user code, so every event is size-capped, type-checked and rejected when malformed.
+``csrc/helper.h`` mirrors the tags.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+MSG_CONFIG = b"C"
+MSG_EXEC = b"X"
+MSG_KILL = b"K"
+MAX_EVENT = 4096  # the helper formats every event into a 4 KiB buffer
+MAX_EXEC_FDS = 4
+
+
+class Tag(IntEnum):
+    HOST_UID = 1
+    HOST_GID = 2
+    HOSTNAME = 3
+    NEW_NETNS = 4
+    SECCOMP = 5
+    RLIMIT = 6
+    STAGING_DIR = 7
+    OP_BIND_RO = 10
+    OP_TMPFS = 11
+    OP_DIR = 12
+    OP_FILE = 13
+    OP_SYMLINK = 14
+    OP_PROC = 15
+    OP_BIND_DEV = 16
+    OP_DEVPTS = 17
+    OP_RO_SELF = 18
+    EXEC_ID = 20
+    ARG = 21
+    ENV = 22
+    CWD = 23
+    CODE_PATH = 24
+
+
+TMPFS_NOEXEC = 1
+
+
+class ProtocolError(ValueError):
+    """A message could not be encoded, or a helper event was malformed."""
+
+
+def cstr(value: str | bytes) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    if b"\0" in raw:
+        raise ProtocolError(f"NUL byte in {raw[:40]!r}")
+    return raw + b"\0"
+
+
+def record(tag: Tag, payload: bytes) -> bytes:
+    return struct.pack("<HHI", tag, 0, len(payload)) + payload
+
+
+# -- mount plan operations ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BindRO:
+    source: str
+    target: str
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_BIND_RO, cstr(self.source) + cstr(self.target))
+
+
+@dataclass(frozen=True, slots=True)
+class BindDev:
+    source: str
+    target: str
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_BIND_DEV, cstr(self.source) + cstr(self.target))
+
+
+@dataclass(frozen=True, slots=True)
+class Tmpfs:
+    target: str
+    size: int
+    inodes: int
+    mode: int = 0o755
+    noexec: bool = False
+
+    def encode(self) -> bytes:
+        flags = TMPFS_NOEXEC if self.noexec else 0
+        return record(Tag.OP_TMPFS, struct.pack("<IIQQ", self.mode, flags, self.size, self.inodes)
+                      + cstr(self.target))
+
+
+@dataclass(frozen=True, slots=True)
+class Dir:
+    target: str
+    mode: int = 0o755
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_DIR, struct.pack("<I", self.mode) + cstr(self.target))
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    target: str
+    content: bytes
+    mode: int = 0o644
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_FILE, struct.pack("<I", self.mode) + cstr(self.target) + self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class Symlink:
+    link_target: str
+    path: str
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_SYMLINK, cstr(self.link_target) + cstr(self.path))
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    target: str = "/proc"
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_PROC, cstr(self.target))
+
+
+@dataclass(frozen=True, slots=True)
+class Devpts:
+    target: str = "/dev/pts"
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_DEVPTS, cstr(self.target))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOnlySelf:
+    """Re-bind a path onto itself read-only (``/proc/sys`` and friends)."""
+
+    target: str
+
+    def encode(self) -> bytes:
+        return record(Tag.OP_RO_SELF, cstr(self.target))
+
+
+MountOp = BindRO | BindDev | Tmpfs | Dir | File | Symlink | Proc | Devpts | ReadOnlySelf
+
+
+@dataclass(frozen=True, slots=True)
+class HelperConfig:
+    host_uid: int
+    host_gid: int
+    hostname: str
+    new_netns: bool
+    seccomp_filters: tuple[bytes, ...]
+    rlimits: tuple[tuple[int, int, int], ...]
+    mounts: tuple[MountOp, ...]
+    staging_dir: str = "/tmp"
+
+
+def encode_config(cfg: HelperConfig) -> bytes:
+    parts = [
+        MSG_CONFIG,
+        record(Tag.HOST_UID, struct.pack("<I", cfg.host_uid)),
+        record(Tag.HOST_GID, struct.pack("<I", cfg.host_gid)),
+        record(Tag.HOSTNAME, cstr(cfg.hostname)),
+        record(Tag.NEW_NETNS, b"\1" if cfg.new_netns else b"\0"),
+        record(Tag.STAGING_DIR, cstr(cfg.staging_dir)),
+    ]
+    parts += [record(Tag.SECCOMP, bpf) for bpf in cfg.seccomp_filters]
+    parts += [record(Tag.RLIMIT, struct.pack("<IQQ", *lim)) for lim in cfg.rlimits]
+    parts += [op.encode() for op in cfg.mounts]
+    return b"".join(parts)
+
+
+def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,
+                code_path: str | None) -> bytes:
+    """An exec request; its fds (stdin, stdout, stderr[, code]) travel with it."""
+    if not argv or not argv[0].startswith("/"):
+        raise ProtocolError("argv[0] must be an absolute path inside the sandbox")
+    parts = [MSG_EXEC, record(Tag.EXEC_ID, struct.pack("<I", run_id)), record(Tag.CWD, cstr(cwd))]
+    parts += [record(Tag.ARG, cstr(arg)) for arg in argv]
+    parts += [record(Tag.ENV, cstr(f"{key}={value}")) for key, value in env.items()]
+    if code_path is not None:
+        parts.append(record(Tag.CODE_PATH, cstr(code_path)))
+    return b"".join(parts)
+
+
+def encode_kill(run_id: int) -> bytes:
+    return MSG_KILL + record(Tag.EXEC_ID, struct.pack("<I", run_id))
+
+
+# -- events from the helper -----------------------------------------------------------------
+
+_EVENT_FIELDS: dict[str, dict[str, type]] = {
+    "started": {"pid": int},
+    "ready": {"t": int},
+    "spawned": {"id": int, "pid": int, "t": int},
+    "exit": {"id": int},
+    "error": {"step": str, "syscall": str, "errno": int, "path": str},
+}
+_OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
+    "exit": {"code": int, "signal": int},
+    "error": {"id": int},
+}
+
+
+def parse_event(data: bytes) -> dict[str, object]:
+    """Decode one helper event, refusing anything that is not exactly the expected shape."""
+    if not data or len(data) > MAX_EVENT:
+        raise ProtocolError(f"helper event of {len(data)} bytes")
+    try:
+        event = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"helper event is not JSON: {data[:80]!r}") from exc
+    if not isinstance(event, dict) or event.get("event") not in _EVENT_FIELDS:
+        raise ProtocolError(f"unknown helper event: {data[:80]!r}")
+    kind = event["event"]
+    required, optional = _EVENT_FIELDS[kind], _OPTIONAL_FIELDS.get(kind, {})
+    for key, value in event.items():
+        if key == "event":
+            continue
+        expected = required.get(key) or optional.get(key)
+        if expected is None or type(value) is not expected:
+            raise ProtocolError(f"bad field {key!r} in helper event {kind!r}")
+    if any(key not in event for key in required):
+        raise ProtocolError(f"missing field in helper event {kind!r}")
+    if kind == "exit" and ("code" in event) == ("signal" in event):
+        raise ProtocolError("exit event needs exactly one of code and signal")
+    return event

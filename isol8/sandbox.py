@@ -1,0 +1,272 @@
+"""One sandbox's lifecycle: spawn the helper, run a process in it, kill it, reap it.
+
+The helper is ``posix_spawn``'ed (vfork-fast, and never a fork of this possibly threaded
+interpreter) with one SOCK_SEQPACKET socket as fd 3. Teardown is always the same and always
+complete: SIGKILL to the sandbox's PID 1 through a pidfd (the kernel then kills every process
+of the pid namespace, setsid and double-fork daemons included), close the socket (the init
+also exits on hang-up, should the pidfd not have arrived yet), and wait for the helper, which
+exits only after the kernel has reaped the whole namespace.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from . import protocol
+from ._paths import helper_path
+from .errors import Isol8Error, SandboxSetupError
+from .output import CappedOutput
+
+CONTROL_FD = 3  # where the helper expects its socket (csrc/helper.h)
+_RECV_ANCILLARY = socket.CMSG_SPACE(4 * protocol.MAX_EXEC_FDS)
+_READ_CHUNK = 1 << 16
+_PIPE_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    stdin: bytes
+    code: bytes | None
+    code_path: str | None
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    stdout: CappedOutput
+    stderr: CappedOutput
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    started_ns: int | None = None  # CLOCK_MONOTONIC when the init forked the process
+    ended_ns: int | None = None
+    error: dict[str, object] | None = field(default=None)
+
+
+class Sandbox:
+    """A running helper and the sandbox behind it."""
+
+    def __init__(self, config: bytes) -> None:
+        helper = helper_path()
+        if not os.access(helper, os.X_OK):
+            raise Isol8Error(f"the isol8 helper is missing at {helper}: "
+                             "reinstall the package (pip install .) or run 'make build'")
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._pidfd = -1
+        fd = theirs.fileno()
+        try:
+            if fd == CONTROL_FD:  # dup2(3, 3) would leave FD_CLOEXEC set
+                fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CONTROL_FD + 1)
+            self.pid = os.posix_spawn(str(helper), [str(helper)], {},
+                                      file_actions=[(os.POSIX_SPAWN_DUP2, fd, CONTROL_FD)])
+        except BaseException:
+            self._sock.close()
+            raise
+        finally:
+            if fd != theirs.fileno():
+                os.close(fd)
+            theirs.close()
+        self._alive = True
+        self._send(config)
+
+    def _send(self, message: bytes, fds: list[int] | None = None) -> None:
+        ancillary = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                     if fds else [])
+        try:
+            self._sock.sendmsg([message], ancillary)
+        except BrokenPipeError:
+            pass  # the helper already failed; its error event says why
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise Isol8Error(f"request of {len(message)} bytes is too large for the "
+                                 "control socket (argv and env must stay under ~200 KiB)") from None
+            raise
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def receive(self) -> dict[str, object] | None:
+        """The next event, or None when the helper has hung up."""
+        try:
+            data, ancdata, _, _ = self._sock.recvmsg(protocol.MAX_EVENT + 1, _RECV_ANCILLARY)
+        except (ConnectionResetError, BlockingIOError):
+            return None
+        fds = [fd for level, kind, raw in ancdata
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for fd in array.array("i", raw[: len(raw) - len(raw) % 4])]
+        if not data:
+            _close_all(fds)
+            return None
+        try:
+            event = protocol.parse_event(data)
+        except protocol.ProtocolError:
+            _close_all(fds)
+            raise
+        if event["event"] == "started" and len(fds) == 1 and self._pidfd < 0:
+            self._pidfd = fds.pop()
+        _close_all(fds)
+        return event
+
+    def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int) -> None:
+        stdin_fd = sealed_memfd("isol8-stdin", spec.stdin)
+        fds = [stdin_fd, stdout_w, stderr_w]
+        if spec.code is not None:
+            fds.append(sealed_memfd("isol8-code", spec.code))
+        try:
+            self._send(protocol.encode_exec(run_id, spec.argv, spec.env, spec.cwd,
+                                            spec.code_path), fds)
+        finally:
+            os.close(stdin_fd)
+            if spec.code is not None:
+                os.close(fds[3])
+
+    def destroy(self) -> None:
+        """Kill everything in the sandbox and reap the helper. Idempotent."""
+        if not self._alive:
+            return
+        self._alive = False
+        if self._pidfd < 0:
+            self._sock.setblocking(False)
+            try:
+                while self._pidfd < 0 and self.receive() is not None:
+                    pass
+            except (protocol.ProtocolError, OSError):
+                pass
+        if self._pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._sock.close()
+        while True:
+            try:
+                os.waitpid(self.pid, 0)
+                break
+            except ChildProcessError:
+                break
+
+
+def sealed_memfd(name: str, data: bytes) -> int:
+    """An immutable in-memory file: code and stdin of any size, never on argv."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float,
+                  max_output: int) -> RunOutcome:
+    """Run one process in a fresh sandbox, then destroy the sandbox, whatever happens.
+
+    Returns when the process exits (a background child cannot hold the call open: its
+    pipes are read to EOF only after the namespace is dead) or at the deadline.
+    """
+    outcome = RunOutcome(CappedOutput(max_output), CappedOutput(max_output))
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    sandbox = None
+    try:
+        for fd in (out_r, err_r):
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass  # over /proc/sys/fs/pipe-max-size for this user: the default works
+        sandbox = Sandbox(config)
+        sandbox.start_process(1, spec, out_w, err_w)
+        os.close(out_w)
+        os.close(err_w)
+        out_w = err_w = -1
+        _supervise(sandbox, outcome, {out_r: outcome.stdout, err_r: outcome.stderr}, deadline)
+    finally:
+        if sandbox is not None:
+            sandbox.destroy()
+        for fd in (out_w, err_w):
+            if fd >= 0:
+                os.close(fd)
+        # Every writer is dead now: what is left in the pipes is read to EOF, capped.
+        for fd, sink in ((out_r, outcome.stdout), (err_r, outcome.stderr)):
+            if sandbox is not None:
+                _drain(fd, sink)
+            os.close(fd)
+    if outcome.error is not None:
+        raise _error_from_event(outcome.error)
+    return outcome
+
+
+def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOutput],
+               deadline: float) -> None:
+    poller = select.poll()
+    poller.register(sandbox.fileno(), select.POLLIN)
+    for fd in pipes:
+        poller.register(fd, select.POLLIN)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            outcome.timed_out = True
+            return
+        for fd, _ in poller.poll(max(1, int(remaining * 1000 + 0.999))):
+            if fd in pipes:
+                data = os.read(fd, _READ_CHUNK)
+                if data:
+                    pipes[fd].feed(data)
+                else:
+                    poller.unregister(fd)
+                continue
+            event = sandbox.receive()
+            if event is None:
+                outcome.error = {"step": "helper", "syscall": "exit", "errno": errno.ECHILD,
+                                 "path": ""}
+                return
+            kind = event["event"]
+            if kind == "spawned":
+                outcome.started_ns = int(event["t"])
+            elif kind == "exit" and event["id"] == 1:
+                outcome.ended_ns = time.monotonic_ns()
+                outcome.exit_code = event.get("code")  # type: ignore[assignment]
+                outcome.signal = event.get("signal")  # type: ignore[assignment]
+                return
+            elif kind == "error":
+                outcome.error = event
+                return
+
+
+def _drain(fd: int, sink: CappedOutput) -> None:
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            data = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return  # only possible if a writer survived, which destroy() rules out
+        if not data:
+            return
+        sink.feed(data)
+
+
+def _error_from_event(event: dict[str, object]) -> Isol8Error:
+    return SandboxSetupError(str(event["step"]), str(event["syscall"]), int(event["errno"]),
+                             str(event["path"]))

@@ -1,0 +1,241 @@
+"""The seccomp policy, compiled to classic BPF through libseccomp and cached by a hash of the policy.
+
+Model (systemd's and runc's): ENOSYS for every syscall the build's table does not know, so a
+syscall newer than libseccomp fails the way glibc expects and falls back; an explicit ALLOW for
+every known syscall except the denylist of ``shared/reference/sandbox-anchors.md`` section 5.
+
+libseccomp cannot express "allow unless an argument matches" for one syscall (an unconditional
+ALLOW swallows conditional rules on the same syscall, and one rule may compare an argument only
+once). So the policy compiles to two stacked filters; the kernel runs both and keeps the most
+restrictive verdict (ERRNO beats ALLOW; between two ERRNOs the later filter's errno wins):
+
+* ``base``: default ERRNO(ENOSYS); ALLOW for known syscalls; unconditional denials.
+* ``args``: default ALLOW; denials that look at arguments (clone namespace flags, socket
+  families, TIOCSTI/TIOCLINUX on the low 32 bits of the ioctl number, personality flags).
+
+Both filters reject a foreign architecture (and the x32 ABI) with KILL_PROCESS, which also closes
+the i386 ``int 0x80`` / ``socketcall`` bypass.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+
+from . import _paths
+
+# libseccomp constants (seccomp.h); stable ABI values.
+_ACT_ALLOW = 0x7FFF0000
+_ACT_KILL_PROCESS = 0x80000000
+_FLTATR_ACT_BADARCH = 2
+_FLTATR_CTL_NNP = 3
+_FLTATR_CTL_OPTIMIZE = 8
+_CMP_EQ = 4
+_CMP_GT = 6
+_CMP_MASKED_EQ = 7
+_MAX_SYSCALL_NR = 1024
+
+
+def _errno_action(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+# Syscalls denied outright, by the errno the caller sees.
+DENY: dict[int, tuple[str, ...]] = {
+    errno.EPERM: (
+        # Namespaces and mounts: userns is the gateway to nf_tables and other LPEs
+        # (CVE-2022-0185, CVE-2023-32233, CVE-2024-1086).
+        "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+        # Keyrings are not namespaced (isolate, Flatpak, Docker).
+        "add_key", "keyctl", "request_key",
+        # Tracing and cross-process memory.
+        "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+        "process_madvise", "perf_event_open", "lookup_dcookie",
+        # Kernel attack surface.
+        "bpf", "userfaultfd",
+        # "Shocker": file handles bypass the mount tree.
+        "open_by_handle_at", "name_to_handle_at",
+        # Host administration and obsolete interfaces.
+        "syslog", "acct", "quotactl", "quotactl_fd", "swapon", "swapoff", "reboot",
+        "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+        "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+        "sethostname", "setdomainname", "vhangup", "uselib", "ustat", "sysfs", "_sysctl",
+        "nfsservctl", "modify_ldt", "vm86", "vm86old",
+        # NUMA and page migration ("scary VM ops", Flatpak).
+        "mbind", "set_mempolicy", "get_mempolicy", "migrate_pages", "move_pages",
+    ),
+    # ENOSYS where runtimes must fall back: clone3 -> clone (whose flags the args filter can
+    # see; clone3 hides them behind a pointer), io_uring -> epoll. The new mount API was the
+    # hole of Flatpak CVE-2021-41133.
+    errno.ENOSYS: (
+        "clone3", "io_uring_setup", "io_uring_enter", "io_uring_register",
+        "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    ),
+}
+
+CLONE_NAMESPACE_FLAGS = (
+    0x00000080,  # CLONE_NEWTIME
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+)
+SOCKET_FAMILIES_ALLOWED = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
+AF_NETLINK, NETLINK_ROUTE = 16, 0
+SOCKET_FAMILY_SPAN = 64  # above AF_MAX (46 in 6.18); everything larger is denied by one rule
+TTY_IOCTLS_DENIED = (0x5412, 0x541C)  # TIOCSTI (CVE-2017-5226), TIOCLINUX (CVE-2023-28100)
+# personality(): only the plain Linux personas and the query value; READ_IMPLIES_EXEC and
+# ADDR_NO_RANDOMIZE would weaken the user process's own memory protections.
+PERSONALITY_ALLOWED = (0, 0x0008, 0x20000, 0x20008, 0xFFFFFFFF)  # PER_LINUX{,32}, UNAME26, query
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """The BPF programs (``struct sock_filter`` arrays) to install, in order."""
+
+    filters: tuple[bytes, ...]
+    digest: str
+
+
+class SeccompError(RuntimeError):
+    """The policy could not be compiled; the message names the libseccomp call."""
+
+
+_memory_cache: dict[str, CompiledPolicy] = {}
+
+
+def policy_key() -> str:
+    """A hash of everything the compiled bytes depend on except the libseccomp build."""
+    text = repr((DENY, CLONE_NAMESPACE_FLAGS, SOCKET_FAMILIES_ALLOWED, SOCKET_FAMILY_SPAN,
+                 TTY_IOCTLS_DENIED, PERSONALITY_ALLOWED, os.uname().machine, 2))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def compiled_policy(unconfined: bool = False) -> CompiledPolicy:
+    """The default policy's BPF, from memory, then the on-disk cache, then libseccomp."""
+    if unconfined:
+        return CompiledPolicy(filters=(), digest="unconfined")
+    key = policy_key()
+    hit = _memory_cache.get(key)
+    if hit is not None:
+        return hit
+    path = _paths.cache_dir() / "seccomp" / f"{key}.bpf"
+    policy = _load(path, key)
+    if policy is None:
+        policy = CompiledPolicy(filters=_compile(), digest=key)
+        _store(path, policy)
+    _memory_cache[key] = policy
+    return policy
+
+
+def _load(path, key: str) -> CompiledPolicy | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    filters, offset = [], 0
+    while offset + 4 <= len(data):
+        (size,) = struct.unpack_from("<I", data, offset)
+        chunk = data[offset + 4 : offset + 4 + size]
+        if size == 0 or size % 8 or len(chunk) != size:
+            return None
+        filters.append(chunk)
+        offset += 4 + size
+    if offset != len(data) or len(filters) != 2:
+        return None
+    return CompiledPolicy(filters=tuple(filters), digest=key)
+
+
+def _store(path, policy: CompiledPolicy) -> None:
+    blob = b"".join(struct.pack("<I", len(f)) + f for f in policy.filters)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a recompile (about 10 ms) next time
+
+
+def _compile() -> tuple[bytes, bytes]:
+    from ._native import libseccomp
+
+    ffi, lib, libc = libseccomp()
+
+    def new_ctx(default: int):
+        ctx = lib.seccomp_init(default)
+        if ctx == ffi.NULL:
+            raise SeccompError("seccomp_init failed")
+        for attr, value in ((_FLTATR_ACT_BADARCH, _ACT_KILL_PROCESS), (_FLTATR_CTL_NNP, 0),
+                            (_FLTATR_CTL_OPTIMIZE, 2)):
+            _check(lib.seccomp_attr_set(ctx, attr, value), "seccomp_attr_set", str(attr))
+        return ctx
+
+    def add(ctx, action: int, name: str, *cmps: tuple[int, int, int, int]) -> None:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            return  # not a syscall on this architecture (vm86 on x86_64, ...)
+        arr = ffi.new("struct scmp_arg_cmp[]", list(cmps)) if cmps else ffi.NULL
+        _check(lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr),
+               "seccomp_rule_add", name)
+
+    denied = {name for names in DENY.values() for name in names}
+    base = new_ctx(_errno_action(errno.ENOSYS))
+    args = new_ctx(_ACT_ALLOW)
+    try:
+        native = lib.seccomp_arch_native()
+        for nr in range(_MAX_SYSCALL_NR):
+            raw = lib.seccomp_syscall_resolve_num_arch(native, nr)
+            if raw == ffi.NULL:
+                continue
+            name = ffi.string(raw).decode()
+            libc.free(raw)
+            if name not in denied and name != "personality":
+                add(base, _ACT_ALLOW, name)
+        for code, names in DENY.items():
+            if code == errno.ENOSYS:
+                continue  # the default action already (libseccomp refuses a rule equal to it)
+            for name in names:
+                add(base, _errno_action(code), name)
+        for value in PERSONALITY_ALLOWED:
+            add(base, _ACT_ALLOW, "personality", (0, _CMP_EQ, value, 0))
+
+        eperm, eafnosupport = _errno_action(errno.EPERM), _errno_action(errno.EAFNOSUPPORT)
+        for flag in CLONE_NAMESPACE_FLAGS:
+            add(args, eperm, "clone", (0, _CMP_MASKED_EQ, flag, flag))
+        for family in range(SOCKET_FAMILY_SPAN):
+            if family not in SOCKET_FAMILIES_ALLOWED:
+                add(args, eafnosupport, "socket", (0, _CMP_EQ, family, 0))
+        add(args, eafnosupport, "socket", (0, _CMP_GT, SOCKET_FAMILY_SPAN - 1, 0))
+        for proto in range(1, 32):  # netlink protocols other than NETLINK_ROUTE
+            add(args, eafnosupport, "socket", (0, _CMP_EQ, AF_NETLINK, 0), (2, _CMP_EQ, proto, 0))
+        add(args, eafnosupport, "socket", (0, _CMP_EQ, AF_NETLINK, 0), (2, _CMP_GT, 31, 0))
+        for request in TTY_IOCTLS_DENIED:
+            # MASKED_EQ on the low 32 bits: CVE-2019-10063 set the upper bits to slip past
+            # a plain equality test while the kernel truncates the number to an int.
+            add(args, eperm, "ioctl", (1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
+        return _export(ffi, lib, base), _export(ffi, lib, args)
+    finally:
+        lib.seccomp_release(base)
+        lib.seccomp_release(args)
+
+
+def _export(ffi, lib, ctx) -> bytes:
+    fd = os.memfd_create("isol8-seccomp")
+    try:
+        _check(lib.seccomp_export_bpf(ctx, fd), "seccomp_export_bpf", "memfd")
+        size = os.lseek(fd, 0, os.SEEK_CUR)
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+def _check(rc: int, call: str, what: str) -> None:
+    if rc < 0:
+        raise SeccompError(f"{call}({what}) failed: {os.strerror(-rc)}")
