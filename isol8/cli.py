@@ -1,0 +1,95 @@
+"""The ``isol8`` command: ``exec`` (alias ``run``) and ``doctor``.
+
+argparse rather than click: the CLI is small, and a one-shot ``isol8 exec`` should not pay for
+an import it does not need (the standard library is enough here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import Isol8Error
+from .runtimes import RUNTIMES, detect_runtime
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isol8", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("exec", aliases=["run"], help="run code in a fresh sandbox")
+    ex.add_argument("file", nargs="?", help="a source file (.py, .js/.mjs/.cjs, .sh)")
+    ex.add_argument("-e", "--eval", dest="code", metavar="CODE", help="inline code")
+    ex.add_argument("--cmd", help="a shell command, run as bash -c")
+    ex.add_argument("-r", "--runtime", choices=sorted(RUNTIMES), help="force the runtime")
+    ex.add_argument("--timeout", type=int, metavar="MS", help="timeout in ms (default 30000)")
+    ex.add_argument("--max-output", type=int, metavar="BYTES",
+                    help="output cap per stream (default 1048576)")
+    ex.add_argument("--sandbox-size", help="size of the /sandbox tmpfs (default 512m)")
+    ex.add_argument("--tmp-size", help="size of the /tmp tmpfs (default 256m)")
+    ex.add_argument("--net", choices=("none", "host"), default="none",
+                    help="network mode (default none)")
+    ex.add_argument("--env", action="append", type=_env_pair, default=[], metavar="K=V",
+                    help="an environment variable (repeatable)")
+    ex.add_argument("--stdin", metavar="DATA", help="data for the program's standard input")
+    ex.add_argument("--json", action="store_true", help="print the result in its wire form")
+
+    sub.add_parser("doctor", help="what this host supports, and what isol8 does about it")
+    return parser
+
+
+def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .engine import Isol8
+
+    sources = [x for x in (args.file, args.code, args.cmd) if x is not None]
+    if len(sources) != 1:
+        parser.error("give exactly one of FILE, -e/--eval or --cmd")
+    runtime = args.runtime
+    code = args.code
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                code = fh.read()
+        except OSError as exc:
+            parser.error(f"cannot read {args.file}: {exc.strerror}")
+        runtime = runtime or detect_runtime(args.file).name
+    options = {"network": args.net}
+    for name in ("max_output", "sandbox_size", "tmp_size"):
+        value = getattr(args, name)
+        if value is not None:
+            options["max_output_size" if name == "max_output" else name] = value
+    engine = Isol8(**options)
+    result = engine.execute(code, runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout,
+                            env=dict(args.env), stdin=args.stdin)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        if result.stdout:
+            print(result.stdout)
+        if result.stderr:
+            print(result.stderr, file=sys.stderr)
+    return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "doctor":
+            from .doctor import main as doctor_main
+
+            return doctor_main()
+        return _exec(args, parser)
+    except Isol8Error as exc:
+        print(f"isol8: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

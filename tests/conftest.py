@@ -1,0 +1,107 @@
+"""Shared fixtures: a real engine on the real kernel, and guarded probes.
+
+Probes that call dangerous syscalls (umount, kill(-1), sysctl writes) would do real damage on
+the host as root, so every probe starts with a guard that exits 99 unless it sees the
+sandbox's own state: no capabilities at all, no_new_privs, seccomp filtering, uid 1000.
+Tests assert exit codes other than 99, so a probe that refused fails its test loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from isol8 import ExecutionResult, Isol8
+
+TESTS = Path(__file__).resolve().parent
+GUARD_REFUSED = 99
+
+# Python and shell guards: refuse unless inside an isol8 sandbox with every privilege gone.
+GUARD_PY = """\
+import sys as _s
+_st = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
+if not (all(int(_st[k].strip(), 16) == 0 for k in ('CapEff', 'CapPrm', 'CapBnd'))
+        and _st['NoNewPrivs'].strip() == '1' and _st['Uid'].split()[0] == '1000'):
+    print('probe refused: privileged or outside the sandbox', file=_s.stderr); _s.exit(99)
+del _s, _st
+"""
+GUARD_SH = """\
+grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/self/status \
+ && grep -q '^CapBnd:[[:space:]]*0000000000000000$' /proc/self/status \
+ && grep -q '^NoNewPrivs:[[:space:]]*1$' /proc/self/status \
+ && [ "$(id -u)" = 1000 ] \
+ || { echo 'probe refused: privileged or outside the sandbox' >&2; exit 99; }
+"""
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    # Mode-specific tests are deselected in the other mode, never skipped: the suite runs in
+    # both modes (scripts/test.sh), so each of them runs somewhere.
+    wrong = "rootless_only" if is_root() else "root_only"
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker(wrong) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def engine() -> Isol8:
+    with Isol8() as eng:
+        yield eng
+
+
+def run_py(engine: Isol8, code: str, **kw) -> ExecutionResult:
+    """Run guarded Python probe code; fails the test if the guard refused."""
+    result = engine.execute(GUARD_PY + code, runtime="python", **kw)
+    assert result.exit_code != GUARD_REFUSED, result.stderr
+    return result
+
+
+def run_sh(engine: Isol8, script: str, **kw) -> ExecutionResult:
+    """Run a guarded shell probe; fails the test if the guard refused."""
+    result = engine.execute(cmd=GUARD_SH + script, **kw)
+    assert result.exit_code != GUARD_REFUSED, result.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def probe_binary(tmp_path_factory) -> bytes:
+    """tests/probe/probe.c compiled for this host; its bytes are shipped in through stdin."""
+    out = tmp_path_factory.mktemp("probe") / "probe"
+    subprocess.run(["cc", "-O1", "-Wall", "-o", str(out), str(TESTS / "probe" / "probe.c")],
+                   check=True)
+    return out.read_bytes()
+
+
+def run_probe(engine: Isol8, probe: bytes, *args: str, **kw) -> ExecutionResult:
+    """Run the C probe inside the sandbox (it has its own guard, exit 99)."""
+    cmd = ("cat > /sandbox/probe && chmod 700 /sandbox/probe && exec /sandbox/probe "
+           + shlex.join(args))
+    result = engine.execute(cmd=cmd, stdin=probe, **kw)
+    assert result.exit_code != GUARD_REFUSED, result.stderr
+    return result
+
+
+def host_processes_matching(pattern: str) -> list[str]:
+    """Host processes whose command line contains pattern, for leak checks."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pattern in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
