@@ -229,7 +229,7 @@ def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOut
         if remaining <= 0:
             outcome.timed_out = True
             return
-        for fd, _ in poller.poll(max(1, int(remaining * 1000 + 0.999))):
+        for fd, _ in poller.poll(max(1, int(min(remaining, 3600) * 1000 + 0.999))):
             if fd in pipes:
                 data = os.read(fd, _READ_CHUNK)
                 if data:

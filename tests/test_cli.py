@@ -1,0 +1,70 @@
+"""The command line: `python -m isol8 exec` as a person at a shell uses it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def isol8(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "isol8", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_eval_python():
+    p = isol8("exec", "-r", "python", "-e", "print(2**8)")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "256\n", "")
+
+
+def test_run_alias_and_default_runtime():
+    assert isol8("run", "-e", "print('py')").stdout == "py\n"
+
+
+def test_exit_code_and_stderr_pass_through():
+    p = isol8("exec", "-e", "import sys; print('bad', file=sys.stderr); sys.exit(9)")
+    assert (p.returncode, p.stderr) == (9, "bad\n")
+
+
+def test_file_runtime_detected_from_extension(tmp_path):
+    script = tmp_path / "hello.mjs"
+    script.write_text("console.log(['a', 'b'].join('-'))")
+    assert isol8("exec", str(script)).stdout == "a-b\n"
+
+
+def test_cmd_env_and_stdin():
+    p = isol8("exec", "--cmd", 'read x; echo "$x:$NAME"', "--env", "NAME=bob", "--stdin", "hi")
+    assert p.stdout == "hi:bob\n"
+
+
+def test_json_is_the_wire_form():
+    p = isol8("exec", "--json", "-e", "print(1)")
+    wire = json.loads(p.stdout)
+    assert wire["stdout"] == "1" and wire["exitCode"] == 0 and "durationMs" in wire
+
+
+def test_timeout_flag():
+    p = isol8("exec", "--timeout", "300", "--cmd", "sleep 20")
+    assert p.returncode == 137 and "--- EXECUTION TIMED OUT ---" in p.stderr
+
+
+def test_max_output_flag():
+    p = isol8("exec", "--max-output", "10", "--json", "-e", "print('x' * 100)")
+    assert json.loads(p.stdout)["truncated"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (("exec",), "exactly one of FILE"),
+    (("exec", "-e", "1", "--cmd", "true"), "exactly one of FILE"),
+    (("exec", "--env", "NOEQUALS", "-e", "1"), "KEY=VALUE"),
+    (("exec", "/nonexistent/x.py"), "cannot read"),
+])
+def test_usage_errors(args, message):
+    p = isol8(*args)
+    assert p.returncode == 2 and message in p.stderr
+
+
+def test_library_errors_are_one_line_not_a_traceback():
+    p = isol8("exec", "--sandbox-size", "huge", "-e", "1")
+    assert p.returncode == 1
+    assert p.stderr.startswith("isol8: sandbox_size") and "Traceback" not in p.stderr
