@@ -32,8 +32,19 @@ static struct config cfg;
 static void child_setup(int sync_fd) __attribute__((noreturn));
 
 int main(void) {
-  /* Phase 0: nothing from the supervisor but stdio and the control socket survives. */
+  /* Phase 0: nothing from the supervisor but stdio and the control socket survives: no fd,
+   * no blocked signal, no ignored signal (Python ignores SIGPIPE and SIGXFSZ, and SIG_IGN
+   * survives execve: `yes | head` would see EPIPE instead of dying). */
   current_step = "start";
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  /* Raw rt_sigaction: glibc's posix_spawn leaves its internal signals 32 and 33 ignored and
+   * glibc's own sigaction refuses to touch them. An all-zero kernel sigaction is SIG_DFL
+   * with no flags and an empty mask on every architecture. */
+  static const unsigned long sig_default[8];
+  for (int sig = 1; sig <= 64; sig++)
+    syscall(SYS_rt_sigaction, sig, sig_default, NULL, 8); /* EINVAL for KILL/STOP: fine */
   if (syscall(SYS_close_range, CONTROL_FD + 1, ~0U, 0) < 0)
     fail("start", "close_range", NULL);
   if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0)

@@ -20,7 +20,7 @@ from .policy import EngineOptions, positive_int
 from .protocol import HelperConfig, encode_config
 from .result import ExecutionResult
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
-from .sandbox import RunSpec, run_ephemeral
+from .sandbox import RunSpec, run_ephemeral, signals_deferred
 
 _EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
               "mutually exclusive — provide exactly one.")
@@ -80,13 +80,17 @@ class Isol8:
         spec, runtime_name = self._run_spec(code, cmd, runtime, env, stdin, file_extension)
         self.start()
         assert self._static is not None
-        host = identity.acquire(self.options.uid_range)
+        host = None
         try:
+            with signals_deferred():  # the lease must be owned before any interrupt lands
+                host = identity.acquire(self.options.uid_range)
             config = encode_config(_with_identity(self._static, host))
             outcome = run_ephemeral(config, spec, deadline=started + timeout / 1000,
                                     max_output=self.options.max_output_size)
         finally:
-            host.release()
+            if host is not None:
+                with signals_deferred():
+                    host.release()
 
         if outcome.timed_out:
             exit_code = 137

@@ -11,6 +11,7 @@ exits only after the kernel has reaped the whole namespace.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import os
@@ -97,6 +98,10 @@ class Sandbox:
 
     def receive(self) -> dict[str, object] | None:
         """The next event, or None when the helper has hung up."""
+        with signals_deferred():  # fds received must reach their owner before any interrupt
+            return self._receive()
+
+    def _receive(self) -> dict[str, object] | None:
         try:
             data, ancdata, _, _ = self._sock.recvmsg(protocol.MAX_EVENT + 1, _RECV_ANCILLARY)
         except (ConnectionResetError, BlockingIOError):
@@ -150,12 +155,10 @@ class Sandbox:
             os.close(self._pidfd)
             self._pidfd = -1
         self._sock.close()
-        while True:
-            try:
-                os.waitpid(self.pid, 0)
-                break
-            except ChildProcessError:
-                break
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def sealed_memfd(name: str, data: bytes) -> int:
@@ -184,38 +187,60 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float,
     """Run one process in a fresh sandbox, then destroy the sandbox, whatever happens.
 
     Returns when the process exits (a background child cannot hold the call open: its
-    pipes are read to EOF only after the namespace is dead) or at the deadline.
+    pipes are read to EOF only after the namespace is dead) or at the deadline. Only the
+    wait is interruptible; setup and teardown defer signals, so a Ctrl-C (or any exception
+    a signal handler raises) lands after the sandbox is fully built or fully gone, never
+    between a spawn and its bookkeeping.
     """
     outcome = RunOutcome(CappedOutput(max_output), CappedOutput(max_output))
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    sandbox = None
+    sandbox: Sandbox | None = None
+    pipes: dict[int, CappedOutput] = {}
+    write_ends: list[int] = []
     try:
-        for fd in (out_r, err_r):
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-            except OSError:
-                pass  # over /proc/sys/fs/pipe-max-size for this user: the default works
-        sandbox = Sandbox(config)
-        sandbox.start_process(1, spec, out_w, err_w)
-        os.close(out_w)
-        os.close(err_w)
-        out_w = err_w = -1
-        _supervise(sandbox, outcome, {out_r: outcome.stdout, err_r: outcome.stderr}, deadline)
+        with signals_deferred():
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            pipes[out_r] = outcome.stdout
+            write_ends.append(out_w)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            pipes[err_r] = outcome.stderr
+            write_ends.append(err_w)
+            for fd in pipes:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+                except OSError:
+                    pass  # over /proc/sys/fs/pipe-max-size for this user: the default works
+            sandbox = Sandbox(config)
+            sandbox.start_process(1, spec, out_w, err_w)
+            _close_all(write_ends)  # ours must go, or the pipes never reach EOF
+            write_ends.clear()
+        _supervise(sandbox, outcome, pipes, deadline)
     finally:
-        if sandbox is not None:
-            sandbox.destroy()
-        for fd in (out_w, err_w):
-            if fd >= 0:
-                os.close(fd)
-        # Every writer is dead now: what is left in the pipes is read to EOF, capped.
-        for fd, sink in ((out_r, outcome.stdout), (err_r, outcome.stderr)):
+        with signals_deferred():
             if sandbox is not None:
-                _drain(fd, sink)
-            os.close(fd)
+                sandbox.destroy()
+            _close_all(write_ends)
+            # Every writer is dead now: what is left in the pipes is read to EOF, capped.
+            for fd, sink in pipes.items():
+                if sandbox is not None:
+                    _drain(fd, sink)
+                os.close(fd)
     if outcome.error is not None:
         raise _error_from_event(outcome.error)
     return outcome
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Block every signal in this thread for the duration (about a microsecond each way).
+
+    Python runs signal handlers only in the main thread, between bytecodes; with the signal
+    blocked, the handler (and the KeyboardInterrupt it raises) runs right after the block.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOutput],

@@ -1,5 +1,7 @@
 """Exit codes pass through; death by signal n gives 128+n."""
 
+import signal
+
 import pytest
 
 
@@ -28,3 +30,16 @@ def test_node_process_exit(engine):
 def test_node_syntax_error(engine):
     r = engine.execute("this is not javascript", runtime="node")
     assert r.exit_code == 1 and "SyntaxError" in r.stderr
+
+
+def test_signal_state_is_pristine_whatever_the_supervisor_has(engine):
+    # Python ignores SIGPIPE and SIGXFSZ, and SIG_IGN survives execve; a blocked signal would
+    # survive too. Neither may reach user code: `yes | head` must die of SIGPIPE (141).
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    try:
+        r = engine.execute(cmd="yes | head -1; echo ${PIPESTATUS[0]}; "
+                               "grep -E '^Sig(Ign|Blk)' /proc/self/status")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    assert r.stdout.splitlines() == ["y", "141", "SigBlk:\t0000000000000000",
+                                     "SigIgn:\t0000000000000000"]

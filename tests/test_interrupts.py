@@ -1,0 +1,44 @@
+"""Ctrl-C at any instant of execute() leaves nothing behind: no process, fd or uid lease.
+
+A SIGALRM handler raising KeyboardInterrupt is armed at random delays covering setup, the
+run and teardown; each interrupted call must still have reaped its helper and closed
+everything.
+"""
+
+import os
+import random
+import signal
+
+from isol8 import Isol8, identity
+
+from conftest import child_pids
+
+
+def test_random_interrupts_leak_nothing():
+    engine = Isol8()
+    engine.execute(cmd="true")  # warm the policy cache: interrupts then hit the sandbox path
+    fds = sorted(os.listdir("/proc/self/fd"))
+    leases = os.listdir(identity.LEASE_DIR) if os.path.isdir(identity.LEASE_DIR) else []
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    rng = random.Random(8)
+    interrupted = 0
+    try:
+        for _ in range(250):
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0001, 0.008))
+            try:
+                engine.execute(cmd="sleep 0.01")
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted > 50  # the test really interrupted calls
+    assert child_pids() == []
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    if os.path.isdir(identity.LEASE_DIR):
+        assert sorted(os.listdir(identity.LEASE_DIR)) == sorted(leases)
