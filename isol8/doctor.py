@@ -1,0 +1,406 @@
+"""``isol8 doctor``: what this host supports, and what isol8 does about each thing.
+
+Every check is a pure function of the facts it needs (file contents, paths, ids), so the
+tests can feed it a Docker container's or an Ubuntu 24.04 host's /proc without either.
+``gather()`` is the only place that reads the real host, and it also runs one real sandbox:
+the static checks explain a failure, but only the helper itself proves that the kernel,
+the LSMs and the container runtime let it through.
+
+A ``fail`` means sandboxes cannot start (``main()`` exits 1); a ``warn`` means they can, but
+something is degraded, or would break for another user or a later isol8.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import textwrap
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from . import _paths
+from .identity import DEFAULT_UID_RANGE
+
+MIN_KERNEL = (5, 12)
+# What the seccomp filters use (isol8/seccomp.py); the kernel refuses a filter naming others.
+SECCOMP_ACTIONS = ("allow", "errno", "kill_process")
+# Container runtimes' names as they appear in PID 1's cgroup paths.
+_CONTAINER_CGROUP_HINTS = ("docker", "kubepods", "containerd", "libpod", "lxc")
+# The one mount under /proc that does not hide anything (it sits on an empty directory).
+_PROC_EMPTY_DIR_MOUNTS = ("/proc/sys/fs/binfmt_misc",)
+# Superblock options of a v1 cgroup mount that are not controller names.
+_V1_NON_CONTROLLERS = {"rw", "ro", "clone_children", "noprefix", "xattr", "cpuset_v2_mode",
+                       "favordynmods"}
+# The v2 controllers the next release's limits need delegated (memory.max, pids.max).
+_V2_NEEDED = ("memory", "pids")
+
+APPARMOR_INSTALL = (
+    "install isol8's profile: copy packaging/apparmor/isol8-helper to "
+    "/etc/apparmor.d/isol8-helper, set @{{isol8_helper}} in it to {helper}, then run "
+    "'sudo apparmor_parser -r /etc/apparmor.d/isol8-helper' (see README, 'AppArmor')"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: str  # "ok" | "warn" | "fail"
+    detail: str
+    action: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    root: str
+    point: str
+    fstype: str
+    options: tuple[str, ...]  # superblock options: where v1 cgroups name their controllers
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The fields of /proc/self/mountinfo the checks need (see proc(5) for the layout)."""
+    mounts = []
+    for line in text.splitlines():
+        before, sep, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        options = tuple(tail[2].split(",")) if len(tail) > 2 else ()
+        mounts.append(Mount(_unescape(fields[3]), _unescape(fields[4]), tail[0], options))
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    # The kernel writes space, tab, newline and backslash in paths as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _status_field(proc_status: str, name: str) -> str | None:
+    for line in proc_status.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
+def check_kernel(release: str) -> Check:
+    needs = ("isol8 needs 5.12 for mount_setattr (recursive read-only mounts), and uses "
+             "close_range(CLOSE_RANGE_CLOEXEC) (5.11) and CLONE_PIDFD (5.2)")
+    match = re.match(r"(\d+)\.(\d+)", release)
+    if not match:
+        return Check("kernel", "warn", f"cannot parse the release {release!r}; {needs}")
+    version = (int(match.group(1)), int(match.group(2)))
+    if version < MIN_KERNEL:
+        return Check("kernel", "fail", f"Linux {release} is too old; {needs}",
+                     "upgrade to a 5.12 or newer kernel (Debian 12, Ubuntu 22.04, RHEL 9 "
+                     "and later ship one)")
+    return Check("kernel", "ok", f"Linux {release}; {needs}")
+
+
+def check_userns(max_user_namespaces: str | None, unprivileged_userns_clone: str | None,
+                 euid: int) -> Check:
+    """The distribution switches that refuse clone(CLONE_NEWUSER) outright."""
+    if max_user_namespaces is None:
+        return Check("user namespaces", "fail",
+                     "/proc/sys/user/max_user_namespaces is missing: this kernel was built "
+                     "without user namespaces (CONFIG_USER_NS)",
+                     "use a kernel with CONFIG_USER_NS=y (every major distribution's is)")
+    if max_user_namespaces.strip() == "0":
+        return Check("user namespaces", "fail",
+                     "user.max_user_namespaces=0 forbids user namespaces to everyone, root "
+                     "included; every sandbox starts in a new one",
+                     "sudo sysctl -w user.max_user_namespaces=15000, and persist it in "
+                     "/etc/sysctl.d/")
+    if unprivileged_userns_clone is not None and unprivileged_userns_clone.strip() == "0":
+        detail = ("kernel.unprivileged_userns_clone=0 (a Debian kernel patch) forbids user "
+                  "namespaces to unprivileged users")
+        fix = "sudo sysctl -w kernel.unprivileged_userns_clone=1, and persist it in /etc/sysctl.d/"
+        if euid == 0:
+            return Check("user namespaces", "warn",
+                         f"{detail}; root is exempt, but rootless use of isol8 fails here", fix)
+        return Check("user namespaces", "fail", detail, fix)
+    return Check("user namespaces", "ok",
+                 f"allowed (user.max_user_namespaces={max_user_namespaces.strip()}); every "
+                 "sandbox gets its own user, mount, pid, net, ipc, uts and cgroup namespaces")
+
+
+def check_apparmor(restrict_userns: str | None, loaded_profiles: str | None, euid: int,
+                   helper: str) -> Check:
+    """Ubuntu 23.10+ lets an unconfined program create a user namespace, then strips every
+    capability in it, so the helper fails at its uid map or first mount unless a profile
+    names it. ``loaded_profiles`` is None when unreadable (the list is root-only)."""
+    install = APPARMOR_INSTALL.format(helper=helper)
+    if restrict_userns is None or restrict_userns.strip() != "1":
+        return Check("apparmor", "ok",
+                     "no AppArmor restriction on user namespaces "
+                     "(kernel.apparmor_restrict_unprivileged_userns is absent or 0)")
+    restricted = "kernel.apparmor_restrict_unprivileged_userns=1"
+    if euid == 0:
+        return Check("apparmor", "warn",
+                     f"{restricted}; root (CAP_SYS_ADMIN) is exempt, but rootless use of isol8 "
+                     "needs the isol8-helper profile", install)
+    if loaded_profiles is None:
+        return Check("apparmor", "warn",
+                     f"{restricted}, and only root can list the loaded profiles, so whether "
+                     "the isol8-helper profile is loaded is unknown; the sandbox check below "
+                     "is the answer", install)
+    for line in loaded_profiles.splitlines():
+        name, _, mode = line.partition(" ")
+        if name == "isol8-helper":
+            return Check("apparmor", "ok",
+                         f"{restricted}; the isol8-helper profile is loaded {mode.strip()} and "
+                         f"grants userns, provided its path is {helper}")
+    return Check("apparmor", "fail",
+                 f"{restricted} and no isol8-helper profile is loaded: the helper's user "
+                 "namespace gets no capabilities, so it cannot map ids or mount", install)
+
+
+def check_seccomp(proc_status: str, actions_avail: str | None,
+                  libseccomp_version: str | None) -> Check:
+    """libseccomp is needed only to compile the filter; the BPF is cached per user after."""
+    if _status_field(proc_status, "Seccomp") is None:
+        return Check("seccomp", "fail",
+                     "the kernel has no seccomp support (no Seccomp line in /proc/self/status)",
+                     "use a kernel built with CONFIG_SECCOMP_FILTER=y")
+    available = (actions_avail or "").split()
+    missing = [a for a in SECCOMP_ACTIONS if a not in available]
+    if missing:
+        return Check("seccomp", "fail",
+                     f"the kernel lacks the filter actions {', '.join(missing)} "
+                     f"(seccomp/actions_avail: {actions_avail or 'absent'})",
+                     "upgrade the kernel")
+    what = ("every sandbox runs under isol8's filter: foreign architectures killed, unknown "
+            "syscalls ENOSYS, a deny-list of namespace, mount, keyring, tracing and bpf calls")
+    if libseccomp_version is None:
+        return Check("seccomp", "warn",
+                     f"kernel actions: {' '.join(available)}; libseccomp.so.2 cannot be loaded, "
+                     "so the filter can come only from isol8's cache "
+                     f"({_paths.cache_dir() / 'seccomp'}); {what}",
+                     "install libseccomp2 (apt-get install libseccomp2 / dnf install libseccomp)")
+    return Check("seccomp", "ok",
+                 f"kernel actions: {' '.join(available)}; libseccomp {libseccomp_version}; "
+                 f"{what}")
+
+
+def cgroup_v2_dir(mountinfo: str, proc_cgroup: str) -> str | None:
+    """Our own cgroup v2 directory, where the next release creates per-sandbox leaves."""
+    mount = next((m for m in parse_mountinfo(mountinfo) if m.fstype == "cgroup2"), None)
+    path = next((line[3:] for line in proc_cgroup.splitlines() if line.startswith("0::")), None)
+    if mount is None or path is None:
+        return None
+    root = mount.root.rstrip("/")
+    if root and not (path == root or path.startswith(root + "/")):
+        return None  # our cgroup lies outside what this mount shows
+    rel = path[len(root):]
+    return mount.point.rstrip("/") + rel if rel not in ("", "/") else mount.point
+
+
+def check_cgroups(mountinfo: str, v2_dir: str | None, v2_controllers: str | None,
+                  v2_writable: bool) -> Check:
+    mounts = parse_mountinfo(mountinfo)
+    v2 = [m for m in mounts if m.fstype == "cgroup2"]
+    v1 = sorted({opt for m in mounts if m.fstype == "cgroup" for opt in m.options
+                 if opt not in _V1_NON_CONTROLLERS and "=" not in opt})
+    layout = ("hybrid" if v2 and v1 else "unified" if v2 else "legacy" if v1 else "absent")
+    facts = [f"layout {layout}"]
+    if v1:
+        facts.append(f"v1 controllers {', '.join(v1)}")
+    if v2:
+        controllers = (v2_controllers or "").split()
+        facts.append(f"cgroup2 at {v2[0].point} with controllers "
+                     f"{', '.join(controllers) or 'none'}")
+        if v2_dir is not None:
+            facts.append(f"our cgroup {v2_dir} is "
+                         + ("writable (delegated)" if v2_writable else "not writable"))
+    does = ("isol8 limits sandboxes with rlimits only today; the next release gives each "
+            "sandbox a cgroup v2 leaf with memory, pids and cpu limits")
+    detail = f"{'; '.join(facts)}. {does}"
+    v2_ready = (layout == "unified" and v2_writable
+                and all(c in (v2_controllers or "").split() for c in _V2_NEEDED))
+    if v2_ready:
+        return Check("cgroups", "ok", detail)
+    if layout in ("hybrid", "legacy", "absent"):
+        fix = ("for those limits, boot with a unified cgroup v2 hierarchy "
+               "(systemd.unified_cgroup_hierarchy=1 on the kernel command line)")
+    else:
+        fix = ("for those limits, delegate memory and pids to isol8's cgroup: run it in a "
+               "unit or scope with Delegate=yes (systemd-run --user --scope -p Delegate=yes ...)")
+    return Check("cgroups", "warn", detail, fix)
+
+
+def check_overlayfs(filesystems: str) -> Check:
+    registered = any(line.split()[-1:] == ["overlay"] for line in filesystems.splitlines())
+    state = "registered" if registered else "not registered (modprobe overlay loads it)"
+    return Check("overlayfs", "ok",
+                 f"overlay is {state}; isol8 does not use it: the sandbox's root is a tmpfs "
+                 "with the host's /usr bound read-only")
+
+
+def check_nftables(nft: str | None) -> Check:
+    found = f"nft is at {nft}" if nft else "nft is not installed"
+    return Check("nftables", "ok",
+                 f"{found}; isol8 does not use it: network 'none' gives each sandbox an empty "
+                 "network namespace with only loopback, 'host' shares the host's")
+
+
+def container_markers(existing: Iterable[str], environ: Mapping[str, str],
+                      init_cgroup: str) -> list[str]:
+    """Why we believe we run in a container; no single marker is reliable on its own."""
+    markers = list(existing)
+    if "KUBERNETES_SERVICE_HOST" in environ:
+        markers.append("KUBERNETES_SERVICE_HOST is set")
+    hints = sorted({h for h in _CONTAINER_CGROUP_HINTS if h in init_cgroup})
+    if hints:
+        markers.append(f"/proc/1/cgroup mentions {', '.join(hints)}")
+    return markers
+
+
+def check_container(markers: list[str], mountinfo: str, proc_status: str,
+                    apparmor_label: str | None) -> Check:
+    """What a container runtime does to us that breaks nesting: the kernel refuses a fresh
+    /proc in a new user namespace while any file of the current one is overmounted, Docker's
+    default seccomp profile refuses clone(CLONE_NEWUSER), unshare and mount, and its
+    docker-default AppArmor profile refuses mount."""
+    masked = sorted(m.point for m in parse_mountinfo(mountinfo)
+                    if m.point.startswith("/proc/") and m.point not in _PROC_EMPTY_DIR_MOUNTS)
+    filtered = _status_field(proc_status, "Seccomp") == "2"
+    label = (apparmor_label or "unconfined").strip()
+    confined = not (label == "unconfined" or label.endswith("(unconfined)"))
+    where = (f"container markers: {'; '.join(markers)}" if markers
+             else "no container markers")
+    if not (masked or filtered or confined):
+        nest = ("; /proc is unmasked and no seccomp filter or AppArmor profile confines isol8"
+                if markers else "")
+        return Check("container", "ok", where + nest)
+    findings, fixes = [], []
+    if masked:
+        shown = ", ".join(masked[:6]) + (", ..." if len(masked) > 6 else "")
+        findings.append(f"/proc is masked ({shown} are overmounted), so the kernel refuses the "
+                        "sandbox its own /proc")
+        fixes.append("run the container with an unmasked /proc: docker/podman "
+                      "'--security-opt systempaths=unconfined', Kubernetes "
+                      "'securityContext.procMount: Unmasked'")
+    if filtered:
+        findings.append("a seccomp filter already confines this process (Docker's default "
+                        "profile refuses clone(CLONE_NEWUSER), unshare and mount)")
+        fixes.append("if the sandbox check fails, run the container with "
+                     "'--security-opt seccomp=unconfined' (Kubernetes: seccompProfile "
+                     "Unconfined)")
+    if confined:
+        findings.append(f"the AppArmor profile {label} confines this process (Docker's "
+                        "docker-default denies mount)")
+        fixes.append("if the sandbox check fails, run the container with "
+                     "'--security-opt apparmor=unconfined'")
+    return Check("container", "fail" if masked else "warn",
+                 f"{where}; {'; '.join(findings)}", "; ".join(fixes))
+
+
+def check_identity(euid: int) -> Check:
+    if euid == 0:
+        start, count = DEFAULT_UID_RANGE
+        return Check("identity", "ok",
+                     f"running as root: each sandbox's uid 1000 maps to its own host uid from "
+                     f"{start}-{start + count - 1} (isol8.identity.DEFAULT_UID_RANGE; the "
+                     "engine's uid_range option), never root and never an existing account")
+    return Check("identity", "ok",
+                 f"rootless: each sandbox's uid 1000 maps to your uid {euid}, the only mapping "
+                 "the kernel allows an unprivileged user; run as root to give every sandbox "
+                 "a host uid of its own")
+
+
+def check_sandbox(error: str | None) -> Check:
+    if error is None:
+        return Check("sandbox", "ok", "a real sandbox ran 'true' end to end")
+    return Check("sandbox", "fail", f"a real sandbox failed to run 'true': {error}",
+                 "the [fail] and [warn] checks above say why; the message names the failing step")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _libseccomp_version() -> str | None:
+    from ._native import libseccomp
+
+    try:
+        _, lib, _ = libseccomp()
+    except (OSError, ImportError):
+        return None
+    v = lib.seccomp_version()
+    return f"{v.major}.{v.minor}.{v.micro}"
+
+
+def _probe() -> str | None:
+    """Run one real sandbox: the only check no sysctl or LSM can talk its way past."""
+    from .engine import Isol8
+    from .errors import Isol8Error
+
+    try:
+        result = Isol8().execute(cmd="true", timeout_ms=15_000)
+    except (Isol8Error, OSError) as exc:
+        return str(exc)
+    if result.exit_code != 0:
+        return f"exit code {result.exit_code}: {result.stderr.strip()}"
+    return None
+
+
+def gather() -> list[Check]:
+    """Read this host's facts and run every check on them."""
+    euid = os.geteuid()
+    helper = str(_paths.helper_path())
+    mountinfo = _read("/proc/self/mountinfo") or ""
+    status = _read("/proc/self/status") or ""
+    v2_dir = cgroup_v2_dir(mountinfo, _read("/proc/self/cgroup") or "")
+    v2_writable = v2_dir is not None and all(
+        os.access(p, os.W_OK) for p in (v2_dir, os.path.join(v2_dir, "cgroup.procs")))
+    v2_controllers = _read(os.path.join(v2_dir, "cgroup.controllers")) if v2_dir else None
+    nft = shutil.which("nft", path=os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    markers = container_markers(
+        [p for p in ("/.dockerenv", "/run/.containerenv") if os.path.exists(p)],
+        os.environ, _read("/proc/1/cgroup") or "")
+    return [
+        check_kernel(os.uname().release),
+        check_userns(_read("/proc/sys/user/max_user_namespaces"),
+                     _read("/proc/sys/kernel/unprivileged_userns_clone"), euid),
+        check_apparmor(_read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+                       _read("/sys/kernel/security/apparmor/profiles"), euid, helper),
+        check_seccomp(status, _read("/proc/sys/kernel/seccomp/actions_avail"),
+                      _libseccomp_version()),
+        check_cgroups(mountinfo, v2_dir, v2_controllers, v2_writable),
+        check_overlayfs(_read("/proc/filesystems") or ""),
+        check_nftables(nft),
+        check_container(markers, mountinfo, status,
+                        _read("/proc/self/attr/apparmor/current")),
+        check_identity(euid),
+        check_sandbox(_probe()),
+    ]
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{'[' + check.status + ']':<7}{check.name}")
+        lines += textwrap.wrap(check.detail, 96, initial_indent=" " * 7,
+                               subsequent_indent=" " * 7)
+        if check.action:
+            lines += textwrap.wrap(check.action, 96, initial_indent=" " * 7 + "fix: ",
+                                   subsequent_indent=" " * 12)
+    lines.append("isol8 cannot run sandboxes on this host: fix the [fail] checks above."
+                 if _blocked(checks) else "isol8 can run sandboxes on this host.")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    checks = gather()
+    print(render(checks))
+    return 1 if _blocked(checks) else 0
+
+
+def _blocked(checks: list[Check]) -> bool:
+    return any(c.status == "fail" for c in checks)
