@@ -66,6 +66,7 @@ DENY: dict[int, tuple[str, ...]] = {
         "nfsservctl", "modify_ldt", "vm86", "vm86old",
         # NUMA and page migration ("scary VM ops", Flatpak).
         "mbind", "set_mempolicy", "get_mempolicy", "migrate_pages", "move_pages",
+        "set_mempolicy_home_node",
     ),
     # ENOSYS where runtimes must fall back: clone3 -> clone (whose flags the args filter can
     # see; clone3 hides them behind a pointer), io_uring -> epoll. The new mount API was the

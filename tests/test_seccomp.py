@@ -1,0 +1,220 @@
+"""The seccomp policy on the real kernel, through the multi-call probe (tests/probe/probe.c).
+
+Each denied syscall is called with arguments that make an EXECUTED call fail with a
+distinctive errno (EFAULT, EBADF, EINVAL, ...). Inside the sandbox it must fail with exactly
+the policy's errno; in the same sandbox without the filter (``seccomp="unconfined"``) it must
+fail differently, which proves the filter, not the kernel's own checks, produced the errno.
+
+A few syscalls check a capability before reading any argument, so unfiltered they also fail
+with EPERM (CAPABILITY_FIRST). For those, and for every other non-ENOSYS denial, the probe's
+"traced" mode stacks a SECCOMP_RET_TRACE filter on the named syscalls: with no tracer the
+kernel fails them with ENOSYS without running them, unless the policy's ERRNO (which takes
+precedence over TRACE) denies them first.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import run_probe
+from isol8 import Isol8, seccomp
+from isol8._native import libseccomp
+
+NAME = errno.errorcode
+SIGSYS_EXIT = 128 + signal.SIGSYS
+
+# Every unconditional denial, by the errno the policy returns.
+DENIED = {name: NAME[code] for code, names in seccomp.DENY.items() for name in names}
+# Denials that depend on arguments (pseudo-names of the probe).
+ARG_DENIED = {
+    "clone_newuser": "EPERM", "clone_newns": "EPERM", "clone_newnet": "EPERM",
+    "clone_newpid": "EPERM", "clone_newuts": "EPERM", "clone_newipc": "EPERM",
+    "clone_newcgroup": "EPERM", "clone_newtime": "EPERM",
+    "unshare_user": "EPERM",
+    "socket_vsock": "EAFNOSUPPORT", "socket_alg": "EAFNOSUPPORT",
+    "socket_packet": "EAFNOSUPPORT", "socket_key": "EAFNOSUPPORT",
+    "socket_netlink_audit": "EAFNOSUPPORT", "socket_high_bits": "EAFNOSUPPORT",
+    "ioctl_tiocsti": "EPERM", "ioctl_tiocsti_high": "EPERM", "ioctl_tioclinux": "EPERM",
+    "personality_rie": "ENOSYS", "personality_addr_no_randomize": "ENOSYS",
+}
+EXPECTED = {**DENIED, **ARG_DENIED}
+# Calls the policy must let through, and that succeed in the sandbox.
+ALLOWED = ("getpid_ok", "clone_fork_ok", "socket_inet_ok", "socket_inet6_ok", "socket_unix_ok",
+           "socket_netlink_route_ok", "ioctl_tiocgwinsz_ok", "personality_query",
+           "personality_linux_ok")
+# Unfiltered, the kernel refuses these with EPERM before it looks at any argument, so the
+# plain run cannot tell the filter's EPERM from the kernel's; the traced run can. (Syscalls
+# compiled out of the kernel answer ENOSYS instead, which the plain run does tell apart.)
+CAPABILITY_FIRST = {
+    "pivot_root": "may_mount(): CAP_SYS_ADMIN over the mount namespace",
+    "acct": "CAP_SYS_PACCT", "swapoff": "CAP_SYS_ADMIN", "reboot": "CAP_SYS_BOOT",
+    "sethostname": "CAP_SYS_ADMIN over the uts namespace",
+    "setdomainname": "CAP_SYS_ADMIN over the uts namespace",
+    "vhangup": "CAP_SYS_TTY_CONFIG",
+    "syslog": "kernel.dmesg_restrict=1 (with 0, READ_ALL of a NULL buffer is EINVAL)",
+    "kexec_load": "CAP_SYS_BOOT (ENOSYS without CONFIG_KEXEC)",
+    "kexec_file_load": "CAP_SYS_BOOT (ENOSYS without CONFIG_KEXEC_FILE)",
+    "init_module": "CAP_SYS_MODULE (ENOSYS without CONFIG_MODULES)",
+    "finit_module": "CAP_SYS_MODULE (ENOSYS without CONFIG_MODULES)",
+    "delete_module": "CAP_SYS_MODULE (ENOSYS without CONFIG_MODULES)",
+    "lookup_dcookie": "CAP_SYS_ADMIN before Linux 6.10 removed it (ENOSYS since)",
+    "open_by_handle_at": "CAP_DAC_READ_SEARCH on kernels before its check was relaxed",
+}
+# Syscalls newer than the libseccomp 2.5.4 upstream table: statmount, listmount, mseal.
+NEW_SYSCALLS = (457, 458, 462)
+
+
+def native_nr(name: str) -> int:
+    """The syscall number libseccomp resolves on this architecture (negative: none)."""
+    _, lib, _ = libseccomp()
+    return lib.seccomp_syscall_resolve_name(name.encode())
+
+
+def libseccomp_knows(nr: int) -> bool:
+    ffi, lib, libc = libseccomp()
+    raw = lib.seccomp_syscall_resolve_num_arch(lib.seccomp_arch_native(), nr)
+    if raw == ffi.NULL:
+        return False
+    libc.free(raw)
+    return True
+
+
+def probe_table(engine: Isol8, probe: bytes, mode: str, names) -> dict[str, str]:
+    result = run_probe(engine, probe, mode, *names)
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+    table = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert list(table) == list(names), result.stdout
+    assert "UNKNOWN" not in table.values(), f"probe.c lacks a case: {table}"
+    return table
+
+
+@pytest.fixture(scope="module")
+def unconfined() -> Isol8:
+    with Isol8(seccomp="unconfined") as eng:
+        yield eng
+
+
+ALL_NAMES = (*EXPECTED, *ALLOWED)
+# Denied names this architecture has no syscall for (vm86, vm86old on x86_64): the probe
+# prints NOTARCH and the policy compiles no rule for them.
+NOT_ON_ARCH = tuple(n for n in DENIED if native_nr(n) < 0)
+ON_ARCH = tuple(n for n in EXPECTED if n not in NOT_ON_ARCH)
+TRACED_NAMES = tuple(n for n in ON_ARCH if EXPECTED[n] != "ENOSYS")
+
+
+@pytest.fixture(scope="module")
+def filtered_run(engine, probe_binary) -> dict[str, str]:
+    return probe_table(engine, probe_binary, "syscall", ALL_NAMES)
+
+
+@pytest.fixture(scope="module")
+def unfiltered_run(unconfined, probe_binary) -> dict[str, str]:
+    return probe_table(unconfined, probe_binary, "syscall", ALL_NAMES)
+
+
+@pytest.fixture(scope="module")
+def traced_runs(engine, unconfined, probe_binary) -> tuple[dict[str, str], dict[str, str]]:
+    return (probe_table(engine, probe_binary, "traced", TRACED_NAMES),
+            probe_table(unconfined, probe_binary, "traced", TRACED_NAMES))
+
+
+@pytest.mark.parametrize("name", ON_ARCH)
+def test_denied_with_policy_errno(filtered_run, name):
+    assert filtered_run[name] == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", NOT_ON_ARCH)
+def test_denied_name_absent_on_this_arch(filtered_run, name):
+    assert filtered_run[name] == "NOTARCH"
+
+
+@pytest.mark.parametrize("name", ON_ARCH)
+def test_unfiltered_call_fails_differently(filtered_run, unfiltered_run, name):
+    """The proof that the filter produced the errno: without it the kernel answers otherwise."""
+    got = unfiltered_run[name]
+    if got == filtered_run[name]:
+        assert name in CAPABILITY_FIRST and got == "EPERM", \
+            f"{name}: {got} with and without the filter; the probe cannot tell them apart"
+    else:
+        assert got != "OK" or name.startswith("personality_"), \
+            f"{name} succeeded without the filter: its probe arguments are not harmless"
+
+
+@pytest.mark.parametrize("name", TRACED_NAMES)
+def test_policy_denies_before_trace(traced_runs, name):
+    filtered, unfiltered = traced_runs
+    assert filtered[name] == EXPECTED[name]
+    assert unfiltered[name] == "ENOSYS"  # traced, never executed
+
+
+@pytest.mark.parametrize("name", ALLOWED)
+def test_control_calls_succeed(filtered_run, unfiltered_run, name):
+    assert filtered_run[name] == "OK"
+    assert unfiltered_run[name] == "OK"
+
+
+def test_traced_mode_tells_allowed_calls(engine, probe_binary):
+    """The traced run is only a proof if an allowed call under it does answer ENOSYS."""
+    table = probe_table(engine, probe_binary, "traced", ("getpid_ok", "socket_inet_ok"))
+    assert table == {"getpid_ok": "ENOSYS", "socket_inet_ok": "ENOSYS"}
+
+
+@pytest.mark.parametrize("nr", NEW_SYSCALLS)
+def test_syscall_unknown_to_libseccomp_gets_enosys(engine, unconfined, probe_binary, nr):
+    unfiltered = probe_table(unconfined, probe_binary, "rawsyscall", [str(nr)])[str(nr)]
+    if unfiltered == "ENOSYS":
+        pytest.skip(f"this kernel has no syscall {nr}")
+    filtered = probe_table(engine, probe_binary, "rawsyscall", [str(nr)])[str(nr)]
+    if libseccomp_knows(nr):
+        assert filtered == unfiltered  # a newer libseccomp: allowed like any known syscall
+    else:
+        assert filtered == "ENOSYS"
+
+
+def test_x32_syscall_kills_the_process(engine, unconfined, probe_binary):
+    killed = run_probe(engine, probe_binary, "x32")
+    assert killed.exit_code == SIGSYS_EXIT, (killed.exit_code, killed.stdout, killed.stderr)
+    assert "x32" not in killed.stdout
+    survived = run_probe(unconfined, probe_binary, "x32")
+    assert survived.exit_code == 0 and survived.stdout.startswith("x32 "), survived
+
+
+def test_i386_int80_kills_the_process(engine, unconfined, probe_binary):
+    survived = run_probe(unconfined, probe_binary, "int80")
+    if survived.exit_code == 128 + signal.SIGSEGV:
+        pytest.skip("no IA32 emulation in this kernel: int $0x80 faults")
+    assert survived.exit_code == 0 and survived.stdout.strip() == "int80 OK", survived
+    killed = run_probe(engine, probe_binary, "int80")
+    assert killed.exit_code == SIGSYS_EXIT, (killed.exit_code, killed.stdout, killed.stderr)
+    assert "int80" not in killed.stdout
+
+
+def test_compiled_policy_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(seccomp, "_memory_cache", {})
+    compiles = []
+    real_compile = seccomp._compile
+
+    def counting_compile():
+        compiles.append(1)
+        return real_compile()
+
+    monkeypatch.setattr(seccomp, "_compile", counting_compile)
+
+    first = seccomp.compiled_policy()
+    assert seccomp.compiled_policy() is first  # from memory
+    assert len(compiles) == 1
+    path = Path(tmp_path) / "isol8" / "seccomp" / f"{seccomp.policy_key()}.bpf"
+    assert path.is_file()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert len(first.filters) == 2 and all(len(f) % 8 == 0 for f in first.filters)
+
+    seccomp._memory_cache.clear()
+    from_disk = seccomp.compiled_policy()
+    assert len(compiles) == 1  # loaded, not recompiled
+    assert from_disk is not first and from_disk == first
+    assert seccomp.compiled_policy() is from_disk
