@@ -7,7 +7,6 @@ spawn, the kernel's namespace setup, and the program itself.
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 import uuid
@@ -17,7 +16,7 @@ from . import identity, images, seccomp
 from .errors import InvalidRequest, RuntimeNotAvailable
 from .output import with_timeout_marker
 from .policy import EngineOptions, positive_int
-from .protocol import HelperConfig, encode_config
+from .protocol import HelperConfig, config_message, encode_config_body
 from .result import ExecutionResult
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import RunSpec, run_ephemeral, signals_deferred
@@ -42,7 +41,7 @@ class Isol8:
 
     def __init__(self, **options: object) -> None:
         self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
-        self._static: HelperConfig | None = None
+        self._config_body: bytes | None = None
 
     def __enter__(self) -> "Isol8":
         self.start()
@@ -53,21 +52,20 @@ class Isol8:
 
     def start(self) -> None:
         """Compile the policy and mount plan. Idempotent; ``execute()`` calls it lazily."""
-        if self._static is not None:
+        if self._config_body is not None:
             return
         opts = self.options
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
         sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
-        self._static = HelperConfig(
-            host_uid=0, host_gid=0, hostname=images.HOSTNAME,
-            new_netns=opts.network == "none",
+        self._config_body = encode_config_body(HelperConfig(
+            hostname=images.HOSTNAME, new_netns=opts.network == "none",
             seccomp_filters=policy.filters, rlimits=_RLIMITS,
             mounts=images.host_plan(sizes, host_network=opts.network == "host"),
-        )
+        ))
 
     def stop(self) -> None:
         """Release the engine. Every sandbox is already gone when ``execute()`` returns."""
-        self._static = None
+        self._config_body = None
 
     def execute(self, code: str | None = None, *, runtime: str | None = None,
                 cmd: str | None = None, timeout_ms: int | None = None,
@@ -79,12 +77,12 @@ class Isol8:
             else self.options.timeout_ms
         spec, runtime_name = self._run_spec(code, cmd, runtime, env, stdin, file_extension)
         self.start()
-        assert self._static is not None
+        assert self._config_body is not None
         host = None
         try:
             with signals_deferred():  # the lease must be owned before any interrupt lands
                 host = identity.acquire(self.options.uid_range)
-            config = encode_config(_with_identity(self._static, host))
+            config = config_message(self._config_body, host.uid, host.gid)
             outcome = run_ephemeral(config, spec, deadline=started + timeout / 1000,
                                     max_output=self.options.max_output_size)
         finally:
@@ -141,13 +139,6 @@ class Isol8:
         script = f"{SANDBOX_HOME}/main{extension}"
         return RunSpec(rt.argv(script), full_env, SANDBOX_HOME, stdin_bytes, code.encode(),
                        script), rt.name
-
-
-def _with_identity(static: HelperConfig, host: identity.HostIdentity) -> HelperConfig:
-    return HelperConfig(host_uid=host.uid, host_gid=host.gid, hostname=static.hostname,
-                        new_netns=static.new_netns, seccomp_filters=static.seccomp_filters,
-                        rlimits=static.rlimits, mounts=static.mounts,
-                        staging_dir=static.staging_dir)
 
 
 def _require_binary(path: str, name: str) -> None:

@@ -10,6 +10,7 @@ or others, from handing out the same id twice.
 from __future__ import annotations
 
 import fcntl
+import functools
 import grp
 import os
 import pwd
@@ -53,13 +54,17 @@ def acquire(uid_range: tuple[int, int]) -> HostIdentity:
     if euid != 0:
         return HostIdentity(euid, os.getegid())
     start, count = uid_range
-    os.makedirs(LEASE_DIR, mode=0o700, exist_ok=True)
+    taken = _accounts_in(start, count)
     for _ in range(64):
         uid = start + random.randrange(count)
-        if _is_account(uid):
+        if uid in taken:
             continue
         path = f"{LEASE_DIR}/{uid}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # /run was cleaned behind our back
+            os.makedirs(LEASE_DIR, mode=0o700, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.stat(path).st_ino != os.fstat(fd).st_ino:
@@ -71,14 +76,13 @@ def acquire(uid_range: tuple[int, int]) -> HostIdentity:
     raise InvalidRequest(f"no free host uid in range {start}..{start + count - 1}")
 
 
-def _is_account(uid: int) -> bool:
-    try:
-        pwd.getpwuid(uid)
-        return True
-    except KeyError:
-        pass
-    try:
-        grp.getgrgid(uid)
-        return True
-    except KeyError:
-        return False
+@functools.lru_cache(maxsize=8)
+def _accounts_in(start: int, count: int) -> frozenset[int]:
+    """User and group ids of existing accounts inside the range, read once per process.
+
+    Also creates the lease directory: both are one-time costs that would otherwise be paid
+    on every execute() (about 0.1 ms of NSS lookups).
+    """
+    os.makedirs(LEASE_DIR, mode=0o700, exist_ok=True)
+    ids = {entry.pw_uid for entry in pwd.getpwall()} | {entry.gr_gid for entry in grp.getgrall()}
+    return frozenset(i for i in ids if start <= i < start + count)

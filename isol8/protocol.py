@@ -156,8 +156,8 @@ MountOp = BindRO | BindDev | Tmpfs | Dir | File | Symlink | Proc | Devpts | Read
 
 @dataclass(frozen=True, slots=True)
 class HelperConfig:
-    host_uid: int
-    host_gid: int
+    """Everything about a sandbox except the host ids, which change per sandbox as root."""
+
     hostname: str
     new_netns: bool
     seccomp_filters: tuple[bytes, ...]
@@ -166,11 +166,9 @@ class HelperConfig:
     staging_dir: str = "/tmp"
 
 
-def encode_config(cfg: HelperConfig) -> bytes:
+def encode_config_body(cfg: HelperConfig) -> bytes:
+    """The records of a config: encoded once per engine, they are the same for every sandbox."""
     parts = [
-        MSG_CONFIG,
-        record(Tag.HOST_UID, struct.pack("<I", cfg.host_uid)),
-        record(Tag.HOST_GID, struct.pack("<I", cfg.host_gid)),
         record(Tag.HOSTNAME, cstr(cfg.hostname)),
         record(Tag.NEW_NETNS, b"\1" if cfg.new_netns else b"\0"),
         record(Tag.STAGING_DIR, cstr(cfg.staging_dir)),
@@ -179,6 +177,12 @@ def encode_config(cfg: HelperConfig) -> bytes:
     parts += [record(Tag.RLIMIT, struct.pack("<IQQ", *lim)) for lim in cfg.rlimits]
     parts += [op.encode() for op in cfg.mounts]
     return b"".join(parts)
+
+
+def config_message(body: bytes, host_uid: int, host_gid: int) -> bytes:
+    """The config message for one sandbox: its host ids, then the engine's encoded body."""
+    return b"".join((MSG_CONFIG, record(Tag.HOST_UID, struct.pack("<I", host_uid)),
+                     record(Tag.HOST_GID, struct.pack("<I", host_gid)), body))
 
 
 def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,

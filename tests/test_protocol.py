@@ -38,10 +38,10 @@ def test_nul_bytes_and_relative_programs_are_refused():
 
 
 def test_config_carries_every_field():
-    cfg = protocol.HelperConfig(host_uid=1001, host_gid=1002, hostname="h", new_netns=True,
+    cfg = protocol.HelperConfig(hostname="h", new_netns=True,
                                 seccomp_filters=(b"\0" * 8,), rlimits=((4, 0, 0),),
                                 mounts=(protocol.Tmpfs("/t", 4096, 1024, 0o1777, True),))
-    tags = dict(records(protocol.encode_config(cfg)))
+    tags = dict(records(protocol.config_message(protocol.encode_config_body(cfg), 1001, 1002)))
     assert tags[1] == struct.pack("<I", 1001) and tags[2] == struct.pack("<I", 1002)
     assert tags[4] == b"\1" and tags[5] == b"\0" * 8 and tags[7] == b"/tmp\0"
     assert tags[11] == struct.pack("<IIQQ", 0o1777, 1, 4096, 1024) + b"/t\0"

@@ -9,7 +9,7 @@ import pytest
 
 from isol8 import Isol8, SandboxSetupError, identity
 from isol8.errors import USERNS_HINT, hint_for
-from isol8.protocol import BindRO, encode_config
+from isol8.protocol import BindRO, config_message
 from isol8.sandbox import RunSpec, run_ephemeral
 
 from conftest import child_pids
@@ -23,9 +23,9 @@ def run_helper(extra_mounts=(), spec=SPEC):
     eng.start()
     host = identity.acquire(eng.options.uid_range)
     try:
-        cfg = dataclasses.replace(eng._static, host_uid=host.uid, host_gid=host.gid,
-                                  mounts=eng._static.mounts + tuple(extra_mounts))
-        return run_ephemeral(encode_config(cfg), spec, deadline=time.monotonic() + 30,
+        body = eng._config_body + b"".join(op.encode() for op in extra_mounts)
+        return run_ephemeral(config_message(body, host.uid, host.gid), spec,
+                             deadline=time.monotonic() + 30,
                              max_output=1024)
     finally:
         host.release()
