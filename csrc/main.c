@@ -61,9 +61,10 @@ int main(void) {
   if (parse_config(config_buf, (size_t)n, &cfg))
     fail_errno(EINVAL, "config", "parse", "config message");
 
-  /* As root, the child must not keep root's supplementary groups: once setgroups is
-   * denied in the new namespace they could never be dropped again. */
-  if (geteuid() == 0 && setgroups(0, NULL) < 0)
+  /* Mapping a uid other than our own means we are root in the initial namespace: the child
+   * must not keep root's supplementary groups, since once setgroups is denied in the new
+   * namespace they could never be dropped again. */
+  if (cfg.host_uid != geteuid() && setgroups(0, NULL) < 0)
     fail("identity", "setgroups", NULL);
 
   /* Phase 2: clone into every namespace. */

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from . import _paths
-from .identity import DEFAULT_UID_RANGE
+from .identity import DEFAULT_UID_RANGE, maps_foreign_ids
 
 MIN_KERNEL = (5, 12)
 # What the seccomp filters use (isol8/seccomp.py); the kernel refuses a filter naming others.
@@ -296,17 +296,18 @@ def check_container(markers: list[str], mountinfo: str, proc_status: str,
                  f"{where}; {'; '.join(findings)}", "; ".join(fixes))
 
 
-def check_identity(euid: int) -> Check:
-    if euid == 0:
+def check_identity(euid: int, foreign_ids: bool) -> Check:
+    if foreign_ids:
         start, count = DEFAULT_UID_RANGE
         return Check("identity", "ok",
                      f"running as root: each sandbox's uid 1000 maps to its own host uid from "
                      f"{start}-{start + count - 1} (isol8.identity.DEFAULT_UID_RANGE; the "
                      "engine's uid_range option), never root and never an existing account")
+    who = "root inside a user namespace" if euid == 0 else "rootless"
     return Check("identity", "ok",
-                 f"rootless: each sandbox's uid 1000 maps to your uid {euid}, the only mapping "
-                 "the kernel allows an unprivileged user; run as root to give every sandbox "
-                 "a host uid of its own")
+                 f"{who}: each sandbox's uid 1000 maps to your uid {euid}, the only mapping "
+                 "the kernel allows without real root; run as root on the host to give every "
+                 "sandbox a host uid of its own")
 
 
 def check_sandbox(error: str | None) -> Check:
@@ -377,7 +378,7 @@ def gather() -> list[Check]:
         check_nftables(nft),
         check_container(markers, mountinfo, status,
                         _read("/proc/self/attr/apparmor/current")),
-        check_identity(euid),
+        check_identity(euid, maps_foreign_ids()),
         check_sandbox(_probe()),
     ]
 

@@ -50,9 +50,8 @@ def validate_uid_range(uid_range: tuple[int, int]) -> tuple[int, int]:
 
 def acquire(uid_range: tuple[int, int]) -> HostIdentity:
     """The host identity for one new sandbox."""
-    euid = os.geteuid()
-    if euid != 0:
-        return HostIdentity(euid, os.getegid())
+    if not maps_foreign_ids():
+        return HostIdentity(os.geteuid(), os.getegid())
     start, count = uid_range
     taken = _accounts_in(start, count)
     for _ in range(64):
@@ -74,6 +73,22 @@ def acquire(uid_range: tuple[int, int]) -> HostIdentity:
             continue
         return HostIdentity(uid, uid, fd)
     raise InvalidRequest(f"no free host uid in range {start}..{start + count - 1}")
+
+
+@functools.lru_cache(maxsize=1)
+def maps_foreign_ids() -> bool:
+    """Whether sandboxes get their own host uid: only real root can map arbitrary ids.
+
+    Root inside a user namespace (a rootless container, where uid 0 is really some user)
+    can map only the ids of its own namespace, so it is treated like any other user.
+    """
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map") as fh:
+            return fh.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
 
 
 @functools.lru_cache(maxsize=8)

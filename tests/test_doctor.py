@@ -241,8 +241,9 @@ def test_mountinfo_paths_are_unescaped():
 
 def test_identity_names_the_uid_range_as_root():
     start, count = DEFAULT_UID_RANGE
-    assert f"{start}-{start + count - 1}" in doctor.check_identity(0).detail
-    assert "1234" in doctor.check_identity(1234).detail
+    assert f"{start}-{start + count - 1}" in doctor.check_identity(0, True).detail
+    assert "1234" in doctor.check_identity(1234, False).detail
+    assert "root inside a user namespace" in doctor.check_identity(0, False).detail
 
 
 def test_failed_sandbox_reports_the_setup_error():

@@ -3,6 +3,8 @@
 import dataclasses
 import errno
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -65,3 +67,31 @@ def test_user_namespace_failures_say_what_to_do(step, syscall, err):
 
 def test_masked_proc_hint():
     assert "systempaths=unconfined" in hint_for("rootfs", "mount(proc)", errno.EPERM)
+
+
+# Runs in a child process: it enters a user namespace of its own (full capabilities there,
+# none on the host), sets that namespace's user.max_user_namespaces to 0 exactly as a host
+# administrator would, then runs the CLI. The helper's clone(CLONE_NEWUSER) must fail, and
+# the message must say what to do.
+USERNS_DISABLED = r"""
+import ctypes, os, sys
+uid, gid = os.geteuid(), os.getegid()
+if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:
+    sys.exit(f"unshare: {os.strerror(ctypes.get_errno())}")
+for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                   ("gid_map", f"{gid} {gid} 1")):
+    with open(f"/proc/self/{name}", "w") as fh:
+        fh.write(text)
+with open("/proc/sys/user/max_user_namespaces", "w") as fh:
+    fh.write("0")
+from isol8.cli import main
+sys.exit(main(["exec", "-e", "print(1)"]))
+"""
+
+
+def test_disabled_user_namespaces_say_what_to_do():
+    p = subprocess.run([sys.executable, "-c", USERNS_DISABLED], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "sandbox setup failed at step 'clone': clone on user namespace: ENOSPC" in p.stderr
+    assert "user.max_user_namespaces" in p.stderr and "isol8 doctor" in p.stderr
