@@ -7,6 +7,7 @@ spawn, the kernel's namespace setup, and the program itself.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 import uuid
@@ -83,8 +84,9 @@ class Isol8:
             with signals_deferred():  # the lease must be owned before any interrupt lands
                 host = identity.acquire(self.options.uid_range)
             config = config_message(self._config_body, host.uid, host.gid)
+            owner = None if host.uid == os.geteuid() else (host.uid, host.gid)
             outcome = run_ephemeral(config, spec, deadline=started + timeout / 1000,
-                                    max_output=self.options.max_output_size)
+                                    max_output=self.options.max_output_size, owner=owner)
         finally:
             if host is not None:
                 with signals_deferred():

@@ -69,7 +69,9 @@ class Sandbox:
         try:
             if fd == CONTROL_FD:  # dup2(3, 3) would leave FD_CLOEXEC set
                 fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CONTROL_FD + 1)
-            self.pid = os.posix_spawn(str(helper), [str(helper)], {},
+            # A bare argv[0]: the sandbox can read it in /proc/1/cmdline, and the install
+            # path may name a user.
+            self.pid = os.posix_spawn(str(helper), ["isol8-helper"], {},
                                       file_actions=[(os.POSIX_SPAWN_DUP2, fd, CONTROL_FD)])
         except BaseException:
             self._sock.close()
@@ -79,7 +81,11 @@ class Sandbox:
                 os.close(fd)
             theirs.close()
         self._alive = True
-        self._send(config)
+        try:
+            self._send(config)
+        except BaseException:
+            self.destroy()
+            raise
 
     def _send(self, message: bytes, fds: list[int] | None = None) -> None:
         ancillary = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -183,15 +189,17 @@ def _close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
-def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float,
-                  max_output: int) -> RunOutcome:
+def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: int,
+                  owner: tuple[int, int] | None = None) -> RunOutcome:
     """Run one process in a fresh sandbox, then destroy the sandbox, whatever happens.
 
     Returns when the process exits (a background child cannot hold the call open: its
     pipes are read to EOF only after the namespace is dead) or at the deadline. Only the
     wait is interruptible; setup and teardown defer signals, so a Ctrl-C (or any exception
     a signal handler raises) lands after the sandbox is fully built or fully gone, never
-    between a spawn and its bookkeeping.
+    between a spawn and its bookkeeping. ``owner`` is the sandbox user's host uid and gid
+    when it is not ours (root mode): the pipes are given to it, or reopening them through
+    ``/dev/stdout`` inside would fail (a pipe is 0600, and host root is unmapped inside).
     """
     outcome = RunOutcome(CappedOutput(max_output), CappedOutput(max_output))
     sandbox: Sandbox | None = None
@@ -210,6 +218,8 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float,
                     fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
                 except OSError:
                     pass  # over /proc/sys/fs/pipe-max-size for this user: the default works
+                if owner is not None:
+                    os.fchown(fd, *owner)  # one inode per pipe: both ends change
             sandbox = Sandbox(config)
             sandbox.start_process(1, spec, out_w, err_w)
             _close_all(write_ends)  # ours must go, or the pipes never reach EOF

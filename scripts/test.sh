@@ -17,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"
 /usr/bin/python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "$repo[test]"
-cp -r tests pyproject.toml "$work/"
+cp -r tests packaging pyproject.toml "$work/"
 mkdir "$work/home"
 chown "$user:" "$work/home"
 chmod -R a+rX "$work"

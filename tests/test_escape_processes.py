@@ -1,0 +1,275 @@
+"""Process isolation: the sandbox sees only its own pids, cannot signal the host, and leaves
+nothing behind — no process, zombie, fd or mount — whether a run exits, times out, fails or
+is interrupted.
+
+Daemons carry a unique ``sleep <n>.<m>`` marker in their argv (sleep takes fractions), built
+inside the shell from two halves so that only the daemon's own command line holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from isol8 import Isol8, Isol8Error
+
+from conftest import child_pids, host_processes_matching, is_root, run_py, run_sh
+
+
+def _marker() -> tuple[str, str]:
+    """(head, tail): the shell runs ``sleep ${head}${tail}``; the host looks for the join."""
+    return f"{random.randint(1000, 9999)}.", f"{random.randint(10**7, 10**8 - 1)}"
+
+
+def _watch(pattern: str, seen: list, stop: threading.Event) -> threading.Thread:
+    """Polls the host process list until pattern shows up (the positive control)."""
+    def poll():
+        while not stop.is_set():
+            found = host_processes_matching(pattern)
+            if found:
+                seen.extend(found)
+                return
+            time.sleep(0.01)
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    return thread
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _mount_count() -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for _ in f)
+
+
+# --- visibility ---------------------------------------------------------------------------
+
+def test_host_pids_are_invisible(engine):
+    host_sleep = subprocess.Popen(["sleep", "60"])
+    try:
+        r = run_py(engine, f"""
+import json, os, subprocess
+pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+cmdlines = [open(f'/proc/{{p}}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()
+            for p in pids if os.path.exists(f'/proc/{{p}}')]
+def kill0(pid):
+    try:
+        os.kill(pid, 0)
+        return 'signalled'
+    except OSError as e:
+        return e.strerror
+print(json.dumps({{
+    'pids': pids, 'me': os.getpid(), 'ppid': os.getppid(), 'cmdlines': cmdlines,
+    'ps': subprocess.run(['ps', '-e', '-o', 'pid='], capture_output=True, text=True).stdout.split(),
+    'host sleep': kill0({host_sleep.pid}), 'supervisor': kill0({os.getpid()}),
+    'self': kill0(os.getpid()),
+}}))
+""")
+    finally:
+        host_sleep.kill()
+        host_sleep.wait()
+    got = json.loads(r.stdout)
+    # the init (1), this probe and ps: a handful of small pids, nothing else
+    assert got["pids"][0] == 1 and len(got["pids"]) <= 4 and max(got["pids"]) < 50, got
+    assert got["me"] == 2 and got["ppid"] == 1
+    assert len(got["ps"]) <= 4 and all(int(p) < 50 for p in got["ps"])
+    assert not any("pytest" in c or "sleep 60" in c for c in got["cmdlines"]), got["cmdlines"]
+    assert got["self"] == "signalled"  # positive control: kill(pid, 0) works on a visible pid
+    if host_sleep.pid > 50 and os.getpid() > 50:  # not colliding with sandbox pids
+        assert got["host sleep"] == got["supervisor"] == "No such process"
+
+
+def test_hostname_is_sandbox():
+    host_name = socket.gethostname()
+    with Isol8() as eng:
+        r = run_sh(eng, "hostname; uname -n; cat /proc/sys/kernel/hostname /etc/hostname; "
+                        "hostname evil 2>/dev/null && echo renamed; hostname")
+    assert r.stdout.split() == ["sandbox"] * 5
+    assert socket.gethostname() == host_name
+    if host_name != "sandbox":  # the test would fail if the UTS namespace were the host's
+        assert host_name not in r.stdout
+
+
+# --- signals ------------------------------------------------------------------------------
+
+def _sleeper_engine_and_user():
+    """As root, pin the sandbox to one host uid and run the host sleep as that uid: without
+    a pid namespace, kill(-1) from the sandbox could then reach it. Rootless, both are the
+    caller's own uid already."""
+    if not is_root():
+        return Isol8(), {}
+    while True:
+        uid = 1_600_000_000 + random.randrange(1_000_000)
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            break
+    return Isol8(uid_range=(uid, 1)), {"user": uid, "group": uid, "extra_groups": []}
+
+
+def test_kill_minus_one_does_not_touch_the_host():
+    eng, ids = _sleeper_engine_and_user()
+    head, tail = _marker()
+    host_sleep = subprocess.Popen(["sleep", head + tail], **ids)
+    try:
+        with eng:
+            r = run_py(eng, """
+import os, signal, subprocess, sys
+# extra guard: refuse unless this really is a fresh pid namespace
+if os.getpid() > 10 or b'isol8-helper' not in open('/proc/1/cmdline', 'rb').read():
+    sys.exit(98)
+child = subprocess.Popen(['sleep', '100'])
+os.kill(-1, signal.SIGKILL)
+# positive control: the signal did go out, to every process the probe may signal
+print('survived', child.wait())
+""")
+        assert (r.exit_code, r.stdout) == (0, "survived -9"), r.stderr
+        assert host_sleep.poll() is None  # the host process is untouched
+        assert host_processes_matching(head + tail)
+    finally:
+        host_sleep.kill()
+        host_sleep.wait()
+
+
+def test_signals_to_pid_1_are_ignored(engine):
+    r = run_sh(engine, """
+sleep 30 & victim=$!
+for sig in KILL TERM INT HUP QUIT SEGV USR1 STOP; do kill -s $sig 1; done
+sleep 0.2
+grep '^State' /proc/1/status
+kill -TERM $victim; wait $victim; echo "victim $?"  # positive control: kill works
+echo alive
+""")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines() == ["State:\tS (sleeping)", "victim 143", "alive"]
+
+
+# --- nothing survives a run -----------------------------------------------------------------
+
+def test_setsid_double_fork_daemon_dies_at_timeout(engine):
+    head, tail = _marker()
+    seen: list[str] = []
+    stop = threading.Event()
+    watcher = _watch(head + tail, seen, stop)
+    r = engine.execute(cmd=f"h={head}; setsid sh -c \"(sleep ${{h}}{tail} &)\"; "
+                           f"(setsid nohup sleep ${{h}}{tail} >/dev/null 2>&1 &); sleep 100",
+                       timeout_ms=1500)
+    stop.set()
+    watcher.join()
+    assert r.exit_code == 137
+    assert seen, "the daemon never showed up on the host: the probe is broken"
+    assert host_processes_matching(head + tail) == []
+    assert child_pids() == []
+
+
+def test_background_daemon_dies_after_a_normal_exit(engine):
+    head, tail = _marker()
+    seen: list[str] = []
+    stop = threading.Event()
+    watcher = _watch(head + tail, seen, stop)
+    r = engine.execute(cmd=f"h={head}; nohup setsid sleep ${{h}}{tail} >/dev/null 2>&1 & "
+                           f"(setsid sh -c \"sleep ${{h}}{tail} &\" &); sleep 0.5; echo main-done")
+    stop.set()
+    watcher.join()
+    assert (r.exit_code, r.stdout) == (0, "main-done")
+    assert seen, "the daemon never showed up on the host: the probe is broken"
+    assert host_processes_matching(head + tail) == []
+    assert child_pids() == []
+
+
+def test_many_runs_leave_no_process_fd_or_mount():
+    eng = Isol8()
+    eng.execute(cmd="true")  # warm up: lazy imports and caches may hold fds of their own
+    fds, mounts = _fd_count(), _mount_count()
+    head, tail = _marker()
+    outcomes = []
+    for i in range(20):
+        if i == 5:
+            r = eng.execute(cmd=f"h={head}; (setsid sleep ${{h}}{tail} &); sleep 60",
+                            timeout_ms=300)
+            outcomes.append(r.exit_code)
+        elif i == 10:
+            with pytest.raises(Isol8Error, match="too large"):  # fails after the spawn
+                eng.execute(cmd="echo " + "x" * 300_000)
+            outcomes.append("error")
+        elif i == 15:
+            r = eng.execute("raise SystemExit(3)")
+            outcomes.append(r.exit_code)
+        else:
+            r = eng.execute(cmd=f"h={head}; sleep ${{h}}{tail} & echo {i}")
+            outcomes.append(r.exit_code)
+    assert outcomes == [0] * 5 + [137] + [0] * 4 + ["error"] + [0] * 4 + [3] + [0] * 4
+    assert child_pids() == []
+    assert host_processes_matching(head + tail) == []
+    # helpers of other engines on this machine may be running: only ours must be gone
+    ours = _descendants(os.getpid())
+    assert [p for p in host_processes_matching("isol8-helper")
+            if int(p.split(":")[0]) in ours] == []
+    assert ours == set()
+    assert _fd_count() == fds
+    assert _mount_count() == mounts
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_keyboard_interrupt_during_a_run_leaves_nothing(engine):
+    engine.execute(cmd="true")
+    fds = _fd_count()
+    head, tail = _marker()
+    seen: list[list[str]] = []
+
+    def interrupt(signum, frame):
+        seen.append(host_processes_matching(head + tail))  # the run is really going
+        raise KeyboardInterrupt
+
+    # pytest-timeout may own SIGALRM: borrow it, then give back its handler and what is
+    # left of its timer
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    started = time.monotonic()
+    previous_timer, _ = signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.execute(cmd=f"h={head}; (setsid sleep ${{h}}{tail} &); sleep ${{h}}{tail}",
+                           timeout_ms=10_000)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        elapsed = time.monotonic() - started
+        if previous_timer:
+            signal.setitimer(signal.ITIMER_REAL, max(previous_timer - elapsed, 0.01))
+    assert elapsed < 3
+    assert len(seen) == 1 and len(seen[0]) == 2, seen  # both sleeps were running
+    assert host_processes_matching(head + tail) == []
+    assert child_pids() == []
+    assert _fd_count() == fds
+
+
+def test_pid_1_does_not_reveal_the_host_install_path(engine):
+    # The helper's host path (a venv under someone's home) must not be readable inside.
+    r = engine.execute("print(repr(open('/proc/1/cmdline').read()))")
+    assert r.stdout == repr("isol8-helper\0")
