@@ -109,9 +109,19 @@ class Sandbox:
             return self._receive()
 
     def _receive(self) -> dict[str, object] | None:
-        try:
-            data, ancdata, _, _ = self._sock.recvmsg(protocol.MAX_EVENT + 1, _RECV_ANCILLARY)
-        except (ConnectionResetError, BlockingIOError):
+        # A helper that exited with our exec request unread makes the kernel report
+        # ECONNRESET once, before the events still queued for us (its error report among
+        # them): so one retry.
+        for _ in range(2):
+            try:
+                data, ancdata, _, _ = self._sock.recvmsg(protocol.MAX_EVENT + 1,
+                                                         _RECV_ANCILLARY)
+                break
+            except ConnectionResetError:
+                continue
+            except BlockingIOError:
+                return None
+        else:
             return None
         fds = [fd for level, kind, raw in ancdata
                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
