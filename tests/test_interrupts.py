@@ -37,6 +37,8 @@ def test_random_interrupts_leak_nothing():
                 signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.signal(signal.SIGALRM, previous)
-    assert interrupted > 50  # the test really interrupted calls
+    # The test must really have interrupted calls (most land in the wait, some in setup or
+    # teardown); a loaded machine shifts the mix, never to none.
+    assert interrupted >= 25, f"only {interrupted} of 250 calls were interrupted"
     assert child_pids() == []
     assert sorted(os.listdir("/proc/self/fd")) == fds  # uid leases are fds too
