@@ -31,7 +31,7 @@ enum tag {
   T_OP_BIND_RO = 10, T_OP_TMPFS = 11, T_OP_DIR = 12, T_OP_FILE = 13, T_OP_SYMLINK = 14,
   T_OP_PROC = 15, T_OP_BIND_DEV = 16, T_OP_DEVPTS = 17, T_OP_RO_SELF = 18,
   /* exec request */
-  T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_CODE_PATH = 24,
+  T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_CODE_PATH = 24, T_FINAL = 25,
 };
 
 /* tmpfs flag bits in T_OP_TMPFS */

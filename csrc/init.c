@@ -33,6 +33,7 @@
 struct run {
   uint32_t id;
   pid_t pid;
+  int final; /* the sandbox ends with this run (ephemeral mode) */
 };
 
 static struct run runs[MAX_RUNS];
@@ -43,7 +44,7 @@ struct exec_req {
   int has_id;
   const char *argv[MAX_ARGS + 1];
   const char *envp[MAX_ARGS + 1];
-  int argc, envc;
+  int argc, envc, final;
   const char *cwd, *code_path;
 };
 
@@ -58,6 +59,12 @@ static int parse_exec(const unsigned char *buf, size_t len, struct exec_req *req
       if (record_u32(&rec, &req->id))
         return -1;
       req->has_id = 1;
+      continue;
+    }
+    if (rec.tag == T_FINAL) {
+      if (rec.len != 1)
+        return -1;
+      req->final = rec.data[0] != 0;
       continue;
     }
     if (!(s = record_str(&rec)))
@@ -173,6 +180,7 @@ static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) 
     } else {
       runs[slot].id = req.id;
       runs[slot].pid = pid;
+      runs[slot].final = req.final;
       send_json("{\"event\":\"spawned\",\"id\":%u,\"pid\":%d,\"t\":%lld}", req.id, (int)pid,
                 now_ns());
     }
@@ -206,6 +214,10 @@ static void reap(void) {
       else
         send_json("{\"event\":\"exit\",\"id\":%u,\"signal\":%d}", runs[i].id,
                   WTERMSIG(status));
+      /* Ephemeral: end the namespace now rather than wait for the supervisor's SIGKILL;
+       * the kernel kills whatever the run left behind. */
+      if (runs[i].final)
+        _exit(0);
     }
   }
 }

@@ -43,6 +43,7 @@ class Tag(IntEnum):
     ENV = 22
     CWD = 23
     CODE_PATH = 24
+    FINAL = 25
 
 
 TMPFS_NOEXEC = 1
@@ -186,8 +187,12 @@ def config_message(body: bytes, host_uid: int, host_gid: int) -> bytes:
 
 
 def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,
-                code_path: str | None) -> bytes:
-    """An exec request; its fds (stdin, stdout, stderr[, code]) travel with it."""
+                code_path: str | None, *, final: bool = False) -> bytes:
+    """An exec request; its fds (stdin, stdout, stderr[, code]) travel with it.
+
+    ``final``: the sandbox ends when this process exits (ephemeral mode), without waiting
+    for the supervisor to kill it.
+    """
     if not argv or not argv[0].startswith("/"):
         raise ProtocolError("argv[0] must be an absolute path inside the sandbox")
     parts = [MSG_EXEC, record(Tag.EXEC_ID, struct.pack("<I", run_id)), record(Tag.CWD, cstr(cwd))]
@@ -195,6 +200,8 @@ def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,
     parts += [record(Tag.ENV, cstr(f"{key}={value}")) for key, value in env.items()]
     if code_path is not None:
         parts.append(record(Tag.CODE_PATH, cstr(code_path)))
+    if final:
+        parts.append(record(Tag.FINAL, b"\1"))
     return b"".join(parts)
 
 

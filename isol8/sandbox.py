@@ -139,14 +139,15 @@ class Sandbox:
         _close_all(fds)
         return event
 
-    def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int) -> None:
+    def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int, *,
+                      final: bool) -> None:
         stdin_fd = sealed_memfd("isol8-stdin", spec.stdin)
         fds = [stdin_fd, stdout_w, stderr_w]
         if spec.code is not None:
             fds.append(sealed_memfd("isol8-code", spec.code))
         try:
             self._send(protocol.encode_exec(run_id, spec.argv, spec.env, spec.cwd,
-                                            spec.code_path), fds)
+                                            spec.code_path, final=final), fds)
         finally:
             os.close(stdin_fd)
             if spec.code is not None:
@@ -231,7 +232,7 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
                 if owner is not None:
                     os.fchown(fd, *owner)  # one inode per pipe: both ends change
             sandbox = Sandbox(config)
-            sandbox.start_process(1, spec, out_w, err_w)
+            sandbox.start_process(1, spec, out_w, err_w, final=True)
             _close_all(write_ends)  # ours must go, or the pipes never reach EOF
             write_ends.clear()
         _supervise(sandbox, outcome, pipes, deadline)

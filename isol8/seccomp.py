@@ -89,7 +89,6 @@ CLONE_NAMESPACE_FLAGS = (
 )
 SOCKET_FAMILIES_ALLOWED = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 AF_NETLINK, NETLINK_ROUTE = 16, 0
-SOCKET_FAMILY_SPAN = 64  # above AF_MAX (46 in 6.18); everything larger is denied by one rule
 TTY_IOCTLS_DENIED = (0x5412, 0x541C)  # TIOCSTI (CVE-2017-5226), TIOCLINUX (CVE-2023-28100)
 # personality(): only the plain Linux personas and the query value; READ_IMPLIES_EXEC and
 # ADDR_NO_RANDOMIZE would weaken the user process's own memory protections.
@@ -113,7 +112,7 @@ _memory_cache: dict[str, CompiledPolicy] = {}
 
 def policy_key() -> str:
     """A hash of everything the compiled bytes depend on except the libseccomp build."""
-    text = repr((DENY, CLONE_NAMESPACE_FLAGS, SOCKET_FAMILIES_ALLOWED, SOCKET_FAMILY_SPAN,
+    text = repr((DENY, CLONE_NAMESPACE_FLAGS, SOCKET_FAMILIES_ALLOWED,
                  TTY_IOCTLS_DENIED, PERSONALITY_ALLOWED, os.uname().machine, 2))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -210,13 +209,8 @@ def _compile() -> tuple[bytes, bytes]:
         eperm, eafnosupport = _errno_action(errno.EPERM), _errno_action(errno.EAFNOSUPPORT)
         for flag in CLONE_NAMESPACE_FLAGS:
             add(args, eperm, "clone", (0, _CMP_MASKED_EQ, flag, flag))
-        for family in range(SOCKET_FAMILY_SPAN):
-            if family not in SOCKET_FAMILIES_ALLOWED:
-                add(args, eafnosupport, "socket", (0, _CMP_EQ, family, 0))
-        add(args, eafnosupport, "socket", (0, _CMP_GT, SOCKET_FAMILY_SPAN - 1, 0))
-        for proto in range(1, 32):  # netlink protocols other than NETLINK_ROUTE
-            add(args, eafnosupport, "socket", (0, _CMP_EQ, AF_NETLINK, 0), (2, _CMP_EQ, proto, 0))
-        add(args, eafnosupport, "socket", (0, _CMP_EQ, AF_NETLINK, 0), (2, _CMP_GT, 31, 0))
+        for rule in socket_denials():
+            add(args, eafnosupport, "socket", *rule)
         for request in TTY_IOCTLS_DENIED:
             # MASKED_EQ on the low 32 bits: CVE-2019-10063 set the upper bits to slip past
             # a plain equality test while the kernel truncates the number to an int.
@@ -225,6 +219,21 @@ def _compile() -> tuple[bytes, bytes]:
     finally:
         lib.seccomp_release(base)
         lib.seccomp_release(args)
+
+
+def socket_denials() -> list[tuple[tuple[int, int, int, int], ...]]:
+    """Rules matching every socket() the policy refuses, one comparison per argument each.
+
+    Families: EQ for each gap below the largest allowed family, GT above it (the 64-bit
+    comparison also catches a family hidden behind set upper bits, which the kernel would
+    truncate to an int). Netlink: any protocol other than NETLINK_ROUTE (0).
+    """
+    top = max(SOCKET_FAMILIES_ALLOWED)
+    rules = [((0, _CMP_EQ, family, 0),) for family in range(top)
+             if family not in SOCKET_FAMILIES_ALLOWED]
+    rules.append(((0, _CMP_GT, top, 0),))
+    rules.append(((0, _CMP_EQ, AF_NETLINK, 0), (2, _CMP_GT, NETLINK_ROUTE, 0)))
+    return rules
 
 
 def _export(ffi, lib, ctx) -> bytes:

@@ -82,3 +82,9 @@ def test_random_bytes_never_crash_the_parser():
         except ProtocolError:
             continue
         assert event["event"] in ("exit", "started", "ready", "spawned", "error")
+
+
+def test_final_flag_is_sent_only_when_asked():
+    plain = protocol.encode_exec(1, ["/bin/true"], {}, "/", None)
+    final = protocol.encode_exec(1, ["/bin/true"], {}, "/", None, final=True)
+    assert (25, b"\1") not in records(plain) and records(final)[-1] == (25, b"\1")
