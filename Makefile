@@ -30,6 +30,7 @@ test: setup
 bench: setup
 	./scripts/system-deps.sh bubblewrap
 	$(VPY) benchmarks/cold_start.py
+	$(VPY) benchmarks/timeout_precision.py
 
 clean:
 	$(MAKE) -C csrc clean

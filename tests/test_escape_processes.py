@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -273,3 +274,29 @@ def test_pid_1_does_not_reveal_the_host_install_path(engine):
     # The helper's host path (a venv under someone's home) must not be readable inside.
     r = engine.execute("print(repr(open('/proc/1/cmdline').read()))")
     assert r.stdout == repr("isol8-helper\0")
+
+
+# A supervisor killed outright (SIGKILL: no finally runs) must take its sandbox with it: the
+# init exits when the control socket closes, and the kernel kills the pid namespace.
+SUPERVISOR = """
+from isol8 import Isol8
+Isol8().execute(cmd="(setsid sleep {m} &); echo started; sleep {m}", timeout_ms=60_000)
+"""
+
+
+def test_a_killed_supervisor_leaves_nothing_behind():
+    head, tail = _marker()
+    marker = head + tail
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR.format(m=marker)])
+    try:
+        deadline = time.monotonic() + 20
+        while len(host_processes_matching(f"sleep {marker}")) < 2:
+            assert time.monotonic() < deadline, "the sandbox never started"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while host_processes_matching(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert host_processes_matching(marker) == []
