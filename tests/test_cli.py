@@ -68,3 +68,9 @@ def test_library_errors_are_one_line_not_a_traceback():
     p = isol8("exec", "--sandbox-size", "huge", "-e", "1")
     assert p.returncode == 1
     assert p.stderr.startswith("isol8: sandbox_size") and "Traceback" not in p.stderr
+
+
+def test_size_flags_reach_the_mounts():
+    p = isol8("exec", "--sandbox-size", "16m", "--tmp-size", "8m", "--cmd",
+              "df -B1 --output=size /sandbox /tmp | tail -n +2")
+    assert [int(x) for x in p.stdout.split()] == [16 << 20, 8 << 20]

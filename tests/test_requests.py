@@ -60,3 +60,10 @@ def test_result_wire_form(engine):
 def test_duration_covers_the_code():
     r = Isol8().execute("import time; time.sleep(0.4)")
     assert 400 <= r.duration_ms < 5000
+
+
+def test_upstream_defaults_are_what_the_sandbox_gets(engine):
+    opts = Isol8().options
+    assert (opts.timeout_ms, opts.max_output_size, opts.network) == (30_000, 1 << 20, "none")
+    r = engine.execute(cmd="df -B1 --output=size /sandbox /tmp | tail -n +2")
+    assert [int(x) for x in r.stdout.split()] == [512 << 20, 256 << 20]

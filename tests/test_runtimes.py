@@ -69,3 +69,14 @@ def test_missing_runtime_binary_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(runtimes.RUNTIMES, "python", missing)
     with pytest.raises(RuntimeNotAvailable, match="python-not-installed does not exist"):
         Isol8().execute("print(1)")
+
+
+def test_host_files_runtimes_need_are_there(engine):
+    # The loader cache, the host's TLS roots, and the sandbox user's identity.
+    r = engine.execute("import ssl, pwd, os; "
+                       "print(ssl.create_default_context().cert_store_stats()['x509_ca'] > 0, "
+                       "os.path.exists('/etc/ld.so.cache'), pwd.getpwuid(os.getuid()).pw_name)")
+    assert r.stdout == "True True sandbox"
+    r = engine.execute("import fs from 'node:fs'; "
+                       "console.log(fs.readdirSync('/etc/ssl/certs').length > 100)", runtime="node")
+    assert r.stdout == "true"
