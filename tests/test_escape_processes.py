@@ -8,6 +8,7 @@ inside the shell from two halves so that only the daemon's own command line hold
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -31,8 +32,13 @@ def _marker() -> tuple[str, str]:
     return f"{random.randint(1000, 9999)}.", f"{random.randint(10**7, 10**8 - 1)}"
 
 
-def _watch(pattern: str, seen: list, stop: threading.Event) -> threading.Thread:
-    """Polls the host process list until pattern shows up (the positive control)."""
+@contextlib.contextmanager
+def _watching(pattern: str):
+    """Polls the host process list during the block; yields what it saw (the positive
+    control: the daemon really existed). On exit, nothing matching may remain."""
+    seen: list[str] = []
+    stop = threading.Event()
+
     def poll():
         while not stop.is_set():
             found = host_processes_matching(pattern)
@@ -40,9 +46,17 @@ def _watch(pattern: str, seen: list, stop: threading.Event) -> threading.Thread:
                 seen.extend(found)
                 return
             time.sleep(0.01)
+
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
-    return thread
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+    assert seen, "the daemon never showed up on the host: the probe is broken"
+    assert host_processes_matching(pattern) == []
+    assert child_pids() == []
 
 
 def _fd_count() -> int:
@@ -160,33 +174,20 @@ echo alive
 
 def test_setsid_double_fork_daemon_dies_at_timeout(engine):
     head, tail = _marker()
-    seen: list[str] = []
-    stop = threading.Event()
-    watcher = _watch(head + tail, seen, stop)
-    r = engine.execute(cmd=f"h={head}; setsid sh -c \"(sleep ${{h}}{tail} &)\"; "
-                           f"(setsid nohup sleep ${{h}}{tail} >/dev/null 2>&1 &); sleep 100",
-                       timeout_ms=1500)
-    stop.set()
-    watcher.join()
+    with _watching(head + tail):
+        r = engine.execute(cmd=f"h={head}; setsid sh -c \"(sleep ${{h}}{tail} &)\"; "
+                               f"(setsid nohup sleep ${{h}}{tail} >/dev/null 2>&1 &); sleep 100",
+                           timeout_ms=1500)
     assert r.exit_code == 137
-    assert seen, "the daemon never showed up on the host: the probe is broken"
-    assert host_processes_matching(head + tail) == []
-    assert child_pids() == []
 
 
 def test_background_daemon_dies_after_a_normal_exit(engine):
     head, tail = _marker()
-    seen: list[str] = []
-    stop = threading.Event()
-    watcher = _watch(head + tail, seen, stop)
-    r = engine.execute(cmd=f"h={head}; nohup setsid sleep ${{h}}{tail} >/dev/null 2>&1 & "
-                           f"(setsid sh -c \"sleep ${{h}}{tail} &\" &); sleep 0.5; echo main-done")
-    stop.set()
-    watcher.join()
+    with _watching(head + tail):
+        r = engine.execute(cmd=f"h={head}; nohup setsid sleep ${{h}}{tail} >/dev/null 2>&1 & "
+                               f"(setsid sh -c \"sleep ${{h}}{tail} &\" &); sleep 0.5; "
+                               "echo main-done")
     assert (r.exit_code, r.stdout) == (0, "main-done")
-    assert seen, "the daemon never showed up on the host: the probe is broken"
-    assert host_processes_matching(head + tail) == []
-    assert child_pids() == []
 
 
 def test_many_runs_leave_no_process_fd_or_mount():
