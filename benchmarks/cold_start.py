@@ -148,7 +148,7 @@ class Bench:
         host = identity.acquire(self.engine.options.uid_range)
         body = self.engine._config_body
         assert body is not None
-        return config_message(body, host.uid, host.gid), spec, host
+        return config_message(body, host_uid=host.uid, host_gid=host.gid), spec, host
 
     def setup(self) -> int:
         """run_ephemeral as Isol8.execute calls it; records spawned.t - (time before call)."""

@@ -20,6 +20,11 @@
 #define MAX_FILTERS 4
 #define MAX_RLIMITS 16
 #define MAX_OPS 128
+#define MAX_CGROUP_FDS 8
+#define MAX_WATCH_PATHS 8
+
+/* Kinds of the fds that come with the config message. */
+enum { CGROUP_V2_DIR = 'D', CGROUP_PROCS = 'P' };
 
 enum msg_type { MSG_CONFIG = 'C', MSG_EXEC = 'X', MSG_KILL = 'K' };
 
@@ -27,6 +32,9 @@ enum tag {
   /* config */
   T_HOST_UID = 1, T_HOST_GID = 2, T_HOSTNAME = 3, T_NEW_NETNS = 4, T_SECCOMP = 5,
   T_RLIMIT = 6, T_STAGING_DIR = 7,
+  T_CGROUP_FDS = 8,   /* one kind byte per fd passed with the config: 'D' or 'P' below */
+  T_MEMORY_WATCH = 9, /* u64: the init's watchdog kills the sandbox above this many bytes */
+  T_WATCH_PATH = 19,  /* a tmpfs whose usage the watchdog counts (repeated) */
   /* mount plan, executed in order relative to the new root */
   T_OP_BIND_RO = 10, T_OP_TMPFS = 11, T_OP_DIR = 12, T_OP_FILE = 13, T_OP_SYMLINK = 14,
   T_OP_PROC = 15, T_OP_BIND_DEV = 16, T_OP_DEVPTS = 17, T_OP_RO_SELF = 18,
@@ -76,13 +84,22 @@ struct config {
   int n_rlimits;
   struct op ops[MAX_OPS];
   int n_ops;
+  /* cgroups: at most one v2 directory (clone3 CLONE_INTO_CGROUP) and any number of v1
+   * cgroup.procs files the child's pid is written to before it may run */
+  int cgroup_dir;
+  int procs_fds[MAX_CGROUP_FDS];
+  int n_procs_fds;
+  uint64_t memory_watch;
+  const char *watch_paths[MAX_WATCH_PATHS];
+  int n_watch_paths;
 };
 
 /* wire.c */
 int next_record(struct reader *r, struct record *rec);
 const char *record_str(const struct record *rec);
 int record_u32(const struct record *rec, uint32_t *out);
-int parse_config(const unsigned char *buf, size_t len, struct config *cfg);
+int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
+                 struct config *cfg);
 ssize_t recv_message(int fd, unsigned char *buf, size_t cap, int *fds, int *nfds, int maxfds);
 void send_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void send_json_fd(int fd_to_pass, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -110,6 +127,9 @@ void apply_rlimits(const struct config *cfg);
 void install_seccomp(const struct config *cfg);
 
 /* init.c */
-__attribute__((noreturn)) void run_init(void);
+__attribute__((noreturn)) void run_init(const struct config *cfg);
+
+/* watchdog.c */
+uint64_t sandbox_memory_usage(const struct config *cfg);
 
 #endif

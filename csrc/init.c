@@ -15,7 +15,9 @@
 #include <sys/sendfile.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -200,6 +202,22 @@ static void kill_run(const unsigned char *buf, size_t len) {
       kill(-runs[i].pid, SIGKILL); /* its process group: the run's own session */
 }
 
+#define WATCH_INTERVAL_NS 10000000 /* 10 ms */
+
+static const struct config *config;
+static uint64_t peak_memory;
+
+/* One watchdog pass: remember the peak, and end the sandbox when it is over the limit. */
+static void check_memory(void) {
+  uint64_t usage = sandbox_memory_usage(config);
+  if (usage > peak_memory)
+    peak_memory = usage;
+  if (usage > config->memory_watch) {
+    send_json("{\"event\":\"oom\",\"usage\":%llu}", (unsigned long long)usage);
+    _exit(0); /* pid 1 exiting: the kernel kills every process of the namespace */
+  }
+}
+
 static void reap(void) {
   int status;
   pid_t pid;
@@ -208,12 +226,22 @@ static void reap(void) {
       if (runs[i].pid != pid)
         continue;
       runs[i].pid = 0;
+      /* CPU time of every process reaped so far (orphans are reaped by us too) and, when
+       * the watchdog runs, the peak it saw; the supervisor prefers cgroup counters. */
+      if (config->memory_watch)
+        check_memory();
+      struct rusage ru;
+      getrusage(RUSAGE_CHILDREN, &ru);
+      long long cpu_us = (long long)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+                         ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+      unsigned long long peak = peak_memory > (uint64_t)ru.ru_maxrss * 1024
+                                    ? peak_memory : (uint64_t)ru.ru_maxrss * 1024;
       if (WIFEXITED(status))
-        send_json("{\"event\":\"exit\",\"id\":%u,\"code\":%d}", runs[i].id,
-                  WEXITSTATUS(status));
+        send_json("{\"event\":\"exit\",\"id\":%u,\"code\":%d,\"cpu_us\":%lld,"
+                  "\"peak\":%llu}", runs[i].id, WEXITSTATUS(status), cpu_us, peak);
       else
-        send_json("{\"event\":\"exit\",\"id\":%u,\"signal\":%d}", runs[i].id,
-                  WTERMSIG(status));
+        send_json("{\"event\":\"exit\",\"id\":%u,\"signal\":%d,\"cpu_us\":%lld,"
+                  "\"peak\":%llu}", runs[i].id, WTERMSIG(status), cpu_us, peak);
       /* Ephemeral: end the namespace now rather than wait for the supervisor's SIGKILL;
        * the kernel kills whatever the run left behind. */
       if (runs[i].final)
@@ -222,8 +250,9 @@ static void reap(void) {
   }
 }
 
-void run_init(void) {
+void run_init(const struct config *cfg) {
   current_step = "init";
+  config = cfg;
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
@@ -235,12 +264,25 @@ void run_init(void) {
   if (sfd < 0)
     fail("init", "signalfd", NULL);
 
-  struct pollfd pfd[2] = {{CONTROL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
+  int tfd = -1;
+  if (cfg->memory_watch) {
+    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    struct itimerspec every = {{0, WATCH_INTERVAL_NS}, {0, WATCH_INTERVAL_NS}};
+    if (tfd < 0 || timerfd_settime(tfd, 0, &every, NULL) < 0)
+      fail("init", "timerfd", NULL);
+  }
+
+  struct pollfd pfd[3] = {{CONTROL_FD, POLLIN, 0}, {sfd, POLLIN, 0}, {tfd, POLLIN, 0}};
   for (;;) {
-    if (poll(pfd, 2, -1) < 0) {
+    if (poll(pfd, tfd >= 0 ? 3 : 2, -1) < 0) {
       if (errno == EINTR)
         continue;
       fail("init", "poll", NULL);
+    }
+    if (tfd >= 0 && pfd[2].revents) {
+      uint64_t ticks;
+      if (read(tfd, &ticks, sizeof ticks) > 0)
+        check_memory();
     }
     if (pfd[1].revents) {
       struct signalfd_siginfo si;

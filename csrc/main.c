@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,9 @@
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -30,6 +34,29 @@ static unsigned char config_buf[MAX_MESSAGE];
 static struct config cfg;
 
 static void child_setup(int sync_fd) __attribute__((noreturn));
+
+/* struct clone_args of <linux/sched.h>, which cannot be included next to <sched.h>. */
+struct clone3_args {
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+      set_tid_size, cgroup;
+};
+
+/* Fork-like (no new stack): clone3 when the child must start inside a cgroup v2 directory,
+ * so it never runs a single instruction outside it; plain clone otherwise. Raw clone in a
+ * single-threaded C process is safe (minijail's warning is about threaded callers). */
+static pid_t clone_sandbox(int flags, int *pidfd) {
+  if (cfg.cgroup_dir >= 0) {
+    struct clone3_args args = {
+        .flags = (uint64_t)(flags & ~0xff) | CLONE_INTO_CGROUP,
+        .pidfd = (uint64_t)(uintptr_t)pidfd,
+        .exit_signal = SIGCHLD,
+        .cgroup = (uint64_t)cfg.cgroup_dir,
+    };
+    return (pid_t)syscall(SYS_clone3, &args, sizeof args);
+  }
+  /* x86_64 argument order: flags, stack, parent_tid (the pidfd with CLONE_PIDFD), ... */
+  return (pid_t)syscall(SYS_clone, (unsigned long)flags, NULL, pidfd, NULL, 0);
+}
 
 int main(void) {
   /* Phase 0: nothing from the supervisor but stdio and the control socket survives: no fd,
@@ -52,13 +79,14 @@ int main(void) {
 
   /* Phase 1: configuration. */
   current_step = "config";
-  int nfds;
-  ssize_t n = recv_message(CONTROL_FD, config_buf, sizeof config_buf, NULL, &nfds, 0);
+  int fds[MAX_CGROUP_FDS], nfds;
+  ssize_t n = recv_message(CONTROL_FD, config_buf, sizeof config_buf, fds, &nfds,
+                           MAX_CGROUP_FDS);
   if (n < 0)
     fail("config", "recvmsg", "control socket");
   if (n == 0)
     _exit(0); /* supervisor gone before we started */
-  if (parse_config(config_buf, (size_t)n, &cfg))
+  if (parse_config(config_buf, (size_t)n, fds, nfds, &cfg))
     fail_errno(EINVAL, "config", "parse", "config message");
 
   /* Mapping a uid other than our own means we are root in the initial namespace: the child
@@ -77,12 +105,10 @@ int main(void) {
   if (cfg.new_netns)
     flags |= CLONE_NEWNET;
   int pidfd = -1;
-  /* Raw clone in a single-threaded C process is safe (the warning in minijail is about
-   * threaded callers); x86_64 argument order: flags, stack, parent_tid, child_tid, tls. */
-  pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)flags, NULL, &pidfd, NULL, 0);
+  pid_t pid = clone_sandbox(flags, &pidfd);
   if (pid < 0) {
     int err = errno;
-    fail_errno(err, "clone", "clone",
+    fail_errno(err, "clone", cfg.cgroup_dir >= 0 ? "clone3" : "clone",
                err == EPERM || err == ENOSPC || err == EACCES ? "user namespace" : NULL);
   }
   if (pid == 0) {
@@ -91,7 +117,14 @@ int main(void) {
   }
   close(sync[0]);
 
-  /* Phase 3 (parent): id maps, then release the child. */
+  /* Phase 3 (parent): cgroup v1 placement and id maps, then release the child: it must be
+   * in its cgroups before it can run anything. */
+  current_step = "cgroup";
+  char pid_text[16];
+  int pid_len = snprintf(pid_text, sizeof pid_text, "%d\n", (int)pid);
+  for (int i = 0; i < cfg.n_procs_fds; i++)
+    if (write(cfg.procs_fds[i], pid_text, (size_t)pid_len) != pid_len)
+      fail("cgroup", "write", "cgroup.procs");
   current_step = "idmap";
   write_id_maps(pid, &cfg);
   if (write(sync[1], "1", 1) != 1)
@@ -163,5 +196,5 @@ static void child_setup(int sync_fd) {
   current_step = "seccomp";
   install_seccomp(&cfg);
   send_json("{\"event\":\"ready\",\"t\":%lld}", now_ns());
-  run_init();
+  run_init(&cfg);
 }

@@ -120,9 +120,29 @@ static int parse_op(const struct record *rec, struct op *op) {
   return -1;
 }
 
-int parse_config(const unsigned char *buf, size_t len, struct config *cfg) {
+/* The config's fds are matched to the kinds listed in T_CGROUP_FDS, in order; any other fd,
+ * or a count that differs, is an error. */
+static int parse_cgroup_fds(const struct record *rec, const int *fds, int nfds,
+                            struct config *cfg) {
+  if ((int)rec->len != nfds)
+    return -1;
+  for (int i = 0; i < nfds; i++) {
+    if (rec->data[i] == CGROUP_V2_DIR && cfg->cgroup_dir < 0)
+      cfg->cgroup_dir = fds[i];
+    else if (rec->data[i] == CGROUP_PROCS && cfg->n_procs_fds < MAX_CGROUP_FDS)
+      cfg->procs_fds[cfg->n_procs_fds++] = fds[i];
+    else
+      return -1;
+  }
+  return 0;
+}
+
+int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
+                 struct config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->host_uid = cfg->host_gid = (uint32_t)-1;
+  cfg->cgroup_dir = -1;
+  int saw_fds = 0;
   if (len < 1 || buf[0] != MSG_CONFIG)
     return -1;
   struct reader r = {buf + 1, buf + len};
@@ -158,6 +178,20 @@ int parse_config(const unsigned char *buf, size_t len, struct config *cfg) {
       cfg->filters[cfg->n_filters].bpf = rec.data;
       cfg->filters[cfg->n_filters++].len = rec.len;
       break;
+    case T_CGROUP_FDS:
+      if (saw_fds++ || parse_cgroup_fds(&rec, fds, nfds, cfg))
+        return -1;
+      break;
+    case T_MEMORY_WATCH:
+      if (rec.len != 8)
+        return -1;
+      memcpy(&cfg->memory_watch, rec.data, 8);
+      break;
+    case T_WATCH_PATH:
+      if (cfg->n_watch_paths == MAX_WATCH_PATHS ||
+          !(cfg->watch_paths[cfg->n_watch_paths++] = record_str(&rec)))
+        return -1;
+      break;
     case T_RLIMIT:
       if (cfg->n_rlimits == MAX_RLIMITS || rec.len != 20)
         return -1;
@@ -173,7 +207,8 @@ int parse_config(const unsigned char *buf, size_t len, struct config *cfg) {
         return -1;
     }
   }
-  if (rc < 0 || cfg->host_uid == (uint32_t)-1 || cfg->host_gid == (uint32_t)-1 || !cfg->staging)
+  if (rc < 0 || cfg->host_uid == (uint32_t)-1 || cfg->host_gid == (uint32_t)-1 ||
+      !cfg->staging || (!saw_fds && nfds > 0))
     return -1;
   return 0;
 }

@@ -2,13 +2,16 @@
 
 from .engine import Isol8
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError)
-from .result import ExecutionResult
+from .limits import LimitsUnavailable
+from .result import ExecutionResult, ResourceUsage
 
 __all__ = [
     "ExecutionResult",
     "InvalidRequest",
     "Isol8",
     "Isol8Error",
+    "LimitsUnavailable",
+    "ResourceUsage",
     "RuntimeNotAvailable",
     "SandboxSetupError",
 ]

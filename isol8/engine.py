@@ -1,32 +1,31 @@
 """``Isol8``: the engine agent hosts embed. One fresh sandbox per ``execute()``.
 
-The engine compiles everything that does not change between runs once, at ``start()``: the
-seccomp filters, the mount plan and its encoded form. An execution then costs one helper
-spawn, the kernel's namespace setup, and the program itself.
+The engine prepares everything that does not change between runs once, at ``start()``: the
+seccomp filters, the mount plan and its encoded form, its own cgroups and the backend of
+each limit. An execution then costs one helper spawn, the kernel's namespace setup, the
+cgroup placement, and the program itself.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import time
 import uuid
+import weakref
 from datetime import datetime, timezone
 
-from . import identity, images, seccomp
+from . import cgroups, identity, images, limits, seccomp
 from .errors import InvalidRequest, RuntimeNotAvailable
 from .output import with_timeout_marker
 from .policy import EngineOptions, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
-from .result import ExecutionResult
+from .result import ExecutionResult, ResourceUsage
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
-from .sandbox import RunSpec, run_ephemeral, signals_deferred
+from .sandbox import RunOutcome, RunSpec, run_ephemeral, signals_deferred
 
 _EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
               "mutually exclusive — provide exactly one.")
 _MISSING = "ExecutionRequest must include exactly one of: code, codeUrl, or cmd."
-# Limits every sandbox gets; the limits issue makes them configurable per engine.
-_RLIMITS = ((resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, 4096, 4096))
 
 
 class Isol8:
@@ -38,11 +37,22 @@ class Isol8:
     drops only the syscall filter (every namespace, capability and mount rule stays); it
     exists to diagnose a program the filter breaks. ``uid_range`` is the host uid range
     sandboxes map to when the supervisor runs as root.
+
+    Limits (upstream's defaults): ``memory_limit="512m"``, ``cpu_limit=1.0`` (cores),
+    ``pids_limit=64``; each is enforced by the strongest backend this host offers for it
+    (see isol8.limits), reported in every result's ``resource_usage.enforced``;
+    ``strict_limits=True`` refuses to start rather than degrade to a best-effort backend.
+    ``cgroup_parent`` (or ``ISOL8_CGROUP_PARENT``) names a delegated cgroup v2 directory to
+    create the engine's cgroups in, instead of the supervisor's own cgroup.
     """
 
     def __init__(self, **options: object) -> None:
         self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
         self._config_body: bytes | None = None
+        self._cgroups: cgroups.EngineCgroups | None = None
+        self._enforced: dict[str, str] = {}
+        self._max_file = 0
+        self._finalizer: weakref.finalize | None = None
 
     def __enter__(self) -> "Isol8":
         self.start()
@@ -52,21 +62,42 @@ class Isol8:
         self.stop()
 
     def start(self) -> None:
-        """Compile the policy and mount plan. Idempotent; ``execute()`` calls it lazily."""
+        """Compile the policy and mount plan, make the engine's cgroups and choose each
+        limit's backend. Idempotent; ``execute()`` calls it lazily."""
         if self._config_body is not None:
             return
         opts = self.options
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
+        engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent)
+        try:
+            enforced = limits.enforcement(opts.limits, engine_cgroups.backend)
+        except limits.LimitsUnavailable:
+            engine_cgroups.close()
+            raise
         sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
+        watchdog = enforced["memory"] == "watchdog"
         self._config_body = encode_config_body(HelperConfig(
             hostname=images.HOSTNAME, new_netns=opts.network == "none",
-            seccomp_filters=policy.filters, rlimits=_RLIMITS,
+            seccomp_filters=policy.filters,
             mounts=images.host_plan(sizes, host_network=opts.network == "host"),
+            memory_watch=opts.limits.memory if watchdog else 0,
+            watch_paths=images.WRITABLE_TMPFS if watchdog else (),
         ))
+        self._enforced = enforced
+        # No file can outgrow its tmpfs, which answers ENOSPC; RLIMIT_FSIZE sits one page
+        # above the largest, so it only backs that up and never fires first.
+        self._max_file = max(opts.sandbox_size, opts.tmp_size, images.SHM_SIZE) + 4096
+        self._cgroups = engine_cgroups if (engine_cgroups.v2_dir or engine_cgroups.v1_dirs) \
+            else None
+        # A forgotten stop() still removes the engine's cgroups, at collection or exit.
+        self._finalizer = weakref.finalize(self, engine_cgroups.close)
 
     def stop(self) -> None:
-        """Release the engine. Every sandbox is already gone when ``execute()`` returns."""
-        self._config_body = None
+        """Release the engine and its cgroups. Every sandbox is already gone when
+        ``execute()`` returns."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._config_body, self._cgroups, self._finalizer = None, None, None
 
     def execute(self, code: str | None = None, *, runtime: str | None = None,
                 cmd: str | None = None, timeout_ms: int | None = None,
@@ -79,42 +110,67 @@ class Isol8:
         spec, runtime_name = self._run_spec(code, cmd, runtime, env, stdin, file_extension)
         self.start()
         assert self._config_body is not None
-        host = None
+        opts = self.options
+        host = sandbox_cgroups = None
         try:
-            with signals_deferred():  # the lease must be owned before any interrupt lands
-                host = identity.acquire(self.options.uid_range)
-            config = config_message(self._config_body, host.uid, host.gid)
+            with signals_deferred():  # owned before any interrupt lands: see run_ephemeral
+                host = identity.acquire(opts.uid_range)
+                if self._cgroups is not None:
+                    sandbox_cgroups = self._cgroups.new_sandbox(
+                        opts.limits.memory, opts.limits.pids, opts.limits.cpu)
+            config = config_message(
+                self._config_body, host_uid=host.uid, host_gid=host.gid,
+                rlimits=limits.rlimits(opts.limits, self._enforced, timeout_ms=timeout,
+                                       max_file=self._max_file),
+                cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"")
             owner = None if host.uid == os.geteuid() else (host.uid, host.gid)
             outcome = run_ephemeral(config, spec, deadline=started + timeout / 1000,
-                                    max_output=self.options.max_output_size, owner=owner)
+                                    max_output=opts.max_output_size, owner=owner,
+                                    cgroup=sandbox_cgroups)
+            usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
-            if host is not None:
-                with signals_deferred():
+            with signals_deferred():
+                if sandbox_cgroups is not None:
+                    sandbox_cgroups.destroy()
+                if host is not None:
                     host.release()
+        return self._result(outcome, usage, runtime_name, started)
 
-        if outcome.timed_out:
-            exit_code = 137
+    def _result(self, outcome: RunOutcome, usage: cgroups.Usage, runtime: str,
+                started: float) -> ExecutionResult:
+        oom = outcome.oom or usage.oom
+        if oom or outcome.timed_out:
+            exit_code = 137  # upstream: OOM and timeout both give 137; only timeout is marked
         elif outcome.signal is not None:
             exit_code = 128 + outcome.signal
         else:
             exit_code = int(outcome.exit_code or 0)
         stderr = outcome.stderr.text()
-        if outcome.timed_out:
+        if outcome.timed_out and not oom:
             stderr = with_timeout_marker(stderr)
         end_ns = outcome.ended_ns or time.monotonic_ns()
         begin_ns = outcome.started_ns if outcome.started_ns is not None else int(started * 1e9)
         # The init's timestamp is data from inside the sandbox: clamp it to the call's span.
         begin_ns = min(max(begin_ns, int(started * 1e9)), end_ns)
+        duration_ms = (end_ns - begin_ns) // 1_000_000
+        cpu_ms = (usage.cpu_ns // 1_000_000 if usage.cpu_ns is not None
+                  else (outcome.cpu_us or 0) // 1000)
+        peak = usage.peak_bytes if usage.peak_bytes is not None else outcome.peak_bytes
+        peak_mb = round(peak / (1 << 20), 2) if peak is not None else None
         return ExecutionResult(
             stdout=outcome.stdout.text(),
             stderr=stderr,
             exit_code=exit_code,
-            duration_ms=(end_ns - begin_ns) // 1_000_000,
+            duration_ms=duration_ms,
             truncated=outcome.stdout.truncated or outcome.stderr.truncated,
             execution_id=str(uuid.uuid4()),
-            runtime=runtime_name,
+            runtime=runtime,
             timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds")
                               .replace("+00:00", "Z"),
+            resource_usage=ResourceUsage(
+                cpu_time_ms=cpu_ms, cpu_percent=round(100 * cpu_ms / max(duration_ms, 1), 1),
+                memory_mb=peak_mb, peak_memory_mb=peak_mb, oom=oom,
+                enforced=dict(self._enforced)),
         )
 
     def _run_spec(self, code: str | None, cmd: str | None, runtime: str | None,

@@ -23,7 +23,9 @@ _HOST_ETC = ("ld.so.cache", "ssl/certs", "ssl/openssl.cnf", "ca-certificates.con
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Kernel knobs that stay visible but read-only (bubblewrap covers the same set).
 _PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
-_SHM_SIZE = 64 << 20
+SHM_SIZE = 64 << 20
+# The writable tmpfs mounts: memory too, so the watchdog counts them.
+WRITABLE_TMPFS = (SANDBOX_HOME, "/tmp", "/dev/shm")
 
 PASSWD = (b"root:x:0:0:root:/root:/usr/sbin/nologin\n"
           b"sandbox:x:1000:1000:sandbox:/sandbox:/bin/bash\n"
@@ -84,7 +86,7 @@ def host_plan(sizes: TmpfsSizes, *, host_network: bool) -> tuple[MountOp, ...]:
     ops += [
         Devpts("/dev/pts"),
         Symlink("pts/ptmx", "/dev/ptmx"),
-        Tmpfs("/dev/shm", _SHM_SIZE, inode_cap(_SHM_SIZE), mode=0o1777, noexec=True),
+        Tmpfs("/dev/shm", SHM_SIZE, inode_cap(SHM_SIZE), mode=0o1777, noexec=True),
         Symlink("/proc/self/fd", "/dev/fd"),
         Symlink("/proc/self/fd/0", "/dev/stdin"),
         Symlink("/proc/self/fd/1", "/dev/stdout"),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
 from .identity import DEFAULT_UID_RANGE, validate_uid_range
+from .limits import Limits
 
 NETWORK_MODES = ("none", "host")
 SECCOMP_MODES = ("strict", "unconfined")
@@ -36,6 +38,12 @@ def positive_int(value: object, field: str) -> int:
     return value
 
 
+def positive_number(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidRequest(f"{field}: expected a positive number, got {value!r}")
+    return float(value)
+
+
 def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
     if value not in allowed:
         raise InvalidRequest(f"{field}: expected one of {', '.join(allowed)}, got {value!r}")
@@ -51,13 +59,26 @@ class EngineOptions:
     tmp_size: int = 256 << 20
     seccomp: str = "strict"
     uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+    limits: Limits = Limits(memory=512 << 20, cpu=1.0, pids=64)
+    cgroup_parent: str | None = None
 
     @classmethod
     def build(cls, *, network: str = "none", timeout_ms: int = 30_000,
               max_output_size: int = 1 << 20, sandbox_size: str | int = "512m",
               tmp_size: str | int = "256m", seccomp: str = "strict",
-              uid_range: tuple[int, int] = DEFAULT_UID_RANGE) -> "EngineOptions":
+              uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
+              memory_limit: str | int = "512m", cpu_limit: float = 1.0, pids_limit: int = 64,
+              strict_limits: bool = False,
+              cgroup_parent: str | None = None) -> "EngineOptions":
+        parent = cgroup_parent or os.environ.get("ISOL8_CGROUP_PARENT") or None
+        if parent is not None and not os.path.isabs(parent):
+            raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
         return cls(
+            limits=Limits(memory=parse_size(memory_limit, "memory_limit"),
+                          cpu=positive_number(cpu_limit, "cpu_limit"),
+                          pids=positive_int(pids_limit, "pids_limit"),
+                          strict=bool(strict_limits)),
+            cgroup_parent=parent,
             network=choice(network, NETWORK_MODES, "network"),
             timeout_ms=positive_int(timeout_ms, "timeout_ms"),
             max_output_size=positive_int(max_output_size, "max_output_size"),

@@ -29,6 +29,8 @@ class Tag(IntEnum):
     SECCOMP = 5
     RLIMIT = 6
     STAGING_DIR = 7
+    CGROUP_FDS = 8
+    MEMORY_WATCH = 9
     OP_BIND_RO = 10
     OP_TMPFS = 11
     OP_DIR = 12
@@ -38,6 +40,7 @@ class Tag(IntEnum):
     OP_BIND_DEV = 16
     OP_DEVPTS = 17
     OP_RO_SELF = 18
+    WATCH_PATH = 19
     EXEC_ID = 20
     ARG = 21
     ENV = 22
@@ -162,9 +165,10 @@ class HelperConfig:
     hostname: str
     new_netns: bool
     seccomp_filters: tuple[bytes, ...]
-    rlimits: tuple[tuple[int, int, int], ...]
     mounts: tuple[MountOp, ...]
     staging_dir: str = "/tmp"
+    memory_watch: int = 0  # bytes; 0: no watchdog (a memory cgroup enforces the limit)
+    watch_paths: tuple[str, ...] = ()
 
 
 def encode_config_body(cfg: HelperConfig) -> bytes:
@@ -175,15 +179,26 @@ def encode_config_body(cfg: HelperConfig) -> bytes:
         record(Tag.STAGING_DIR, cstr(cfg.staging_dir)),
     ]
     parts += [record(Tag.SECCOMP, bpf) for bpf in cfg.seccomp_filters]
-    parts += [record(Tag.RLIMIT, struct.pack("<IQQ", *lim)) for lim in cfg.rlimits]
     parts += [op.encode() for op in cfg.mounts]
+    if cfg.memory_watch:
+        parts.append(record(Tag.MEMORY_WATCH, struct.pack("<Q", cfg.memory_watch)))
+        parts += [record(Tag.WATCH_PATH, cstr(path)) for path in cfg.watch_paths]
     return b"".join(parts)
 
 
-def config_message(body: bytes, host_uid: int, host_gid: int) -> bytes:
-    """The config message for one sandbox: its host ids, then the engine's encoded body."""
-    return b"".join((MSG_CONFIG, record(Tag.HOST_UID, struct.pack("<I", host_uid)),
-                     record(Tag.HOST_GID, struct.pack("<I", host_gid)), body))
+def config_message(body: bytes, *, host_uid: int, host_gid: int,
+                   rlimits: tuple[tuple[int, int, int], ...] = (),
+                   cgroup_kinds: bytes = b"") -> bytes:
+    """The config message for one sandbox: what changes per sandbox (host ids, rlimits that
+    depend on the request's timeout, the kinds of the cgroup fds sent along: b"D" a v2
+    directory, b"P" a v1 cgroup.procs), then the engine's encoded body."""
+    parts = [MSG_CONFIG, record(Tag.HOST_UID, struct.pack("<I", host_uid)),
+             record(Tag.HOST_GID, struct.pack("<I", host_gid))]
+    parts += [record(Tag.RLIMIT, struct.pack("<IQQ", *lim)) for lim in rlimits]
+    if cgroup_kinds:
+        parts.append(record(Tag.CGROUP_FDS, cgroup_kinds))
+    parts.append(body)
+    return b"".join(parts)
 
 
 def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,
@@ -217,9 +232,10 @@ _EVENT_FIELDS: dict[str, dict[str, type]] = {
     "spawned": {"id": int, "pid": int, "t": int},
     "exit": {"id": int},
     "error": {"step": str, "syscall": str, "errno": int, "path": str},
+    "oom": {"usage": int},
 }
 _OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
-    "exit": {"code": int, "signal": int},
+    "exit": {"code": int, "signal": int, "cpu_us": int, "peak": int},
     "error": {"id": int},
 }
 

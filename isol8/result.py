@@ -6,6 +6,37 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceUsage:
+    """A superset of upstream's ``resourceUsage``.
+
+    ``enforced`` names the backend of each limit ("cgroup2", "cgroup1", "rlimit",
+    "watchdog"; see isol8.limits), so a caller knows what really held. ``memory_mb`` is the
+    peak too: an ephemeral sandbox holds nothing once its run is over.
+    """
+
+    cpu_time_ms: int
+    cpu_percent: float
+    memory_mb: float | None
+    peak_memory_mb: float | None
+    oom: bool
+    enforced: dict[str, str | None]
+    network_bytes_in: int = 0
+    network_bytes_out: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "cpuPercent": self.cpu_percent,
+            "memoryMB": self.memory_mb,
+            "peakMemoryMB": self.peak_memory_mb,
+            "networkBytesIn": self.network_bytes_in,
+            "networkBytesOut": self.network_bytes_out,
+            "cpuTimeMs": self.cpu_time_ms,
+            "oom": self.oom,
+            "enforced": dict(self.enforced),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ExecutionResult:
     stdout: str
     stderr: str
@@ -15,6 +46,7 @@ class ExecutionResult:
     execution_id: str
     runtime: str
     timestamp: str
+    resource_usage: ResourceUsage
 
     def to_dict(self) -> dict[str, object]:
         """The camelCase wire form of upstream's ``ExecutionResult``."""
@@ -27,4 +59,5 @@ class ExecutionResult:
             "executionId": self.execution_id,
             "runtime": self.runtime,
             "timestamp": self.timestamp,
+            "resourceUsage": self.resource_usage.to_dict(),
         }

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from . import protocol
 from ._paths import helper_path
 from .errors import Isol8Error, SandboxSetupError
+from .cgroups import SandboxCgroups
 from .output import CappedOutput
 
 CONTROL_FD = 3  # where the helper expects its socket (csrc/helper.h)
@@ -52,13 +53,16 @@ class RunOutcome:
     timed_out: bool = False
     started_ns: int | None = None  # CLOCK_MONOTONIC when the init forked the process
     ended_ns: int | None = None
+    oom: bool = False
+    cpu_us: int | None = None  # the init's rusage of every process it reaped
+    peak_bytes: int | None = None  # the init's watchdog peak (or the largest maxrss)
     error: dict[str, object] | None = field(default=None)
 
 
 class Sandbox:
     """A running helper and the sandbox behind it."""
 
-    def __init__(self, config: bytes) -> None:
+    def __init__(self, config: bytes, config_fds: list[int]) -> None:
         helper = helper_path()
         if not os.access(helper, os.X_OK):
             raise Isol8Error(f"the isol8 helper is missing at {helper}: "
@@ -82,7 +86,7 @@ class Sandbox:
             theirs.close()
         self._alive = True
         try:
-            self._send(config)
+            self._send(config, config_fds)
         except BaseException:
             self.destroy()
             raise
@@ -201,7 +205,8 @@ def _close_all(fds: list[int]) -> None:
 
 
 def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: int,
-                  owner: tuple[int, int] | None = None) -> RunOutcome:
+                  owner: tuple[int, int] | None = None,
+                  cgroup: SandboxCgroups | None = None) -> RunOutcome:
     """Run one process in a fresh sandbox, then destroy the sandbox, whatever happens.
 
     Returns when the process exits (a background child cannot hold the call open: its
@@ -211,6 +216,8 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
     between a spawn and its bookkeeping. ``owner`` is the sandbox user's host uid and gid
     when it is not ours (root mode): the pipes are given to it, or reopening them through
     ``/dev/stdout`` inside would fail (a pipe is 0600, and host root is unmapped inside).
+    ``cgroup``: the sandbox's leaves, whose fds travel with the config and whose OOM
+    reports end the run (the caller reads and removes them afterwards).
     """
     outcome = RunOutcome(CappedOutput(max_output), CappedOutput(max_output))
     sandbox: Sandbox | None = None
@@ -231,11 +238,13 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
                     pass  # over /proc/sys/fs/pipe-max-size for this user: the default works
                 if owner is not None:
                     os.fchown(fd, *owner)  # one inode per pipe: both ends change
-            sandbox = Sandbox(config)
+            sandbox = Sandbox(config, cgroup.fds if cgroup else [])
+            if cgroup:
+                cgroup.close_fds()
             sandbox.start_process(1, spec, out_w, err_w, final=True)
             _close_all(write_ends)  # ours must go, or the pipes never reach EOF
             write_ends.clear()
-        _supervise(sandbox, outcome, pipes, deadline)
+        _supervise(sandbox, outcome, pipes, deadline, cgroup)
     finally:
         with signals_deferred():
             if sandbox is not None:
@@ -271,11 +280,14 @@ def signals_deferred():
 
 
 def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOutput],
-               deadline: float) -> None:
+               deadline: float, cgroup: SandboxCgroups | None) -> None:
     poller = select.poll()
     poller.register(sandbox.fileno(), select.POLLIN)
     for fd in pipes:
         poller.register(fd, select.POLLIN)
+    oom_fd = cgroup.oom_eventfd if cgroup else -1
+    if oom_fd >= 0:
+        poller.register(oom_fd, select.POLLIN)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -289,18 +301,32 @@ def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOut
                 else:
                     poller.unregister(fd)
                 continue
+            if fd == oom_fd:  # v1: the kernel OOM-killed a process; the sandbox ends now
+                outcome.oom = True
+                return
             event = sandbox.receive()
             if event is None:
-                outcome.error = {"step": "helper", "syscall": "exit", "errno": errno.ECHILD,
-                                 "path": ""}
+                # The init died without reporting: a cgroup OOM kill of the whole sandbox
+                # (v2 memory.oom.group) is one legitimate way; anything else is an error.
+                if cgroup and cgroup.usage().oom:
+                    outcome.oom = True
+                else:
+                    outcome.error = {"step": "helper", "syscall": "exit",
+                                     "errno": errno.ECHILD, "path": ""}
                 return
             kind = event["event"]
             if kind == "spawned":
                 outcome.started_ns = int(event["t"])
+            elif kind == "oom":  # the init's watchdog ended the sandbox
+                outcome.oom = True
+                outcome.peak_bytes = int(event["usage"])
+                return
             elif kind == "exit" and event["id"] == 1:
                 outcome.ended_ns = time.monotonic_ns()
                 outcome.exit_code = event.get("code")  # type: ignore[assignment]
                 outcome.signal = event.get("signal")  # type: ignore[assignment]
+                outcome.cpu_us = event.get("cpu_us")  # type: ignore[assignment]
+                outcome.peak_bytes = event.get("peak")  # type: ignore[assignment]
                 return
             elif kind == "error":
                 outcome.error = event

@@ -38,10 +38,14 @@ def test_nul_bytes_and_relative_programs_are_refused():
 
 
 def test_config_carries_every_field():
-    cfg = protocol.HelperConfig(hostname="h", new_netns=True,
-                                seccomp_filters=(b"\0" * 8,), rlimits=((4, 0, 0),),
-                                mounts=(protocol.Tmpfs("/t", 4096, 1024, 0o1777, True),))
-    tags = dict(records(protocol.config_message(protocol.encode_config_body(cfg), 1001, 1002)))
+    cfg = protocol.HelperConfig(hostname="h", new_netns=True, seccomp_filters=(b"\0" * 8,),
+                                mounts=(protocol.Tmpfs("/t", 4096, 1024, 0o1777, True),),
+                                memory_watch=1 << 20, watch_paths=("/t",))
+    tags = dict(records(protocol.config_message(protocol.encode_config_body(cfg), host_uid=1001,
+                                                host_gid=1002, rlimits=((4, 0, 0),),
+                                                cgroup_kinds=b"DP")))
+    assert tags[6] == struct.pack("<IQQ", 4, 0, 0) and tags[8] == b"DP"
+    assert tags[9] == struct.pack("<Q", 1 << 20) and tags[19] == b"/t\0"
     assert tags[1] == struct.pack("<I", 1001) and tags[2] == struct.pack("<I", 1002)
     assert tags[4] == b"\1" and tags[5] == b"\0" * 8 and tags[7] == b"/tmp\0"
     assert tags[11] == struct.pack("<IIQQ", 0o1777, 1, 4096, 1024) + b"/t\0"

@@ -50,7 +50,10 @@ def test_result_wire_form(engine):
     r = engine.execute("print('hi')")
     wire = r.to_dict()
     assert list(wire) == ["stdout", "stderr", "exitCode", "durationMs", "truncated",
-                          "executionId", "runtime", "timestamp"]
+                          "executionId", "runtime", "timestamp", "resourceUsage"]
+    assert set(wire["resourceUsage"]) == {"cpuPercent", "memoryMB", "peakMemoryMB",
+                                          "networkBytesIn", "networkBytesOut", "cpuTimeMs",
+                                          "oom", "enforced"}
     assert wire["stdout"] == "hi" and wire["exitCode"] == 0 and wire["truncated"] is False
     assert re.fullmatch(r"[0-9a-f-]{36}", wire["executionId"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", wire["timestamp"])

@@ -1,0 +1,68 @@
+"""Resource limits: which backend enforces each one, chosen per controller, and what a
+sandbox is told to apply.
+
+Backends, strongest first (per controller, never per host: a hybrid host mixes them):
+``cgroup2``  the engine's v2 cgroup, where the controller is delegated to it;
+``cgroup1``  a v1 hierarchy, with the engine's cgroups under the supervisor's own;
+``rlimit``   pids: RLIMIT_NPROC (counted per user namespace, so per sandbox);
+             cpu: RLIMIT_CPU, a budget of cpu_limit x timeout CPU-seconds per process, not a
+             rate (a process over it gets SIGXCPU, then SIGKILL);
+``watchdog`` memory: the sandbox's init sums its processes' anonymous memory and its tmpfs
+             usage every 10 ms and ends the sandbox above the limit (best effort).
+RLIMIT_AS is never used as a memory limit: it breaks node (V8 reserves address space).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from dataclasses import dataclass
+
+from .errors import Isol8Error
+
+HARD = {"memory": ("cgroup2", "cgroup1"), "pids": ("cgroup2", "cgroup1", "rlimit"),
+        "cpu": ("cgroup2", "cgroup1")}
+FALLBACK = {"memory": "watchdog", "pids": "rlimit", "cpu": "rlimit"}
+OPEN_FILES = 4096
+
+
+class LimitsUnavailable(Isol8Error):
+    """``strict_limits=True`` and a limit cannot be enforced by a hard backend here."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    memory: int
+    cpu: float
+    pids: int
+    strict: bool = False
+
+
+def enforcement(limits: Limits, cgroup_backend) -> dict[str, str]:
+    """The backend of each controller: a cgroup where the engine has one, else the fallback.
+
+    ``cgroup_backend(controller)`` says "cgroup2", "cgroup1" or None.
+    """
+    chosen = {c: cgroup_backend(c) or FALLBACK[c] for c in ("memory", "pids", "cpu")}
+    if limits.strict:
+        soft = [f"{c} ({b})" for c, b in chosen.items() if b not in HARD[c]]
+        if soft:
+            raise LimitsUnavailable(
+                "strict_limits: no hard enforcement here for " + ", ".join(soft)
+                + "; these need a writable cgroup (run as root, or give isol8 a delegated "
+                  "cgroup v2 subtree: cgroup_parent / ISOL8_CGROUP_PARENT; see 'isol8 doctor')")
+    return chosen
+
+
+def rlimits(limits: Limits, chosen: dict[str, str], *, timeout_ms: int,
+            max_file: int) -> tuple[tuple[int, int, int], ...]:
+    """The rlimits one sandbox gets: always core, open files and file size; pids and CPU
+    seconds only where no cgroup enforces them."""
+    out = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES),
+           (resource.RLIMIT_FSIZE, max_file, max_file)]
+    if chosen["pids"] == "rlimit":
+        out.append((resource.RLIMIT_NPROC, limits.pids, limits.pids))
+    if chosen["cpu"] == "rlimit":
+        budget = max(1, math.ceil(limits.cpu * timeout_ms / 1000))
+        out.append((resource.RLIMIT_CPU, budget, budget + 1))
+    return tuple(out)
