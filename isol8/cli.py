@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tmp-size", help="size of the /tmp tmpfs (default 256m)")
     ex.add_argument("--net", choices=("none", "host"), default="none",
                     help="network mode (default none)")
+    ex.add_argument("--memory", help="memory limit (default 512m)")
+    ex.add_argument("--cpu", type=float, help="CPU limit in cores (default 1.0)")
+    ex.add_argument("--pids-limit", type=int, help="process limit (default 64)")
+    ex.add_argument("--strict-limits", action="store_true",
+                    help="refuse to run when a limit cannot be enforced by a hard backend")
     ex.add_argument("--env", action="append", type=_env_pair, default=[], metavar="K=V",
                     help="an environment variable (repeatable)")
     ex.add_argument("--stdin", metavar="DATA", help="data for the program's standard input")
@@ -61,14 +66,15 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except OSError as exc:
             parser.error(f"cannot read {args.file}: {exc.strerror}")
         runtime = runtime or detect_runtime(args.file).name
-    options = {"network": args.net}
-    for name in ("max_output", "sandbox_size", "tmp_size"):
+    options: dict[str, object] = {"network": args.net, "strict_limits": args.strict_limits}
+    renamed = {"max_output": "max_output_size", "memory": "memory_limit", "cpu": "cpu_limit"}
+    for name in ("max_output", "sandbox_size", "tmp_size", "memory", "cpu", "pids_limit"):
         value = getattr(args, name)
         if value is not None:
-            options["max_output_size" if name == "max_output" else name] = value
-    engine = Isol8(**options)
-    result = engine.execute(code, runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout,
-                            env=dict(args.env), stdin=args.stdin)
+            options[renamed.get(name, name)] = value
+    with Isol8(**options) as engine:
+        result = engine.execute(code, runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout,
+                                env=dict(args.env), stdin=args.stdin)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

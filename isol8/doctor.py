@@ -213,8 +213,9 @@ def check_cgroups(mountinfo: str, v2_dir: str | None, v2_controllers: str | None
         if v2_dir is not None:
             facts.append(f"our cgroup {v2_dir} is "
                          + ("writable (delegated)" if v2_writable else "not writable"))
-    does = ("isol8 limits sandboxes with rlimits only today; the next release gives each "
-            "sandbox a cgroup v2 leaf with memory, pids and cpu limits")
+    does = ("isol8 picks a backend per limit from these (the 'limits' line says which): "
+            "a delegated cgroup v2 subtree first, then writable v1 hierarchies, then rlimits "
+            "and its memory watchdog")
     detail = f"{'; '.join(facts)}. {does}"
     v2_ready = (layout == "unified" and v2_writable
                 and all(c in (v2_controllers or "").split() for c in _V2_NEEDED))
@@ -310,6 +311,25 @@ def check_identity(euid: int, foreign_ids: bool) -> Check:
                  "sandbox a host uid of its own")
 
 
+def check_limits(enforced: dict[str, str] | None) -> Check:
+    """What the real sandbox run reported enforcing each limit (isol8.limits)."""
+    if enforced is None:
+        return Check("limits", "warn", "unknown: the real sandbox did not run")
+    from .limits import HARD
+
+    listing = ", ".join(f"{c} by {b}" for c, b in enforced.items())
+    soft = [c for c, b in enforced.items() if b not in HARD[c]]
+    if not soft:
+        return Check("limits", "ok", f"{listing}: all hard limits")
+    return Check("limits", "warn",
+                 f"{listing}; best effort for {', '.join(soft)} (the watchdog polls memory "
+                 "every 10 ms; the cpu rlimit is a CPU-seconds budget, not a rate); "
+                 "strict_limits=True refuses to run here",
+                 "for hard limits give isol8 a cgroup: run as root, or delegate a cgroup v2 "
+                 "subtree with memory, pids and cpu enabled (systemd: Delegate=yes) and pass it "
+                 "as cgroup_parent / ISOL8_CGROUP_PARENT")
+
+
 def check_sandbox(error: str | None) -> Check:
     if error is None:
         return Check("sandbox", "ok", "a real sandbox ran 'true' end to end")
@@ -336,18 +356,21 @@ def _libseccomp_version() -> str | None:
     return f"{v.major}.{v.minor}.{v.micro}"
 
 
-def _probe() -> str | None:
-    """Run one real sandbox: the only check no sysctl or LSM can talk its way past."""
+def _probe() -> tuple[str | None, dict[str, str] | None]:
+    """Run one real sandbox: the only check no sysctl or LSM can talk its way past. Returns
+    the error, if any, and the backend that enforced each limit."""
     from .engine import Isol8
     from .errors import Isol8Error
 
     try:
-        result = Isol8().execute(cmd="true", timeout_ms=15_000)
+        with Isol8() as engine:
+            result = engine.execute(cmd="true", timeout_ms=15_000)
     except (Isol8Error, OSError) as exc:
-        return str(exc)
+        return str(exc), None
+    enforced = dict(result.resource_usage.enforced)
     if result.exit_code != 0:
-        return f"exit code {result.exit_code}: {result.stderr.strip()}"
-    return None
+        return f"exit code {result.exit_code}: {result.stderr.strip()}", enforced
+    return None, enforced
 
 
 def gather() -> list[Check]:
@@ -362,6 +385,7 @@ def gather() -> list[Check]:
     v2_controllers = _read(os.path.join(v2_dir, "cgroup.controllers")) if v2_dir else None
     nft = shutil.which("nft", path=os.pathsep.join(
         [os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    error, enforced = _probe()
     markers = container_markers(
         [p for p in ("/.dockerenv", "/run/.containerenv") if os.path.exists(p)],
         os.environ, _read("/proc/1/cgroup") or "")
@@ -379,7 +403,8 @@ def gather() -> list[Check]:
         check_container(markers, mountinfo, status,
                         _read("/proc/self/attr/apparmor/current")),
         check_identity(euid, maps_foreign_ids()),
-        check_sandbox(_probe()),
+        check_limits(enforced),
+        check_sandbox(error),
     ]
 
 

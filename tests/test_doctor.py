@@ -166,8 +166,17 @@ def test_hybrid_cgroups_like_this_host():
     assert "layout hybrid" in check.detail
     assert "v1 controllers cpu, memory, pids;" in check.detail  # not name=systemd or xattr
     assert "cgroup2 at /sys/fs/cgroup/unified with controllers hugetlb" in check.detail
-    assert "rlimits only" in check.detail
+    assert "backend per limit" in check.detail
     assert "systemd.unified_cgroup_hierarchy=1" in check.action
+
+
+def test_limits_report_says_what_is_best_effort():
+    hard = doctor.check_limits({"memory": "cgroup1", "pids": "cgroup1", "cpu": "cgroup2"})
+    assert hard.status == "ok" and "memory by cgroup1" in hard.detail
+    soft = doctor.check_limits({"memory": "watchdog", "pids": "rlimit", "cpu": "rlimit"})
+    assert soft.status == "warn" and "best effort for memory, cpu" in soft.detail
+    assert "ISOL8_CGROUP_PARENT" in soft.action
+    assert doctor.check_limits(None).status == "warn"
 
 
 def test_unified_delegated_cgroups_pass():
