@@ -224,7 +224,8 @@ class SandboxCgroups:
 class EngineCgroups:
     """The engine's directories, and which controllers each hierarchy can limit."""
 
-    def __init__(self, discovery: Discovery, cgroup_parent: str | None) -> None:
+    def __init__(self, discovery: Discovery, cgroup_parent: str | None,
+                 v1_controllers: tuple[str, ...] = CONTROLLERS) -> None:
         self.v2_dir: str | None = None
         self.v2_controllers: set[str] = set()
         self.v1_dirs: dict[str, str] = {}
@@ -242,7 +243,7 @@ class EngineCgroups:
                     self.v2_controllers = set(wanted)
                 except OSError:
                     pass
-        for controller in CONTROLLERS:
+        for controller in v1_controllers:
             hierarchy = discovery.v1.get(controller)
             if controller in self.v2_controllers or hierarchy is None:
                 continue

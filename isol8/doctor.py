@@ -311,7 +311,7 @@ def check_identity(euid: int, foreign_ids: bool) -> Check:
                  "sandbox a host uid of its own")
 
 
-def check_limits(enforced: dict[str, str] | None) -> Check:
+def check_limits(enforced: dict[str, str | None] | None) -> Check:
     """What the real sandbox run reported enforcing each limit (isol8.limits)."""
     if enforced is None:
         return Check("limits", "warn", "unknown: the real sandbox did not run")
@@ -356,7 +356,7 @@ def _libseccomp_version() -> str | None:
     return f"{v.major}.{v.minor}.{v.micro}"
 
 
-def _probe() -> tuple[str | None, dict[str, str] | None]:
+def _probe() -> tuple[str | None, dict[str, str | None] | None]:
     """Run one real sandbox: the only check no sysctl or LSM can talk its way past. Returns
     the error, if any, and the backend that enforced each limit."""
     from .engine import Isol8

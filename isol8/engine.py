@@ -50,7 +50,7 @@ class Isol8:
         self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
         self._config_body: bytes | None = None
         self._cgroups: cgroups.EngineCgroups | None = None
-        self._enforced: dict[str, str] = {}
+        self._enforced: dict[str, str | None] = {}
         self._max_file = 0
         self._finalizer: weakref.finalize | None = None
 
@@ -68,9 +68,11 @@ class Isol8:
             return
         opts = self.options
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
-        engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent)
+        nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
+        engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
+                                               limits.v1_wanted(nproc_applies))
         try:
-            enforced = limits.enforcement(opts.limits, engine_cgroups.backend)
+            enforced = limits.enforcement(opts.limits, engine_cgroups.backend, nproc_applies)
         except limits.LimitsUnavailable:
             engine_cgroups.close()
             raise
