@@ -32,7 +32,7 @@ _PROC_EMPTY_DIR_MOUNTS = ("/proc/sys/fs/binfmt_misc",)
 # Superblock options of a v1 cgroup mount that are not controller names.
 _V1_NON_CONTROLLERS = {"rw", "ro", "clone_children", "noprefix", "xattr", "cpuset_v2_mode",
                        "favordynmods"}
-# The v2 controllers the next release's limits need delegated (memory.max, pids.max).
+# The v2 controllers isol8's limits need delegated (memory.max, pids.max).
 _V2_NEEDED = ("memory", "pids")
 
 APPARMOR_INSTALL = (
@@ -184,7 +184,7 @@ def check_seccomp(proc_status: str, actions_avail: str | None,
 
 
 def cgroup_v2_dir(mountinfo: str, proc_cgroup: str) -> str | None:
-    """Our own cgroup v2 directory, where the next release creates per-sandbox leaves."""
+    """Our own cgroup v2 directory, under which the engine creates its cgroups."""
     mount = next((m for m in parse_mountinfo(mountinfo) if m.fstype == "cgroup2"), None)
     path = next((line[3:] for line in proc_cgroup.splitlines() if line.startswith("0::")), None)
     if mount is None or path is None:
