@@ -130,6 +130,6 @@ void install_seccomp(const struct config *cfg);
 __attribute__((noreturn)) void run_init(const struct config *cfg);
 
 /* watchdog.c */
-uint64_t sandbox_memory_usage(const struct config *cfg);
+uint64_t sandbox_memory_usage(const struct config *cfg, int exact);
 
 #endif

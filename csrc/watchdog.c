@@ -1,45 +1,119 @@
 /* Memory accounting for sandboxes without a memory cgroup (rootless on a v1 or undelegated
- * host): the init sums what its processes and its tmpfs mounts hold, every few ms.
+ * host): the init sums what its processes and its namespaces hold, every 10 ms.
  *
- * Counted: RssAnon of every process of the pid namespace (private anonymous memory, what an
- * allocation bomb grows; shared library pages are not counted, so 64 forked interpreters do
- * not add up to a false OOM) plus the used blocks of the sandbox's tmpfs mounts (files in
- * /sandbox, /tmp, /dev/shm are memory too). It is best-effort by nature: an allocation
- * between two polls can overshoot the limit by what a process faults in within ~10 ms. */
+ * Counted: the anonymous memory of every process of the pid namespace; the used blocks of
+ * the sandbox's tmpfs mounts (files in /sandbox, /tmp, /dev/shm are memory too); the SysV
+ * shared memory of its ipc namespace (/proc/sysvipc/shm lists only that namespace's); and
+ * memfds held open, each inode once. Shared library pages are not counted, so forked
+ * interpreters do not add up to a false OOM.
+ *
+ * The cheap pass reads RssAnon, which counts a page shared by a fork in every process that
+ * maps it; when that pass is over the limit, the exact pass (Pss_Anon from smaps_rollup,
+ * which walks page tables and so is too costly to run every time) decides.
+ *
+ * It is best effort by nature: an allocation between two polls can overshoot by what a
+ * process faults in within 10 ms, and a memfd that is mapped and then closed is not seen. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "helper.h"
 
-static uint64_t rss_anon(const char *pid) {
-  char path[64], buf[4096];
-  snprintf(path, sizeof path, "/proc/%s/status", pid);
+#define MAX_MEMFDS 1024
+
+struct seen {
+  dev_t dev[MAX_MEMFDS];
+  ino_t ino[MAX_MEMFDS];
+  int n;
+};
+
+/* "Key:   123 kB" in a /proc file, in bytes; 0 when absent or unreadable (exited). */
+static uint64_t proc_kb(const char *pid, const char *file, const char *key) {
+  char path[600], buf[4096];
+  snprintf(path, sizeof path, "/proc/%s/%s", pid, file);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return 0; /* exited meanwhile */
+    return 0;
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
   if (n <= 0)
     return 0;
   buf[n] = '\0';
-  const char *line = strstr(buf, "\nRssAnon:");
-  return line ? strtoull(line + 9, NULL, 10) * 1024 : 0; /* the kernel writes kB */
+  const char *line = strstr(buf, key);
+  return line ? strtoull(line + strlen(key), NULL, 10) * 1024 : 0;
 }
 
-uint64_t sandbox_memory_usage(const struct config *cfg) {
+static int seen_before(struct seen *seen, const struct stat *st) {
+  for (int i = 0; i < seen->n; i++)
+    if (seen->dev[i] == st->st_dev && seen->ino[i] == st->st_ino)
+      return 1;
+  if (seen->n < MAX_MEMFDS) {
+    seen->dev[seen->n] = st->st_dev;
+    seen->ino[seen->n++] = st->st_ino;
+  }
+  return 0;
+}
+
+static uint64_t memfd_bytes(const char *pid, struct seen *seen) {
+  char dir_path[300], link[600], target[64];
+  snprintf(dir_path, sizeof dir_path, "/proc/%s/fd", pid);
+  DIR *dir = opendir(dir_path);
+  if (!dir)
+    return 0;
   uint64_t total = 0;
+  struct dirent *entry;
+  while ((entry = readdir(dir))) {
+    if (entry->d_name[0] == '.')
+      continue;
+    snprintf(link, sizeof link, "%s/%s", dir_path, entry->d_name);
+    ssize_t len = readlink(link, target, sizeof target - 1);
+    if (len < 7 || memcmp(target, "/memfd:", 7) != 0)
+      continue;
+    struct stat st;
+    if (stat(link, &st) == 0 && !seen_before(seen, &st))
+      total += (uint64_t)st.st_blocks * 512;
+  }
+  closedir(dir);
+  return total;
+}
+
+/* The rss column of /proc/sysvipc/shm (bytes), summed over the namespace's segments. */
+static uint64_t sysv_shm_bytes(void) {
+  FILE *f = fopen("/proc/sysvipc/shm", "re");
+  if (!f)
+    return 0;
+  char line[512];
+  uint64_t total = 0;
+  if (fgets(line, sizeof line, f)) /* header */
+    while (fgets(line, sizeof line, f)) {
+      unsigned long long rss;
+      if (sscanf(line, "%*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu", &rss) == 1)
+        total += rss;
+    }
+  fclose(f);
+  return total;
+}
+
+uint64_t sandbox_memory_usage(const struct config *cfg, int exact) {
+  static struct seen seen;
+  seen.n = 0;
+  uint64_t total = sysv_shm_bytes();
   DIR *proc = opendir("/proc");
   if (proc) {
     struct dirent *entry;
-    while ((entry = readdir(proc)))
-      if (entry->d_name[0] >= '1' && entry->d_name[0] <= '9')
-        total += rss_anon(entry->d_name);
+    while ((entry = readdir(proc))) {
+      if (entry->d_name[0] < '1' || entry->d_name[0] > '9')
+        continue;
+      total += exact ? proc_kb(entry->d_name, "smaps_rollup", "\nPss_Anon:")
+                     : proc_kb(entry->d_name, "status", "\nRssAnon:");
+      total += memfd_bytes(entry->d_name, &seen);
+    }
     closedir(proc);
   }
   for (int i = 0; i < cfg->n_watch_paths; i++) {

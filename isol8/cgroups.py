@@ -252,6 +252,11 @@ class EngineCgroups:
             made = existing or _make_dir(hierarchy.own, name)
             if made:
                 self.v1_dirs[controller] = made
+        # Dead engines may have used hierarchies this one does not (another pids choice, an
+        # older isol8): look in all of them.
+        bases = {v2_base} | {h.own for c, h in discovery.v1.items() if c in CONTROLLERS}
+        for base in bases - {None}:
+            reclaim(base)
         self._seq = itertools.count(1)
 
     def backend(self, controller: str) -> str | None:
@@ -296,8 +301,8 @@ class EngineCgroups:
 
 
 def _make_dir(base: str, name: str) -> str | None:
-    """Our engine directory under base, after reclaiming dead engines'; None if not ours to
-    create (a read-only or foreign hierarchy: the controller then falls back)."""
+    """Our engine directory under base; None if not ours to create (a read-only or foreign
+    hierarchy: the controller then falls back)."""
     path = os.path.join(base, name)
     try:
         os.mkdir(path)
@@ -305,7 +310,6 @@ def _make_dir(base: str, name: str) -> str | None:
         pass
     except OSError:
         return None
-    reclaim(base)
     return path
 
 
