@@ -1,11 +1,13 @@
 # The two commands of the README:
 #   make run   set everything up, then run python's print(2**8) in a sandbox on the host rootfs
-#   make test  set everything up, then run the whole suite (as root: again, rootless)
+#   make test  set everything up, then run the whole suite (as root: again, rootless, then the
+#              cgroup v2 limit tests in a TCG VM; ISOL8_SKIP_VM=1 skips the VM locally)
+#   make vm-test  only the VM stage (scripts/vm-limits-test.sh, ~3 min, root)
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: all setup build run test bench clean
+.PHONY: all setup build run test vm-test bench clean
 
 all: build
 
@@ -26,6 +28,9 @@ run: setup
 
 test: setup
 	./scripts/test.sh $(VPY)
+
+vm-test: setup
+	./scripts/vm-limits-test.sh
 
 bench: setup
 	./scripts/system-deps.sh bubblewrap
