@@ -12,9 +12,11 @@
  * which walks page tables and so is too costly to run every time) decides.
  *
  * It is best effort by nature: an allocation between two polls can overshoot by what a
- * process faults in within 10 ms, and a memfd that is mapped and then closed is not seen. */
+ * process faults in within 10 ms, and memfds are not seen once closed (even if mapped) or
+ * when their process made itself non-dumpable. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +35,14 @@ struct seen {
   int n;
 };
 
-/* "Key:   123 kB" in a /proc file, in bytes; 0 when absent or unreadable (exited). */
+/* "Key:   123 kB" in a /proc file, in bytes; 0 when absent or unreadable (exited), and
+ * UINT64_MAX when the file exists but may not be read. */
 static uint64_t proc_kb(const char *pid, const char *file, const char *key) {
   char path[600], buf[4096];
   snprintf(path, sizeof path, "/proc/%s/%s", pid, file);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return 0;
+    return errno == EACCES ? UINT64_MAX : 0;
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
   if (n <= 0)
@@ -110,8 +113,12 @@ uint64_t sandbox_memory_usage(const struct config *cfg, int exact) {
     while ((entry = readdir(proc))) {
       if (entry->d_name[0] < '1' || entry->d_name[0] > '9')
         continue;
-      total += exact ? proc_kb(entry->d_name, "smaps_rollup", "\nPss_Anon:")
-                     : proc_kb(entry->d_name, "status", "\nRssAnon:");
+      /* A process that made itself non-dumpable hides smaps_rollup (and its fds) from us;
+       * status stays readable, so it is counted at its full RssAnon. */
+      uint64_t anon = exact ? proc_kb(entry->d_name, "smaps_rollup", "\nPss_Anon:") : UINT64_MAX;
+      if (anon == UINT64_MAX)
+        anon = proc_kb(entry->d_name, "status", "\nRssAnon:");
+      total += anon == UINT64_MAX ? 0 : anon;
       total += memfd_bytes(entry->d_name, &seen);
     }
     closedir(proc);

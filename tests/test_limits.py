@@ -299,6 +299,12 @@ for _ in range(3):  # 3 x 200 MB: each file stays under RLIMIT_FSIZE
     for _ in range(200):
         os.write(fd, chunk)
 """,
+    # PR_SET_DUMPABLE 0 hides smaps_rollup (and the fds) from the init's watchdog.
+    "non-dumpable": """
+import ctypes
+assert ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+block = b'x' * (600 << 20)
+""",
     "sysv-shm": """
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
