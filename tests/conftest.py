@@ -8,9 +8,12 @@ Tests assert exit codes other than 99, so a probe that refused fails its test lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,28 @@ def child_pids() -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
             children.append(int(pid))
     return children
+
+
+@contextlib.contextmanager
+def watching_host(pattern: str):
+    """Polls the host process list during the block (the positive control: the marked
+    process really existed); on exit nothing matching may remain and this process has no
+    child left."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set() and not seen:
+            seen.extend(host_processes_matching(pattern))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+    assert seen, "the marked process never showed up on the host: the probe is broken"
+    assert host_processes_matching(pattern) == []
+    assert child_pids() == []

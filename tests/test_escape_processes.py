@@ -8,7 +8,6 @@ inside the shell from two halves so that only the daemon's own command line hold
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
@@ -17,46 +16,19 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from isol8 import Isol8, Isol8Error
 
-from conftest import child_pids, host_processes_matching, is_root, run_py, run_sh
+from conftest import (child_pids, host_processes_matching, is_root, run_py, run_sh,
+                      watching_host)
 
 
 def _marker() -> tuple[str, str]:
     """(head, tail): the shell runs ``sleep ${head}${tail}``; the host looks for the join."""
     return f"{random.randint(1000, 9999)}.", f"{random.randint(10**7, 10**8 - 1)}"
-
-
-@contextlib.contextmanager
-def _watching(pattern: str):
-    """Polls the host process list during the block; yields what it saw (the positive
-    control: the daemon really existed). On exit, nothing matching may remain."""
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            found = host_processes_matching(pattern)
-            if found:
-                seen.extend(found)
-                return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        thread.join()
-    assert seen, "the daemon never showed up on the host: the probe is broken"
-    assert host_processes_matching(pattern) == []
-    assert child_pids() == []
 
 
 def _fd_count() -> int:
@@ -174,7 +146,7 @@ echo alive
 
 def test_setsid_double_fork_daemon_dies_at_timeout(engine):
     head, tail = _marker()
-    with _watching(head + tail):
+    with watching_host(head + tail):
         r = engine.execute(cmd=f"h={head}; setsid sh -c \"(sleep ${{h}}{tail} &)\"; "
                                f"(setsid nohup sleep ${{h}}{tail} >/dev/null 2>&1 &); sleep 100",
                            timeout_ms=1500)
@@ -183,7 +155,7 @@ def test_setsid_double_fork_daemon_dies_at_timeout(engine):
 
 def test_background_daemon_dies_after_a_normal_exit(engine):
     head, tail = _marker()
-    with _watching(head + tail):
+    with watching_host(head + tail):
         r = engine.execute(cmd=f"h={head}; nohup setsid sleep ${{h}}{tail} >/dev/null 2>&1 & "
                                f"(setsid sh -c \"sleep ${{h}}{tail} &\" &); sleep 0.5; "
                                "echo main-done")

@@ -25,7 +25,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import isol8
 from isol8 import InvalidRequest, Isol8, Isol8Error
 
 from conftest import (GUARD_PY, GUARD_SH, child_pids, host_processes_matching, is_root, run_py,
-                      run_sh)
+                      run_sh, watching_host)
 
 IN_VM = bool(os.environ.get("TCGVM_GUEST"))
 SLOW = 10 if IN_VM else 1  # generous bounds stay generous under software emulation
@@ -75,30 +74,6 @@ def _wait_until(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def _watching(pattern: str):
-    """Polls the host process list during the block (positive control: the marked process
-    really existed); on exit nothing matching may remain and this process has no child."""
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def poll():
-        while not stop.is_set() and not seen:
-            seen.extend(host_processes_matching(pattern))
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        thread.join()
-    assert seen, "the marked process never showed up on the host: the probe is broken"
-    assert host_processes_matching(pattern) == []
-    assert child_pids() == []
 
 
 def _host_is_unharmed() -> None:
@@ -251,7 +226,7 @@ for step in range(1, 41):
 print('reached 2 GB', flush=True)
 time.sleep(5)
 """
-    with _watching(head + tail), Isol8(memory_limit="200m") as eng:
+    with watching_host(head + tail), Isol8(memory_limit="200m") as eng:
         started = time.monotonic()
         r = run_py(eng, code, timeout_ms=20_000 * SLOW)
         elapsed = time.monotonic() - started
@@ -363,7 +338,7 @@ def test_pids_limit_bounds_live_processes():
 
 def test_fork_bomb_is_contained():
     head, tail = _marker()
-    with _watching(head + tail), Isol8(pids_limit=32) as eng:
+    with watching_host(head + tail), Isol8(pids_limit=32) as eng:
         # Safety first: only bomb once the bounded probe shows the limit holds.
         probe = run_py(eng, FORK_COUNT, timeout_ms=20_000 * SLOW)
         _assert_fork_bound(json.loads(probe.stdout), 32)
