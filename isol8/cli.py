@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse to run when a limit cannot be enforced by a hard backend")
     ex.add_argument("--env", action="append", type=_env_pair, default=[], metavar="K=V",
                     help="an environment variable (repeatable)")
+    ex.add_argument("--secret", action="append", type=_env_pair, default=[], metavar="K=V",
+                    help="a secret: injected as an environment variable, masked as *** in "
+                         "the output (repeatable)")
     ex.add_argument("--stdin", metavar="DATA", help="data for the program's standard input")
     ex.add_argument("--json", action="store_true", help="print the result in its wire form")
 
@@ -66,7 +69,8 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except OSError as exc:
             parser.error(f"cannot read {args.file}: {exc.strerror}")
         runtime = runtime or detect_runtime(args.file).name
-    options: dict[str, object] = {"network": args.net, "strict_limits": args.strict_limits}
+    options: dict[str, object] = {"network": args.net, "strict_limits": args.strict_limits,
+                                  "secrets": dict(args.secret)}
     renamed = {"max_output": "max_output_size", "memory": "memory_limit", "cpu": "cpu_limit"}
     for name in ("max_output", "sandbox_size", "tmp_size", "memory", "cpu", "pids_limit"):
         value = getattr(args, name)

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from . import cgroups, identity, images, limits, seccomp
 from .errors import InvalidRequest, RuntimeNotAvailable
 from .output import with_timeout_marker
-from .policy import EngineOptions, positive_int
+from .policy import EngineOptions, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
 from .result import ExecutionResult, ResourceUsage
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
@@ -44,6 +44,10 @@ class Isol8:
     ``strict_limits=True`` refuses to start rather than degrade to a best-effort backend.
     ``cgroup_parent`` (or ``ISOL8_CGROUP_PARENT``) names a delegated cgroup v2 directory to
     create the engine's cgroups in, instead of the supervisor's own cgroup.
+
+    ``secrets={name: value}`` are injected as environment variables (after the base set,
+    before the request's ``env``) and every value is replaced by ``***`` in stdout and
+    stderr, also when it is split across writes; ``env`` values are not masked (upstream).
     """
 
     def __init__(self, **options: object) -> None:
@@ -128,7 +132,8 @@ class Isol8:
             owner = None if host.uid == os.geteuid() else (host.uid, host.gid)
             outcome = run_ephemeral(config, spec, deadline=started + timeout / 1000,
                                     max_output=opts.max_output_size, owner=owner,
-                                    cgroup=sandbox_cgroups)
+                                    cgroup=sandbox_cgroups,
+                                    secrets=[v.encode() for _, v in opts.secrets])
             usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
             with signals_deferred():
@@ -184,8 +189,10 @@ class Isol8:
             raise InvalidRequest(_EXCLUSIVE)
         if not has_code and not has_cmd:
             raise InvalidRequest(_MISSING)
+        # Upstream's order: the base set, then secrets, then the request's env.
         full_env = base_env()
-        full_env.update(_validated_env(env))
+        full_env.update(self.options.secrets)
+        full_env.update(env_mapping(env, "env"))
         stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin or b"")
         if has_cmd:
             assert cmd is not None
@@ -207,19 +214,6 @@ def _require_binary(path: str, name: str) -> None:
             f"runtime '{name}' is not available: {path} does not exist in the sandbox's root "
             f"filesystem (the host's /usr); install it on the host (e.g. apt-get install "
             f"{ {'python': 'python3', 'node': 'nodejs'}.get(name, name) })")
-
-
-def _validated_env(env: dict[str, str] | None) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, dict):
-        raise InvalidRequest("env: expected a mapping of names to strings")
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise InvalidRequest(f"env: invalid variable name {key!r}")
-        if not isinstance(value, str) or "\0" in value:
-            raise InvalidRequest(f"env: value of {key} must be a string without NUL bytes")
-    return env
 
 
 def _validated_extension(ext: str) -> str:

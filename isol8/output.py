@@ -1,11 +1,14 @@
 """Output capture with a hard cap: the supervisor never holds more than the cap per stream.
 
 Bytes past the cap are counted and discarded as they arrive, and reading never stops, so a
-flooding child is never blocked on a full pipe. The kept bytes are cut at a UTF-8 boundary,
-decoded with replacement, and trimmed at the end as upstream does.
+flooding child is never blocked on a full pipe. Secrets are masked first (so a cut never
+leaves half a secret), then the kept bytes are cut at a UTF-8 boundary, decoded with
+replacement, and trimmed at the end as upstream does.
 """
 
 from __future__ import annotations
+
+from .secrets import Masker
 
 TIMEOUT_MARKER = "--- EXECUTION TIMED OUT ---"
 
@@ -15,14 +18,20 @@ def truncation_marker(total: int, limit: int) -> str:
 
 
 class CappedOutput:
-    __slots__ = ("limit", "total", "_kept")
+    __slots__ = ("limit", "total", "_kept", "_masker")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, masker: Masker | None = None) -> None:
         self.limit = limit
         self.total = 0
         self._kept = bytearray()
+        self._masker = masker
 
     def feed(self, data: bytes) -> None:
+        if self._masker is not None:
+            data = self._masker.feed(data)
+        self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
         room = self.limit - len(self._kept)
         if room > 0:
             self._kept += data[:room]
@@ -33,6 +42,9 @@ class CappedOutput:
         return self.total > self.limit
 
     def text(self) -> str:
+        """The stream's text; called once it has ended (held-back bytes are released)."""
+        if self._masker is not None:
+            self._keep(self._masker.flush())
         kept = bytes(self._kept)
         if not self.truncated:
             return kept.decode("utf-8", "replace").rstrip()

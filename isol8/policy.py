@@ -44,6 +44,20 @@ def positive_number(value: object, field: str) -> float:
     return float(value)
 
 
+def env_mapping(value: object, field: str) -> dict[str, str]:
+    """Environment variables: names without '=' or NUL, string values without NUL."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field}: expected a mapping of names to strings")
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidRequest(f"{field}: invalid variable name {key!r}")
+        if not isinstance(item, str) or "\0" in item:
+            raise InvalidRequest(f"{field}: value of {key} must be a string without NUL bytes")
+    return dict(value)
+
+
 def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
     if value not in allowed:
         raise InvalidRequest(f"{field}: expected one of {', '.join(allowed)}, got {value!r}")
@@ -61,6 +75,7 @@ class EngineOptions:
     uid_range: tuple[int, int] = DEFAULT_UID_RANGE
     limits: Limits = Limits(memory=512 << 20, cpu=1.0, pids=64)
     cgroup_parent: str | None = None
+    secrets: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def build(cls, *, network: str = "none", timeout_ms: int = 30_000,
@@ -69,7 +84,8 @@ class EngineOptions:
               uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
               memory_limit: str | int = "512m", cpu_limit: float = 1.0, pids_limit: int = 64,
               strict_limits: bool = False,
-              cgroup_parent: str | None = None) -> "EngineOptions":
+              cgroup_parent: str | None = None,
+              secrets: dict[str, str] | None = None) -> "EngineOptions":
         parent = cgroup_parent or os.environ.get("ISOL8_CGROUP_PARENT") or None
         if parent is not None and not os.path.isabs(parent):
             raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
@@ -79,6 +95,7 @@ class EngineOptions:
                           pids=positive_int(pids_limit, "pids_limit"),
                           strict=bool(strict_limits)),
             cgroup_parent=parent,
+            secrets=tuple(env_mapping(secrets, "secrets").items()),
             network=choice(network, NETWORK_MODES, "network"),
             timeout_ms=positive_int(timeout_ms, "timeout_ms"),
             max_output_size=positive_int(max_output_size, "max_output_size"),

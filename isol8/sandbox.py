@@ -27,6 +27,7 @@ from ._paths import helper_path
 from .errors import Isol8Error, SandboxSetupError
 from .cgroups import SandboxCgroups
 from .output import CappedOutput
+from .secrets import Masker
 
 CONTROL_FD = 3  # where the helper expects its socket (csrc/helper.h)
 _RECV_ANCILLARY = socket.CMSG_SPACE(4 * protocol.MAX_EXEC_FDS)
@@ -206,7 +207,8 @@ def _close_all(fds: list[int]) -> None:
 
 def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: int,
                   owner: tuple[int, int] | None = None,
-                  cgroup: SandboxCgroups | None = None) -> RunOutcome:
+                  cgroup: SandboxCgroups | None = None,
+                  secrets: list[bytes] | None = None) -> RunOutcome:
     """Run one process in a fresh sandbox, then destroy the sandbox, whatever happens.
 
     Returns when the process exits (a background child cannot hold the call open: its
@@ -217,9 +219,11 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
     when it is not ours (root mode): the pipes are given to it, or reopening them through
     ``/dev/stdout`` inside would fail (a pipe is 0600, and host root is unmapped inside).
     ``cgroup``: the sandbox's leaves, whose fds travel with the config and whose OOM
-    reports end the run (the caller reads and removes them afterwards).
+    reports end the run (the caller reads and removes them afterwards). ``secrets`` are
+    masked in both streams before the cap applies.
     """
-    outcome = RunOutcome(CappedOutput(max_output), CappedOutput(max_output))
+    outcome = RunOutcome(CappedOutput(max_output, Masker(secrets or [])),
+                         CappedOutput(max_output, Masker(secrets or [])))
     sandbox: Sandbox | None = None
     pipes: dict[int, CappedOutput] = {}
     write_ends: list[int] = []
