@@ -3,7 +3,7 @@
 from .engine import Isol8
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError)
 from .limits import LimitsUnavailable
-from .result import ExecutionResult, ResourceUsage
+from .result import ExecutionResult, ResourceUsage, StreamEvent
 
 __all__ = [
     "ExecutionResult",
@@ -14,5 +14,6 @@ __all__ = [
     "ResourceUsage",
     "RuntimeNotAvailable",
     "SandboxSetupError",
+    "StreamEvent",
 ]
 __version__ = "0.1.0"

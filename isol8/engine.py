@@ -8,20 +8,22 @@ cgroup placement, and the program itself.
 
 from __future__ import annotations
 
+import codecs
 import os
 import time
 import uuid
 import weakref
+from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
 from . import cgroups, identity, images, limits, seccomp
 from .errors import InvalidRequest, RuntimeNotAvailable
-from .output import with_timeout_marker
+from .output import truncation_marker, with_timeout_marker
 from .policy import EngineOptions, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
-from .result import ExecutionResult, ResourceUsage
+from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
-from .sandbox import RunOutcome, RunSpec, run_ephemeral, signals_deferred
+from .sandbox import Chunk, RunOutcome, RunSpec, signals_deferred, stream_ephemeral
 
 _EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
               "mutually exclusive — provide exactly one.")
@@ -111,6 +113,57 @@ class Isol8:
                 file_extension: str | None = None) -> ExecutionResult:
         """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it."""
         started = time.monotonic()
+        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started)
+        while True:
+            try:
+                next(run)
+            except StopIteration as done:
+                outcome, usage, runtime_name = done.value
+                return self._result(outcome, usage, runtime_name, started)
+
+    def execute_stream(self, code: str | None = None, *, runtime: str | None = None,
+                       cmd: str | None = None, timeout_ms: int | None = None,
+                       env: dict[str, str] | None = None, stdin: str | bytes | None = None,
+                       file_extension: str | None = None) -> Iterator[StreamEvent]:
+        """Run like ``execute()``, yielding ``stdout``/``stderr`` events as output arrives,
+        then ``exit`` (the code, as a string); a timeout gives an ``error`` event
+        ``EXECUTION TIMED OUT`` first. Secrets are masked and the output cap applies, as in
+        ``execute()``. Closing the iterator early (or breaking out of the loop) kills the
+        run."""
+        started = time.monotonic()
+        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started)
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
+                    for name in ("stdout", "stderr")}
+        try:
+            while True:
+                try:
+                    name, data = next(run)
+                except StopIteration as done:
+                    outcome, usage, _ = done.value
+                    break
+                text = decoders[name].decode(data)
+                if text:
+                    yield StreamEvent(type=name, data=text)
+        finally:
+            run.close()
+        for name, sink in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+            tail = decoders[name].decode(b"", final=True)
+            if tail:
+                yield StreamEvent(type=name, data=tail)
+            if sink.truncated:
+                yield StreamEvent(type=name, data=truncation_marker(sink.total, sink.limit))
+        result = self._result(outcome, usage, "", started)
+        if outcome.timed_out and not result.resource_usage.oom:
+            yield StreamEvent(type="error", data="EXECUTION TIMED OUT")
+        yield StreamEvent(type="exit", data=str(result.exit_code))
+
+    def _run(self, code: str | None, cmd: str | None, runtime: str | None,
+             timeout_ms: int | None, env: dict[str, str] | None, stdin: str | bytes | None,
+             file_extension: str | None, started: float,
+             ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage, str]]:
+        """One run in a fresh sandbox: yields its output chunks, returns the outcome, the
+        cgroup readings and the runtime's name. The sandbox's uid lease and cgroups live
+        exactly as long as the run, whatever ends it."""
         timeout = positive_int(timeout_ms, "timeout_ms") if timeout_ms is not None \
             else self.options.timeout_ms
         spec, runtime_name = self._run_spec(code, cmd, runtime, env, stdin, file_extension)
@@ -119,7 +172,7 @@ class Isol8:
         opts = self.options
         host = sandbox_cgroups = None
         try:
-            with signals_deferred():  # owned before any interrupt lands: see run_ephemeral
+            with signals_deferred():  # owned before any interrupt lands: see stream_ephemeral
                 host = identity.acquire(opts.uid_range)
                 if self._cgroups is not None:
                     sandbox_cgroups = self._cgroups.new_sandbox(
@@ -130,10 +183,10 @@ class Isol8:
                                        max_file=self._max_file),
                 cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"")
             owner = None if host.uid == os.geteuid() else (host.uid, host.gid)
-            outcome = run_ephemeral(config, spec, deadline=started + timeout / 1000,
-                                    max_output=opts.max_output_size, owner=owner,
-                                    cgroup=sandbox_cgroups,
-                                    secrets=[v.encode() for _, v in opts.secrets])
+            outcome = yield from stream_ephemeral(
+                config, spec, deadline=started + timeout / 1000,
+                max_output=opts.max_output_size, owner=owner, cgroup=sandbox_cgroups,
+                secrets=[v.encode() for _, v in opts.secrets])
             usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
             with signals_deferred():
@@ -141,7 +194,7 @@ class Isol8:
                     sandbox_cgroups.destroy()
                 if host is not None:
                     host.release()
-        return self._result(outcome, usage, runtime_name, started)
+        return outcome, usage, runtime_name
 
     def _result(self, outcome: RunOutcome, usage: cgroups.Usage, runtime: str,
                 started: float) -> ExecutionResult:

@@ -26,25 +26,31 @@ class CappedOutput:
         self._kept = bytearray()
         self._masker = masker
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Take a chunk; returns what of it was kept (masked, within the cap): what a
+        stream may show now."""
         if self._masker is not None:
             data = self._masker.feed(data)
-        self._keep(data)
+        return self._keep(data)
 
-    def _keep(self, data: bytes) -> None:
+    def end(self) -> bytes:
+        """The stream has ended: release what the masker held back; returns what was kept."""
+        return self._keep(self._masker.flush()) if self._masker is not None else b""
+
+    def _keep(self, data: bytes) -> bytes:
         room = self.limit - len(self._kept)
-        if room > 0:
-            self._kept += data[:room]
+        kept = data[:room] if room > 0 else b""
+        self._kept += kept
         self.total += len(data)
+        return kept
 
     @property
     def truncated(self) -> bool:
         return self.total > self.limit
 
     def text(self) -> str:
-        """The stream's text; called once it has ended (held-back bytes are released)."""
-        if self._masker is not None:
-            self._keep(self._masker.flush())
+        """The stream's text, once it has ended."""
+        self.end()
         kept = bytes(self._kept)
         if not self.truncated:
             return kept.decode("utf-8", "replace").rstrip()

@@ -61,3 +61,19 @@ class ExecutionResult:
             "timestamp": self.timestamp,
             "resourceUsage": self.resource_usage.to_dict(),
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEvent:
+    """One event of ``execute_stream()``: upstream's ``{type, data, phase}``.
+
+    ``type`` is "stdout", "stderr", "exit" (``data`` is the exit code as a string) or
+    "error"; ``phase`` is "code" (setup scripts, when they come, stream as "setup").
+    """
+
+    type: str
+    data: str
+    phase: str = "code"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "data": self.data, "phase": self.phase}

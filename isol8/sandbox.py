@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from . import protocol
@@ -205,11 +206,29 @@ def _close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
+Chunk = tuple[str, bytes]  # ("stdout" or "stderr", bytes masked and within the cap)
+
+
 def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: int,
                   owner: tuple[int, int] | None = None,
                   cgroup: SandboxCgroups | None = None,
                   secrets: list[bytes] | None = None) -> RunOutcome:
-    """Run one process in a fresh sandbox, then destroy the sandbox, whatever happens.
+    """``stream_ephemeral`` run to its end: the output is in the outcome's buffers."""
+    runner = stream_ephemeral(config, spec, deadline=deadline, max_output=max_output,
+                              owner=owner, cgroup=cgroup, secrets=secrets)
+    while True:
+        try:
+            next(runner)
+        except StopIteration as done:
+            return done.value
+
+
+def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: int,
+                     owner: tuple[int, int] | None = None,
+                     cgroup: SandboxCgroups | None = None,
+                     secrets: list[bytes] | None = None) -> Generator[Chunk, None, RunOutcome]:
+    """Run one process in a fresh sandbox, yielding its output as it arrives, then destroy
+    the sandbox, whatever happens (closing the generator early kills the run).
 
     Returns when the process exits (a background child cannot hold the call open: its
     pipes are read to EOF only after the namespace is dead) or at the deadline. Only the
@@ -225,15 +244,15 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
     outcome = RunOutcome(CappedOutput(max_output, Masker(secrets or [])),
                          CappedOutput(max_output, Masker(secrets or [])))
     sandbox: Sandbox | None = None
-    pipes: dict[int, CappedOutput] = {}
+    pipes: dict[int, tuple[str, CappedOutput]] = {}
     write_ends: list[int] = []
     try:
         with signals_deferred():
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            pipes[out_r] = outcome.stdout
+            pipes[out_r] = ("stdout", outcome.stdout)
             write_ends.append(out_w)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            pipes[err_r] = outcome.stderr
+            pipes[err_r] = ("stderr", outcome.stderr)
             write_ends.append(err_w)
             for fd in pipes:
                 try:
@@ -248,17 +267,26 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
             sandbox.start_process(1, spec, out_w, err_w, final=True)
             _close_all(write_ends)  # ours must go, or the pipes never reach EOF
             write_ends.clear()
-        _supervise(sandbox, outcome, pipes, deadline, cgroup)
+        try:
+            yield from _supervise(sandbox, outcome, pipes, deadline, cgroup)
+        finally:
+            with signals_deferred():
+                sandbox.destroy()
+        # Every writer is dead now: what is left in the pipes is read to EOF, capped.
+        for fd, (name, sink) in pipes.items():
+            kept = sink.feed(_drain(fd))
+            if kept:
+                yield name, kept
+        for name, sink in pipes.values():
+            kept = sink.end()
+            if kept:
+                yield name, kept
     finally:
         with signals_deferred():
             if sandbox is not None:
                 sandbox.destroy()
             _close_all(write_ends)
-            # Every writer is dead now: what is left in the pipes is read to EOF, capped.
-            for fd, sink in pipes.items():
-                if sandbox is not None:
-                    _drain(fd, sink)
-                os.close(fd)
+            _close_all(list(pipes))
     if outcome.error is not None:
         raise _error_from_event(outcome.error)
     return outcome
@@ -283,8 +311,8 @@ def signals_deferred():
         _signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOutput],
-               deadline: float, cgroup: SandboxCgroups | None) -> None:
+def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, tuple[str, CappedOutput]],
+               deadline: float, cgroup: SandboxCgroups | None) -> Generator[Chunk, None, None]:
     poller = select.poll()
     poller.register(sandbox.fileno(), select.POLLIN)
     for fd in pipes:
@@ -301,7 +329,10 @@ def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOut
             if fd in pipes:
                 data = os.read(fd, _READ_CHUNK)
                 if data:
-                    pipes[fd].feed(data)
+                    name, sink = pipes[fd]
+                    kept = sink.feed(data)
+                    if kept:
+                        yield name, kept
                 else:
                     poller.unregister(fd)
                 continue
@@ -337,16 +368,19 @@ def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, CappedOut
                 return
 
 
-def _drain(fd: int, sink: CappedOutput) -> None:
+def _drain(fd: int) -> bytes:
+    """What is left in a pipe whose writers are all dead (at most the pipe's buffer)."""
     os.set_blocking(fd, False)
+    chunks = []
     while True:
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
-            return  # only possible if a writer survived, which destroy() rules out
+            break  # only possible if a writer survived, which destroy() rules out
         if not data:
-            return
-        sink.feed(data)
+            break
+        chunks.append(data)
+    return b"".join(chunks)
 
 
 def _error_from_event(event: dict[str, object]) -> Isol8Error:
