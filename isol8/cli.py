@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a secret: injected as an environment variable, masked as *** in "
                          "the output (repeatable)")
     ex.add_argument("--stdin", metavar="DATA", help="data for the program's standard input")
-    ex.add_argument("--json", action="store_true", help="print the result in its wire form")
+    ex.add_argument("--json", action="store_true",
+                    help="print the result in its wire form (implies --no-stream)")
+    ex.add_argument("--no-stream", action="store_true",
+                    help="print the output when the run ends instead of as it arrives")
 
     sub.add_parser("doctor", help="what this host supports, and what isol8 does about it")
     return parser
@@ -76,9 +79,12 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         value = getattr(args, name)
         if value is not None:
             options[renamed.get(name, name)] = value
+    request = dict(runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout, env=dict(args.env),
+                   stdin=args.stdin)
     with Isol8(**options) as engine:
-        result = engine.execute(code, runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout,
-                                env=dict(args.env), stdin=args.stdin)
+        if not (args.json or args.no_stream):
+            return _stream(engine.execute_stream(code, **request))
+        result = engine.execute(code, **request)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -87,6 +93,21 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if result.stderr:
             print(result.stderr, file=sys.stderr)
     return result.exit_code
+
+
+def _stream(events) -> int:
+    """Upstream's CLI default: output as it arrives, the exit code of the exit event."""
+    code = 1
+    for event in events:
+        if event.type in ("stdout", "stderr"):
+            stream = sys.stdout if event.type == "stdout" else sys.stderr
+            stream.write(event.data)
+            stream.flush()
+        elif event.type == "error":
+            print(f"--- {event.data} ---", file=sys.stderr)
+        elif event.type == "exit":
+            code = int(event.data)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -74,3 +75,14 @@ def test_size_flags_reach_the_mounts():
     p = isol8("exec", "--sandbox-size", "16m", "--tmp-size", "8m", "--cmd",
               "df -B1 --output=size /sandbox /tmp | tail -n +2")
     assert [int(x) for x in p.stdout.split()] == [16 << 20, 8 << 20]
+
+
+def test_output_streams_by_default_and_no_stream_buffers():
+    proc = subprocess.Popen([sys.executable, "-m", "isol8", "exec", "--cmd",
+                             "echo early; sleep 2; echo late"], stdout=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    assert proc.stdout.readline() == "early\n"
+    assert time.monotonic() - started < 1.8  # printed before the process ended
+    assert proc.stdout.read() == "late\n" and proc.wait(timeout=30) == 0
+    p = isol8("exec", "--no-stream", "--cmd", "printf 'a\\n\\n\\n'")
+    assert p.stdout == "a\n"  # buffered: trimmed as upstream, then one newline
