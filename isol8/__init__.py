@@ -1,11 +1,13 @@
 """isol8: run untrusted code in rootless sandboxes built on Linux kernel primitives."""
 
+from .async_engine import AsyncIsol8
 from .engine import Isol8
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError)
 from .limits import LimitsUnavailable
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 
 __all__ = [
+    "AsyncIsol8",
     "ExecutionResult",
     "InvalidRequest",
     "Isol8",

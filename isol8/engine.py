@@ -112,8 +112,15 @@ class Isol8:
                 env: dict[str, str] | None = None, stdin: str | bytes | None = None,
                 file_extension: str | None = None) -> ExecutionResult:
         """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it."""
+        return self._execute(code, cmd, runtime, timeout_ms, env, stdin, file_extension)
+
+    def _execute(self, code: str | None, cmd: str | None, runtime: str | None,
+                 timeout_ms: int | None, env: dict[str, str] | None,
+                 stdin: str | bytes | None, file_extension: str | None,
+                 cancel_fd: int = -1) -> ExecutionResult:
         started = time.monotonic()
-        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started)
+        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started,
+                        cancel_fd)
         while True:
             try:
                 next(run)
@@ -130,8 +137,16 @@ class Isol8:
         ``EXECUTION TIMED OUT`` first. Secrets are masked and the output cap applies, as in
         ``execute()``. Closing the iterator early (or breaking out of the loop) kills the
         run."""
+        return self._execute_stream(code, cmd, runtime, timeout_ms, env, stdin,
+                                    file_extension)
+
+    def _execute_stream(self, code: str | None, cmd: str | None, runtime: str | None,
+                        timeout_ms: int | None, env: dict[str, str] | None,
+                        stdin: str | bytes | None, file_extension: str | None,
+                        cancel_fd: int = -1) -> Iterator[StreamEvent]:
         started = time.monotonic()
-        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started)
+        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started,
+                        cancel_fd)
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
                     for name in ("stdout", "stderr")}
         try:
@@ -159,7 +174,7 @@ class Isol8:
 
     def _run(self, code: str | None, cmd: str | None, runtime: str | None,
              timeout_ms: int | None, env: dict[str, str] | None, stdin: str | bytes | None,
-             file_extension: str | None, started: float,
+             file_extension: str | None, started: float, cancel_fd: int = -1,
              ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage, str]]:
         """One run in a fresh sandbox: yields its output chunks, returns the outcome, the
         cgroup readings and the runtime's name. The sandbox's uid lease and cgroups live
@@ -186,7 +201,7 @@ class Isol8:
             outcome = yield from stream_ephemeral(
                 config, spec, deadline=started + timeout / 1000,
                 max_output=opts.max_output_size, owner=owner, cgroup=sandbox_cgroups,
-                secrets=[v.encode() for _, v in opts.secrets])
+                secrets=[v.encode() for _, v in opts.secrets], cancel_fd=cancel_fd)
             usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
             with signals_deferred():

@@ -56,6 +56,7 @@ class RunOutcome:
     started_ns: int | None = None  # CLOCK_MONOTONIC when the init forked the process
     ended_ns: int | None = None
     oom: bool = False
+    cancelled: bool = False
     cpu_us: int | None = None  # the init's rusage of every process it reaped
     peak_bytes: int | None = None  # the init's watchdog peak (or the largest maxrss)
     error: dict[str, object] | None = field(default=None)
@@ -226,7 +227,8 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
 def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: int,
                      owner: tuple[int, int] | None = None,
                      cgroup: SandboxCgroups | None = None,
-                     secrets: list[bytes] | None = None) -> Generator[Chunk, None, RunOutcome]:
+                     secrets: list[bytes] | None = None,
+                     cancel_fd: int = -1) -> Generator[Chunk, None, RunOutcome]:
     """Run one process in a fresh sandbox, yielding its output as it arrives, then destroy
     the sandbox, whatever happens (closing the generator early kills the run).
 
@@ -239,7 +241,8 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
     ``/dev/stdout`` inside would fail (a pipe is 0600, and host root is unmapped inside).
     ``cgroup``: the sandbox's leaves, whose fds travel with the config and whose OOM
     reports end the run (the caller reads and removes them afterwards). ``secrets`` are
-    masked in both streams before the cap applies.
+    masked in both streams before the cap applies. ``cancel_fd`` turning readable ends the
+    run from another thread (the async engine's cancellation).
     """
     outcome = RunOutcome(CappedOutput(max_output, Masker(secrets or [])),
                          CappedOutput(max_output, Masker(secrets or [])))
@@ -268,7 +271,7 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
             _close_all(write_ends)  # ours must go, or the pipes never reach EOF
             write_ends.clear()
         try:
-            yield from _supervise(sandbox, outcome, pipes, deadline, cgroup)
+            yield from _supervise(sandbox, outcome, pipes, deadline, cgroup, cancel_fd)
         finally:
             with signals_deferred():
                 sandbox.destroy()
@@ -311,15 +314,17 @@ def signals_deferred():
         _signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, tuple[str, CappedOutput]],
-               deadline: float, cgroup: SandboxCgroups | None) -> Generator[Chunk, None, None]:
+def _supervise(sandbox: Sandbox, outcome: RunOutcome,
+               pipes: dict[int, tuple[str, CappedOutput]], deadline: float,
+               cgroup: SandboxCgroups | None, cancel_fd: int) -> Generator[Chunk, None, None]:
     poller = select.poll()
     poller.register(sandbox.fileno(), select.POLLIN)
     for fd in pipes:
         poller.register(fd, select.POLLIN)
     oom_fd = cgroup.oom_eventfd if cgroup else -1
-    if oom_fd >= 0:
-        poller.register(oom_fd, select.POLLIN)
+    for fd in (oom_fd, cancel_fd):
+        if fd >= 0:
+            poller.register(fd, select.POLLIN)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -338,6 +343,9 @@ def _supervise(sandbox: Sandbox, outcome: RunOutcome, pipes: dict[int, tuple[str
                 continue
             if fd == oom_fd:  # v1: the kernel OOM-killed a process; the sandbox ends now
                 outcome.oom = True
+                return
+            if fd == cancel_fd:
+                outcome.cancelled = True
                 return
             event = sandbox.receive()
             if event is None:
