@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from isol8 import Isol8, cgroups, identity  # noqa: E402
+from isol8 import ExecutionRequest, Isol8, cgroups, identity  # noqa: E402
 from isol8.protocol import config_message  # noqa: E402
 from isol8.runtimes import base_env  # noqa: E402
 from isol8.sandbox import run_ephemeral  # noqa: E402
@@ -151,7 +151,7 @@ class Bench:
         return t1 - t0
 
     def _config(self, kinds: bytes) -> tuple[bytes, object, identity.HostIdentity]:
-        spec, _ = self.engine._run_spec(CODE, None, None, None, None, None)
+        spec, _ = self.engine._run_spec(ExecutionRequest(code=CODE))
         host = identity.acquire(self.engine.options.uid_range)
         body = self.engine._config_body
         assert body is not None

@@ -20,6 +20,8 @@
 #define MAX_FILTERS 4
 #define MAX_RLIMITS 16
 #define MAX_OPS 128
+#define MAX_FILES 64 /* files (and the code) written before an exec, one memfd each */
+#define MAX_MESSAGE_FDS (3 + MAX_FILES)
 #define MAX_CGROUP_FDS 8
 #define MAX_WATCH_PATHS 8
 
@@ -39,7 +41,7 @@ enum tag {
   T_OP_BIND_RO = 10, T_OP_TMPFS = 11, T_OP_DIR = 12, T_OP_FILE = 13, T_OP_SYMLINK = 14,
   T_OP_PROC = 15, T_OP_BIND_DEV = 16, T_OP_DEVPTS = 17, T_OP_RO_SELF = 18,
   /* exec request */
-  T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_CODE_PATH = 24, T_FINAL = 25,
+  T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_FILE_PATH = 24, T_FINAL = 25,
 };
 
 /* tmpfs flag bits in T_OP_TMPFS */

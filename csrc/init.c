@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
@@ -30,7 +31,6 @@
 
 #define MAX_RUNS 64
 #define MAX_ARGS 4096
-#define MAX_EXEC_FDS 4
 
 struct run {
   uint32_t id;
@@ -47,7 +47,9 @@ struct exec_req {
   const char *argv[MAX_ARGS + 1];
   const char *envp[MAX_ARGS + 1];
   int argc, envc, final;
-  const char *cwd, *code_path;
+  const char *cwd;
+  const char *files[MAX_FILES]; /* written from fds[3 + i], in order, before the exec */
+  int n_files;
 };
 
 static int parse_exec(const unsigned char *buf, size_t len, struct exec_req *req) {
@@ -85,8 +87,10 @@ static int parse_exec(const unsigned char *buf, size_t len, struct exec_req *req
     case T_CWD:
       req->cwd = s;
       break;
-    case T_CODE_PATH:
-      req->code_path = s;
+    case T_FILE_PATH:
+      if (req->n_files == MAX_FILES || s[0] != '/')
+        return -1;
+      req->files[req->n_files++] = s;
       break;
     default:
       return -1;
@@ -96,9 +100,32 @@ static int parse_exec(const unsigned char *buf, size_t len, struct exec_req *req
                                                                                             : 0;
 }
 
-/* The code travels as a sealed memfd and is written here, by the user process itself
- * (uid 1000, no privileges), so no argv limit applies and the init never blocks on I/O. */
-static int write_code(const char *path, int src) {
+/* Files (the code among them) travel as sealed memfds and are written here, by the user
+ * process itself (uid 1000, no privileges, inside the sandbox's mount namespace: the kernel
+ * confines every path), so no argv limit applies and the init never blocks on I/O. Missing
+ * parent directories are created, as `mkdir -p` would. */
+static int make_dirs(const char *path, int include_last) {
+  char buf[4096];
+  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  for (char *p = buf + 1;; p++) {
+    if (*p == '/' || (*p == '\0' && include_last)) {
+      char saved = *p;
+      *p = '\0';
+      if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+        return -1;
+      *p = saved;
+    }
+    if (!*p)
+      return 0;
+  }
+}
+
+static int write_file(const char *path, int src) {
+  if (make_dirs(path, 0) < 0)
+    return -1;
   int dst = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (dst < 0)
     return -1;
@@ -116,8 +143,7 @@ static int write_code(const char *path, int src) {
 
 struct child_args {
   const struct exec_req *req;
-  const int *fds;
-  int nfds;
+  const int *fds; /* stdin, stdout, stderr, then one per file (checked by start_run) */
 };
 
 /* Runs in a CLONE_VM|CLONE_VFORK child, as posix_spawn does: no page tables are copied and
@@ -127,8 +153,7 @@ static int exec_child(void *arg) {
   const struct child_args *a = arg;
   const struct exec_req *req = a->req;
   const int *fds = a->fds;
-  int nfds = a->nfds;
-  const char *what = "sigprocmask";
+  const char *what = "sigprocmask", *where = req->argv[0];
   sigset_t none;
   sigemptyset(&none);
   if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
@@ -136,12 +161,17 @@ static int exec_child(void *arg) {
   what = "setsid"; /* its own session and process group: no shared tty, no TIOCSTI target */
   if (setsid() < 0)
     goto fail;
+  what = "write file";
+  for (int i = 0; i < req->n_files; i++) {
+    where = req->files[i];
+    if (write_file(req->files[i], fds[3 + i]) < 0)
+      goto fail;
+  }
   what = "chdir";
-  if (chdir(req->cwd) < 0)
+  where = req->cwd;
+  if (make_dirs(req->cwd, 1) < 0 || chdir(req->cwd) < 0)
     goto fail;
-  what = "write code";
-  if (req->code_path && (nfds < 4 || write_code(req->code_path, fds[3]) < 0))
-    goto fail;
+  where = req->argv[0];
   what = "dup2";
   for (int i = 0; i < 3; i++)
     if (dup2(fds[i], i) < 0)
@@ -156,7 +186,7 @@ fail:;
   int err = errno;
   send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"%s\",\"errno\":%d,"
             "\"path\":\"%s\"}",
-            req->id, what, err, json_str(req->argv[0]));
+            req->id, what, err, json_str(where));
   _exit(127);
 }
 
@@ -166,7 +196,7 @@ static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) 
   for (int i = 0; i < MAX_RUNS && slot < 0; i++)
     if (runs[i].pid == 0)
       slot = i;
-  if (parse_exec(buf, len, &req) < 0 || nfds < 3) {
+  if (parse_exec(buf, len, &req) < 0 || nfds != 3 + req.n_files) {
     send_json("{\"event\":\"error\",\"step\":\"exec\",\"syscall\":\"parse\",\"errno\":%d,"
               "\"path\":\"exec request\"}", EINVAL);
   } else if (slot < 0) {
@@ -174,7 +204,7 @@ static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) 
               "\"errno\":%d,\"path\":\"\"}", req.id, EAGAIN);
   } else {
     static char stack[64 * 1024] __attribute__((aligned(16)));
-    struct child_args args = {&req, fds, nfds};
+    struct child_args args = {&req, fds};
     pid_t pid = clone(exec_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
     if (pid < 0) {
       send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"clone\","
@@ -295,8 +325,8 @@ void run_init(const struct config *cfg) {
       reap();
     }
     if (pfd[0].revents & POLLIN) {
-      int fds[MAX_EXEC_FDS], nfds;
-      ssize_t n = recv_message(CONTROL_FD, msg, sizeof msg, fds, &nfds, MAX_EXEC_FDS);
+      int fds[MAX_MESSAGE_FDS], nfds;
+      ssize_t n = recv_message(CONTROL_FD, msg, sizeof msg, fds, &nfds, MAX_MESSAGE_FDS);
       if (n <= 0)
         _exit(0); /* supervisor gone: the namespace dies with us */
       if (msg[0] == MSG_EXEC)

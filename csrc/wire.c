@@ -217,7 +217,7 @@ int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
  * an error: the sender always knows the size limits. */
 ssize_t recv_message(int fd, unsigned char *buf, size_t cap, int *fds, int *nfds, int maxfds) {
   union {
-    char buf[CMSG_SPACE(sizeof(int) * 8)];
+    char buf[CMSG_SPACE(sizeof(int) * MAX_MESSAGE_FDS)];
     struct cmsghdr align;
   } u;
   struct iovec iov = {buf, cap};

@@ -4,10 +4,12 @@ from .async_engine import AsyncIsol8
 from .engine import Isol8
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError)
 from .limits import LimitsUnavailable
+from .request import ExecutionRequest
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 
 __all__ = [
     "AsyncIsol8",
+    "ExecutionRequest",
     "ExecutionResult",
     "InvalidRequest",
     "Isol8",

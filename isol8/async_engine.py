@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from .engine import Isol8
 from .policy import positive_int
+from .request import ExecutionRequest
 from .result import ExecutionResult, StreamEvent
 
 T = TypeVar("T")
@@ -48,30 +49,26 @@ class AsyncIsol8:
     async def stop(self) -> None:
         await asyncio.to_thread(self._engine.stop)
 
-    async def execute(self, code: str | None = None, *, runtime: str | None = None,
-                      cmd: str | None = None, timeout_ms: int | None = None,
-                      env: dict[str, str] | None = None, stdin: str | bytes | None = None,
-                      file_extension: str | None = None) -> ExecutionResult:
-        """``Isol8.execute`` without blocking the event loop; cancelling kills the run."""
+    async def execute(self, code: str | None = None, **fields: object) -> ExecutionResult:
+        """``Isol8.execute`` (the same fields) without blocking the event loop; cancelling
+        kills the run."""
+        request = ExecutionRequest(code=code, **fields)  # type: ignore[arg-type]
         async with self._slot():
-            return await _cancellable(lambda cancel_fd: self._engine._execute(
-                code, cmd, runtime, timeout_ms, env, stdin, file_extension, cancel_fd))
+            return await _cancellable(
+                lambda cancel_fd: self._engine._execute(request, cancel_fd))
 
-    async def execute_stream(self, code: str | None = None, *, runtime: str | None = None,
-                             cmd: str | None = None, timeout_ms: int | None = None,
-                             env: dict[str, str] | None = None,
-                             stdin: str | bytes | None = None,
-                             file_extension: str | None = None) -> AsyncIterator[StreamEvent]:
+    async def execute_stream(self, code: str | None = None,
+                             **fields: object) -> AsyncIterator[StreamEvent]:
         """``Isol8.execute_stream`` as an async iterator. Closing it kills the run: leave a
         loop early inside ``contextlib.aclosing(...)``, since Python only finalizes an
         abandoned async generator when it is collected."""
+        request = ExecutionRequest(code=code, **fields)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
         def produce(cancel_fd: int) -> None:
             try:
-                for event in self._engine._execute_stream(code, cmd, runtime, timeout_ms, env,
-                                                          stdin, file_extension, cancel_fd):
+                for event in self._engine._execute_stream(request, cancel_fd):
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except BaseException as exc:  # delivered to the consumer, raised there
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

@@ -21,6 +21,7 @@ from .errors import InvalidRequest, RuntimeNotAvailable
 from .output import truncation_marker, with_timeout_marker
 from .policy import EngineOptions, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
+from .request import ExecutionRequest, validated_files, validated_workdir
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import Chunk, RunOutcome, RunSpec, signals_deferred, stream_ephemeral
@@ -110,17 +111,22 @@ class Isol8:
     def execute(self, code: str | None = None, *, runtime: str | None = None,
                 cmd: str | None = None, timeout_ms: int | None = None,
                 env: dict[str, str] | None = None, stdin: str | bytes | None = None,
-                file_extension: str | None = None) -> ExecutionResult:
-        """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it."""
-        return self._execute(code, cmd, runtime, timeout_ms, env, stdin, file_extension)
+                file_extension: str | None = None,
+                files: dict[str, str | bytes] | None = None,
+                workdir: str | None = None) -> ExecutionResult:
+        """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it.
 
-    def _execute(self, code: str | None, cmd: str | None, runtime: str | None,
-                 timeout_ms: int | None, env: dict[str, str] | None,
-                 stdin: str | bytes | None, file_extension: str | None,
-                 cancel_fd: int = -1) -> ExecutionResult:
+        ``files`` (``{absolute path: str | bytes}``, under /sandbox or /tmp) are written
+        first, parent directories created; ``workdir`` (relative to /sandbox, confined to
+        it, created if missing) is where the program starts.
+        """
+        return self._execute(ExecutionRequest(
+            code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
+            file_extension=file_extension, files=files, workdir=workdir))
+
+    def _execute(self, request: ExecutionRequest, cancel_fd: int = -1) -> ExecutionResult:
         started = time.monotonic()
-        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started,
-                        cancel_fd)
+        run = self._run(request, started, cancel_fd)
         while True:
             try:
                 next(run)
@@ -131,22 +137,22 @@ class Isol8:
     def execute_stream(self, code: str | None = None, *, runtime: str | None = None,
                        cmd: str | None = None, timeout_ms: int | None = None,
                        env: dict[str, str] | None = None, stdin: str | bytes | None = None,
-                       file_extension: str | None = None) -> Iterator[StreamEvent]:
+                       file_extension: str | None = None,
+                       files: dict[str, str | bytes] | None = None,
+                       workdir: str | None = None) -> Iterator[StreamEvent]:
         """Run like ``execute()``, yielding ``stdout``/``stderr`` events as output arrives,
         then ``exit`` (the code, as a string); a timeout gives an ``error`` event
         ``EXECUTION TIMED OUT`` first. Secrets are masked and the output cap applies, as in
         ``execute()``. Closing the iterator early (or breaking out of the loop) kills the
         run."""
-        return self._execute_stream(code, cmd, runtime, timeout_ms, env, stdin,
-                                    file_extension)
+        return self._execute_stream(ExecutionRequest(
+            code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
+            file_extension=file_extension, files=files, workdir=workdir))
 
-    def _execute_stream(self, code: str | None, cmd: str | None, runtime: str | None,
-                        timeout_ms: int | None, env: dict[str, str] | None,
-                        stdin: str | bytes | None, file_extension: str | None,
+    def _execute_stream(self, request: ExecutionRequest,
                         cancel_fd: int = -1) -> Iterator[StreamEvent]:
         started = time.monotonic()
-        run = self._run(code, cmd, runtime, timeout_ms, env, stdin, file_extension, started,
-                        cancel_fd)
+        run = self._run(request, started, cancel_fd)
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
                     for name in ("stdout", "stderr")}
         try:
@@ -172,16 +178,14 @@ class Isol8:
             yield StreamEvent(type="error", data="EXECUTION TIMED OUT")
         yield StreamEvent(type="exit", data=str(result.exit_code))
 
-    def _run(self, code: str | None, cmd: str | None, runtime: str | None,
-             timeout_ms: int | None, env: dict[str, str] | None, stdin: str | bytes | None,
-             file_extension: str | None, started: float, cancel_fd: int = -1,
+    def _run(self, request: ExecutionRequest, started: float, cancel_fd: int = -1,
              ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage, str]]:
         """One run in a fresh sandbox: yields its output chunks, returns the outcome, the
         cgroup readings and the runtime's name. The sandbox's uid lease and cgroups live
         exactly as long as the run, whatever ends it."""
-        timeout = positive_int(timeout_ms, "timeout_ms") if timeout_ms is not None \
-            else self.options.timeout_ms
-        spec, runtime_name = self._run_spec(code, cmd, runtime, env, stdin, file_extension)
+        timeout = positive_int(request.timeout_ms, "timeout_ms") \
+            if request.timeout_ms is not None else self.options.timeout_ms
+        spec, runtime_name = self._run_spec(request)
         self.start()
         assert self._config_body is not None
         opts = self.options
@@ -248,9 +252,8 @@ class Isol8:
                 enforced=dict(self._enforced)),
         )
 
-    def _run_spec(self, code: str | None, cmd: str | None, runtime: str | None,
-                  env: dict[str, str] | None, stdin: str | bytes | None,
-                  file_extension: str | None) -> tuple[RunSpec, str]:
+    def _run_spec(self, request: ExecutionRequest) -> tuple[RunSpec, str]:
+        code, cmd = request.code, request.cmd
         has_code = code is not None and code.strip() != ""
         has_cmd = cmd is not None and cmd.strip() != ""
         if has_code and has_cmd:
@@ -260,20 +263,24 @@ class Isol8:
         # Upstream's order: the base set, then secrets, then the request's env.
         full_env = base_env()
         full_env.update(self.options.secrets)
-        full_env.update(env_mapping(env, "env"))
+        full_env.update(env_mapping(request.env, "env"))
+        stdin = request.stdin
         stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin or b"")
+        files = validated_files(request.files)
+        cwd = validated_workdir(request.workdir)
         if has_cmd:
             assert cmd is not None
             _require_binary(BASH, "bash")
-            return RunSpec([BASH, "-c", cmd], full_env, SANDBOX_HOME, stdin_bytes, None,
-                           None), runtime or "bash"
+            return (RunSpec([BASH, "-c", cmd], full_env, cwd, stdin_bytes, files),
+                    request.runtime or "bash")
         assert code is not None
-        rt = get_runtime(runtime or "python")
+        rt = get_runtime(request.runtime or "python")
         _require_binary(rt.binary, rt.name)
-        extension = _validated_extension(file_extension) if file_extension else rt.extension
+        extension = (_validated_extension(request.file_extension) if request.file_extension
+                     else rt.extension)
         script = f"{SANDBOX_HOME}/main{extension}"
-        return RunSpec(rt.argv(script), full_env, SANDBOX_HOME, stdin_bytes, code.encode(),
-                       script), rt.name
+        return (RunSpec(rt.argv(script), full_env, cwd, stdin_bytes,
+                        [*files, (script, code.encode())]), rt.name)
 
 
 def _require_binary(path: str, name: str) -> None:

@@ -18,7 +18,8 @@ MSG_CONFIG = b"C"
 MSG_EXEC = b"X"
 MSG_KILL = b"K"
 MAX_EVENT = 4096  # the helper formats every event into a 4 KiB buffer
-MAX_EXEC_FDS = 4
+MAX_FILES = 64  # files written before an exec (the code is one), one memfd each
+MAX_EXEC_FDS = 3 + MAX_FILES
 
 
 class Tag(IntEnum):
@@ -45,7 +46,7 @@ class Tag(IntEnum):
     ARG = 21
     ENV = 22
     CWD = 23
-    CODE_PATH = 24
+    FILE_PATH = 24
     FINAL = 25
 
 
@@ -202,8 +203,9 @@ def config_message(body: bytes, *, host_uid: int, host_gid: int,
 
 
 def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,
-                code_path: str | None, *, final: bool = False) -> bytes:
-    """An exec request; its fds (stdin, stdout, stderr[, code]) travel with it.
+                files: list[str], *, final: bool = False) -> bytes:
+    """An exec request; its fds (stdin, stdout, stderr, then one per file, in the order of
+    ``files``) travel with it. The files are written before the exec.
 
     ``final``: the sandbox ends when this process exits (ephemeral mode), without waiting
     for the supervisor to kill it.
@@ -213,8 +215,9 @@ def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,
     parts = [MSG_EXEC, record(Tag.EXEC_ID, struct.pack("<I", run_id)), record(Tag.CWD, cstr(cwd))]
     parts += [record(Tag.ARG, cstr(arg)) for arg in argv]
     parts += [record(Tag.ENV, cstr(f"{key}={value}")) for key, value in env.items()]
-    if code_path is not None:
-        parts.append(record(Tag.CODE_PATH, cstr(code_path)))
+    if len(files) > MAX_FILES:
+        raise ProtocolError(f"at most {MAX_FILES} files per request")
+    parts += [record(Tag.FILE_PATH, cstr(path)) for path in files]
     if final:
         parts.append(record(Tag.FINAL, b"\1"))
     return b"".join(parts)

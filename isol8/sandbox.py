@@ -42,8 +42,7 @@ class RunSpec:
     env: dict[str, str]
     cwd: str
     stdin: bytes
-    code: bytes | None
-    code_path: str | None
+    files: list[tuple[str, bytes]]  # (absolute path, content), written in order before exec
 
 
 @dataclass(slots=True)
@@ -148,17 +147,15 @@ class Sandbox:
 
     def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int, *,
                       final: bool) -> None:
-        stdin_fd = sealed_memfd("isol8-stdin", spec.stdin)
-        fds = [stdin_fd, stdout_w, stderr_w]
-        if spec.code is not None:
-            fds.append(sealed_memfd("isol8-code", spec.code))
+        memfds = [sealed_memfd("isol8-stdin", spec.stdin)]
         try:
+            for _, content in spec.files:
+                memfds.append(sealed_memfd("isol8-file", content))
             self._send(protocol.encode_exec(run_id, spec.argv, spec.env, spec.cwd,
-                                            spec.code_path, final=final), fds)
+                                            [path for path, _ in spec.files], final=final),
+                       [memfds[0], stdout_w, stderr_w, *memfds[1:]])
         finally:
-            os.close(stdin_fd)
-            if spec.code is not None:
-                os.close(fds[3])
+            _close_all(memfds)
 
     def destroy(self) -> None:
         """Kill everything in the sandbox and reap the helper. Idempotent."""

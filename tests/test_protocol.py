@@ -23,7 +23,7 @@ def records(message: bytes):
 
 def test_exec_request_layout():
     msg = protocol.encode_exec(7, ["/usr/bin/python3", "/sandbox/main.py"], {"A": "1"},
-                               "/sandbox", "/sandbox/main.py")
+                               "/sandbox", ["/sandbox/main.py"])
     assert msg[:1] == b"X"
     assert records(msg) == [(20, struct.pack("<I", 7)), (23, b"/sandbox\0"),
                             (21, b"/usr/bin/python3\0"), (21, b"/sandbox/main.py\0"),
@@ -32,9 +32,11 @@ def test_exec_request_layout():
 
 def test_nul_bytes_and_relative_programs_are_refused():
     with pytest.raises(ProtocolError):
-        protocol.encode_exec(1, ["/bin/sh", "a\0b"], {}, "/", None)
+        protocol.encode_exec(1, ["/bin/sh", "a\0b"], {}, "/", [])
     with pytest.raises(ProtocolError):
-        protocol.encode_exec(1, ["sh"], {}, "/", None)
+        protocol.encode_exec(1, ["sh"], {}, "/", [])
+    with pytest.raises(ProtocolError):
+        protocol.encode_exec(1, ["/bin/sh"], {}, "/", ["/sandbox/f"] * 65)
 
 
 def test_config_carries_every_field():
@@ -89,6 +91,6 @@ def test_random_bytes_never_crash_the_parser():
 
 
 def test_final_flag_is_sent_only_when_asked():
-    plain = protocol.encode_exec(1, ["/bin/true"], {}, "/", None)
-    final = protocol.encode_exec(1, ["/bin/true"], {}, "/", None, final=True)
+    plain = protocol.encode_exec(1, ["/bin/true"], {}, "/", [])
+    final = protocol.encode_exec(1, ["/bin/true"], {}, "/", [], final=True)
     assert (25, b"\1") not in records(plain) and records(final)[-1] == (25, b"\1")

@@ -17,7 +17,7 @@ from isol8.sandbox import RunSpec, run_ephemeral
 
 from conftest import child_pids
 
-SPEC = RunSpec(["/usr/bin/true"], {}, "/sandbox", b"", None, None)
+SPEC = RunSpec(["/usr/bin/true"], {}, "/sandbox", b"", [])
 
 
 def run_helper(extra_mounts=(), spec=SPEC):
