@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import threading
 import time
 import uuid
 import weakref
@@ -60,6 +61,7 @@ class Isol8:
         self._enforced: dict[str, str | None] = {}
         self._max_file = 0
         self._finalizer: weakref.finalize | None = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "Isol8":
         self.start()
@@ -70,25 +72,28 @@ class Isol8:
 
     def start(self) -> None:
         """Compile the policy and mount plan, make the engine's cgroups and choose each
-        limit's backend. Idempotent; ``execute()`` calls it lazily."""
-        if self._config_body is not None:
-            return
+        limit's backend. Idempotent and thread-safe; ``execute()`` calls it lazily."""
+        with self._lock:
+            if self._config_body is None:
+                self._start()
+
+    def _start(self) -> None:
         opts = self.options
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
+        sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
+        mounts = images.host_plan(sizes, host_network=opts.network == "host")
         nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
         engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
                                                limits.v1_wanted(nproc_applies))
         try:
             enforced = limits.enforcement(opts.limits, engine_cgroups.backend, nproc_applies)
-        except limits.LimitsUnavailable:
+        except BaseException:
             engine_cgroups.close()
             raise
-        sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
         watchdog = enforced["memory"] == "watchdog"
         self._config_body = encode_config_body(HelperConfig(
             hostname=images.HOSTNAME, new_netns=opts.network == "none",
-            seccomp_filters=policy.filters,
-            mounts=images.host_plan(sizes, host_network=opts.network == "host"),
+            seccomp_filters=policy.filters, mounts=mounts,
             memory_watch=opts.limits.memory if watchdog else 0,
             watch_paths=images.WRITABLE_TMPFS if watchdog else (),
         ))
@@ -104,9 +109,10 @@ class Isol8:
     def stop(self) -> None:
         """Release the engine and its cgroups. Every sandbox is already gone when
         ``execute()`` returns."""
-        if self._finalizer is not None:
-            self._finalizer()
-        self._config_body, self._cgroups, self._finalizer = None, None, None
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._config_body, self._cgroups, self._finalizer = None, None, None
 
     def execute(self, code: str | None = None, *, runtime: str | None = None,
                 cmd: str | None = None, timeout_ms: int | None = None,
