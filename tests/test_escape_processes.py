@@ -139,7 +139,10 @@ kill -TERM $victim; wait $victim; echo "victim $?"  # positive control: kill wor
 echo alive
 """)
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.splitlines() == ["State:\tS (sleeping)", "victim 143", "alive"]
+    state, *rest = r.stdout.splitlines()
+    # Neither stopped (T) by SIGSTOP nor dead; R when the rootless watchdog is mid-tick.
+    assert state in ("State:\tS (sleeping)", "State:\tR (running)")
+    assert rest == ["victim 143", "alive"]
 
 
 # --- nothing survives a run -----------------------------------------------------------------
