@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
@@ -190,6 +192,43 @@ fail:;
   _exit(127);
 }
 
+static char exec_stack[64 * 1024] __attribute__((aligned(16)));
+
+static pid_t spawn(const struct exec_req *req, const int *fds) {
+  struct child_args args = {req, fds};
+  return clone(exec_child, exec_stack + sizeof exec_stack, CLONE_VM | CLONE_VFORK | SIGCHLD,
+               &args);
+}
+
+/* A persistent run starts under a leader: a subreaper that keeps the run's processes
+ * together, so a timeout can kill the run's tree and nothing else, and that exits with the
+ * program's status. Background processes outlive the run: when the leader exits they pass
+ * to pid 1 and live on until the sandbox is stopped. */
+static pid_t spawn_led(const struct exec_req *req, const int *fds) {
+  pid_t leader = fork();
+  if (leader != 0)
+    return leader;
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+    _exit(127);
+  pid_t child = spawn(req, fds);
+  if (child < 0)
+    _exit(127);
+  for (int i = 0; i < 3 + req->n_files; i++)
+    close(fds[i]); /* the run's pipes must reach EOF when its processes are done */
+  int status;
+  while (waitpid(child, &status, 0) < 0)
+    if (errno != EINTR)
+      _exit(127);
+  if (WIFEXITED(status))
+    _exit(WEXITSTATUS(status));
+  signal(WTERMSIG(status), SIG_DFL);
+  kill(getpid(), WTERMSIG(status)); /* die of the same signal: the init reports 128+n */
+  _exit(128 + WTERMSIG(status));
+}
+
 static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) {
   struct exec_req req;
   int slot = -1;
@@ -203,9 +242,7 @@ static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) 
     send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"clone\","
               "\"errno\":%d,\"path\":\"\"}", req.id, EAGAIN);
   } else {
-    static char stack[64 * 1024] __attribute__((aligned(16)));
-    struct child_args args = {&req, fds};
-    pid_t pid = clone(exec_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    pid_t pid = req.final ? spawn(&req, fds) : spawn_led(&req, fds);
     if (pid < 0) {
       send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"clone\","
                 "\"errno\":%d,\"path\":\"\"}", req.id, errno);
@@ -221,6 +258,49 @@ static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) 
     close(fds[i]);
 }
 
+/* Every descendant of pid, as far as /proc/<pid>/task/<tid>/children shows them. */
+static int descendants(pid_t pid, pid_t *out, int n, int max) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  DIR *tasks = opendir(path);
+  if (!tasks)
+    return n;
+  int first = n;
+  struct dirent *task;
+  while ((task = readdir(tasks)) && n < max) {
+    if (task->d_name[0] == '.')
+      continue;
+    char children[300];
+    snprintf(children, sizeof children, "/proc/%d/task/%s/children", (int)pid, task->d_name);
+    FILE *f = fopen(children, "re");
+    if (!f)
+      continue;
+    int child;
+    while (n < max && fscanf(f, "%d", &child) == 1)
+      out[n++] = child;
+    fclose(f);
+  }
+  closedir(tasks);
+  for (int i = first, end = n; i < end && n < max; i++)
+    n = descendants(out[i], out, n, max);
+  return n;
+}
+
+/* A persistent run's tree: everything under its leader. The leader is a subreaper, so
+ * orphans (setsid and double-fork daemons included) stay under it while it lives; kill
+ * them until none is left (a fork racing the kill is caught next round), then the leader. */
+static void kill_tree(pid_t leader) {
+  static pid_t found[4096];
+  for (int round = 0; round < 100; round++) {
+    int n = descendants(leader, found, 0, 4096);
+    if (n == 0)
+      break;
+    for (int i = 0; i < n; i++)
+      kill(found[i], SIGKILL);
+  }
+  kill(leader, SIGKILL);
+}
+
 static void kill_run(const unsigned char *buf, size_t len) {
   struct reader r = {buf + 1, buf + len};
   struct record rec;
@@ -229,7 +309,7 @@ static void kill_run(const unsigned char *buf, size_t len) {
     return;
   for (int i = 0; i < MAX_RUNS; i++)
     if (runs[i].pid && runs[i].id == id)
-      kill(-runs[i].pid, SIGKILL); /* its process group: the run's own session */
+      kill_tree(runs[i].pid);
 }
 
 #define WATCH_INTERVAL_NS 10000000 /* 10 ms */

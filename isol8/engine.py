@@ -26,6 +26,7 @@ from .request import ExecutionRequest, validated_files, validated_workdir
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import Chunk, RunOutcome, RunSpec, signals_deferred, stream_ephemeral
+from .session import Session
 
 _EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
               "mutually exclusive — provide exactly one.")
@@ -62,6 +63,8 @@ class Isol8:
         self._max_file = 0
         self._finalizer: weakref.finalize | None = None
         self._lock = threading.Lock()
+        self._session: Session | None = None  # persistent mode's one sandbox
+        self._session_lock = threading.Lock()  # serializes its runs
 
     def __enter__(self) -> "Isol8":
         self.start()
@@ -109,6 +112,10 @@ class Isol8:
     def stop(self) -> None:
         """Release the engine and its cgroups. Every sandbox is already gone when
         ``execute()`` returns."""
+        with self._session_lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
         with self._lock:
             if self._finalizer is not None:
                 self._finalizer()
@@ -195,6 +202,11 @@ class Isol8:
         self.start()
         assert self._config_body is not None
         opts = self.options
+        if opts.mode == "persistent":
+            outcome, usage = yield from self._run_persistent(
+                spec, runtime_name if request.cmd is None else None, started, timeout,
+                cancel_fd)
+            return outcome, usage, runtime_name
         host = sandbox_cgroups = None
         try:
             with signals_deferred():  # owned before any interrupt lands: see stream_ephemeral
@@ -220,6 +232,63 @@ class Isol8:
                 if host is not None:
                     host.release()
         return outcome, usage, runtime_name
+
+    def _run_persistent(self, spec: RunSpec, code_runtime: str | None, started: float,
+                        timeout: int, cancel_fd: int,
+                        ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage]]:
+        """A run in the engine's one sandbox, made on first use; runs are serialized."""
+        opts = self.options
+        with self._session_lock:
+            session = self._session
+            if session is not None and not session.alive:  # OOM or a lost init: start over
+                session.close()
+                session = self._session = None
+            if session is not None and code_runtime and session.runtime not in (None,
+                                                                                 code_runtime):
+                raise InvalidRequest(
+                    f'Cannot switch runtime from "{session.runtime}" to "{code_runtime}". '
+                    "Each persistent container supports a single runtime. Create a new "
+                    "Isol8 instance for a different runtime.")
+            if session is None:
+                session = self._session = self._new_session()
+            session.runtime = session.runtime or code_runtime
+            owner = None if session.host.uid == os.geteuid() else (session.host.uid,
+                                                                  session.host.gid)
+            outcome = yield from session.run(
+                spec, deadline=started + timeout / 1000, max_output=opts.max_output_size,
+                owner=owner, secrets=[v.encode() for _, v in opts.secrets], cancel_fd=cancel_fd)
+            usage = session.cgroup.usage() if session.cgroup else cgroups.Usage()
+            # The counters are the session's: a run reports what it added.
+            if usage.cpu_ns is not None:
+                usage.cpu_ns, session.cpu_ns_seen = usage.cpu_ns - session.cpu_ns_seen, \
+                    usage.cpu_ns
+            if outcome.cpu_us is not None:
+                outcome.cpu_us, session.cpu_us_seen = outcome.cpu_us - session.cpu_us_seen, \
+                    outcome.cpu_us
+            return outcome, usage
+
+    def _new_session(self) -> Session:
+        opts = self.options
+        host = sandbox_cgroups = None
+        try:
+            with signals_deferred():
+                host = identity.acquire(opts.uid_range)
+                if self._cgroups is not None:
+                    sandbox_cgroups = self._cgroups.new_sandbox(
+                        opts.limits.memory, opts.limits.pids, opts.limits.cpu)
+                config = config_message(
+                    self._config_body, host_uid=host.uid, host_gid=host.gid,
+                    rlimits=limits.rlimits(opts.limits, self._enforced,
+                                           timeout_ms=opts.timeout_ms, max_file=self._max_file),
+                    cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"")
+                return Session(config, host, sandbox_cgroups, None)
+        except BaseException:
+            with signals_deferred():
+                if sandbox_cgroups is not None:
+                    sandbox_cgroups.destroy()
+                if host is not None:
+                    host.release()
+            raise
 
     def _result(self, outcome: RunOutcome, usage: cgroups.Usage, runtime: str,
                 started: float) -> ExecutionResult:

@@ -11,6 +11,7 @@ from .identity import DEFAULT_UID_RANGE, validate_uid_range
 from .limits import Limits
 
 NETWORK_MODES = ("none", "host")
+MODES = ("ephemeral", "persistent")
 SECCOMP_MODES = ("strict", "unconfined")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)b?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -66,6 +67,7 @@ def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
+    mode: str = "ephemeral"
     network: str = "none"
     timeout_ms: int = 30_000
     max_output_size: int = 1 << 20
@@ -78,7 +80,7 @@ class EngineOptions:
     secrets: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def build(cls, *, network: str = "none", timeout_ms: int = 30_000,
+    def build(cls, *, mode: str = "ephemeral", network: str = "none", timeout_ms: int = 30_000,
               max_output_size: int = 1 << 20, sandbox_size: str | int = "512m",
               tmp_size: str | int = "256m", seccomp: str = "strict",
               uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
@@ -90,6 +92,7 @@ class EngineOptions:
         if parent is not None and not os.path.isabs(parent):
             raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
         return cls(
+            mode=choice(mode, MODES, "mode"),
             limits=Limits(memory=parse_size(memory_limit, "memory_limit"),
                           cpu=positive_number(cpu_limit, "cpu_limit"),
                           pids=positive_int(pids_limit, "pids_limit"),

@@ -133,16 +133,16 @@ class Sandbox:
                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                for fd in array.array("i", raw[: len(raw) - len(raw) % 4])]
         if not data:
-            _close_all(fds)
+            close_all(fds)
             return None
         try:
             event = protocol.parse_event(data)
         except protocol.ProtocolError:
-            _close_all(fds)
+            close_all(fds)
             raise
         if event["event"] == "started" and len(fds) == 1 and self._pidfd < 0:
             self._pidfd = fds.pop()
-        _close_all(fds)
+        close_all(fds)
         return event
 
     def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int, *,
@@ -155,7 +155,11 @@ class Sandbox:
                                             [path for path, _ in spec.files], final=final),
                        [memfds[0], stdout_w, stderr_w, *memfds[1:]])
         finally:
-            _close_all(memfds)
+            close_all(memfds)
+
+    def kill_run(self, run_id: int) -> None:
+        """Kill one run's process tree (persistent mode); its exit event follows."""
+        self._send(protocol.encode_kill(run_id))
 
     def destroy(self) -> None:
         """Kill everything in the sandbox and reap the helper. Idempotent."""
@@ -199,7 +203,7 @@ def sealed_memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _close_all(fds: list[int]) -> None:
+def close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
 
@@ -248,33 +252,21 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
     write_ends: list[int] = []
     try:
         with signals_deferred():
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            pipes[out_r] = ("stdout", outcome.stdout)
-            write_ends.append(out_w)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            pipes[err_r] = ("stderr", outcome.stderr)
-            write_ends.append(err_w)
-            for fd in pipes:
-                try:
-                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-                except OSError:
-                    pass  # over /proc/sys/fs/pipe-max-size for this user: the default works
-                if owner is not None:
-                    os.fchown(fd, *owner)  # one inode per pipe: both ends change
+            out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
             sandbox = Sandbox(config, cgroup.fds if cgroup else [])
             if cgroup:
                 cgroup.close_fds()
             sandbox.start_process(1, spec, out_w, err_w, final=True)
-            _close_all(write_ends)  # ours must go, or the pipes never reach EOF
+            close_all(write_ends)  # ours must go, or the pipes never reach EOF
             write_ends.clear()
         try:
-            yield from _supervise(sandbox, outcome, pipes, deadline, cgroup, cancel_fd)
+            yield from supervise(sandbox, outcome, pipes, deadline, cgroup, cancel_fd, 1)
         finally:
             with signals_deferred():
                 sandbox.destroy()
         # Every writer is dead now: what is left in the pipes is read to EOF, capped.
         for fd, (name, sink) in pipes.items():
-            kept = sink.feed(_drain(fd))
+            kept = sink.feed(drain(fd))
             if kept:
                 yield name, kept
         for name, sink in pipes.values():
@@ -285,10 +277,10 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
         with signals_deferred():
             if sandbox is not None:
                 sandbox.destroy()
-            _close_all(write_ends)
-            _close_all(list(pipes))
+            close_all(write_ends)
+            close_all(list(pipes))
     if outcome.error is not None:
-        raise _error_from_event(outcome.error)
+        raise error_from_event(outcome.error)
     return outcome
 
 
@@ -311,9 +303,33 @@ def signals_deferred():
         _signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _supervise(sandbox: Sandbox, outcome: RunOutcome,
-               pipes: dict[int, tuple[str, CappedOutput]], deadline: float,
-               cgroup: SandboxCgroups | None, cancel_fd: int) -> Generator[Chunk, None, None]:
+def open_pipes(outcome: RunOutcome, owner: tuple[int, int] | None,
+               pipes: dict[int, tuple[str, CappedOutput]], write_ends: list[int]
+               ) -> tuple[int, int]:
+    """The run's stdout and stderr pipes, recorded in ``pipes`` (read ends, with their
+    sinks) and ``write_ends`` as they are made, so the caller can always close them."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    pipes[out_r] = ("stdout", outcome.stdout)
+    write_ends.append(out_w)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pipes[err_r] = ("stderr", outcome.stderr)
+    write_ends.append(err_w)
+    for fd in pipes:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # over /proc/sys/fs/pipe-max-size for this user: the default works
+        if owner is not None:
+            os.fchown(fd, *owner)  # one inode per pipe: both ends change
+    return out_w, err_w
+
+
+def supervise(sandbox: Sandbox, outcome: RunOutcome,
+              pipes: dict[int, tuple[str, CappedOutput]], deadline: float,
+              cgroup: SandboxCgroups | None, cancel_fd: int,
+              run_id: int) -> Generator[Chunk, None, None]:
+    """Read the run's output and the helper's events until the run's exit, an OOM, an
+    error, a cancellation or the deadline, whichever comes first (recorded in outcome)."""
     poller = select.poll()
     poller.register(sandbox.fileno(), select.POLLIN)
     for fd in pipes:
@@ -361,7 +377,7 @@ def _supervise(sandbox: Sandbox, outcome: RunOutcome,
                 outcome.oom = True
                 outcome.peak_bytes = int(event["usage"])
                 return
-            elif kind == "exit" and event["id"] == 1:
+            elif kind == "exit" and event["id"] == run_id:
                 outcome.ended_ns = time.monotonic_ns()
                 outcome.exit_code = event.get("code")  # type: ignore[assignment]
                 outcome.signal = event.get("signal")  # type: ignore[assignment]
@@ -373,21 +389,22 @@ def _supervise(sandbox: Sandbox, outcome: RunOutcome,
                 return
 
 
-def _drain(fd: int) -> bytes:
-    """What is left in a pipe whose writers are all dead (at most the pipe's buffer)."""
+def drain(fd: int) -> bytes:
+    """What a pipe holds now: everything up to EOF when its writers are dead (at most the
+    pipe's buffer), else what is there."""
     os.set_blocking(fd, False)
     chunks = []
     while True:
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
-            break  # only possible if a writer survived, which destroy() rules out
+            break  # a writer lives on (a persistent sandbox's background process)
         if not data:
             break
         chunks.append(data)
     return b"".join(chunks)
 
 
-def _error_from_event(event: dict[str, object]) -> Isol8Error:
+def error_from_event(event: dict[str, object]) -> Isol8Error:
     return SandboxSetupError(str(event["step"]), str(event["syscall"]), int(event["errno"]),
                              str(event["path"]))

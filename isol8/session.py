@@ -1,0 +1,151 @@
+"""A persistent sandbox: one init for the engine's life, every run a new process in it.
+
+``/sandbox`` and ``/tmp`` persist, and so do background processes (an agent starts a server
+in one call and queries it in the next): a run starts under a subreaper leader in the init,
+so a timeout kills that run's tree and nothing else, while what the run leaves behind passes
+to pid 1 when it ends. Runs are serialized by the engine.
+
+Background processes keep the run's stdout and stderr open after the run is over. Closing
+our ends would kill them with SIGPIPE at their next write, so the pipes go to a drainer
+thread that reads and discards until their last writer is gone or the session stops.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import threading
+import time
+from collections.abc import Generator
+
+from .cgroups import SandboxCgroups
+from .identity import HostIdentity
+from .output import CappedOutput
+from .sandbox import (Chunk, RunOutcome, RunSpec, Sandbox, close_all, drain,
+                      error_from_event, open_pipes, signals_deferred, supervise)
+from .secrets import Masker
+
+_KILL_GRACE = 5.0  # seconds for a killed run's exit report to arrive
+
+
+class Session:
+    def __init__(self, config: bytes, host: HostIdentity, cgroup: SandboxCgroups | None,
+                 runtime: str | None) -> None:
+        self.host, self.cgroup, self.runtime = host, cgroup, runtime
+        self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
+        if cgroup:
+            cgroup.close_fds()
+        self.alive = True
+        # The cgroup's and the init's CPU counters are the session's: runs report deltas.
+        self.cpu_ns_seen = 0
+        self.cpu_us_seen = 0
+        self._ids = itertools.count(1)
+        self._leftovers = _Drainer()
+
+    def run(self, spec: RunSpec, *, deadline: float, max_output: int,
+            owner: tuple[int, int] | None, secrets: list[bytes],
+            cancel_fd: int) -> Generator[Chunk, None, RunOutcome]:
+        run_id = next(self._ids)
+        outcome = RunOutcome(CappedOutput(max_output, Masker(secrets)),
+                             CappedOutput(max_output, Masker(secrets)))
+        pipes: dict[int, tuple[str, CappedOutput]] = {}
+        write_ends: list[int] = []
+        ended = False
+        try:
+            with signals_deferred():
+                out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
+                self.sandbox.start_process(run_id, spec, out_w, err_w, final=False)
+                close_all(write_ends)
+                write_ends.clear()
+            yield from supervise(self.sandbox, outcome, pipes, deadline, self.cgroup,
+                                 cancel_fd, run_id)
+            if outcome.timed_out or outcome.cancelled:
+                # Kill the run's tree only, then wait for its leader's exit report.
+                self.sandbox.kill_run(run_id)
+                timed_out, cancelled = outcome.timed_out, outcome.cancelled
+                outcome.timed_out = outcome.cancelled = False
+                yield from supervise(self.sandbox, outcome, pipes,
+                                     time.monotonic() + _KILL_GRACE, self.cgroup, -1, run_id)
+                outcome.timed_out, outcome.cancelled = timed_out, cancelled
+            ended = True
+            # The program is done: what it wrote is in the pipes (later writes are not its).
+            for fd, (name, sink) in pipes.items():
+                kept = sink.feed(drain(fd))
+                if kept:
+                    yield name, kept
+            for name, sink in pipes.values():
+                kept = sink.end()
+                if kept:
+                    yield name, kept
+        finally:
+            with signals_deferred():
+                if not ended and self.alive:
+                    self.sandbox.kill_run(run_id)  # abandoned mid-run: the run dies
+                close_all(write_ends)
+                self._leftovers.adopt(list(pipes))
+        if outcome.error is not None or outcome.oom:
+            self.alive = False  # the init is gone: the next run needs a new sandbox
+        if outcome.error is not None:
+            raise error_from_event(outcome.error)
+        return outcome
+
+    def close(self) -> None:
+        """Destroy the sandbox, everything in it, and the session's cgroups and lease."""
+        with signals_deferred():
+            self.sandbox.destroy()
+            self._leftovers.close()
+            if self.cgroup is not None:
+                self.cgroup.destroy()
+            self.host.release()
+        self.alive = False
+
+
+class _Drainer:
+    """Reads and discards pipes nobody listens to any more, until EOF or close()."""
+
+    def __init__(self) -> None:
+        self._fds: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def adopt(self, fds: list[int]) -> None:
+        with self._lock:
+            self._fds.update(fds)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name="isol8-drainer")
+                self._thread.start()
+        os.write(self._wake_w, b"x")
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                fds = list(self._fds)
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    drain(self._wake_r)
+                elif not os.read(fd, 1 << 16):
+                    with self._lock:
+                        if fd in self._fds:
+                            self._fds.discard(fd)
+                            os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            close_all(list(self._fds))
+            self._fds.clear()
+        close_all([self._wake_r, self._wake_w])

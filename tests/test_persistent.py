@@ -1,0 +1,101 @@
+"""mode="persistent": one sandbox per engine, state and background processes kept."""
+
+import threading
+import time
+
+import pytest
+
+from isol8 import InvalidRequest, Isol8
+
+from conftest import child_pids, host_processes_matching, watching_host
+
+SERVE = """
+import http.server, threading
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        print('request', flush=True)  # writes to the first run's stdout, long after it ended
+server = http.server.HTTPServer(('127.0.0.1', 8765), Quiet)
+print('serving', flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def session():
+    with Isol8(mode="persistent") as eng:
+        yield eng
+    assert child_pids() == []
+
+
+def test_files_persist_between_calls(session):
+    # upstream's README example
+    session.execute("import json; json.dump([1, 2], open('/sandbox/data.json', 'w'))")
+    r = session.execute("import json; print(sum(json.load(open('/sandbox/data.json'))))")
+    assert r.stdout == "3"
+
+
+def test_a_background_server_started_in_one_call_answers_the_next(session):
+    r = session.execute(cmd="python3 -c \"$SERVE\" & sleep 0.5; echo started",
+                        env={"SERVE": SERVE})
+    assert (r.exit_code, r.stdout) == (0, "serving\nstarted")
+    for _ in range(3):  # the server logs each request to a pipe nobody reads any more
+        r = session.execute("import urllib.request\n"
+                            "print(urllib.request.urlopen('http://127.0.0.1:8765/').status)")
+        assert r.stdout == "200"
+
+
+def test_a_timeout_kills_that_runs_tree_only(session):
+    keep, doomed = "1414.2135", "1732.0508"
+    session.execute(cmd=f"(setsid sleep {keep} &); echo bg")
+    with watching_host(doomed, no_children=False):
+        started = time.monotonic()
+        r = session.execute(cmd=f"(setsid sleep {doomed} &); sleep {doomed}", timeout_ms=500)
+        assert r.exit_code == 137 and r.stderr == "--- EXECUTION TIMED OUT ---"
+        assert time.monotonic() - started < 5
+    assert host_processes_matching(f"sleep {keep}")  # the earlier run's daemon lives on
+    r = session.execute(cmd="pgrep -c -f 'sleep 1414'")
+    assert r.stdout == "1"
+
+
+def test_nothing_is_left_after_stop():
+    marker = "2718.2818"
+    eng = Isol8(mode="persistent")
+    eng.execute(cmd=f"(setsid sleep {marker} &); (sleep {marker} &); echo ok")
+    assert host_processes_matching(marker)
+    eng.stop()
+    assert host_processes_matching(marker) == [] and child_pids() == []
+
+
+def test_the_session_is_bound_to_its_first_runtime(session):
+    session.execute("print(1)")
+    with pytest.raises(InvalidRequest, match='Cannot switch runtime from "python" to "node"'):
+        session.execute("console.log(1)", runtime="node")
+    assert session.execute(cmd="echo cmd still works").stdout == "cmd still works"
+
+
+def test_concurrent_calls_are_serialized(session):
+    results = []
+
+    def call(i):
+        results.append(session.execute(
+            cmd=f"mkdir /tmp/lock || exit 9; echo {i}; sleep 0.2; rmdir /tmp/lock"))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.exit_code for r in results) == [0, 0, 0, 0]  # never two at once
+
+
+def test_streaming_works_in_a_session(session):
+    session.execute(cmd="echo hello > /sandbox/greeting")
+    events = [(e.type, e.data) for e in session.execute_stream(cmd="cat /sandbox/greeting")]
+    assert events == [("stdout", "hello\n"), ("exit", "0")]
+
+
+def test_each_run_reports_its_own_cpu_time(session):
+    busy = session.execute("import time\nend = time.time() + 0.3\nwhile time.time() < end: pass")
+    idle = session.execute("pass")
+    assert busy.resource_usage.cpu_time_ms >= 200
+    assert idle.resource_usage.cpu_time_ms < busy.resource_usage.cpu_time_ms
