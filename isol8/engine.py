@@ -210,15 +210,7 @@ class Isol8:
         host = sandbox_cgroups = None
         try:
             with signals_deferred():  # owned before any interrupt lands: see stream_ephemeral
-                host = identity.acquire(opts.uid_range)
-                if self._cgroups is not None:
-                    sandbox_cgroups = self._cgroups.new_sandbox(
-                        opts.limits.memory, opts.limits.pids, opts.limits.cpu)
-            config = config_message(
-                self._config_body, host_uid=host.uid, host_gid=host.gid,
-                rlimits=limits.rlimits(opts.limits, self._enforced, timeout_ms=timeout,
-                                       max_file=self._max_file),
-                cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"")
+                host, sandbox_cgroups, config = self._claim(timeout)
             owner = None if host.uid == os.geteuid() else (host.uid, host.gid)
             outcome = yield from stream_ephemeral(
                 config, spec, deadline=started + timeout / 1000,
@@ -227,10 +219,7 @@ class Isol8:
             usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
             with signals_deferred():
-                if sandbox_cgroups is not None:
-                    sandbox_cgroups.destroy()
-                if host is not None:
-                    host.release()
+                self._release(host, sandbox_cgroups)
         return outcome, usage, runtime_name
 
     def _run_persistent(self, spec: RunSpec, code_runtime: str | None, started: float,
@@ -268,27 +257,42 @@ class Isol8:
             return outcome, usage
 
     def _new_session(self) -> Session:
-        opts = self.options
-        host = sandbox_cgroups = None
-        try:
-            with signals_deferred():
-                host = identity.acquire(opts.uid_range)
-                if self._cgroups is not None:
-                    sandbox_cgroups = self._cgroups.new_sandbox(
-                        opts.limits.memory, opts.limits.pids, opts.limits.cpu)
-                config = config_message(
-                    self._config_body, host_uid=host.uid, host_gid=host.gid,
-                    rlimits=limits.rlimits(opts.limits, self._enforced,
-                                           timeout_ms=opts.timeout_ms, max_file=self._max_file),
-                    cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"")
+        with signals_deferred():
+            host, sandbox_cgroups, config = self._claim(self.options.timeout_ms)
+            try:
                 return Session(config, host, sandbox_cgroups, None)
+            except BaseException:
+                self._release(host, sandbox_cgroups)
+                raise
+
+    def _claim(self, timeout_ms: int) -> tuple[identity.HostIdentity,
+                                               cgroups.SandboxCgroups | None, bytes]:
+        """A new sandbox's host identity, cgroup leaves and config message; called with
+        signals deferred, and on failure nothing stays claimed."""
+        opts = self.options
+        host, sandbox_cgroups = identity.acquire(opts.uid_range), None
+        try:
+            if self._cgroups is not None:
+                sandbox_cgroups = self._cgroups.new_sandbox(
+                    opts.limits.memory, opts.limits.pids, opts.limits.cpu)
+            assert self._config_body is not None
+            config = config_message(
+                self._config_body, host_uid=host.uid, host_gid=host.gid,
+                rlimits=limits.rlimits(opts.limits, self._enforced, timeout_ms=timeout_ms,
+                                       max_file=self._max_file),
+                cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"")
         except BaseException:
-            with signals_deferred():
-                if sandbox_cgroups is not None:
-                    sandbox_cgroups.destroy()
-                if host is not None:
-                    host.release()
+            self._release(host, sandbox_cgroups)
             raise
+        return host, sandbox_cgroups, config
+
+    @staticmethod
+    def _release(host: identity.HostIdentity | None,
+                 sandbox_cgroups: cgroups.SandboxCgroups | None) -> None:
+        if sandbox_cgroups is not None:
+            sandbox_cgroups.destroy()
+        if host is not None:
+            host.release()
 
     def _result(self, outcome: RunOutcome, usage: cgroups.Usage, runtime: str,
                 started: float) -> ExecutionResult:

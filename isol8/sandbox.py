@@ -265,14 +265,7 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
             with signals_deferred():
                 sandbox.destroy()
         # Every writer is dead now: what is left in the pipes is read to EOF, capped.
-        for fd, (name, sink) in pipes.items():
-            kept = sink.feed(drain(fd))
-            if kept:
-                yield name, kept
-        for name, sink in pipes.values():
-            kept = sink.end()
-            if kept:
-                yield name, kept
+        yield from flush_pipes(pipes)
     finally:
         with signals_deferred():
             if sandbox is not None:
@@ -322,6 +315,18 @@ def open_pipes(outcome: RunOutcome, owner: tuple[int, int] | None,
         if owner is not None:
             os.fchown(fd, *owner)  # one inode per pipe: both ends change
     return out_w, err_w
+
+
+def flush_pipes(pipes: dict[int, tuple[str, CappedOutput]]) -> Generator[Chunk, None, None]:
+    """The end of a run's output: what its pipes hold now, then what the maskers held."""
+    for fd, (name, sink) in pipes.items():
+        kept = sink.feed(drain(fd))
+        if kept:
+            yield name, kept
+    for name, sink in pipes.values():
+        kept = sink.end()
+        if kept:
+            yield name, kept
 
 
 def supervise(sandbox: Sandbox, outcome: RunOutcome,

@@ -23,7 +23,7 @@ from .cgroups import SandboxCgroups
 from .identity import HostIdentity
 from .output import CappedOutput
 from .sandbox import (Chunk, RunOutcome, RunSpec, Sandbox, close_all, drain,
-                      error_from_event, open_pipes, signals_deferred, supervise)
+                      error_from_event, flush_pipes, open_pipes, signals_deferred, supervise)
 from .secrets import Masker
 
 _KILL_GRACE = 5.0  # seconds for a killed run's exit report to arrive
@@ -70,14 +70,7 @@ class Session:
                 outcome.timed_out, outcome.cancelled = timed_out, cancelled
             ended = True
             # The program is done: what it wrote is in the pipes (later writes are not its).
-            for fd, (name, sink) in pipes.items():
-                kept = sink.feed(drain(fd))
-                if kept:
-                    yield name, kept
-            for name, sink in pipes.values():
-                kept = sink.end()
-                if kept:
-                    yield name, kept
+            yield from flush_pipes(pipes)
         finally:
             with signals_deferred():
                 if not ended and self.alive:
