@@ -8,6 +8,7 @@ cgroup placement, and the program itself.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import os
 import threading
@@ -18,7 +19,7 @@ from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
 from . import cgroups, identity, images, limits, seccomp
-from .errors import InvalidRequest, RuntimeNotAvailable
+from .errors import InvalidRequest, Isol8Error, RuntimeNotAvailable
 from .output import truncation_marker, with_timeout_marker
 from .policy import EngineOptions, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
@@ -31,6 +32,7 @@ from .session import Session
 _EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
               "mutually exclusive — provide exactly one.")
 _MISSING = "ExecutionRequest must include exactly one of: code, codeUrl, or cmd."
+_MAX_FILE_READ = (64 << 20) * 4 // 3 + 4  # get_file: 64 MiB, base64-encoded
 
 
 class Isol8:
@@ -121,6 +123,33 @@ class Isol8:
                 self._finalizer()
             self._config_body, self._cgroups, self._finalizer = None, None, None
 
+    def put_file(self, path: str, content: str | bytes) -> None:
+        """Write a file into the persistent sandbox (under /sandbox or /tmp), binary-safe.
+
+        The sandbox user writes it, inside the sandbox's mount namespace: no symlink or path
+        trick can make it land outside the sandbox."""
+        self._require_session()
+        result = self._execute(ExecutionRequest(cmd=":", files={path: content}))
+        if result.exit_code != 0:
+            raise Isol8Error(f"put_file {path}: {result.stderr or result.exit_code}")
+
+    def get_file(self, path: str) -> bytes:
+        """Read a file from the persistent sandbox, binary-safe (up to 64 MiB); read by the
+        sandbox user inside the sandbox, like ``put_file``."""
+        self._require_session()
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise InvalidRequest(f"get_file: {path!r} must be an absolute path")
+        result = self._execute(ExecutionRequest(cmd='exec base64 -w0 -- "$ISOL8_PATH"',
+                                                env={"ISOL8_PATH": path}),
+                               max_output=_MAX_FILE_READ, masked=False)
+        if result.exit_code != 0 or result.truncated:
+            raise Isol8Error(f"get_file {path}: {result.stderr or 'larger than 64 MiB'}")
+        return base64.b64decode(result.stdout)
+
+    def _require_session(self) -> None:
+        if self.options.mode != "persistent" or self._session is None:
+            raise Isol8Error("No active container. Call execute() first in persistent mode.")
+
     def execute(self, code: str | None = None, *, runtime: str | None = None,
                 cmd: str | None = None, timeout_ms: int | None = None,
                 env: dict[str, str] | None = None, stdin: str | bytes | None = None,
@@ -137,9 +166,10 @@ class Isol8:
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
             file_extension=file_extension, files=files, workdir=workdir))
 
-    def _execute(self, request: ExecutionRequest, cancel_fd: int = -1) -> ExecutionResult:
+    def _execute(self, request: ExecutionRequest, cancel_fd: int = -1,
+                 max_output: int | None = None, masked: bool = True) -> ExecutionResult:
         started = time.monotonic()
-        run = self._run(request, started, cancel_fd)
+        run = self._run(request, started, cancel_fd, max_output, masked)
         while True:
             try:
                 next(run)
@@ -192,6 +222,7 @@ class Isol8:
         yield StreamEvent(type="exit", data=str(result.exit_code))
 
     def _run(self, request: ExecutionRequest, started: float, cancel_fd: int = -1,
+             max_output: int | None = None, masked: bool = True,
              ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage, str]]:
         """One run in a fresh sandbox: yields its output chunks, returns the outcome, the
         cgroup readings and the runtime's name. The sandbox's uid lease and cgroups live
@@ -202,10 +233,14 @@ class Isol8:
         self.start()
         assert self._config_body is not None
         opts = self.options
+        cap = max_output or opts.max_output_size
+        # get_file's own output is file content: masking could corrupt it, and the caller
+        # owns the secrets anyway.
+        secrets = [v.encode() for _, v in opts.secrets] if masked else []
         if opts.mode == "persistent":
             outcome, usage = yield from self._run_persistent(
                 spec, runtime_name if request.cmd is None else None, started, timeout,
-                cancel_fd)
+                cancel_fd, cap, secrets)
             return outcome, usage, runtime_name
         host = sandbox_cgroups = None
         try:
@@ -214,8 +249,8 @@ class Isol8:
             owner = None if host.uid == os.geteuid() else (host.uid, host.gid)
             outcome = yield from stream_ephemeral(
                 config, spec, deadline=started + timeout / 1000,
-                max_output=opts.max_output_size, owner=owner, cgroup=sandbox_cgroups,
-                secrets=[v.encode() for _, v in opts.secrets], cancel_fd=cancel_fd)
+                max_output=cap, owner=owner, cgroup=sandbox_cgroups, secrets=secrets,
+                cancel_fd=cancel_fd)
             usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
             with signals_deferred():
@@ -223,10 +258,9 @@ class Isol8:
         return outcome, usage, runtime_name
 
     def _run_persistent(self, spec: RunSpec, code_runtime: str | None, started: float,
-                        timeout: int, cancel_fd: int,
+                        timeout: int, cancel_fd: int, max_output: int, secrets: list[bytes],
                         ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage]]:
         """A run in the engine's one sandbox, made on first use; runs are serialized."""
-        opts = self.options
         with self._session_lock:
             session = self._session
             if session is not None and not session.alive:  # OOM or a lost init: start over
@@ -244,8 +278,8 @@ class Isol8:
             owner = None if session.host.uid == os.geteuid() else (session.host.uid,
                                                                   session.host.gid)
             outcome = yield from session.run(
-                spec, deadline=started + timeout / 1000, max_output=opts.max_output_size,
-                owner=owner, secrets=[v.encode() for _, v in opts.secrets], cancel_fd=cancel_fd)
+                spec, deadline=started + timeout / 1000, max_output=max_output,
+                owner=owner, secrets=secrets, cancel_fd=cancel_fd)
             usage = session.cgroup.usage() if session.cgroup else cgroups.Usage()
             # The counters are the session's: a run reports what it added.
             if usage.cpu_ns is not None:

@@ -1,11 +1,13 @@
 """mode="persistent": one sandbox per engine, state and background processes kept."""
 
+import hashlib
+import os
 import threading
 import time
 
 import pytest
 
-from isol8 import InvalidRequest, Isol8
+from isol8 import InvalidRequest, Isol8, Isol8Error
 
 from conftest import child_pids, host_processes_matching, watching_host
 
@@ -99,3 +101,39 @@ def test_each_run_reports_its_own_cpu_time(session):
     idle = session.execute("pass")
     assert busy.resource_usage.cpu_time_ms >= 200
     assert idle.resource_usage.cpu_time_ms < busy.resource_usage.cpu_time_ms
+
+
+def test_put_and_get_ten_megabytes_binary(session):
+    session.execute("print(1)")
+    data = os.urandom(10 << 20)
+    session.put_file("/sandbox/in/blob.bin", data)
+    r = session.execute("import hashlib; print(hashlib.sha256(open('/sandbox/in/blob.bin', "
+                        "'rb').read()).hexdigest())")
+    assert r.stdout == hashlib.sha256(data).hexdigest()
+    assert session.get_file("/sandbox/in/blob.bin") == data
+
+
+def test_get_file_cannot_escape_through_symlinks(session, tmp_path):
+    secret = tmp_path / "host-secret"
+    secret.write_text("HOST ONLY")
+    session.execute(cmd=f"ln -s {secret} /sandbox/a; ln -s /proc/1/root/etc/passwd /sandbox/b; "
+                        "ln -s ../../../../etc/hostname /sandbox/c")
+    for path in ("/sandbox/a", "/sandbox/b", f"/sandbox/../..{secret}"):
+        with pytest.raises(Isol8Error):
+            session.get_file(path)
+    assert session.get_file("/sandbox/c") == b"sandbox\n"  # resolved inside: the sandbox's own
+    with pytest.raises(InvalidRequest):
+        session.put_file("/sandbox/../etc/x", "no")
+
+
+def test_file_io_needs_a_persistent_session():
+    with Isol8() as eng, pytest.raises(Isol8Error, match="No active container"):
+        eng.get_file("/sandbox/x")
+    with Isol8(mode="persistent") as eng, pytest.raises(Isol8Error, match="No active container"):
+        eng.put_file("/sandbox/x", "before any execute()")
+
+
+def test_get_file_is_not_masked():
+    with Isol8(mode="persistent", secrets={"K": "QUFB"}) as eng:  # base64 of "AAA"
+        eng.execute(cmd="printf AAA > /sandbox/f")
+        assert eng.get_file("/sandbox/f") == b"AAA"
