@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import Isol8Error
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a secret: injected as an environment variable, masked as *** in "
                          "the output (repeatable)")
     ex.add_argument("--stdin", metavar="DATA", help="data for the program's standard input")
+    ex.add_argument("--workdir", help="working directory, inside /sandbox (default /sandbox)")
+    ex.add_argument("--files", metavar="DIR",
+                    help="copy a local directory into /sandbox (skips .git, node_modules, "
+                         "__pycache__, .venv, venv, .tox)")
+    ex.add_argument("--out", metavar="FILE", help="write stdout to FILE (implies --no-stream)")
     ex.add_argument("--json", action="store_true",
                     help="print the result in its wire form (implies --no-stream)")
     ex.add_argument("--no-stream", action="store_true",
@@ -79,20 +85,42 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         value = getattr(args, name)
         if value is not None:
             options[renamed.get(name, name)] = value
+    files = _local_files(args.files, parser) if args.files else None
     request = dict(runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout, env=dict(args.env),
-                   stdin=args.stdin)
+                   stdin=args.stdin, workdir=args.workdir, files=files)
     with Isol8(**options) as engine:
-        if not (args.json or args.no_stream):
+        if not (args.json or args.no_stream or args.out):
             return _stream(engine.execute_stream(code, **request))
         result = engine.execute(code, **request)
-    if args.json:
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(result.stdout)
+    elif args.json:
         print(json.dumps(result.to_dict()))
-    else:
-        if result.stdout:
-            print(result.stdout)
-        if result.stderr:
-            print(result.stderr, file=sys.stderr)
+    elif result.stdout:
+        print(result.stdout)
+    if result.stderr and not args.json:
+        print(result.stderr, file=sys.stderr)
     return result.exit_code
+
+
+_SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}
+
+
+def _local_files(root: str, parser: argparse.ArgumentParser) -> dict[str, bytes]:
+    """A local directory as request files under /sandbox (upstream's --files)."""
+    if not os.path.isdir(root):
+        parser.error(f"--files: {root} is not a directory")
+    files = {}
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in _SKIPPED_DIRS)
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                relative = os.path.relpath(path, root).replace(os.sep, "/")
+                with open(path, "rb") as fh:
+                    files[f"/sandbox/{relative}"] = fh.read()
+    return files
 
 
 def _stream(events) -> int:

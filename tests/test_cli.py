@@ -86,3 +86,21 @@ def test_output_streams_by_default_and_no_stream_buffers():
     assert proc.stdout.read() == "late\n" and proc.wait(timeout=30) == 0
     p = isol8("exec", "--no-stream", "--cmd", "printf 'a\\n\\n\\n'")
     assert p.stdout == "a\n"  # buffered: trimmed as upstream, then one newline
+
+
+def test_files_dir_workdir_and_out(tmp_path):
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "app.py").write_text("print('from the project')")
+    (project / ".git").mkdir()
+    (project / ".git" / "HEAD").write_text("ref")
+    out = tmp_path / "out.txt"
+    p = isol8("exec", "--files", str(project), "--workdir", "src", "--out", str(out), "--cmd",
+              "pwd; find /sandbox -type f | sort; python3 app.py")
+    assert p.returncode == 0 and p.stdout == ""
+    assert out.read_text() == "/sandbox/src\n/sandbox/src/app.py\nfrom the project"
+
+
+def test_files_must_be_a_directory(tmp_path):
+    p = isol8("exec", "--files", str(tmp_path / "missing"), "--cmd", "true")
+    assert p.returncode == 2 and "is not a directory" in p.stderr
