@@ -100,7 +100,6 @@ class CompiledPolicy:
     """The BPF programs (``struct sock_filter`` arrays) to install, in order."""
 
     filters: tuple[bytes, ...]
-    digest: str
 
 
 class SeccompError(RuntimeError):
@@ -120,21 +119,21 @@ def policy_key() -> str:
 def compiled_policy(unconfined: bool = False) -> CompiledPolicy:
     """The default policy's BPF, from memory, then the on-disk cache, then libseccomp."""
     if unconfined:
-        return CompiledPolicy(filters=(), digest="unconfined")
+        return CompiledPolicy(filters=())
     key = policy_key()
     hit = _memory_cache.get(key)
     if hit is not None:
         return hit
     path = _paths.cache_dir() / "seccomp" / f"{key}.bpf"
-    policy = _load(path, key)
+    policy = _load(path)
     if policy is None:
-        policy = CompiledPolicy(filters=_compile(), digest=key)
+        policy = CompiledPolicy(filters=_compile())
         _store(path, policy)
     _memory_cache[key] = policy
     return policy
 
 
-def _load(path, key: str) -> CompiledPolicy | None:
+def _load(path) -> CompiledPolicy | None:
     try:
         data = path.read_bytes()
     except OSError:
@@ -149,7 +148,7 @@ def _load(path, key: str) -> CompiledPolicy | None:
         offset += 4 + size
     if offset != len(data) or len(filters) != 2:
         return None
-    return CompiledPolicy(filters=tuple(filters), digest=key)
+    return CompiledPolicy(filters=tuple(filters))
 
 
 def _store(path, policy: CompiledPolicy) -> None:
