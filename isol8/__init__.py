@@ -2,7 +2,8 @@
 
 from .async_engine import AsyncIsol8
 from .engine import Isol8
-from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError)
+from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError,
+                     SetupScriptFailed)
 from .limits import LimitsUnavailable
 from .request import ExecutionRequest
 from .result import ExecutionResult, ResourceUsage, StreamEvent
@@ -18,6 +19,7 @@ __all__ = [
     "ResourceUsage",
     "RuntimeNotAvailable",
     "SandboxSetupError",
+    "SetupScriptFailed",
     "StreamEvent",
 ]
 __version__ = "0.1.0"

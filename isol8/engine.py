@@ -19,15 +19,18 @@ from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
 from . import cgroups, identity, images, limits, seccomp
-from .errors import InvalidRequest, Isol8Error, RuntimeNotAvailable
+from .errors import InvalidRequest, Isol8Error, RuntimeNotAvailable, SetupScriptFailed
 from .output import truncation_marker, with_timeout_marker
 from .policy import EngineOptions, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
-from .request import ExecutionRequest, validated_files, validated_workdir
+from .request import (ExecutionRequest, validated_files, validated_output_paths,
+                      validated_setup_script, validated_workdir)
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
-from .sandbox import Chunk, RunOutcome, RunSpec, signals_deferred, stream_ephemeral
+from .sandbox import RunOutcome, RunSpec, signals_deferred, stream_ephemeral
 from .session import Session
+from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status, in_phase,
+                     run_stages, setup_spec)
 
 _EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
               "mutually exclusive — provide exactly one.")
@@ -155,16 +158,22 @@ class Isol8:
                 env: dict[str, str] | None = None, stdin: str | bytes | None = None,
                 file_extension: str | None = None,
                 files: dict[str, str | bytes] | None = None,
-                workdir: str | None = None) -> ExecutionResult:
+                workdir: str | None = None, output_paths: list[str] | None = None,
+                setup_script: str | None = None) -> ExecutionResult:
         """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it.
 
         ``files`` (``{absolute path: str | bytes}``, under /sandbox or /tmp) are written
         first, parent directories created; ``workdir`` (relative to /sandbox, confined to
-        it, created if missing) is where the program starts.
+        it, created if missing) is where the program starts. ``setup_script`` (bash, with
+        the run's env and secrets) runs before the code within the same deadline; if it
+        fails, ``SetupScriptFailed`` is raised and the code does not run (upstream).
+        ``output_paths`` are read after the run into ``result.files`` as base64; missing
+        ones are skipped (upstream), and 64 MiB in all are returned at most.
         """
         return self._execute(ExecutionRequest(
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
-            file_extension=file_extension, files=files, workdir=workdir))
+            file_extension=file_extension, files=files, workdir=workdir,
+            output_paths=output_paths, setup_script=setup_script))
 
     def _execute(self, request: ExecutionRequest, cancel_fd: int = -1,
                  max_output: int | None = None, masked: bool = True) -> ExecutionResult:
@@ -174,46 +183,72 @@ class Isol8:
             try:
                 next(run)
             except StopIteration as done:
-                outcome, usage, runtime_name = done.value
-                return self._result(outcome, usage, runtime_name, started)
+                staged, usage, runtime_name = done.value
+                break
+        if staged.main is None:
+            raise _setup_failure(staged)
+        return self._result(staged.main, usage, runtime_name, started, staged.files)
 
     def execute_stream(self, code: str | None = None, *, runtime: str | None = None,
                        cmd: str | None = None, timeout_ms: int | None = None,
                        env: dict[str, str] | None = None, stdin: str | bytes | None = None,
                        file_extension: str | None = None,
                        files: dict[str, str | bytes] | None = None,
-                       workdir: str | None = None) -> Iterator[StreamEvent]:
+                       workdir: str | None = None, output_paths: list[str] | None = None,
+                       setup_script: str | None = None) -> Iterator[StreamEvent]:
         """Run like ``execute()``, yielding ``stdout``/``stderr`` events as output arrives,
         then ``exit`` (the code, as a string); a timeout gives an ``error`` event
         ``EXECUTION TIMED OUT`` first. Secrets are masked and the output cap applies, as in
         ``execute()``. Closing the iterator early (or breaking out of the loop) kills the
-        run."""
+        run.
+
+        A setup script's events come first with ``phase="setup"``, ending with its ``exit``;
+        when it fails, ``error`` "Setup script failed (exit code N)" (or "SETUP SCRIPT TIMED
+        OUT") and ``exit`` N end the stream, as upstream. ``output_paths`` are collected but
+        a stream has no result to carry them: use ``execute()`` for them."""
         return self._execute_stream(ExecutionRequest(
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
-            file_extension=file_extension, files=files, workdir=workdir))
+            file_extension=file_extension, files=files, workdir=workdir,
+            output_paths=output_paths, setup_script=setup_script))
 
     def _execute_stream(self, request: ExecutionRequest,
                         cancel_fd: int = -1) -> Iterator[StreamEvent]:
         started = time.monotonic()
         run = self._run(request, started, cancel_fd)
-        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
-                    for name in ("stdout", "stderr")}
+        decoders = {(phase, name): codecs.getincrementaldecoder("utf-8")("replace")
+                    for phase in ("setup", "code") for name in ("stdout", "stderr")}
+
+        def tails(phase: str) -> Iterator[StreamEvent]:
+            for name in ("stdout", "stderr"):
+                tail = decoders[phase, name].decode(b"", final=True)
+                if tail:
+                    yield StreamEvent(type=name, data=tail, phase=phase)
+
         try:
             while True:
                 try:
-                    name, data = next(run)
+                    phase, name, data = next(run)
                 except StopIteration as done:
-                    outcome, usage, _ = done.value
+                    staged, usage, _ = done.value
                     break
-                text = decoders[name].decode(data)
+                if name == "exit":  # the setup script succeeded
+                    yield from tails(phase)
+                    yield StreamEvent(type="exit", data=data.decode(), phase=phase)
+                    continue
+                text = decoders[phase, name].decode(data)
                 if text:
-                    yield StreamEvent(type=name, data=text)
+                    yield StreamEvent(type=name, data=text, phase=phase)
         finally:
             run.close()
+        outcome = staged.main
+        if outcome is None:
+            yield from tails("setup")
+            failure = _setup_failure(staged)
+            yield StreamEvent(type="error", data=failure.reason, phase="setup")
+            yield StreamEvent(type="exit", data=str(failure.exit_code), phase="setup")
+            return
+        yield from tails("code")
         for name, sink in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
-            tail = decoders[name].decode(b"", final=True)
-            if tail:
-                yield StreamEvent(type=name, data=tail)
             if sink.truncated:
                 yield StreamEvent(type=name, data=truncation_marker(sink.total, sink.limit))
         result = self._result(outcome, usage, "", started)
@@ -223,43 +258,66 @@ class Isol8:
 
     def _run(self, request: ExecutionRequest, started: float, cancel_fd: int = -1,
              max_output: int | None = None, masked: bool = True,
-             ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage, str]]:
-        """One run in a fresh sandbox: yields its output chunks, returns the outcome, the
-        cgroup readings and the runtime's name. The sandbox's uid lease and cgroups live
-        exactly as long as the run, whatever ends it."""
+             ) -> Generator[Event, None, tuple[StagedOutcome, cgroups.Usage, str]]:
+        """One run: yields its output as it arrives, returns the outcome, the cgroup
+        readings and the runtime's name. The sandbox's uid lease and cgroups live exactly
+        as long as the run (ephemeral) or the session (persistent), whatever ends it."""
         timeout = positive_int(request.timeout_ms, "timeout_ms") \
             if request.timeout_ms is not None else self.options.timeout_ms
-        spec, runtime_name = self._run_spec(request)
+        stages, runtime_name = self._stages(request)
         self.start()
-        assert self._config_body is not None
         opts = self.options
         cap = max_output or opts.max_output_size
         # get_file's own output is file content: masking could corrupt it, and the caller
         # owns the secrets anyway.
         secrets = [v.encode() for _, v in opts.secrets] if masked else []
+        deadline = started + timeout / 1000
         if opts.mode == "persistent":
-            outcome, usage = yield from self._run_persistent(
-                spec, runtime_name if request.cmd is None else None, started, timeout,
-                cancel_fd, cap, secrets)
-            return outcome, usage, runtime_name
+            staged, usage = yield from self._run_persistent(
+                stages, runtime_name if request.cmd is None else None, deadline, cancel_fd,
+                cap, secrets)
+        elif stages.setup is not None or stages.output_paths:
+            staged, usage = yield from self._run_staged(stages, timeout, deadline, cancel_fd,
+                                                        cap, secrets)
+        else:
+            staged, usage = yield from self._run_single(stages.main, timeout, deadline,
+                                                        cancel_fd, cap, secrets)
+        return staged, usage, runtime_name
+
+    def _run_single(self, spec: RunSpec, timeout: int, deadline: float, cancel_fd: int,
+                    max_output: int, secrets: list[bytes],
+                    ) -> Generator[Event, None, tuple[StagedOutcome, cgroups.Usage]]:
+        """The common case: one process, the sandbox ending with it (no per-run leader)."""
         host = sandbox_cgroups = None
         try:
             with signals_deferred():  # owned before any interrupt lands: see stream_ephemeral
                 host, sandbox_cgroups, config = self._claim(timeout)
-            owner = None if host.uid == os.geteuid() else (host.uid, host.gid)
-            outcome = yield from stream_ephemeral(
-                config, spec, deadline=started + timeout / 1000,
-                max_output=cap, owner=owner, cgroup=sandbox_cgroups, secrets=secrets,
-                cancel_fd=cancel_fd)
+            outcome = yield from in_phase("code", stream_ephemeral(
+                config, spec, deadline=deadline, max_output=max_output, owner=host.owner,
+                cgroup=sandbox_cgroups, secrets=secrets, cancel_fd=cancel_fd))
             usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
             with signals_deferred():
                 self._release(host, sandbox_cgroups)
-        return outcome, usage, runtime_name
+        return StagedOutcome(main=outcome), usage
 
-    def _run_persistent(self, spec: RunSpec, code_runtime: str | None, started: float,
-                        timeout: int, cancel_fd: int, max_output: int, secrets: list[bytes],
-                        ) -> Generator[Chunk, None, tuple[RunOutcome, cgroups.Usage]]:
+    def _run_staged(self, stages: Stages, timeout: int, deadline: float, cancel_fd: int,
+                    max_output: int, secrets: list[bytes],
+                    ) -> Generator[Event, None, tuple[StagedOutcome, cgroups.Usage]]:
+        """Setup script or output files: several processes in one throwaway session."""
+        session = self._new_session(timeout)
+        try:
+            staged = yield from run_stages(
+                session, stages, deadline=deadline, max_output=max_output,
+                owner=session.host.owner, secrets=secrets, cancel_fd=cancel_fd)
+            usage = session.cgroup.usage() if session.cgroup else cgroups.Usage()
+        finally:
+            session.close()
+        return staged, usage
+
+    def _run_persistent(self, stages: Stages, code_runtime: str | None, deadline: float,
+                        cancel_fd: int, max_output: int, secrets: list[bytes],
+                        ) -> Generator[Event, None, tuple[StagedOutcome, cgroups.Usage]]:
         """A run in the engine's one sandbox, made on first use; runs are serialized."""
         with self._session_lock:
             session = self._session
@@ -273,26 +331,25 @@ class Isol8:
                     "Each persistent container supports a single runtime. Create a new "
                     "Isol8 instance for a different runtime.")
             if session is None:
-                session = self._session = self._new_session()
+                session = self._session = self._new_session(self.options.timeout_ms)
             session.runtime = session.runtime or code_runtime
-            owner = None if session.host.uid == os.geteuid() else (session.host.uid,
-                                                                  session.host.gid)
-            outcome = yield from session.run(
-                spec, deadline=started + timeout / 1000, max_output=max_output,
-                owner=owner, secrets=secrets, cancel_fd=cancel_fd)
+            staged = yield from run_stages(
+                session, stages, deadline=deadline, max_output=max_output,
+                owner=session.host.owner, secrets=secrets, cancel_fd=cancel_fd)
             usage = session.cgroup.usage() if session.cgroup else cgroups.Usage()
             # The counters are the session's: a run reports what it added.
             if usage.cpu_ns is not None:
                 usage.cpu_ns, session.cpu_ns_seen = usage.cpu_ns - session.cpu_ns_seen, \
                     usage.cpu_ns
-            if outcome.cpu_us is not None:
+            outcome = staged.main
+            if outcome is not None and outcome.cpu_us is not None:
                 outcome.cpu_us, session.cpu_us_seen = outcome.cpu_us - session.cpu_us_seen, \
                     outcome.cpu_us
-            return outcome, usage
+            return staged, usage
 
-    def _new_session(self) -> Session:
+    def _new_session(self, timeout_ms: int) -> Session:
         with signals_deferred():
-            host, sandbox_cgroups, config = self._claim(self.options.timeout_ms)
+            host, sandbox_cgroups, config = self._claim(timeout_ms)
             try:
                 return Session(config, host, sandbox_cgroups, None)
             except BaseException:
@@ -329,14 +386,10 @@ class Isol8:
             host.release()
 
     def _result(self, outcome: RunOutcome, usage: cgroups.Usage, runtime: str,
-                started: float) -> ExecutionResult:
+                started: float, files: dict[str, str] | None = None) -> ExecutionResult:
         oom = outcome.oom or usage.oom
-        if oom or outcome.timed_out:
-            exit_code = 137  # upstream: OOM and timeout both give 137; only timeout is marked
-        elif outcome.signal is not None:
-            exit_code = 128 + outcome.signal
-        else:
-            exit_code = int(outcome.exit_code or 0)
+        # upstream: OOM and timeout both give 137; only timeout is marked
+        exit_code = 137 if oom else exit_status(outcome)
         stderr = outcome.stderr.text()
         if outcome.timed_out and not oom:
             stderr = with_timeout_marker(stderr)
@@ -363,9 +416,11 @@ class Isol8:
                 cpu_time_ms=cpu_ms, cpu_percent=round(100 * cpu_ms / max(duration_ms, 1), 1),
                 memory_mb=peak_mb, peak_memory_mb=peak_mb, oom=oom,
                 enforced=dict(self._enforced)),
+            files=files,
         )
 
-    def _run_spec(self, request: ExecutionRequest) -> tuple[RunSpec, str]:
+    def _stages(self, request: ExecutionRequest) -> tuple[Stages, str]:
+        """The request, validated, as the processes to run, and the runtime's name."""
         code, cmd = request.code, request.cmd
         has_code = code is not None and code.strip() != ""
         has_cmd = cmd is not None and cmd.strip() != ""
@@ -381,19 +436,33 @@ class Isol8:
         stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin or b"")
         files = validated_files(request.files)
         cwd = validated_workdir(request.workdir)
+        output_paths = validated_output_paths(request.output_paths)
+        script = validated_setup_script(request.setup_script)
+        if script is not None or has_cmd:
+            _require_binary(BASH, "bash")
+        setup = None
+        if script is not None:  # files first, then the script: it sees them
+            setup, files = setup_spec(script, full_env, files), []
         if has_cmd:
             assert cmd is not None
-            _require_binary(BASH, "bash")
-            return (RunSpec([BASH, "-c", cmd], full_env, cwd, stdin_bytes, files),
-                    request.runtime or "bash")
+            main = RunSpec([BASH, "-c", cmd], full_env, cwd, stdin_bytes, files)
+            return Stages(main, setup, output_paths), request.runtime or "bash"
         assert code is not None
         rt = get_runtime(request.runtime or "python")
         _require_binary(rt.binary, rt.name)
         extension = (_validated_extension(request.file_extension) if request.file_extension
                      else rt.extension)
-        script = f"{SANDBOX_HOME}/main{extension}"
-        return (RunSpec(rt.argv(script), full_env, cwd, stdin_bytes,
-                        [*files, (script, code.encode())]), rt.name)
+        path = f"{SANDBOX_HOME}/main{extension}"
+        main = RunSpec(rt.argv(path), full_env, cwd, stdin_bytes, [*files, (path, code.encode())])
+        return Stages(main, setup, output_paths), rt.name
+
+
+def _setup_failure(staged: StagedOutcome) -> SetupScriptFailed:
+    setup = staged.setup
+    assert setup is not None and staged.setup_exit is not None
+    reason = (SETUP_TIMED_OUT if setup.timed_out
+              else f"Setup script failed (exit code {staged.setup_exit})")
+    return SetupScriptFailed(reason, staged.setup_exit, setup.stdout.text(), setup.stderr.text())
 
 
 def _require_binary(path: str, name: str) -> None:

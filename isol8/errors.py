@@ -18,6 +18,17 @@ class RuntimeNotAvailable(Isol8Error):
     """The requested runtime's interpreter is not in the sandbox's root filesystem."""
 
 
+class SetupScriptFailed(Isol8Error):
+    """A request's ``setup_script`` exited non-zero (or timed out): the code did not run.
+
+    Upstream's message; ``exit_code``, ``stdout`` and ``stderr`` are the script's, with
+    secrets masked."""
+
+    def __init__(self, reason: str, exit_code: int, stdout: str, stderr: str) -> None:
+        super().__init__(f"{reason}: {stderr}" if stderr else reason)
+        self.reason, self.exit_code, self.stdout, self.stderr = reason, exit_code, stdout, stderr
+
+
 class SandboxSetupError(Isol8Error):
     """The helper failed while building or running the sandbox.
 

@@ -29,6 +29,12 @@ class HostIdentity:
     gid: int
     lease_fd: int = -1
 
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """Who must own the run's pipes: the sandbox user's host ids when they are not
+        ours (root mode), else None."""
+        return None if self.uid == os.geteuid() else (self.uid, self.gid)
+
     def release(self) -> None:
         if self.lease_fd >= 0:
             # Unlink while still holding the lock; acquire() re-checks the inode after

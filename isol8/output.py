@@ -48,6 +48,11 @@ class CappedOutput:
     def truncated(self) -> bool:
         return self.total > self.limit
 
+    def data(self) -> bytes:
+        """The kept bytes as they came, once the stream has ended (binary-safe)."""
+        self.end()
+        return bytes(self._kept)
+
     def text(self) -> str:
         """The stream's text, once it has ended."""
         self.end()

@@ -26,6 +26,8 @@ class ExecutionRequest:
     file_extension: str | None = None
     files: dict[str, str | bytes] | None = None
     workdir: str | None = None
+    output_paths: list[str] | None = None
+    setup_script: str | None = None
 
 
 def validated_files(files: object) -> list[tuple[str, bytes]]:
@@ -60,3 +62,30 @@ def validated_workdir(workdir: object) -> str:
     if resolved != SANDBOX_HOME and not resolved.startswith(SANDBOX_HOME + "/"):
         raise InvalidRequest("Working directory must be inside /sandbox")
     return resolved
+
+
+MAX_OUTPUT_PATHS = 256
+
+
+def validated_output_paths(paths: object) -> tuple[str, ...]:
+    """Absolute paths to return after the run. They are read inside the sandbox, whose
+    mount namespace confines them, so any path the sandbox user can read is allowed."""
+    if paths is None:
+        return ()
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, (list, tuple)):
+        raise InvalidRequest("output_paths: expected a list of absolute paths")
+    if len(paths) > MAX_OUTPUT_PATHS:
+        raise InvalidRequest(f"output_paths: at most {MAX_OUTPUT_PATHS} paths")
+    for path in paths:
+        # NUL separates the collected entries, and a path cannot hold one anyway.
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise InvalidRequest(f"output_paths: {path!r} must be an absolute path")
+    return tuple(dict.fromkeys(paths))
+
+
+def validated_setup_script(script: object) -> str | None:
+    if script is None:
+        return None
+    if not isinstance(script, str) or "\0" in script:
+        raise InvalidRequest("setup_script: expected a bash script (str)")
+    return script if script.strip() else None

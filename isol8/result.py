@@ -47,10 +47,11 @@ class ExecutionResult:
     runtime: str
     timestamp: str
     resource_usage: ResourceUsage
+    files: dict[str, str] | None = None  # output_paths: {path: base64}
 
     def to_dict(self) -> dict[str, object]:
         """The camelCase wire form of upstream's ``ExecutionResult``."""
-        return {
+        wire: dict[str, object] = {
             "stdout": self.stdout,
             "stderr": self.stderr,
             "exitCode": self.exit_code,
@@ -61,6 +62,9 @@ class ExecutionResult:
             "timestamp": self.timestamp,
             "resourceUsage": self.resource_usage.to_dict(),
         }
+        if self.files is not None:
+            wire["files"] = dict(self.files)
+        return wire
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +72,7 @@ class StreamEvent:
     """One event of ``execute_stream()``: upstream's ``{type, data, phase}``.
 
     ``type`` is "stdout", "stderr", "exit" (``data`` is the exit code as a string) or
-    "error"; ``phase`` is "code" (setup scripts, when they come, stream as "setup").
+    "error"; ``phase`` is "setup" for a setup script's events, else "code".
     """
 
     type: str
