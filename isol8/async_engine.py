@@ -43,11 +43,19 @@ class AsyncIsol8:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def start(self) -> None:
-        await asyncio.to_thread(self._engine.start)
+    async def start(self, prewarm: bool | dict[str, list[str]] | None = None) -> None:
+        await asyncio.to_thread(self._engine.start, prewarm)
 
     async def stop(self) -> None:
         await asyncio.to_thread(self._engine.stop)
+
+    async def put_file(self, path: str, content: str | bytes) -> None:
+        """``Isol8.put_file``, off the event loop."""
+        await asyncio.to_thread(self._engine.put_file, path, content)
+
+    async def get_file(self, path: str) -> bytes:
+        """``Isol8.get_file``, off the event loop."""
+        return await asyncio.to_thread(self._engine.get_file, path)
 
     async def execute(self, code: str | None = None, **fields: object) -> ExecutionResult:
         """``Isol8.execute`` (the same fields) without blocking the event loop; cancelling

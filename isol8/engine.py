@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
-from . import cgroups, identity, images, limits, seccomp
+from . import cgroups, identity, images, limits, pool, seccomp
 from .errors import InvalidRequest, Isol8Error, RuntimeNotAvailable, SetupScriptFailed
 from .output import truncation_marker, with_timeout_marker
 from .policy import EngineOptions, env_mapping, positive_int
@@ -27,7 +27,7 @@ from .request import (ExecutionRequest, validated_files, validated_output_paths,
                       validated_setup_script, validated_workdir)
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
-from .sandbox import RunOutcome, RunSpec, signals_deferred, stream_ephemeral
+from .sandbox import RunOutcome, RunSpec, signals_deferred, stream_ephemeral, stream_once
 from .session import Session
 from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status, in_phase,
                      run_stages, setup_spec)
@@ -35,6 +35,7 @@ from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status,
 _EXCLUSIVE = ("ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are "
               "mutually exclusive — provide exactly one.")
 _MISSING = "ExecutionRequest must include exactly one of: code, codeUrl, or cmd."
+_WARM_UP_TIMEOUT = 30.0
 _MAX_FILE_READ = (64 << 20) * 4 // 3 + 4  # get_file: 64 MiB, base64-encoded
 
 
@@ -60,8 +61,13 @@ class Isol8:
     stderr, also when it is split across writes; ``env`` values are not masked (upstream).
     """
 
-    def __init__(self, **options: object) -> None:
+    def __init__(self, *, pool_size: int | dict[str, int] = 1, pool_strategy: str = "fast",
+                 prewarm: bool | dict[str, list[str]] | None = None,
+                 **options: object) -> None:
         self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
+        self._pool_size = pool.pool_size(pool_size, pool_strategy)
+        self._prewarm = pool.prewarm_kinds(prewarm)
+        self._pool: pool.WarmPool | None = None
         self._config_body: bytes | None = None
         self._cgroups: cgroups.EngineCgroups | None = None
         self._enforced: dict[str, str | None] = {}
@@ -78,12 +84,35 @@ class Isol8:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def start(self, prewarm: bool | dict[str, list[str]] | None = None) -> None:
         """Compile the policy and mount plan, make the engine's cgroups and choose each
-        limit's backend. Idempotent and thread-safe; ``execute()`` calls it lazily."""
+        limit's backend. Idempotent and thread-safe; ``execute()`` calls it lazily.
+
+        ``prewarm`` (upstream's shapes: ``True`` for every runtime, or ``{"runtimes":
+        [...]}``; also an engine option) starts the warm pool in ephemeral mode: ``pool_size``
+        sandboxes per runtime kept set up, Python's with the interpreter already started,
+        each serving one ``execute()`` and refilled in the background."""
+        kinds = pool.prewarm_kinds(prewarm) or self._prewarm
+        warm = None
         with self._lock:
             if self._config_body is None:
                 self._start()
+            if kinds and self.options.mode == "ephemeral" and self._pool_size:
+                if self._pool is None:
+                    self._pool = pool.WarmPool(self._make_pooled, self._pool_size)
+                self._pool.warm(kinds)
+                warm = self._pool
+        if kinds and warm is not None:  # upstream's start() returns once the pool is warm
+            warm.wait_ready(_WARM_UP_TIMEOUT)
+
+    def _make_pooled(self, kind: str) -> pool.Pooled:
+        host, sandbox_cgroups, config = self._claim(self.options.timeout_ms)
+        try:
+            return pool.Pooled(config, host, sandbox_cgroups,
+                               get_runtime("python").binary if kind == "python" else None)
+        except BaseException:
+            self._release(host, sandbox_cgroups)
+            raise
 
     def _start(self) -> None:
         opts = self.options
@@ -122,6 +151,9 @@ class Isol8:
                 self._session.close()
                 self._session = None
         with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
             if self._finalizer is not None:
                 self._finalizer()
             self._config_body, self._cgroups, self._finalizer = None, None, None
@@ -279,6 +311,9 @@ class Isol8:
         elif stages.setup is not None or stages.output_paths:
             staged, usage = yield from self._run_staged(stages, timeout, deadline, cancel_fd,
                                                         cap, secrets)
+        elif (entry := self._pooled_for(stages.main, runtime_name, request, timeout)):
+            staged, usage = yield from self._run_pooled(entry, stages.main, deadline,
+                                                        cancel_fd, cap, secrets)
         else:
             staged, usage = yield from self._run_single(stages.main, timeout, deadline,
                                                         cancel_fd, cap, secrets)
@@ -299,6 +334,36 @@ class Isol8:
         finally:
             with signals_deferred():
                 self._release(host, sandbox_cgroups)
+        return StagedOutcome(main=outcome), usage
+
+    def _pooled_for(self, spec: RunSpec, runtime: str, request: ExecutionRequest,
+                    timeout: int) -> pool.Pooled | None:
+        """A warm sandbox that serves this run exactly as a cold one would, if any.
+
+        Its rlimits were fixed for the engine's timeout (the CPU-time budget), so a longer
+        request timeout runs cold."""
+        warm = self._pool
+        if warm is None or timeout > self.options.timeout_ms:
+            return None
+        if request.cmd is None and runtime == "python" and pool.zygote_can_run(spec):
+            entry = warm.take("python")
+            if entry is not None:
+                return entry
+        return warm.take("plain")
+
+    def _run_pooled(self, entry: pool.Pooled, spec: RunSpec, deadline: float, cancel_fd: int,
+                    max_output: int, secrets: list[bytes],
+                    ) -> Generator[Event, None, tuple[StagedOutcome, cgroups.Usage]]:
+        try:
+            outcome = yield from in_phase("code", stream_once(
+                lambda out_w, err_w: entry.launch(spec, out_w, err_w), deadline=deadline,
+                max_output=max_output, owner=entry.host.owner, cgroup=entry.cgroup,
+                secrets=secrets, cancel_fd=cancel_fd))
+            usage = entry.cgroup.usage() if entry.cgroup else cgroups.Usage()
+            if usage.cpu_ns is not None:
+                usage.cpu_ns -= entry.baseline_cpu_ns
+        finally:
+            entry.destroy()
         return StagedOutcome(main=outcome), usage
 
     def _run_staged(self, stages: Stages, timeout: int, deadline: float, cancel_fd: int,

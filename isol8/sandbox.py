@@ -20,7 +20,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from . import protocol
@@ -146,14 +146,21 @@ class Sandbox:
         return event
 
     def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int, *,
-                      final: bool) -> None:
-        memfds = [sealed_memfd("isol8-stdin", spec.stdin)]
+                      final: bool, stdin_fd: int = -1) -> None:
+        """Ask the init to run ``spec``; ``stdin_fd``, when given, replaces ``spec.stdin``
+        (the warm pool's zygote gets its control socket there)."""
+        memfds = [sealed_memfd("isol8-stdin", spec.stdin)] if stdin_fd < 0 else []
         try:
             for _, content in spec.files:
                 memfds.append(sealed_memfd("isol8-file", content))
-            self._send(protocol.encode_exec(run_id, spec.argv, spec.env, spec.cwd,
-                                            [path for path, _ in spec.files], final=final),
-                       [memfds[0], stdout_w, stderr_w, *memfds[1:]])
+            stdin = memfds.pop(0) if stdin_fd < 0 else stdin_fd
+            try:
+                self._send(protocol.encode_exec(run_id, spec.argv, spec.env, spec.cwd,
+                                                [path for path, _ in spec.files], final=final),
+                           [stdin, stdout_w, stderr_w, *memfds])
+            finally:
+                if stdin_fd < 0:
+                    os.close(stdin)
         finally:
             close_all(memfds)
 
@@ -233,17 +240,41 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
     """Run one process in a fresh sandbox, yielding its output as it arrives, then destroy
     the sandbox, whatever happens (closing the generator early kills the run).
 
+    ``owner`` is the sandbox user's host uid and gid when it is not ours (root mode): the
+    pipes are given to it, or reopening them through ``/dev/stdout`` inside would fail (a
+    pipe is 0600, and host root is unmapped inside). ``cgroup``: the sandbox's leaves,
+    whose fds travel with the config and whose OOM reports end the run (the caller reads
+    and removes them afterwards). The rest is ``stream_once``'s.
+    """
+    def launch(out_w: int, err_w: int) -> Sandbox:
+        sandbox = Sandbox(config, cgroup.fds if cgroup else [])
+        try:
+            if cgroup:
+                cgroup.close_fds()
+            sandbox.start_process(1, spec, out_w, err_w, final=True)
+        except BaseException:
+            sandbox.destroy()
+            raise
+        return sandbox
+
+    return (yield from stream_once(launch, deadline=deadline, max_output=max_output,
+                                   owner=owner, cgroup=cgroup, secrets=secrets,
+                                   cancel_fd=cancel_fd))
+
+
+def stream_once(launch: Callable[[int, int], Sandbox], *, deadline: float, max_output: int,
+                owner: tuple[int, int] | None, cgroup: SandboxCgroups | None,
+                secrets: list[bytes] | None, cancel_fd: int) -> Generator[Chunk, None, RunOutcome]:
+    """Start run 1 of a sandbox that ends with it (``launch(stdout_w, stderr_w)`` returns
+    the sandbox, whole or destroyed), yield its output as it arrives, then destroy it.
+
     Returns when the process exits (a background child cannot hold the call open: its
     pipes are read to EOF only after the namespace is dead) or at the deadline. Only the
     wait is interruptible; setup and teardown defer signals, so a Ctrl-C (or any exception
     a signal handler raises) lands after the sandbox is fully built or fully gone, never
-    between a spawn and its bookkeeping. ``owner`` is the sandbox user's host uid and gid
-    when it is not ours (root mode): the pipes are given to it, or reopening them through
-    ``/dev/stdout`` inside would fail (a pipe is 0600, and host root is unmapped inside).
-    ``cgroup``: the sandbox's leaves, whose fds travel with the config and whose OOM
-    reports end the run (the caller reads and removes them afterwards). ``secrets`` are
-    masked in both streams before the cap applies. ``cancel_fd`` turning readable ends the
-    run from another thread (the async engine's cancellation).
+    between a spawn and its bookkeeping. ``secrets`` are masked in both streams before the
+    cap applies. ``cancel_fd`` turning readable ends the run from another thread (the async
+    engine's cancellation).
     """
     outcome = RunOutcome(CappedOutput(max_output, Masker(secrets or [])),
                          CappedOutput(max_output, Masker(secrets or [])))
@@ -253,10 +284,8 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
     try:
         with signals_deferred():
             out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
-            sandbox = Sandbox(config, cgroup.fds if cgroup else [])
-            if cgroup:
-                cgroup.close_fds()
-            sandbox.start_process(1, spec, out_w, err_w, final=True)
+            sandbox = launch(out_w, err_w)
+            outcome.started_ns = time.monotonic_ns()  # the init's "spawned" refines it
             close_all(write_ends)  # ours must go, or the pipes never reach EOF
             write_ends.clear()
         try:

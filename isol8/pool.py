@@ -1,0 +1,251 @@
+"""The warm pool: sandboxes made ahead of time, each serving exactly one ephemeral run.
+
+A pooled sandbox is fully set up (namespaces, root, seccomp, placed in its cgroups) and its
+init waits for a request. A Python one also holds a zygote: an interpreter already started
+and waiting for code (isol8/zygote_main.py), so a run pays neither the sandbox's setup nor
+the interpreter's start. Nothing is ever cleaned and reused: a pooled sandbox dies with
+its run, and a background thread makes the next one.
+
+Pools are per engine, so limits, network and mounts (engine options) key them implicitly;
+within an engine they are keyed by kind: ``python`` (zygotes) and ``plain`` (ready
+sandboxes for node, bash and ``cmd`` runs, and for Python runs a zygote cannot serve).
+"""
+
+from __future__ import annotations
+
+import array
+import marshal
+import os
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .cgroups import SandboxCgroups
+from .errors import InvalidRequest, Isol8Error
+from .identity import HostIdentity
+from .runtimes import SANDBOX_HOME, base_env, get_runtime
+from .sandbox import (RunSpec, Sandbox, close_all, drain, error_from_event, sealed_memfd,
+                      signals_deferred)
+
+ZYGOTE_SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
+_READY_TIMEOUT = 10.0
+MAX_POOL = 64
+_RUN_ID = 1
+
+
+class Pooled:
+    """One ready sandbox; ``python`` is the interpreter to hold ready, or None."""
+
+    def __init__(self, config: bytes, host: HostIdentity, cgroup: SandboxCgroups | None,
+                 python: str | None) -> None:
+        self.host, self.cgroup = host, cgroup
+        self.control: socket.socket | None = None
+        self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
+        if cgroup:
+            cgroup.close_fds()
+        self.baseline_cpu_ns = 0
+        try:
+            self._await("ready")
+            if python is not None:
+                self._start_zygote(python)
+        except BaseException:
+            self.sandbox.destroy()
+            raise
+
+    def _await(self, name: str) -> None:
+        """Consume the helper's events up to ``name``: a setup error surfaces here, at
+        warm-up, and the run later sees only its own events."""
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while True:
+            if not select.select([self.sandbox], [], [], max(0, deadline - time.monotonic()))[0]:
+                raise Isol8Error(f"the pooled sandbox sent no {name!r} within {_READY_TIMEOUT} s")
+            event = self.sandbox.receive()
+            if event is None:
+                raise Isol8Error("the pooled sandbox's helper exited during warm-up")
+            if event["event"] == "error":
+                raise error_from_event(event)
+            if event["event"] == name:
+                return
+
+    def healthy(self) -> bool:
+        """Nothing happened while it waited: no event from the init (a dead zygote's exit,
+        an error), no hang-up from the zygote."""
+        watched = [self.sandbox] + ([self.control] if self.control is not None else [])
+        return not select.select(watched, [], [], 0)[0]
+
+    def _start_zygote(self, python: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Its start-up output, if any, explains a zygote that never said it was ready.
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.sandbox.start_process(
+                _RUN_ID, RunSpec([python, "-c", ZYGOTE_SOURCE], base_env(), SANDBOX_HOME, b"",
+                                 []), out_w, out_w, final=True, stdin_fd=theirs.fileno())
+            theirs.close()
+            os.close(out_w)
+            out_w = -1
+            self._await("spawned")
+            ready, _, _ = select.select([ours], [], [], _READY_TIMEOUT)
+            if not ready or ours.recv(1) != b"R":
+                said = drain(out_r).decode(errors="replace").strip()
+                raise Isol8Error(f"the warm pool's Python did not start: {said or 'timeout'}")
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            close_all([fd for fd in (out_r, out_w) if fd >= 0])
+        self.control = ours
+
+    def launch(self, spec: RunSpec, stdout_w: int, stderr_w: int) -> Sandbox:
+        """Start ``spec`` as the sandbox's one run (id 1); the sandbox ends with it."""
+        if self.cgroup is not None:  # what the zygote's start-up cost is not the run's
+            self.baseline_cpu_ns = self.cgroup.usage().cpu_ns or 0
+        if self.control is None:
+            self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
+            return self.sandbox
+        code = sealed_memfd("isol8-code", spec.files[-1][1])
+        stdin = sealed_memfd("isol8-stdin", spec.stdin)
+        try:
+            self.control.sendmsg([marshal.dumps((spec.argv, spec.env, spec.cwd))],
+                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   array.array("i", (stdin, stdout_w, stderr_w, code)))])
+        finally:
+            close_all([code, stdin])
+        return self.sandbox
+
+    def destroy(self) -> None:
+        with signals_deferred():
+            self.sandbox.destroy()
+            if self.control is not None:
+                self.control.close()
+            if self.cgroup is not None:
+                self.cgroup.destroy()
+            self.host.release()
+
+
+class WarmPool:
+    """``size`` ready sandboxes per kind, refilled by one background thread."""
+
+    def __init__(self, make: Callable[[str], Pooled], size: int) -> None:
+        self._make = make
+        self._size = size
+        self._ready: dict[str, list[Pooled]] = {}
+        self._failed: dict[str, BaseException] = {}
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def warm(self, kinds: list[str]) -> None:
+        """Keep ``size`` sandboxes of each kind ready from now on (idempotent)."""
+        with self._changed:
+            for kind in kinds:
+                self._ready.setdefault(kind, [])
+            if self._thread is None and self._size > 0:
+                self._thread = threading.Thread(target=self._refill, daemon=True,
+                                                name="isol8-pool")
+                self._thread.start()
+            self._changed.notify()
+
+    def take(self, kind: str) -> Pooled | None:
+        with self._changed:
+            ready = self._ready.get(kind)
+            if not ready:
+                return None
+            entry = ready.pop(0)
+            self._changed.notify()
+        if entry.healthy():
+            return entry
+        entry.destroy()
+        return None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until every pool is full (benchmarks and tests start from a warm state)."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: all(len(v) >= self._size or k in self._failed
+                            for k, v in self._ready.items()), timeout)
+
+    def _missing(self) -> str | None:
+        for kind, ready in self._ready.items():
+            if len(ready) < self._size and kind not in self._failed:
+                return kind
+        return None
+
+    def _refill(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed or self._missing() is not None)
+                if self._closed:
+                    return
+                kind = self._missing()
+            assert kind is not None
+            try:
+                entry = self._make(kind)
+            except Exception as exc:  # e.g. no python3: stop warming it, runs go cold
+                with self._changed:
+                    self._failed[kind] = exc
+                    self._changed.notify_all()
+                continue
+            with self._changed:
+                if not self._closed:
+                    self._ready[kind].append(entry)
+                    self._changed.notify_all()
+                    continue
+            entry.destroy()
+
+    def close(self) -> None:
+        """Stop refilling and destroy every ready sandbox."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._changed:
+            entries = [e for ready in self._ready.values() for e in ready]
+            self._ready.clear()
+        for entry in entries:
+            entry.destroy()
+
+
+def pool_size(value: object, strategy: object) -> int:
+    """Upstream's ``pool_size``: N, or ``{"clean": N, "dirty": M}``. Only clean sandboxes
+    exist here (nothing is reused), so ``dirty`` and ``pool_strategy`` ("fast" or
+    "secure") are accepted and mean nothing more."""
+    if strategy not in ("fast", "secure"):
+        raise InvalidRequest(f"pool_strategy: expected fast or secure, got {strategy!r}")
+    if isinstance(value, dict):
+        value = value.get("clean", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POOL:
+        raise InvalidRequest(f"pool_size: expected 0 to {MAX_POOL}, got {value!r}")
+    return value
+
+
+def prewarm_kinds(value: object) -> list[str]:
+    """Upstream's ``prewarm``: True (every runtime) or ``{"runtimes": [...]}``, as the
+    pools that serve them."""
+    if value is None or value is False:
+        return []
+    if value is True:
+        return ["python", "plain"]
+    runtimes = value.get("runtimes") if isinstance(value, dict) else None
+    if not isinstance(runtimes, list):
+        raise InvalidRequest("prewarm: expected True or {'runtimes': [...]}")
+    return list(dict.fromkeys("python" if get_runtime(name).name == "python" else "plain"
+                              for name in runtimes))
+
+
+# Variables that shape the interpreter while it starts: a zygote started before they were
+# known cannot honour them, so such runs go to a plain sandbox.
+_STARTUP_VARIABLES = re.compile(r"^(PYTHON|LC_|LANG$|LANGUAGE$)")
+
+
+def zygote_can_run(spec: RunSpec) -> bool:
+    base = base_env()
+    return (len(spec.files) == 1 and len(spec.argv) == 2 and spec.argv[1] == spec.files[0][0]
+            and not any(_STARTUP_VARIABLES.match(k) and base.get(k) != v
+                        for k, v in spec.env.items()))
