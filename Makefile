@@ -36,6 +36,8 @@ bench: setup
 	./scripts/system-deps.sh bubblewrap
 	$(VPY) benchmarks/cold_start.py
 	$(VPY) benchmarks/timeout_precision.py
+	$(VPY) benchmarks/streaming_latency.py
+	$(VPY) benchmarks/persistent.py
 
 clean:
 	$(MAKE) -C csrc clean

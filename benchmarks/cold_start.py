@@ -151,7 +151,7 @@ class Bench:
         return t1 - t0
 
     def _config(self, kinds: bytes) -> tuple[bytes, object, identity.HostIdentity]:
-        spec, _ = self.engine._run_spec(ExecutionRequest(code=CODE))
+        spec = self.engine._stages(ExecutionRequest(code=CODE))[0].main
         host = identity.acquire(self.engine.options.uid_range)
         body = self.engine._config_body
         assert body is not None
