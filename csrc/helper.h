@@ -40,12 +40,15 @@ enum tag {
   /* mount plan, executed in order relative to the new root */
   T_OP_BIND_RO = 10, T_OP_TMPFS = 11, T_OP_DIR = 12, T_OP_FILE = 13, T_OP_SYMLINK = 14,
   T_OP_PROC = 15, T_OP_BIND_DEV = 16, T_OP_DEVPTS = 17, T_OP_RO_SELF = 18,
+  T_OP_BIND_HOST = 26, /* u32 flags (BIND_HOST_RDONLY), source, target: a caller's mount */
   /* exec request */
   T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_FILE_PATH = 24, T_FINAL = 25,
 };
 
 /* tmpfs flag bits in T_OP_TMPFS */
 enum { TMPFS_NOEXEC = 1, TMPFS_RDONLY_LATER = 2 };
+/* flag bits in T_OP_BIND_HOST */
+enum { BIND_HOST_RDONLY = 1 };
 
 struct record {
   uint16_t tag;

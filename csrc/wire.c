@@ -102,6 +102,14 @@ static int parse_op(const struct record *rec, struct op *op) {
       struct record r2 = {rec->tag, rec->len - 24, rec->data + 24};
       return (op->a = record_str(&r2)) ? 0 : -1;
     }
+  case T_OP_BIND_HOST:
+    /* u32 flags, source NUL, target NUL */
+    if (rec->len < 4)
+      return -1;
+    memcpy(&op->flags, rec->data, 4);
+    if (op->flags & ~(uint32_t)BIND_HOST_RDONLY)
+      return -1;
+    return record_pair(rec, 4, &op->a, &op->b);
   case T_OP_FILE: {
     /* u32 mode, path NUL, content (rest) */
     if (rec->len < 6)
@@ -201,7 +209,8 @@ int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
       cfg->n_rlimits++;
       break;
     default:
-      if (rec.tag < T_OP_BIND_RO || rec.tag > T_OP_RO_SELF || cfg->n_ops == MAX_OPS)
+      if (((rec.tag < T_OP_BIND_RO || rec.tag > T_OP_RO_SELF) && rec.tag != T_OP_BIND_HOST) ||
+          cfg->n_ops == MAX_OPS)
         return -1;
       if (parse_op(&rec, &cfg->ops[cfg->n_ops++]))
         return -1;

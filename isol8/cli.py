@@ -22,6 +22,20 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _mount_spec(text: str) -> dict[str, object]:
+    """``SRC:DST[:ro|rw]`` as an engine ``mounts`` entry; a relative SRC is taken from the
+    current directory. The engine validates both paths."""
+    parts = text.split(":")
+    mode = parts.pop() if len(parts) == 3 else "ro"
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise argparse.ArgumentTypeError(f"expected SRC:DST[:ro|rw], got {text!r}")
+    if mode not in ("ro", "rw"):
+        raise argparse.ArgumentTypeError(
+            f"expected SRC:DST[:ro|rw], got {text!r}: the mode must be ro or rw")
+    return {"source": os.path.abspath(os.path.expanduser(parts[0])), "target": parts[1],
+            "readonly": mode == "ro"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isol8", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--files", metavar="DIR",
                     help="copy a local directory into /sandbox (skips .git, node_modules, "
                          "__pycache__, .venv, venv, .tox)")
+    ex.add_argument("--mount", action="append", type=_mount_spec, default=[],
+                    metavar="SRC:DST[:ro|rw]",
+                    help="mount a host directory or file at DST, inside /sandbox or /mnt; "
+                         "read-only unless :rw (repeatable)")
+    ex.add_argument("--persistent", action="store_true",
+                    help="run in a persistent sandbox (mode=persistent), stopped when the "
+                         "run ends")
     ex.add_argument("--out", metavar="FILE", help="write stdout to FILE (implies --no-stream)")
     ex.add_argument("--json", action="store_true",
                     help="print the result in its wire form (implies --no-stream)")
@@ -79,7 +100,9 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"cannot read {args.file}: {exc.strerror}")
         runtime = runtime or detect_runtime(args.file).name
     options: dict[str, object] = {"network": args.net, "strict_limits": args.strict_limits,
-                                  "secrets": dict(args.secret)}
+                                  "secrets": dict(args.secret), "mounts": args.mount}
+    if args.persistent:
+        options["mode"] = "persistent"
     renamed = {"max_output": "max_output_size", "memory": "memory_limit", "cpu": "cpu_limit"}
     for name in ("max_output", "sandbox_size", "tmp_size", "memory", "cpu", "pids_limit"):
         value = getattr(args, name)
@@ -88,7 +111,7 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     files = _local_files(args.files, parser) if args.files else None
     request = dict(runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout, env=dict(args.env),
                    stdin=args.stdin, workdir=args.workdir, files=files)
-    with Isol8(**options) as engine:
+    with Isol8(**options) as engine:  # stop() on the way out, also in persistent mode
         if not (args.json or args.no_stream or args.out):
             return _stream(engine.execute_stream(code, **request))
         result = engine.execute(code, **request)

@@ -118,7 +118,7 @@ class Isol8:
         opts = self.options
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
         sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
-        mounts = images.host_plan(sizes, host_network=opts.network == "host")
+        mounts = images.host_plan(sizes, host_network=opts.network == "host", mounts=opts.mounts)
         nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
         engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
                                                limits.v1_wanted(nproc_applies))

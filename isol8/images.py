@@ -9,11 +9,16 @@ would bypass any network namespace), and no ``/sys``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .protocol import (BindDev, BindRO, Devpts, Dir, File, MountOp, Proc, ReadOnlySelf, Symlink,
-                       Tmpfs)
+from .protocol import (BindDev, BindHost, BindRO, Devpts, Dir, File, MountOp, Proc,
+                       ReadOnlySelf, Symlink, Tmpfs)
 from .runtimes import SANDBOX_HOME
+
+if TYPE_CHECKING:
+    from .policy import Mount
 
 # Top-level usrmerge links (or, on a non-merged host, directories) runtimes load from.
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -47,8 +52,14 @@ def inode_cap(size: int) -> int:
     return max(1024, size // 4096)
 
 
-def host_plan(sizes: TmpfsSizes, *, host_network: bool) -> tuple[MountOp, ...]:
-    """The mount plan of the ``host`` root filesystem, in the order the helper runs it."""
+def host_plan(sizes: TmpfsSizes, *, host_network: bool,
+              mounts: Iterable[Mount] = ()) -> tuple[MountOp, ...]:
+    """The mount plan of the ``host`` root filesystem, in the order the helper runs it.
+
+    ``mounts`` (the engine option, validated by isol8.policy) come last: their mount points
+    under /sandbox are created in its tmpfs, mounted by then; those under /mnt in the new
+    root's own tmpfs, which turns read-only with it (only the mounts themselves can be
+    writable)."""
     ops: list[MountOp] = [BindRO("/usr", "/usr")]
     for name in _TOP_LEVEL:
         path = "/" + name
@@ -92,6 +103,10 @@ def host_plan(sizes: TmpfsSizes, *, host_network: bool) -> tuple[MountOp, ...]:
         Symlink("/proc/self/fd/1", "/dev/stdout"),
         Symlink("/proc/self/fd/2", "/dev/stderr"),
     ]
+    mounts = tuple(mounts)
+    if any(m.target.startswith("/mnt/") for m in mounts):
+        ops.append(Dir("/mnt"))
+    ops += [BindHost(m.source, m.target, m.readonly) for m in mounts]
     return tuple(ops)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
+import stat
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
-from .identity import DEFAULT_UID_RANGE, validate_uid_range
+from .identity import DEFAULT_UID_RANGE, maps_foreign_ids, validate_uid_range
 from .limits import Limits
 
 NETWORK_MODES = ("none", "host")
@@ -65,6 +67,156 @@ def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
     return value
 
 
+# -- mounts: host directories and files bound into the sandbox ------------------------------
+
+MOUNT_ROOTS = ("/sandbox", "/mnt")
+MAX_MOUNTS = 32
+# Kernel interfaces, never a caller's data: a host /proc would hand out /proc/<pid>/root.
+_KERNEL_TREES = ("/proc", "/sys", "/dev")
+# The same file systems found mounted below a source (the bind is recursive) refuse it too.
+_KERNEL_FS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "securityfs", "debugfs",
+                        "tracefs", "bpf", "cgroup", "cgroup2", "configfs", "efivarfs",
+                        "binfmt_misc", "fusectl", "pstore"})
+# Where every code run writes its program (``/sandbox/main<ext>``): a mount there would fail
+# every run (read-only) or overwrite the host file with the code (read-write).
+_CODE_FILE = re.compile(r"^/sandbox/main\.[^/]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A validated mount: ``source`` resolved on the host, ``target`` normalized."""
+
+    source: str
+    target: str
+    readonly: bool = True
+
+
+def _mount_source(value: object, field: str) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise InvalidRequest(f"{field}: expected a host path, got {value!r}")
+    if not os.path.isabs(value):
+        raise InvalidRequest(f"{field}: must be an absolute host path, got {value!r}")
+    # Resolved once, now: the plan carries a path without symlinks, so re-pointing a symlink
+    # on the host later cannot redirect the mount, and the helper opens it with
+    # RESOLVE_NO_SYMLINKS, so a symlink swapped into the resolved path fails the setup.
+    resolved = os.path.realpath(value)
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError as exc:
+        raise InvalidRequest(f"{field}: {value} {_reason(exc)}") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise InvalidRequest(f"{field}: {value} is not a directory or a regular file")
+    for tree in _KERNEL_TREES:
+        if resolved == tree or resolved.startswith(tree + "/"):
+            raise InvalidRequest(f"{field}: {value} is in the host's {tree}, which cannot be "
+                                 "mounted into a sandbox")
+    kernel_fs = _kernel_fs_below(resolved)
+    if kernel_fs:
+        raise InvalidRequest(f"{field}: {value} holds {kernel_fs[1]} (a {kernel_fs[0]} mount), "
+                             "which cannot be mounted into a sandbox")
+    if maps_foreign_ids():
+        _require_reachable_by_others(resolved, value, field)
+    return resolved
+
+
+def _kernel_fs_below(path: str) -> tuple[str, str] | None:
+    """A kernel file system mounted at or below ``path``, as (type, mount point)."""
+    prefix = path.rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        fstype = rest.split()[0]
+        if fstype in _KERNEL_FS and (point == path or point.startswith(prefix)):
+            return fstype, point
+    return None
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "does not exist"
+    return f"cannot be used: {exc.strerror}"
+
+
+def _require_reachable_by_others(resolved: str, value: str, field: str) -> None:
+    """As root, the helper looks the source up as the sandbox's leased host uid, which owns
+    nothing and is in no group: only "other" permissions apply to it."""
+    parent = os.path.dirname(resolved)
+    while parent != "/":
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            raise InvalidRequest(
+                f"{field}: {value} is not reachable from the sandbox: as root, a sandbox runs "
+                f"as an unprivileged host uid, and {parent} is not searchable by others "
+                f"(chmod o+x {parent}, or mount a path whose parents are)")
+        parent = os.path.dirname(parent)
+
+
+def _mount_target(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise InvalidRequest(f"{field}: expected an absolute path inside the sandbox, "
+                             f"got {value!r}")
+    if ".." in value.split("/"):
+        raise InvalidRequest(f"{field}: must not contain '..', got {value!r}")
+    target = "/" + posixpath.normpath(value).lstrip("/")
+    if not any(target.startswith(root + "/") for root in MOUNT_ROOTS):
+        raise InvalidRequest(f"{field}: must be a path inside /sandbox or /mnt (not /sandbox "
+                             f"or /mnt itself), got {value!r}")
+    if _CODE_FILE.match(target):
+        raise InvalidRequest(f"{field}: {target} is where isol8 writes the code of a run; "
+                             "mount somewhere else, e.g. a directory under /sandbox")
+    return target
+
+
+def validated_mounts(value: object) -> tuple[Mount, ...]:
+    """``[{"source": host path, "target": sandbox path, "readonly": True}, ...]``."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise InvalidRequest('mounts: expected a list of {"source", "target", "readonly"} '
+                             f"mappings, got {value!r}")
+    items = list(value)  # type: ignore[call-overload]
+    if len(items) > MAX_MOUNTS:
+        raise InvalidRequest(f"mounts: at most {MAX_MOUNTS} mounts, got {len(items)}")
+    mounts = []
+    for i, item in enumerate(items):
+        field = f"mounts[{i}]"
+        if isinstance(item, Mount):
+            item = {"source": item.source, "target": item.target, "readonly": item.readonly}
+        if not isinstance(item, dict):
+            raise InvalidRequest(f'{field}: expected a mapping with "source" and "target", '
+                                 f"got {item!r}")
+        unknown = sorted(str(k) for k in item if k not in ("source", "target", "readonly"))
+        if unknown:
+            raise InvalidRequest(f"{field}: unknown key(s) {', '.join(unknown)} (expected "
+                                 "source, target, readonly)")
+        readonly = item.get("readonly", True)
+        if not isinstance(readonly, bool):
+            raise InvalidRequest(f"{field}.readonly: expected true or false, got {readonly!r}")
+        target = _mount_target(item.get("target"), f"{field}.target")
+        source = _mount_source(item.get("source"), f"{field}.source")
+        mounts.append(Mount(source, target, readonly))
+    # One mount per target, none inside another: a mount point inside a host mount would
+    # have to be created in the host's directory.
+    for i, a in enumerate(mounts):
+        for b in mounts[i + 1:]:
+            if a.target == b.target:
+                raise InvalidRequest(f"mounts: duplicate target {a.target}")
+            outer, inner = sorted((a.target, b.target), key=len)
+            if inner.startswith(outer + "/"):
+                raise InvalidRequest(f"mounts: {inner} is inside {outer}; nested mount "
+                                     "targets are not supported")
+    return tuple(mounts)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
     mode: str = "ephemeral"
@@ -78,6 +230,7 @@ class EngineOptions:
     limits: Limits = Limits(memory=512 << 20, cpu=1.0, pids=64)
     cgroup_parent: str | None = None
     secrets: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[Mount, ...] = ()
 
     @classmethod
     def build(cls, *, mode: str = "ephemeral", network: str = "none", timeout_ms: int = 30_000,
@@ -87,7 +240,8 @@ class EngineOptions:
               memory_limit: str | int = "512m", cpu_limit: float = 1.0, pids_limit: int = 64,
               strict_limits: bool = False,
               cgroup_parent: str | None = None,
-              secrets: dict[str, str] | None = None) -> "EngineOptions":
+              secrets: dict[str, str] | None = None,
+              mounts: object = None) -> "EngineOptions":
         parent = cgroup_parent or os.environ.get("ISOL8_CGROUP_PARENT") or None
         if parent is not None and not os.path.isabs(parent):
             raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
@@ -106,4 +260,5 @@ class EngineOptions:
             tmp_size=parse_size(tmp_size, "tmp_size"),
             seccomp=choice(seccomp, SECCOMP_MODES, "seccomp"),
             uid_range=validate_uid_range(tuple(uid_range)),
+            mounts=validated_mounts(mounts),
         )

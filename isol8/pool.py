@@ -2,7 +2,7 @@
 
 A pooled sandbox is fully set up (namespaces, root, seccomp, placed in its cgroups) and its
 init waits for a request. A Python one also holds a zygote: an interpreter already started
-and waiting for code (isol8/zygote_main.py), so a run pays neither the sandbox's setup nor
+and waiting for code (isol8/interp_main.py), so a run pays neither the sandbox's setup nor
 the interpreter's start. Nothing is ever cleaned and reused: a pooled sandbox dies with
 its run, and a background thread makes the next one.
 
@@ -31,7 +31,7 @@ from .runtimes import SANDBOX_HOME, base_env, get_runtime
 from .sandbox import (RunSpec, Sandbox, close_all, drain, error_from_event, sealed_memfd,
                       signals_deferred)
 
-ZYGOTE_SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
+INTERPRETER_SOURCE = Path(__file__).with_name("interp_main.py").read_text()
 _READY_TIMEOUT = 10.0
 MAX_POOL = 64
 _RUN_ID = 1
@@ -83,14 +83,15 @@ class Pooled:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.sandbox.start_process(
-                _RUN_ID, RunSpec([python, "-c", ZYGOTE_SOURCE], base_env(), SANDBOX_HOME, b"",
-                                 []), out_w, out_w, final=True, stdin_fd=theirs.fileno())
+                _RUN_ID, RunSpec([python, "-c", INTERPRETER_SOURCE, "zygote"], base_env(),
+                                 SANDBOX_HOME, b"", []),
+                out_w, out_w, final=True, stdin_fd=theirs.fileno())
             theirs.close()
             os.close(out_w)
             out_w = -1
             self._await("spawned")
             ready, _, _ = select.select([ours], [], [], _READY_TIMEOUT)
-            if not ready or ours.recv(1) != b"R":
+            if not ready or ours.recv(8)[:1] != b"R":
                 said = drain(out_r).decode(errors="replace").strip()
                 raise Isol8Error(f"the warm pool's Python did not start: {said or 'timeout'}")
         except BaseException:

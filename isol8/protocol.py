@@ -48,9 +48,11 @@ class Tag(IntEnum):
     CWD = 23
     FILE_PATH = 24
     FINAL = 25
+    OP_BIND_HOST = 26
 
 
 TMPFS_NOEXEC = 1
+BIND_HOST_RDONLY = 1  # flag bit of OP_BIND_HOST
 
 
 class ProtocolError(ValueError):
@@ -156,7 +158,24 @@ class ReadOnlySelf:
         return record(Tag.OP_RO_SELF, cstr(self.target))
 
 
-MountOp = BindRO | BindDev | Tmpfs | Dir | File | Symlink | Proc | Devpts | ReadOnlySelf
+@dataclass(frozen=True, slots=True)
+class BindHost:
+    """A host directory or file the caller asked for (the engine option ``mounts``): bound
+    recursively, nosuid and nodev, and read-only (submounts too) unless ``readonly`` is false.
+    ``source`` is already resolved; the helper refuses it if a symlink appeared in it since."""
+
+    source: str
+    target: str
+    readonly: bool = True
+
+    def encode(self) -> bytes:
+        flags = BIND_HOST_RDONLY if self.readonly else 0
+        return record(Tag.OP_BIND_HOST, struct.pack("<I", flags) + cstr(self.source)
+                      + cstr(self.target))
+
+
+MountOp = (BindRO | BindDev | Tmpfs | Dir | File | Symlink | Proc | Devpts | ReadOnlySelf
+           | BindHost)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,17 @@
 """The command line: `python -m isol8 exec` as a person at a shell uses it."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
+
+from conftest import host_processes_matching
 
 
 def isol8(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -104,3 +110,72 @@ def test_files_dir_workdir_and_out(tmp_path):
 def test_files_must_be_a_directory(tmp_path):
     p = isol8("exec", "--files", str(tmp_path / "missing"), "--cmd", "true")
     assert p.returncode == 2 and "is not a directory" in p.stderr
+
+
+@pytest.fixture
+def mount_src():
+    """A host tree the sandbox can reach in both modes (as root pytest's tmp_path is not
+    searchable by the sandbox's unprivileged host uid)."""
+    path = Path(tempfile.mkdtemp(prefix="isol8-cli-", dir="/var/tmp"))
+    try:
+        (path / "in").mkdir()
+        (path / "in" / "data.txt").write_text("from the host\n")
+        (path / "out").mkdir()
+        path.chmod(0o755)
+        (path / "in").chmod(0o755)
+        (path / "out").chmod(0o777)
+        (path / "in" / "data.txt").chmod(0o644)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_mount_flag_read_only_by_default_and_rw(mount_src):
+    p = isol8("exec", "--mount", f"{mount_src / 'in'}:/sandbox/in",
+              "--mount", f"{mount_src / 'out'}:/mnt/out:rw", "--cmd",
+              "cat /sandbox/in/data.txt; echo result > /mnt/out/r.txt; touch /sandbox/in/x")
+    assert p.stdout == "from the host\n"
+    assert p.returncode == 1 and "Read-only file system" in p.stderr
+    assert (mount_src / "out" / "r.txt").read_text() == "result\n"
+    assert sorted(os.listdir(mount_src / "in")) == ["data.txt"]
+
+
+def test_mount_source_is_relative_to_the_current_directory(mount_src):
+    p = subprocess.run([sys.executable, "-m", "isol8", "exec", "--mount", "in:/sandbox/in:ro",
+                        "--cmd", "cat /sandbox/in/data.txt"], cwd=mount_src,
+                       capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout) == (0, "from the host\n"), p.stderr
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nocolon", "expected SRC:DST[:ro|rw]"),
+    (":/sandbox/x", "expected SRC:DST[:ro|rw]"),
+    ("/var/tmp:", "expected SRC:DST[:ro|rw]"),
+    ("/a:/sandbox/b:/sandbox/c:ro", "expected SRC:DST[:ro|rw]"),
+    ("/var/tmp:/sandbox/x:rx", "the mode must be ro or rw"),
+])
+def test_bad_mount_syntax_is_a_usage_error(spec, message):
+    p = isol8("exec", "--mount", spec, "--cmd", "true")
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+
+
+def test_bad_mount_paths_are_one_line_errors(mount_src):
+    p = isol8("exec", "--mount", f"{mount_src}:/etc/x", "--cmd", "true")
+    assert p.returncode == 1 and p.stderr.startswith("isol8: mounts[0].target"), p.stderr
+    p = isol8("exec", "--mount", f"{mount_src}/missing:/sandbox/x", "--cmd", "true")
+    assert p.returncode == 1 and "does not exist" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("extra", [(), ("--json",)])
+def test_persistent_flag_runs_in_a_session_and_stops_it(extra):
+    marker = "31415"
+    p = isol8("exec", "--persistent", *extra, "--cmd",
+              f"sleep {marker} & echo $PPID; echo started")
+    out = json.loads(p.stdout)["stdout"] + "\n" if extra else p.stdout
+    assert p.returncode == 0, p.stderr
+    ppid, started = out.split()
+    # a persistent run starts under its own subreaper leader, not directly under the init
+    assert started == "started" and ppid != "1"
+    assert host_processes_matching(f"sleep {marker}") == []  # stop() ended the session
+    p = isol8("exec", "--persistent", "-e", "import sys; print('py'); sys.exit(3)")
+    assert (p.returncode, p.stdout) == (3, "py\n")

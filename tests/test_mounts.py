@@ -1,0 +1,410 @@
+"""Host directories and files mounted into the sandbox (the engine option ``mounts``).
+
+Every test runs a real sandbox on the real kernel, in both modes. As root the sandbox is an
+unprivileged leased host uid that only "other" permissions apply to, so the host trees here
+live under /var/tmp (world-searchable, unlike pytest's tmp_path as root) and are made
+world-writable where a test needs the kernel, not file permissions, to be what refuses a
+write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from isol8 import InvalidRequest, Isol8, SandboxSetupError, images, protocol
+
+from conftest import is_root, run_py, run_sh
+
+
+@pytest.fixture
+def host_dir():
+    """A host directory the sandbox's uid can reach in either mode."""
+    path = Path(tempfile.mkdtemp(prefix="isol8-mounts-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def project(host_dir):
+    """host_dir/project: a checkout with a file and a subdirectory, everyone may write (so a
+    refused write is the mount's doing), and a secret next to it, outside the source."""
+    src = host_dir / "project"
+    (src / "pkg").mkdir(parents=True)
+    (src / "README").write_text("hello from the host\n")
+    (src / "pkg" / "mod.py").write_text("VALUE = 42\n")
+    (host_dir / "outside-secret").write_text("HOST-OUTSIDE-SECRET\n")
+    for path in (src, src / "pkg"):
+        path.chmod(0o777)
+    for path in (src / "README", src / "pkg" / "mod.py", host_dir / "outside-secret"):
+        path.chmod(0o666)
+    return src
+
+
+def _json(result) -> dict:
+    """The probe prints one JSON object on its last stdout line."""
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+WRITE_PROBE = """
+import errno, json, os
+def attempt(fn):
+    try:
+        fn()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+root = {root!r}
+out = {{
+    'append': attempt(lambda: open(root + '/README', 'a').close()),
+    'create': attempt(lambda: open(root + '/new.txt', 'x').close()),
+    'mkdir': attempt(lambda: os.mkdir(root + '/newdir')),
+    'unlink': attempt(lambda: os.unlink(root + '/README')),
+    'rename': attempt(lambda: os.rename(root + '/README', root + '/R2')),
+    'chmod': attempt(lambda: os.chmod(root + '/README', 0o600)),
+    'sub create': attempt(lambda: open(root + '/pkg/new.py', 'x').close()),
+    'control': attempt(lambda: open('/sandbox/control.txt', 'x').close()),
+}}
+print(json.dumps(out))
+"""
+
+
+# --- read-only and read-write --------------------------------------------------------------
+
+def test_read_only_mount_is_readable_and_every_write_fails_erofs(project):
+    with Isol8(mounts=[{"source": str(project), "target": "/sandbox/project"}]) as eng:
+        r = run_py(eng, "import sys; sys.path.insert(0, '/sandbox/project')\n"
+                        "import pkg.mod; print(open('/sandbox/project/README').read().strip(),"
+                        " pkg.mod.VALUE)")
+        assert r.stdout == "hello from the host 42", r.stderr
+        got = _json(run_py(eng, WRITE_PROBE.format(root="/sandbox/project")))
+    assert got.pop("control") == "ok"  # the probe can write where it is allowed to
+    assert got == dict.fromkeys(got, "EROFS"), got
+    assert sorted(os.listdir(project)) == ["README", "pkg"]
+    assert (project / "README").read_text() == "hello from the host\n"
+
+
+def test_read_write_mount_writes_land_on_the_host(project):
+    with Isol8(mounts=[{"source": str(project), "target": "/mnt/work", "readonly": False}]) \
+            as eng:
+        r = run_sh(eng, "echo 'appended in the sandbox' >> /mnt/work/README && "
+                        "mkdir /mnt/work/out && echo result > /mnt/work/out/file.txt && "
+                        "rm /mnt/work/pkg/mod.py && echo done")
+        assert (r.exit_code, r.stdout) == (0, "done"), r.stderr
+    assert (project / "README").read_text() == "hello from the host\nappended in the sandbox\n"
+    assert (project / "out" / "file.txt").read_text() == "result\n"
+    assert not (project / "pkg" / "mod.py").exists()
+    owner = (project / "out" / "file.txt").stat().st_uid
+    if is_root():  # the sandbox's leased host uid: never root, never an existing account
+        assert owner >= 65536
+    else:  # rootless, the sandbox user is the caller
+        assert owner == os.getuid()
+
+
+def test_mount_flags_are_nosuid_nodev_and_the_root_stays_read_only(project):
+    mounts = [{"source": str(project), "target": "/sandbox/ro"},
+              {"source": str(project / "pkg"), "target": "/mnt/a/rw", "readonly": False}]
+    with Isol8(mounts=mounts) as eng:
+        r = run_py(eng, """
+import errno, json
+out = {}
+for line in open('/proc/self/mountinfo'):
+    fields = line.split()
+    if fields[4] in ('/sandbox/ro', '/mnt/a/rw'):
+        out[fields[4]] = sorted(fields[5].split(',')[:3])
+try:
+    open('/mnt/new', 'x')
+    out['/mnt/new'] = 'created'
+except OSError as e:
+    out['/mnt/new'] = errno.errorcode[e.errno]
+print(json.dumps(out))
+""")
+    got = _json(r)
+    assert got["/sandbox/ro"] == ["nodev", "nosuid", "ro"]
+    assert got["/mnt/a/rw"] == ["nodev", "nosuid", "rw"]
+    assert got["/mnt/new"] == "EROFS"  # /mnt is the new root's, read-only like it
+
+
+@pytest.mark.root_only  # only root can put a submount into the host tree
+def test_submounts_of_a_read_only_mount_are_read_only(project):
+    sub = project / "pkg"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0777,size=1m", "isol8-test", str(sub)],
+                   check=True)
+    try:
+        probe = ("import errno\ntry:\n    open('/sandbox/p/pkg/x', 'w').write('1'); print('ok')\n"
+                 "except OSError as e:\n    print(errno.errorcode[e.errno])")
+        with Isol8(mounts=[{"source": str(project), "target": "/sandbox/p"}]) as eng:
+            assert run_py(eng, probe).stdout == "EROFS"
+        # positive control: the same submount is writable through a read-write mount
+        with Isol8(mounts=[{"source": str(project), "target": "/sandbox/p",
+                            "readonly": False}]) as eng:
+            assert run_py(eng, probe).stdout == "ok"
+        assert (sub / "x").read_text() == "1"
+    finally:
+        subprocess.run(["umount", str(sub)], check=True)
+
+
+def test_file_mounts(project, host_dir):
+    config = host_dir / "settings.json"
+    config.write_text('{"debug": true}')
+    config.chmod(0o666)
+    mounts = [{"source": str(config), "target": "/sandbox/conf/settings.json"},
+              {"source": str(project / "README"), "target": "/mnt/README", "readonly": False}]
+    with Isol8(mounts=mounts) as eng:
+        r = run_py(eng, """
+import errno, json, os
+out = {'settings': json.load(open('/sandbox/conf/settings.json')),
+       'is file': os.path.isfile('/sandbox/conf/settings.json')}
+try:
+    open('/sandbox/conf/settings.json', 'a')
+except OSError as e:
+    out['ro write'] = errno.errorcode[e.errno]
+with open('/mnt/README', 'a') as fh:
+    fh.write('edited\\n')
+print(json.dumps(out))
+""")
+    assert _json(r) == {"settings": {"debug": True}, "is file": True, "ro write": "EROFS"}
+    assert (project / "README").read_text() == "hello from the host\nedited\n"
+
+
+def test_persistent_sessions_see_the_host_tree_live(project):
+    with Isol8(mode="persistent",
+               mounts=[{"source": str(project), "target": "/sandbox/p", "readonly": False}]) \
+            as eng:
+        assert eng.execute(cmd="cat /sandbox/p/README").stdout == "hello from the host"
+        (project / "README").write_text("changed on the host\n")
+        eng.execute(cmd="echo from-run-2 > /sandbox/p/run2")
+        assert eng.execute(cmd="cat /sandbox/p/README /sandbox/p/run2").stdout == \
+            "changed on the host\nfrom-run-2"
+    assert (project / "run2").read_text() == "from-run-2\n"
+
+
+# --- escapes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seccomp", ["strict", "unconfined"])  # unconfined: capabilities alone
+def test_code_cannot_remount_or_unmount_a_read_only_mount(project, seccomp):
+    with Isol8(seccomp=seccomp, mounts=[{"source": str(project), "target": "/sandbox/p"}]) \
+            as eng:
+        r = run_py(eng, """
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 32, 4096, 2
+out = {}
+def call(name, fn):
+    rc = fn()
+    out[name] = 'ok' if rc == 0 else errno.errorcode[ctypes.get_errno()]
+call('remount rw', lambda: libc.mount(None, b'/sandbox/p', None, MS_REMOUNT | MS_BIND, None))
+call('bind over', lambda: libc.mount(b'/sandbox', b'/sandbox/p', None, MS_BIND, None))
+call('umount', lambda: libc.umount2(b'/sandbox/p', MNT_DETACH))
+
+class Attr(ctypes.Structure):
+    _fields_ = [('set', ctypes.c_uint64), ('clr', ctypes.c_uint64),
+                ('prop', ctypes.c_uint64), ('userns', ctypes.c_uint64)]
+attr = Attr(0, 1, 0, 0)  # clear MOUNT_ATTR_RDONLY
+call('mount_setattr', lambda: libc.syscall(442, -100, b'/sandbox/p', 0, ctypes.byref(attr),
+                                           ctypes.sizeof(attr)))
+call('open_tree', lambda: 0 if libc.syscall(428, -100, b'/sandbox/p', 1) >= 0 else -1)
+try:
+    open('/sandbox/p/README', 'a')
+    out['write after'] = 'ok'
+except OSError as e:
+    out['write after'] = errno.errorcode[e.errno]
+print(json.dumps(out))
+""")
+    got = _json(r)
+    assert got.pop("write after") == "EROFS"
+    if seccomp == "strict":  # mount and umount2 EPERM from seccomp, the new mount API ENOSYS
+        assert all(v in ("EPERM", "ENOSYS") for v in got.values()), got
+    else:  # no CAP_SYS_ADMIN left in any set
+        assert got == dict.fromkeys(got, "EPERM"), got
+    assert (project / "README").read_text() == "hello from the host\n"
+
+
+def test_dotdot_from_the_mount_point_stays_in_the_sandbox(project, host_dir):
+    with Isol8(mounts=[{"source": str(project), "target": "/sandbox/p", "readonly": False}]) \
+            as eng:
+        r = run_py(eng, f"""
+import json, os
+out = {{'parent': sorted(os.listdir('/sandbox/p/..')),
+        'sibling': os.path.lexists('/sandbox/p/../outside-secret'),
+        'realpath': os.path.realpath('/sandbox/p/../../..'),
+        'host path': os.path.lexists({str(host_dir / 'outside-secret')!r}),
+        'deep': os.path.lexists('/sandbox/p/../../var/tmp')}}
+os.chdir('/sandbox/p/pkg')
+for _ in range(8):
+    os.chdir('..')
+out['cwd'] = os.getcwd()
+out['cwd entries'] = sorted(os.listdir('.'))
+print(json.dumps(out))
+""")
+    got = _json(r)
+    assert "p" in got["parent"] and "outside-secret" not in got["parent"]
+    assert got["sibling"] is False and got["host path"] is False and got["deep"] is False
+    assert got["realpath"] == "/" and got["cwd"] == "/"
+    assert "var" not in got["cwd entries"] and "work" not in got["cwd entries"]
+
+
+def test_symlinks_in_the_source_resolve_inside_the_sandbox(project, host_dir):
+    outside = host_dir / "outside-secret"
+    (project / "to-passwd").symlink_to("/etc/passwd")
+    (project / "to-shadow").symlink_to("/etc/shadow")
+    (project / "to-host-file").symlink_to(outside)
+    (project / "to-host-dir").symlink_to(host_dir)
+    (project / "relative").symlink_to("../outside-secret")
+    # positive control: on the host every link reaches its target
+    assert (project / "to-host-file").read_text() == "HOST-OUTSIDE-SECRET\n"
+    assert (project / "relative").read_text() == "HOST-OUTSIDE-SECRET\n"
+    assert (project / "to-host-dir" / "outside-secret").exists()
+    with Isol8(mounts=[{"source": str(project), "target": "/sandbox/p"}]) as eng:
+        r = run_py(eng, """
+import errno, json, os
+out = {}
+for name in ('to-passwd', 'to-shadow', 'to-host-file', 'to-host-dir/outside-secret',
+             'relative'):
+    try:
+        out[name] = open('/sandbox/p/' + name).read()
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+out['sandbox passwd'] = open('/etc/passwd').read()
+print(json.dumps(out))
+""")
+    got = _json(r)
+    assert "HOST-OUTSIDE-SECRET" not in r.stdout
+    # /etc/passwd through the link is the sandbox's synthesized one, not the host's
+    assert got.pop("to-passwd") == got.pop("sandbox passwd")
+    assert got == {"to-shadow": "ENOENT", "to-host-file": "ENOENT",
+                   "to-host-dir/outside-secret": "ENOENT", "relative": "ENOENT"}
+
+
+def test_source_is_resolved_when_the_engine_is_built(host_dir):
+    for name, text in (("a", "tree a"), ("b", "tree b")):
+        (host_dir / name).mkdir()
+        (host_dir / name / "which").write_text(text)
+        (host_dir / name).chmod(0o755)
+        (host_dir / name / "which").chmod(0o644)
+    link = host_dir / "current"
+    link.symlink_to(host_dir / "a")
+    with Isol8(mounts=[{"source": str(link), "target": "/sandbox/p"}]) as eng:
+        link.unlink()
+        link.symlink_to(host_dir / "b")  # re-pointed after the engine was built
+        assert eng.execute(cmd="cat /sandbox/p/which").stdout == "tree a"
+
+
+def test_a_symlink_swapped_into_the_resolved_source_fails_setup(host_dir):
+    real, moved = host_dir / "real", host_dir / "moved"
+    real.mkdir()
+    real.chmod(0o755)
+    with Isol8(mounts=[{"source": str(real), "target": "/sandbox/p"}]) as eng:
+        real.rename(moved)
+        real.symlink_to(moved)
+        with pytest.raises(SandboxSetupError) as info:
+            eng.execute(cmd="true")
+    assert (info.value.syscall, info.value.errno, info.value.path) == (
+        "openat2", 40, str(real))  # ELOOP
+
+
+# --- validation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", [
+    "/etc/x", "/tmp/x", "/usr/local", "/", "/sandbox", "/sandbox/", "/mnt", "/mnt//",
+    "/sandboxes/x", "/mntx", "sandbox/x", "relative", "", None, 42,
+    "/sandbox/../etc", "/sandbox/a/../../etc", "/mnt/..", "/sandbox/main.py", "/sandbox/x\0y",
+])
+def test_bad_targets_are_refused(host_dir, target):
+    with pytest.raises(InvalidRequest, match=r"mounts\[0\]\.target"):
+        Isol8(mounts=[{"source": str(host_dir), "target": target}])
+
+
+def test_targets_are_normalized(host_dir):
+    eng = Isol8(mounts=[{"source": str(host_dir), "target": "/sandbox//a/./b/"}])
+    assert [m.target for m in eng.options.mounts] == ["/sandbox/a/b"]
+    assert eng.options.mounts[0].readonly is True
+
+
+@pytest.mark.parametrize("source, message", [
+    ("/nonexistent/isol8-src", "does not exist"),
+    ("relative/dir", "absolute host path"),
+    ("", "expected a host path"),
+    (None, "expected a host path"),
+    ("/proc/self", "host's /proc"),
+    ("/sys", "host's /sys"),
+    ("/dev/null", "not a directory or a regular file"),
+    ("/", "proc mount"),
+])
+def test_bad_sources_are_refused(source, message):
+    with pytest.raises(InvalidRequest, match=r"mounts\[0\]\.source") as info:
+        Isol8(mounts=[{"source": source, "target": "/sandbox/x"}])
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("mounts, message", [
+    ("/var/tmp", "expected a list"),
+    ({"source": "/var/tmp", "target": "/sandbox/x"}, "expected a list"),
+    (["/var/tmp:/sandbox/x"], "expected a mapping"),
+    ([{"source": "/var/tmp", "target": "/sandbox/x", "readonly": "yes"}], "readonly"),
+    ([{"source": "/var/tmp", "target": "/sandbox/x", "mode": "rw"}], "unknown key"),
+    ([{"source": "/var/tmp", "target": "/sandbox/x"},
+      {"source": "/usr", "target": "/sandbox/x/"}], "duplicate target /sandbox/x"),
+    ([{"source": "/var/tmp", "target": "/mnt/a/b"},
+      {"source": "/usr", "target": "/mnt/a"}], "/mnt/a/b is inside /mnt/a"),
+    ([{"source": "/usr", "target": f"/mnt/{i}"} for i in range(33)], "at most 32"),
+])
+def test_bad_mount_lists_are_refused(mounts, message):
+    with pytest.raises(InvalidRequest, match="mounts") as info:
+        Isol8(mounts=mounts)
+    assert message in str(info.value)
+
+
+def test_siblings_with_a_common_prefix_are_not_nested(host_dir):
+    eng = Isol8(mounts=[{"source": str(host_dir), "target": "/mnt/a"},
+                        {"source": str(host_dir), "target": "/mnt/a-b"},
+                        {"source": str(host_dir), "target": "/mnt/ab"}])
+    assert len(eng.options.mounts) == 3
+
+
+@pytest.mark.root_only
+def test_as_root_a_source_others_cannot_reach_is_refused(host_dir):
+    private = host_dir / "private"
+    (private / "src").mkdir(parents=True)
+    private.chmod(0o700)
+    with pytest.raises(InvalidRequest, match="not searchable by others") as info:
+        Isol8(mounts=[{"source": str(private / "src"), "target": "/sandbox/x"}])
+    assert f"chmod o+x {private}" in str(info.value)
+
+
+# --- the plan and its wire form ------------------------------------------------------------
+
+def test_plan_places_mounts_after_the_sandbox_tmpfs_and_makes_mnt(host_dir):
+    sizes = images.TmpfsSizes(sandbox=1 << 20, tmp=1 << 20)
+    default = images.host_plan(sizes, host_network=False)
+    assert not any(isinstance(op, protocol.BindHost) for op in default)
+    assert protocol.Dir("/mnt") not in default  # the default root has no /mnt
+    opts = Isol8(mounts=[{"source": str(host_dir), "target": "/sandbox/p"},
+                         {"source": str(host_dir), "target": "/mnt/x", "readonly": False}]).options
+    plan = list(images.host_plan(sizes, host_network=False, mounts=opts.mounts))
+    binds = [plan.index(protocol.BindHost(str(host_dir), "/sandbox/p", True)),
+             plan.index(protocol.BindHost(str(host_dir), "/mnt/x", False))]
+    sandbox_tmpfs = next(i for i, op in enumerate(plan)
+                         if isinstance(op, protocol.Tmpfs) and op.target == "/sandbox")
+    assert sandbox_tmpfs < plan.index(protocol.Dir("/mnt")) < min(binds)
+
+
+def test_bind_host_wire_layout():
+    ro = protocol.BindHost("/src", "/sandbox/p").encode()
+    rw = protocol.BindHost("/src", "/sandbox/p", readonly=False).encode()
+    payload = b"/src\0/sandbox/p\0"
+    assert ro == struct.pack("<HHI", 26, 0, 4 + len(payload)) + struct.pack("<I", 1) + payload
+    assert rw == struct.pack("<HHI", 26, 0, 4 + len(payload)) + struct.pack("<I", 0) + payload
+    with pytest.raises(protocol.ProtocolError):
+        protocol.BindHost("/s\0", "/sandbox/p").encode()
