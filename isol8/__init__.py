@@ -3,7 +3,7 @@
 from .async_engine import AsyncIsol8
 from .engine import Isol8
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError,
-                     SetupScriptFailed)
+                     SessionLost, SetupScriptFailed)
 from .limits import LimitsUnavailable
 from .request import ExecutionRequest
 from .result import ExecutionResult, ResourceUsage, StreamEvent
@@ -19,6 +19,7 @@ __all__ = [
     "ResourceUsage",
     "RuntimeNotAvailable",
     "SandboxSetupError",
+    "SessionLost",
     "SetupScriptFailed",
     "StreamEvent",
 ]

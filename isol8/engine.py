@@ -19,7 +19,8 @@ from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
 from . import cgroups, identity, images, limits, pool, seccomp
-from .errors import InvalidRequest, Isol8Error, RuntimeNotAvailable, SetupScriptFailed
+from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SessionLost,
+                     SetupScriptFailed)
 from .output import truncation_marker, with_timeout_marker
 from .policy import EngineOptions, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
@@ -28,6 +29,7 @@ from .request import (ExecutionRequest, validated_files, validated_output_paths,
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import RunOutcome, RunSpec, signals_deferred, stream_ephemeral, stream_once
+from .repl import Repl
 from .session import Session
 from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status, in_phase,
                      run_stages, setup_spec)
@@ -62,9 +64,13 @@ class Isol8:
     """
 
     def __init__(self, *, pool_size: int | dict[str, int] = 1, pool_strategy: str = "fast",
-                 prewarm: bool | dict[str, list[str]] | None = None,
+                 prewarm: bool | dict[str, list[str]] | None = None, repl: bool = False,
                  **options: object) -> None:
         self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
+        if repl is not False and (repl is not True or self.options.mode != "persistent"):
+            raise InvalidRequest("repl: True needs mode='persistent' (a REPL keeps state "
+                                 "between calls)")
+        self._repl = repl
         self._pool_size = pool.pool_size(pool_size, pool_strategy)
         self._prewarm = pool.prewarm_kinds(prewarm)
         self._pool: pool.WarmPool | None = None
@@ -397,10 +403,19 @@ class Isol8:
                     "Isol8 instance for a different runtime.")
             if session is None:
                 session = self._session = self._new_session(self.options.timeout_ms)
+                session.runtime = "python" if self._repl else None
             session.runtime = session.runtime or code_runtime
-            staged = yield from run_stages(
-                session, stages, deadline=deadline, max_output=max_output,
-                owner=session.host.owner, secrets=secrets, cancel_fd=cancel_fd)
+            try:
+                if stages.repl and session.repl is None:
+                    with signals_deferred():
+                        session.repl = Repl(session, get_runtime("python").binary)
+                staged = yield from run_stages(
+                    session, stages, deadline=deadline, max_output=max_output,
+                    owner=session.host.owner, secrets=secrets, cancel_fd=cancel_fd)
+            except SessionLost:
+                session.close()  # the next call starts a new session
+                self._session = None
+                raise
             usage = session.cgroup.usage() if session.cgroup else cgroups.Usage()
             # The counters are the session's: a run reports what it added.
             if usage.cpu_ns is not None:
@@ -519,7 +534,7 @@ class Isol8:
                      else rt.extension)
         path = f"{SANDBOX_HOME}/main{extension}"
         main = RunSpec(rt.argv(path), full_env, cwd, stdin_bytes, [*files, (path, code.encode())])
-        return Stages(main, setup, output_paths), rt.name
+        return Stages(main, setup, output_paths, repl=self._repl and rt.name == "python"), rt.name
 
 
 def _setup_failure(staged: StagedOutcome) -> SetupScriptFailed:

@@ -29,6 +29,12 @@ class SetupScriptFailed(Isol8Error):
         self.reason, self.exit_code, self.stdout, self.stderr = reason, exit_code, stdout, stderr
 
 
+class SessionLost(Isol8Error):
+    """A persistent REPL's interpreter is gone (it exited, crashed, or ignored a timeout and
+    was killed), and its variables with it. The engine drops the session: the next call
+    starts a new one."""
+
+
 class SandboxSetupError(Isol8Error):
     """The helper failed while building or running the sandbox.
 

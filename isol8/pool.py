@@ -13,25 +13,20 @@ sandboxes for node, bash and ``cmd`` runs, and for Python runs a zygote cannot s
 
 from __future__ import annotations
 
-import array
-import marshal
-import os
 import re
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from .cgroups import SandboxCgroups
 from .errors import InvalidRequest, Isol8Error
 from .identity import HostIdentity
-from .runtimes import SANDBOX_HOME, base_env, get_runtime
-from .sandbox import (RunSpec, Sandbox, close_all, drain, error_from_event, sealed_memfd,
-                      signals_deferred)
+from .interpreter import send_code, start_interpreter
+from .runtimes import base_env, get_runtime
+from .sandbox import RunSpec, Sandbox, error_from_event, signals_deferred
 
-INTERPRETER_SOURCE = Path(__file__).with_name("interp_main.py").read_text()
 _READY_TIMEOUT = 10.0
 MAX_POOL = 64
 _RUN_ID = 1
@@ -51,7 +46,9 @@ class Pooled:
         try:
             self._await("ready")
             if python is not None:
-                self._start_zygote(python)
+                self.control, _ = start_interpreter(self.sandbox, _RUN_ID, python, "zygote",
+                                                    final=True)
+                self._await("spawned")
         except BaseException:
             self.sandbox.destroy()
             raise
@@ -77,31 +74,6 @@ class Pooled:
         watched = [self.sandbox] + ([self.control] if self.control is not None else [])
         return not select.select(watched, [], [], 0)[0]
 
-    def _start_zygote(self, python: str) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # Its start-up output, if any, explains a zygote that never said it was ready.
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            self.sandbox.start_process(
-                _RUN_ID, RunSpec([python, "-c", INTERPRETER_SOURCE, "zygote"], base_env(),
-                                 SANDBOX_HOME, b"", []),
-                out_w, out_w, final=True, stdin_fd=theirs.fileno())
-            theirs.close()
-            os.close(out_w)
-            out_w = -1
-            self._await("spawned")
-            ready, _, _ = select.select([ours], [], [], _READY_TIMEOUT)
-            if not ready or ours.recv(8)[:1] != b"R":
-                said = drain(out_r).decode(errors="replace").strip()
-                raise Isol8Error(f"the warm pool's Python did not start: {said or 'timeout'}")
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-            close_all([fd for fd in (out_r, out_w) if fd >= 0])
-        self.control = ours
-
     def launch(self, spec: RunSpec, stdout_w: int, stderr_w: int) -> Sandbox:
         """Start ``spec`` as the sandbox's one run (id 1); the sandbox ends with it."""
         if self.cgroup is not None:  # what the zygote's start-up cost is not the run's
@@ -109,14 +81,7 @@ class Pooled:
         if self.control is None:
             self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
             return self.sandbox
-        code = sealed_memfd("isol8-code", spec.files[-1][1])
-        stdin = sealed_memfd("isol8-stdin", spec.stdin)
-        try:
-            self.control.sendmsg([marshal.dumps((spec.argv, spec.env, spec.cwd))],
-                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   array.array("i", (stdin, stdout_w, stderr_w, code)))])
-        finally:
-            close_all([code, stdin])
+        send_code(self.control, spec, stdout_w, stderr_w)
         return self.sandbox
 
     def destroy(self) -> None:

@@ -56,6 +56,7 @@ class RunOutcome:
     ended_ns: int | None = None
     oom: bool = False
     cancelled: bool = False
+    lost: bool = False  # a REPL's interpreter hung up: its state is gone
     cpu_us: int | None = None  # the init's rusage of every process it reaped
     peak_bytes: int | None = None  # the init's watchdog peak (or the largest maxrss)
     error: dict[str, object] | None = field(default=None)
@@ -361,15 +362,19 @@ def flush_pipes(pipes: dict[int, tuple[str, CappedOutput]]) -> Generator[Chunk, 
 def supervise(sandbox: Sandbox, outcome: RunOutcome,
               pipes: dict[int, tuple[str, CappedOutput]], deadline: float,
               cgroup: SandboxCgroups | None, cancel_fd: int,
-              run_id: int) -> Generator[Chunk, None, None]:
+              run_id: int, done: socket.socket | None = None) -> Generator[Chunk, None, None]:
     """Read the run's output and the helper's events until the run's exit, an OOM, an
-    error, a cancellation or the deadline, whichever comes first (recorded in outcome)."""
+    error, a cancellation or the deadline, whichever comes first (recorded in outcome).
+
+    ``done``: a REPL's socket, whose 4-byte status (or hang-up) ends a cell instead of an
+    exit event."""
     poller = select.poll()
     poller.register(sandbox.fileno(), select.POLLIN)
     for fd in pipes:
         poller.register(fd, select.POLLIN)
     oom_fd = cgroup.oom_eventfd if cgroup else -1
-    for fd in (oom_fd, cancel_fd):
+    done_fd = done.fileno() if done is not None else -1
+    for fd in (oom_fd, cancel_fd, done_fd):
         if fd >= 0:
             poller.register(fd, select.POLLIN)
     while True:
@@ -394,6 +399,15 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
             if fd == cancel_fd:
                 outcome.cancelled = True
                 return
+            if fd == done_fd:
+                assert done is not None
+                status = done.recv(8)
+                outcome.ended_ns = time.monotonic_ns()
+                if len(status) == 4:
+                    outcome.exit_code = int.from_bytes(status, "little", signed=True)
+                else:
+                    outcome.lost = True
+                return
             event = sandbox.receive()
             if event is None:
                 # The init died without reporting: a cgroup OOM kill of the whole sandbox
@@ -405,7 +419,7 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
                                      "errno": errno.ECHILD, "path": ""}
                 return
             kind = event["event"]
-            if kind == "spawned":
+            if kind == "spawned" and event["id"] == run_id:
                 outcome.started_ns = int(event["t"])
             elif kind == "oom":  # the init's watchdog ended the sandbox
                 outcome.oom = True

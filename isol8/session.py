@@ -18,6 +18,7 @@ import select
 import threading
 import time
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 from .cgroups import SandboxCgroups
 from .identity import HostIdentity
@@ -25,6 +26,9 @@ from .output import CappedOutput
 from .sandbox import (Chunk, RunOutcome, RunSpec, Sandbox, close_all, drain,
                       error_from_event, flush_pipes, open_pipes, signals_deferred, supervise)
 from .secrets import Masker
+
+if TYPE_CHECKING:
+    from .repl import Repl
 
 _KILL_GRACE = 5.0  # seconds for a killed run's exit report to arrive
 
@@ -42,11 +46,27 @@ class Session:
         self.cpu_us_seen = 0
         self._ids = itertools.count(1)
         self._leftovers = _Drainer()
+        self.repl: Repl | None = None  # repl=True: the interpreter, made on first use
+
+    def new_run_id(self) -> int:
+        return next(self._ids)
+
+    def adopt(self, fds: list[int]) -> None:
+        """Pipes of a finished run: read and discarded until their last writer is gone."""
+        self._leftovers.adopt(fds)
+
+    def fire(self, spec: RunSpec) -> None:
+        """Start a process nobody waits for (its exit event is ignored), output discarded."""
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self.sandbox.start_process(self.new_run_id(), spec, null, null, final=False)
+        finally:
+            os.close(null)
 
     def run(self, spec: RunSpec, *, deadline: float, max_output: int,
             owner: tuple[int, int] | None, secrets: list[bytes],
             cancel_fd: int) -> Generator[Chunk, None, RunOutcome]:
-        run_id = next(self._ids)
+        run_id = self.new_run_id()
         outcome = RunOutcome(CappedOutput(max_output, Masker(secrets)),
                              CappedOutput(max_output, Masker(secrets)))
         pipes: dict[int, tuple[str, CappedOutput]] = {}
@@ -87,6 +107,8 @@ class Session:
         """Destroy the sandbox, everything in it, and the session's cgroups and lease."""
         with signals_deferred():
             self.sandbox.destroy()
+            if self.repl is not None:
+                self.repl.control.close()
             self._leftovers.close()
             if self.cgroup is not None:
                 self.cgroup.destroy()

@@ -38,6 +38,7 @@ class Stages:
     main: RunSpec
     setup: RunSpec | None = None
     output_paths: tuple[str, ...] = ()
+    repl: bool = False  # the main step is a cell of the session's REPL
 
 
 @dataclass(slots=True)
@@ -82,7 +83,8 @@ def run_stages(session: Session, stages: Stages, *, deadline: float, max_output:
         if staged.setup_exit != 0 or setup.cancelled:
             return staged
         yield "setup", "exit", b"0"
-    staged.main = yield from in_phase("code", session.run(
+    run = session.repl.run if stages.repl and session.repl is not None else session.run
+    staged.main = yield from in_phase("code", run(
         stages.main, deadline=deadline, max_output=max_output, owner=owner, secrets=secrets,
         cancel_fd=cancel_fd))
     if stages.output_paths and session.alive and not staged.main.cancelled:

@@ -1,0 +1,102 @@
+"""The persistent REPL (``repl=True``): one Python interpreter in the session's sandbox, whose
+``__main__`` survives between runs, so variables and imports do (the smolagents style).
+
+Each run hands the interpreter its code and stdio over its control socket and ends when the
+interpreter reports the cell's status (isol8/interp_main.py). An exception is a result:
+the traceback in stderr, exit code 1. A timeout interrupts the cell with SIGINT, sent from
+inside the sandbox (the supervisor is outside its pid namespace); a cell that does not stop
+within a grace period takes the interpreter with it: that run still reports its timeout,
+and the next one raises ``SessionLost``, as does a run during which the interpreter died.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+
+from .errors import Isol8Error, SessionLost
+from .interpreter import send_code, start_interpreter
+from .output import CappedOutput
+from .runtimes import BASH
+from .sandbox import (Chunk, RunOutcome, RunSpec, close_all, error_from_event, flush_pipes,
+                      open_pipes, signals_deferred, supervise)
+from .secrets import Masker
+from .session import Session
+
+_INTERRUPT_GRACE = 1.0  # seconds for a cell to stop at SIGINT
+_KILL_GRACE = 5.0
+_TRUE = "/usr/bin/true"
+
+
+class Repl:
+    def __init__(self, session: Session, python: str) -> None:
+        self.session = session
+        self.run_id = session.new_run_id()
+        self.control, self.pid = start_interpreter(session.sandbox, self.run_id, python, "repl",
+                                                   final=False)
+        self.lost: str | None = None  # why the interpreter is gone
+
+    def run(self, spec: RunSpec, *, deadline: float, max_output: int,
+            owner: tuple[int, int] | None, secrets: list[bytes],
+            cancel_fd: int) -> Generator[Chunk, None, RunOutcome]:
+        """One cell: ``spec``'s last file is the code; the others are written first."""
+        if self.lost is not None:
+            raise SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "
+                              "and the next call starts a new session")
+        session = self.session
+        if len(spec.files) > 1:  # request files: written by a process of their own
+            written = yield from session.run(
+                RunSpec([_TRUE], spec.env, spec.cwd, b"", spec.files[:-1]), deadline=deadline,
+                max_output=max_output, owner=owner, secrets=secrets, cancel_fd=cancel_fd)
+            if written.exit_code != 0:
+                raise Isol8Error(f"writing the request's files failed: {written.stderr.text()}")
+        outcome = RunOutcome(CappedOutput(max_output, Masker(secrets)),
+                             CappedOutput(max_output, Masker(secrets)))
+        pipes: dict[int, tuple[str, CappedOutput]] = {}
+        write_ends: list[int] = []
+        try:
+            with signals_deferred():
+                out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
+                send_code(self.control, spec, out_w, err_w)
+                outcome.started_ns = time.monotonic_ns()
+                close_all(write_ends)
+                write_ends.clear()
+            yield from supervise(session.sandbox, outcome, pipes, deadline, session.cgroup,
+                                 cancel_fd, -1, done=self.control)
+            if outcome.timed_out or outcome.cancelled:
+                yield from self._interrupt(outcome, pipes)
+            yield from flush_pipes(pipes)
+        finally:
+            with signals_deferred():
+                close_all(write_ends)
+                session.adopt(list(pipes))
+        if outcome.error is not None or outcome.oom:
+            session.alive = False
+        if outcome.error is not None:
+            raise error_from_event(outcome.error)
+        if outcome.lost:
+            self.lost = "the interpreter exited during a run (os._exit, a crash or a kill)"
+            raise SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "
+                              "and the next call starts a new session")
+        return outcome
+
+    def _interrupt(self, outcome: RunOutcome, pipes: dict[int, tuple[str, CappedOutput]],
+                   ) -> Generator[Chunk, None, None]:
+        """SIGINT to the cell; if it does not stop, kill the interpreter."""
+        timed_out, cancelled = outcome.timed_out, outcome.cancelled
+        outcome.timed_out = outcome.cancelled = False
+        session = self.session
+        session.fire(RunSpec([BASH, "-c", 'kill -INT "$1"', "isol8", str(self.pid)],
+                             {"PATH": "/usr/bin:/bin"}, "/", b"", []))
+        yield from supervise(session.sandbox, outcome, pipes, time.monotonic() + _INTERRUPT_GRACE,
+                             session.cgroup, -1, -1, done=self.control)
+        if outcome.timed_out:
+            session.sandbox.kill_run(self.run_id)
+            outcome.timed_out = False
+            yield from supervise(session.sandbox, outcome, pipes,
+                                 time.monotonic() + _KILL_GRACE, session.cgroup, -1, -1,
+                                 done=self.control)
+            self.lost = "a cell ignored its timeout's interrupt and the interpreter was killed"
+            outcome.lost = False  # this run reports its timeout; the next raises
+        outcome.timed_out, outcome.cancelled = timed_out, cancelled
+        outcome.exit_code = None
