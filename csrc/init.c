@@ -37,7 +37,8 @@
 struct run {
   uint32_t id;
   pid_t pid;
-  int final; /* the sandbox ends with this run (ephemeral mode) */
+  int final;      /* the sandbox ends with this run (ephemeral mode) */
+  int oom_killed; /* the watchdog killed its tree */
 };
 
 static struct run runs[MAX_RUNS];
@@ -250,6 +251,7 @@ static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) 
       runs[slot].id = req.id;
       runs[slot].pid = pid;
       runs[slot].final = req.final;
+      runs[slot].oom_killed = 0;
       send_json("{\"event\":\"spawned\",\"id\":%u,\"pid\":%d,\"t\":%lld}", req.id, (int)pid,
                 now_ns());
     }
@@ -313,23 +315,42 @@ static void kill_run(const unsigned char *buf, size_t len) {
 }
 
 #define WATCH_INTERVAL_NS 10000000 /* 10 ms */
+#define OOM_GRACE_NS 200000000     /* for killed runs to die and free their memory */
 
 static const struct config *config;
 static uint64_t peak_memory;
+static long long oom_grace_until;
 
-/* One watchdog pass: remember the peak, and end the sandbox when it is over the limit. The
+/* One watchdog pass: remember the peak, and act when the sandbox is over the limit. The
  * cheap count over-counts pages forked processes share; over the limit, the exact count
- * decides (see watchdog.c). */
+ * decides (see watchdog.c). A persistent sandbox loses the runs going on (each reported
+ * with its id), as a cgroup OOM kill would take a process and not the session; if that
+ * frees too little (files in its tmpfs, background processes), and always in an ephemeral
+ * sandbox, the sandbox ends. */
 static void check_memory(void) {
   uint64_t usage = sandbox_memory_usage(config, 0);
   if (usage > config->memory_watch)
     usage = sandbox_memory_usage(config, 1);
   if (usage > peak_memory)
     peak_memory = usage;
-  if (usage > config->memory_watch) {
-    send_json("{\"event\":\"oom\",\"usage\":%llu}", (unsigned long long)usage);
-    _exit(0); /* pid 1 exiting: the kernel kills every process of the namespace */
+  if (usage <= config->memory_watch || now_ns() < oom_grace_until)
+    return;
+  int killed = 0;
+  for (int i = 0; i < MAX_RUNS; i++) {
+    if (runs[i].pid && !runs[i].final && !runs[i].oom_killed) {
+      kill_tree(runs[i].pid);
+      runs[i].oom_killed = 1;
+      killed = 1;
+      send_json("{\"event\":\"oom\",\"id\":%u,\"usage\":%llu}", runs[i].id,
+                (unsigned long long)usage);
+    }
   }
+  if (killed) {
+    oom_grace_until = now_ns() + OOM_GRACE_NS;
+    return;
+  }
+  send_json("{\"event\":\"oom\",\"usage\":%llu}", (unsigned long long)usage);
+  _exit(0); /* pid 1 exiting: the kernel kills every process of the namespace */
 }
 
 static void reap(void) {

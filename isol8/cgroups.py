@@ -170,6 +170,7 @@ class Usage:
     cpu_ns: int | None = None
     peak_bytes: int | None = None
     oom: bool = False
+    oom_kills: int = 0  # the kernel's count for the leaf (a session's runs compare it)
 
 
 @dataclass(slots=True)
@@ -202,13 +203,15 @@ class SandboxCgroups:
             leaf = self.v1_leaves["memory"]
             raw = _read(os.path.join(leaf, "memory.max_usage_in_bytes"))
             out.peak_bytes = int(raw) if raw and raw.strip().isdigit() else None
-            out.oom = (_keyed(_read(os.path.join(leaf, "memory.oom_control")), "oom_kill")
-                       or 0) > 0
+            out.oom_kills = _keyed(_read(os.path.join(leaf, "memory.oom_control")),
+                                   "oom_kill") or 0
+            out.oom = out.oom_kills > 0
         elif self.v2_leaf and os.path.exists(os.path.join(self.v2_leaf, "memory.max")):
             raw = _read(os.path.join(self.v2_leaf, "memory.peak"))
             out.peak_bytes = int(raw) if raw and raw.strip().isdigit() else None
-            out.oom = (_keyed(_read(os.path.join(self.v2_leaf, "memory.events")), "oom_kill")
-                       or 0) > 0
+            out.oom_kills = _keyed(_read(os.path.join(self.v2_leaf, "memory.events")),
+                                   "oom_kill") or 0
+            out.oom = out.oom_kills > 0
         return out
 
     def destroy(self) -> None:
@@ -264,15 +267,21 @@ class EngineCgroups:
             return "cgroup2"
         return "cgroup1" if controller in self.v1_dirs else None
 
-    def new_sandbox(self, memory: int, pids: int, cpu: float) -> SandboxCgroups:
-        """Leaves with the limits written; the caller owns (and must destroy) the result."""
+    def new_sandbox(self, memory: int, pids: int, cpu: float, *,
+                    oom_group: bool = True) -> SandboxCgroups:
+        """Leaves with the limits written; the caller owns (and must destroy) the result.
+
+        ``oom_group``: an OOM kills the whole sandbox (v2 memory.oom.group), what an
+        ephemeral one wants; a persistent one keeps its other processes, and its session
+        kills the run that was going on."""
         leaf_name = f"sb-{next(self._seq)}"
         sandbox = SandboxCgroups(None, {})
         try:
             if self.v2_dir:
                 sandbox.v2_leaf = os.path.join(self.v2_dir, leaf_name)
                 os.mkdir(sandbox.v2_leaf)
-                _write_v2_limits(sandbox.v2_leaf, self.v2_controllers, memory, pids, cpu)
+                _write_v2_limits(sandbox.v2_leaf, self.v2_controllers, memory, pids, cpu,
+                                 oom_group)
                 sandbox.fds.append(os.open(sandbox.v2_leaf,
                                            os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
                 sandbox.kinds += b"D"
@@ -314,12 +323,13 @@ def _make_dir(base: str, name: str) -> str | None:
 
 
 def _write_v2_limits(leaf: str, controllers: set[str], memory: int, pids: int,
-                     cpu: float) -> None:
+                     cpu: float, oom_group: bool) -> None:
     if "memory" in controllers:
         _write(os.path.join(leaf, "memory.max"), str(memory))
         if os.path.exists(os.path.join(leaf, "memory.swap.max")):
             _write(os.path.join(leaf, "memory.swap.max"), "0")
-        _write(os.path.join(leaf, "memory.oom.group"), "1")  # OOM kills the whole sandbox
+        if oom_group:
+            _write(os.path.join(leaf, "memory.oom.group"), "1")
     if "pids" in controllers:
         _write(os.path.join(leaf, "pids.max"), str(pids))
     if "cpu" in controllers:
@@ -341,7 +351,7 @@ def _write_v1_limit(leaf: str, controller: str, memory: int, pids: int, cpu: flo
 
 def _v1_oom_eventfd(leaf: str) -> int:
     """An eventfd that becomes readable when the leaf hits OOM (v1 has no memory.oom.group:
-    the supervisor then kills the whole sandbox itself)."""
+    the supervisor then kills the whole sandbox itself, or a persistent one's run)."""
     efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     control = os.open(os.path.join(leaf, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -402,7 +402,8 @@ class Isol8:
                     "Each persistent container supports a single runtime. Create a new "
                     "Isol8 instance for a different runtime.")
             if session is None:
-                session = self._session = self._new_session(self.options.timeout_ms)
+                session = self._session = self._new_session(self.options.timeout_ms,
+                                                            persistent=True)
                 session.runtime = "python" if self._repl else None
             session.runtime = session.runtime or code_runtime
             try:
@@ -418,6 +419,8 @@ class Isol8:
                 raise
             usage = session.cgroup.usage() if session.cgroup else cgroups.Usage()
             # The counters are the session's: a run reports what it added.
+            usage.oom, session.oom_kills_seen = (usage.oom_kills > session.oom_kills_seen,
+                                                 usage.oom_kills)
             if usage.cpu_ns is not None:
                 usage.cpu_ns, session.cpu_ns_seen = usage.cpu_ns - session.cpu_ns_seen, \
                     usage.cpu_ns
@@ -427,17 +430,17 @@ class Isol8:
                     outcome.cpu_us
             return staged, usage
 
-    def _new_session(self, timeout_ms: int) -> Session:
+    def _new_session(self, timeout_ms: int, *, persistent: bool = False) -> Session:
         with signals_deferred():
-            host, sandbox_cgroups, config = self._claim(timeout_ms)
+            host, sandbox_cgroups, config = self._claim(timeout_ms, oom_group=not persistent)
             try:
                 return Session(config, host, sandbox_cgroups, None)
             except BaseException:
                 self._release(host, sandbox_cgroups)
                 raise
 
-    def _claim(self, timeout_ms: int) -> tuple[identity.HostIdentity,
-                                               cgroups.SandboxCgroups | None, bytes]:
+    def _claim(self, timeout_ms: int, *, oom_group: bool = True,
+               ) -> tuple[identity.HostIdentity, cgroups.SandboxCgroups | None, bytes]:
         """A new sandbox's host identity, cgroup leaves and config message; called with
         signals deferred, and on failure nothing stays claimed."""
         opts = self.options
@@ -445,7 +448,7 @@ class Isol8:
         try:
             if self._cgroups is not None:
                 sandbox_cgroups = self._cgroups.new_sandbox(
-                    opts.limits.memory, opts.limits.pids, opts.limits.cpu)
+                    opts.limits.memory, opts.limits.pids, opts.limits.cpu, oom_group=oom_group)
             assert self._config_body is not None
             config = config_message(
                 self._config_body, host_uid=host.uid, host_gid=host.gid,

@@ -259,6 +259,7 @@ _EVENT_FIELDS: dict[str, dict[str, type]] = {
 _OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
     "exit": {"code": int, "signal": int, "cpu_us": int, "peak": int},
     "error": {"id": int},
+    "oom": {"id": int},  # a persistent sandbox's run killed by the watchdog
 }
 
 

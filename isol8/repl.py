@@ -63,17 +63,20 @@ class Repl:
                 write_ends.clear()
             yield from supervise(session.sandbox, outcome, pipes, deadline, session.cgroup,
                                  cancel_fd, -1, done=self.control)
-            if outcome.timed_out or outcome.cancelled:
+            if (outcome.timed_out or outcome.cancelled or outcome.oom) and not outcome.gone:
                 yield from self._interrupt(outcome, pipes)
             yield from flush_pipes(pipes)
         finally:
             with signals_deferred():
                 close_all(write_ends)
                 session.adopt(list(pipes))
-        if outcome.error is not None or outcome.oom:
+        if outcome.error is not None or outcome.gone:
             session.alive = False
         if outcome.error is not None:
             raise error_from_event(outcome.error)
+        if outcome.lost and outcome.oom:  # this run reports the OOM; the next one raises
+            self.lost, outcome.lost = "the interpreter was killed for exceeding the memory " \
+                                      "limit", False
         if outcome.lost:
             self.lost = "the interpreter exited during a run (os._exit, a crash or a kill)"
             raise SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "
@@ -82,10 +85,12 @@ class Repl:
 
     def _interrupt(self, outcome: RunOutcome, pipes: dict[int, tuple[str, CappedOutput]],
                    ) -> Generator[Chunk, None, None]:
-        """SIGINT to the cell; if it does not stop, kill the interpreter."""
-        timed_out, cancelled = outcome.timed_out, outcome.cancelled
-        outcome.timed_out = outcome.cancelled = False
+        """SIGINT to the cell (at a timeout, a cancellation or an OOM kill of one of its
+        processes); if it does not stop, kill the interpreter."""
+        timed_out, cancelled, oom = outcome.timed_out, outcome.cancelled, outcome.oom
+        outcome.timed_out = outcome.cancelled = outcome.oom = False
         session = self.session
+        session.clear_oom_event()
         session.fire(RunSpec([BASH, "-c", 'kill -INT "$1"', "isol8", str(self.pid)],
                              {"PATH": "/usr/bin:/bin"}, "/", b"", []))
         yield from supervise(session.sandbox, outcome, pipes, time.monotonic() + _INTERRUPT_GRACE,
@@ -99,4 +104,5 @@ class Repl:
             self.lost = "a cell ignored its timeout's interrupt and the interpreter was killed"
             outcome.lost = False  # this run reports its timeout; the next raises
         outcome.timed_out, outcome.cancelled = timed_out, cancelled
+        outcome.oom = outcome.oom or oom
         outcome.exit_code = None

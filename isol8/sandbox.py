@@ -57,6 +57,7 @@ class RunOutcome:
     oom: bool = False
     cancelled: bool = False
     lost: bool = False  # a REPL's interpreter hung up: its state is gone
+    gone: bool = False  # the whole sandbox ended (its init exited or was killed)
     cpu_us: int | None = None  # the init's rusage of every process it reaped
     peak_bytes: int | None = None  # the init's watchdog peak (or the largest maxrss)
     error: dict[str, object] | None = field(default=None)
@@ -412,6 +413,7 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
             if event is None:
                 # The init died without reporting: a cgroup OOM kill of the whole sandbox
                 # (v2 memory.oom.group) is one legitimate way; anything else is an error.
+                outcome.gone = True
                 if cgroup and cgroup.usage().oom:
                     outcome.oom = True
                 else:
@@ -421,9 +423,10 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
             kind = event["event"]
             if kind == "spawned" and event["id"] == run_id:
                 outcome.started_ns = int(event["t"])
-            elif kind == "oom":  # the init's watchdog ended the sandbox
+            elif kind == "oom":  # the init's watchdog killed the runs, or the sandbox
                 outcome.oom = True
                 outcome.peak_bytes = int(event["usage"])
+                outcome.gone = "id" not in event
                 return
             elif kind == "exit" and event["id"] == run_id:
                 outcome.ended_ns = time.monotonic_ns()

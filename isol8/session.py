@@ -44,6 +44,7 @@ class Session:
         # The cgroup's and the init's CPU counters are the session's: runs report deltas.
         self.cpu_ns_seen = 0
         self.cpu_us_seen = 0
+        self.oom_kills_seen = 0
         self._ids = itertools.count(1)
         self._leftovers = _Drainer()
         self.repl: Repl | None = None  # repl=True: the interpreter, made on first use
@@ -54,6 +55,14 @@ class Session:
     def adopt(self, fds: list[int]) -> None:
         """Pipes of a finished run: read and discarded until their last writer is gone."""
         self._leftovers.adopt(fds)
+
+    def clear_oom_event(self) -> None:
+        """Consume a v1 OOM notification, so that it does not end the next run too."""
+        if self.cgroup is not None and self.cgroup.oom_eventfd >= 0:
+            try:
+                os.read(self.cgroup.oom_eventfd, 8)
+            except BlockingIOError:
+                pass
 
     def fire(self, spec: RunSpec) -> None:
         """Start a process nobody waits for (its exit event is ignored), output discarded."""
@@ -80,14 +89,16 @@ class Session:
                 write_ends.clear()
             yield from supervise(self.sandbox, outcome, pipes, deadline, self.cgroup,
                                  cancel_fd, run_id)
-            if outcome.timed_out or outcome.cancelled:
+            if (outcome.timed_out or outcome.cancelled or outcome.oom) and not outcome.gone:
                 # Kill the run's tree only, then wait for its leader's exit report.
                 self.sandbox.kill_run(run_id)
-                timed_out, cancelled = outcome.timed_out, outcome.cancelled
-                outcome.timed_out = outcome.cancelled = False
+                self.clear_oom_event()
+                timed_out, cancelled, oom = outcome.timed_out, outcome.cancelled, outcome.oom
+                outcome.timed_out = outcome.cancelled = outcome.oom = False
                 yield from supervise(self.sandbox, outcome, pipes,
                                      time.monotonic() + _KILL_GRACE, self.cgroup, -1, run_id)
                 outcome.timed_out, outcome.cancelled = timed_out, cancelled
+                outcome.oom = outcome.oom or oom
             ended = True
             # The program is done: what it wrote is in the pipes (later writes are not its).
             yield from flush_pipes(pipes)
@@ -97,7 +108,7 @@ class Session:
                     self.sandbox.kill_run(run_id)  # abandoned mid-run: the run dies
                 close_all(write_ends)
                 self._leftovers.adopt(list(pipes))
-        if outcome.error is not None or outcome.oom:
+        if outcome.error is not None or outcome.gone:
             self.alive = False  # the init is gone: the next run needs a new sandbox
         if outcome.error is not None:
             raise error_from_event(outcome.error)

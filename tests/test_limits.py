@@ -242,6 +242,24 @@ time.sleep(5)
     _host_is_unharmed()
 
 
+def test_persistent_oom_kills_the_run_and_keeps_the_session():
+    head, tail = _marker()
+    bomb = "chunks = []\nwhile True:\n    chunks.append(b'x' * (50 << 20))"
+    with watching_host(head + tail, no_children=False):
+        with Isol8(mode="persistent", memory_limit="200m") as eng:
+            eng.execute(cmd=f"echo kept > /sandbox/state; (exec -a {head}{tail} sleep 600 &)")
+            r = run_py(eng, bomb, timeout_ms=20_000 * SLOW)
+            assert (r.exit_code, r.resource_usage.oom) == (137, True), (r.exit_code, r.stderr)
+            assert TIMED_OUT not in r.stderr
+            # The session, its files and the background process of an earlier run live on.
+            assert host_processes_matching(head + tail)
+            r = eng.execute(cmd="cat /sandbox/state")
+            assert (r.stdout, r.resource_usage.oom) == ("kept", False)
+            r = run_py(eng, bomb, timeout_ms=20_000 * SLOW)  # and it holds again
+            assert (r.exit_code, r.resource_usage.oom) == (137, True), (r.exit_code, r.stderr)
+            assert eng.execute(cmd="cat /sandbox/state").stdout == "kept"
+
+
 def test_tmpfs_files_count_against_the_memory_limit():
     # 150 MB written to /sandbox (512m tmpfs) under a 64 MB memory limit: never completes.
     with Isol8(memory_limit=64 << 20) as eng:
