@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from .errors import Isol8Error
+from .errors import Isol8Error, SetupScriptFailed
 from .runtimes import RUNTIMES, detect_runtime
 
 
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--persistent", action="store_true",
                     help="run in a persistent sandbox (mode=persistent), stopped when the "
                          "run ends")
+    ex.add_argument("--setup", action="append", default=[], metavar="CMD|FILE",
+                    help="a bash setup script run before the code (a value naming an "
+                         "existing file is read; repeatable, joined by newlines)")
     ex.add_argument("--out", metavar="FILE", help="write stdout to FILE (implies --no-stream)")
     ex.add_argument("--json", action="store_true",
                     help="print the result in its wire form (implies --no-stream)")
@@ -110,7 +113,8 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             options[renamed.get(name, name)] = value
     files = _local_files(args.files, parser) if args.files else None
     request = dict(runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout, env=dict(args.env),
-                   stdin=args.stdin, workdir=args.workdir, files=files)
+                   stdin=args.stdin, workdir=args.workdir, files=files,
+                   setup_script=_setup_script(args.setup, parser))
     with Isol8(**options) as engine:  # stop() on the way out, also in persistent mode
         if not (args.json or args.no_stream or args.out):
             return _stream(engine.execute_stream(code, **request))
@@ -125,6 +129,21 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if result.stderr and not args.json:
         print(result.stderr, file=sys.stderr)
     return result.exit_code
+
+
+def _setup_script(values: list[str], parser: argparse.ArgumentParser) -> str | None:
+    """Upstream's --setup: each value is a command, or a file to read when one exists."""
+    parts = []
+    for value in values:
+        if os.path.isfile(value):
+            try:
+                with open(value, encoding="utf-8") as fh:
+                    parts.append(fh.read())
+            except OSError as exc:
+                parser.error(f"--setup: cannot read {value}: {exc.strerror}")
+        else:
+            parts.append(value)
+    return "\n".join(parts) or None
 
 
 _SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}
@@ -170,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return doctor_main()
         return _exec(args, parser)
+    except SetupScriptFailed as exc:  # the code did not run: the script's own exit code
+        print(f"isol8: {exc}", file=sys.stderr)
+        return exc.exit_code
     except Isol8Error as exc:
         print(f"isol8: {exc}", file=sys.stderr)
         return 1

@@ -179,3 +179,19 @@ def test_persistent_flag_runs_in_a_session_and_stops_it(extra):
     assert host_processes_matching(f"sleep {marker}") == []  # stop() ended the session
     p = isol8("exec", "--persistent", "-e", "import sys; print('py'); sys.exit(3)")
     assert (p.returncode, p.stdout) == (3, "py\n")
+
+
+def test_setup_inline_repeated_and_from_a_file(tmp_path):
+    script = tmp_path / "setup.sh"
+    script.write_text("echo from-file > /sandbox/b\n")
+    p = isol8("exec", "--setup", "echo one > /sandbox/a", "--setup", str(script),
+              "-e", "print(open('/sandbox/a').read().strip(), open('/sandbox/b').read().strip())")
+    assert (p.returncode, p.stdout) == (0, "one from-file\n"), p.stderr
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-stream"]])
+def test_a_failing_setup_reports_it_and_exits_with_its_code(mode):
+    p = isol8("exec", *mode, "--setup", "echo bad >&2; exit 5", "-e", "print('code ran')")
+    assert p.returncode == 5
+    assert "Setup script failed (exit code 5)" in p.stderr and "bad" in p.stderr
+    assert "code ran" not in p.stdout
