@@ -271,9 +271,11 @@ class EngineCgroups:
                     oom_group: bool = True) -> SandboxCgroups:
         """Leaves with the limits written; the caller owns (and must destroy) the result.
 
-        ``oom_group``: an OOM kills the whole sandbox (v2 memory.oom.group), what an
-        ephemeral one wants; a persistent one keeps its other processes, and its session
-        kills the run that was going on."""
+        ``oom_group``: an OOM kills the whole sandbox (v2 memory.oom.group; v1 through an
+        OOM eventfd the supervisor acts on), what an ephemeral one wants. Without it the
+        kernel kills one process, and a persistent session learns of it from the leaf's
+        oom_kill counter (an eventfd would also fire for the many failed charges of a
+        process already dying, into the next run)."""
         leaf_name = f"sb-{next(self._seq)}"
         sandbox = SandboxCgroups(None, {})
         try:
@@ -295,7 +297,7 @@ class EngineCgroups:
                 sandbox.fds.append(os.open(os.path.join(leaf, "cgroup.procs"),
                                            os.O_WRONLY | os.O_CLOEXEC))
                 sandbox.kinds += b"P"
-            if "memory" in sandbox.v1_leaves:
+            if "memory" in sandbox.v1_leaves and oom_group:
                 sandbox.oom_eventfd = _v1_oom_eventfd(sandbox.v1_leaves["memory"])
         except BaseException:
             sandbox.destroy()

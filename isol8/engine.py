@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
-from . import cgroups, identity, images, limits, pool, seccomp
+from . import cgroups, identity, images, limits, pool, seccomp, workspace
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SessionLost,
                      SetupScriptFailed)
 from .output import truncation_marker, with_timeout_marker
@@ -65,12 +65,17 @@ class Isol8:
 
     def __init__(self, *, pool_size: int | dict[str, int] = 1, pool_strategy: str = "fast",
                  prewarm: bool | dict[str, list[str]] | None = None, repl: bool = False,
+                 workspace_dir: str | os.PathLike[str] | None = None,
                  **options: object) -> None:
         self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
         if repl is not False and (repl is not True or self.options.mode != "persistent"):
             raise InvalidRequest("repl: True needs mode='persistent' (a REPL keeps state "
                                  "between calls)")
         self._repl = repl
+        if workspace_dir is not None and self.options.mode != "persistent":
+            raise InvalidRequest("workspace_dir: needs mode='persistent'")
+        self._workspace = (workspace.validated_dir(workspace_dir) if workspace_dir is not None
+                           else None)
         self._pool_size = pool.pool_size(pool_size, pool_strategy)
         self._prewarm = pool.prewarm_kinds(prewarm)
         self._pool: pool.WarmPool | None = None
@@ -153,9 +158,13 @@ class Isol8:
         """Release the engine and its cgroups. Every sandbox is already gone when
         ``execute()`` returns."""
         with self._session_lock:
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+            session, self._session = self._session, None
+            try:
+                if session is not None and self._workspace and session.alive:
+                    workspace.save(session, self._workspace, self.options.sandbox_size)
+            finally:
+                if session is not None:
+                    session.close()
         with self._lock:
             if self._pool is not None:
                 self._pool.close()
@@ -402,8 +411,14 @@ class Isol8:
                     "Each persistent container supports a single runtime. Create a new "
                     "Isol8 instance for a different runtime.")
             if session is None:
-                session = self._session = self._new_session(self.options.timeout_ms,
-                                                            persistent=True)
+                session = self._new_session(self.options.timeout_ms, persistent=True)
+                try:
+                    if self._workspace:
+                        workspace.restore(session, self._workspace)
+                except BaseException:
+                    session.close()
+                    raise
+                self._session = session
                 session.runtime = "python" if self._repl else None
             session.runtime = session.runtime or code_runtime
             try:

@@ -90,7 +90,6 @@ class Repl:
         timed_out, cancelled, oom = outcome.timed_out, outcome.cancelled, outcome.oom
         outcome.timed_out = outcome.cancelled = outcome.oom = False
         session = self.session
-        session.clear_oom_event()
         session.fire(RunSpec([BASH, "-c", 'kill -INT "$1"', "isol8", str(self.pid)],
                              {"PATH": "/usr/bin:/bin"}, "/", b"", []))
         yield from supervise(session.sandbox, outcome, pipes, time.monotonic() + _INTERRUPT_GRACE,

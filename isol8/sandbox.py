@@ -225,11 +225,15 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
                   cgroup: SandboxCgroups | None = None,
                   secrets: list[bytes] | None = None) -> RunOutcome:
     """``stream_ephemeral`` run to its end: the output is in the outcome's buffers."""
-    runner = stream_ephemeral(config, spec, deadline=deadline, max_output=max_output,
-                              owner=owner, cgroup=cgroup, secrets=secrets)
+    return finish(stream_ephemeral(config, spec, deadline=deadline, max_output=max_output,
+                                   owner=owner, cgroup=cgroup, secrets=secrets))
+
+
+def finish(run: Generator[Chunk, None, RunOutcome]) -> RunOutcome:
+    """Run a streaming run to its end, its output left in the outcome's buffers."""
     while True:
         try:
-            next(runner)
+            next(run)
         except StopIteration as done:
             return done.value
 

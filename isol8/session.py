@@ -56,14 +56,6 @@ class Session:
         """Pipes of a finished run: read and discarded until their last writer is gone."""
         self._leftovers.adopt(fds)
 
-    def clear_oom_event(self) -> None:
-        """Consume a v1 OOM notification, so that it does not end the next run too."""
-        if self.cgroup is not None and self.cgroup.oom_eventfd >= 0:
-            try:
-                os.read(self.cgroup.oom_eventfd, 8)
-            except BlockingIOError:
-                pass
-
     def fire(self, spec: RunSpec) -> None:
         """Start a process nobody waits for (its exit event is ignored), output discarded."""
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -92,7 +84,6 @@ class Session:
             if (outcome.timed_out or outcome.cancelled or outcome.oom) and not outcome.gone:
                 # Kill the run's tree only, then wait for its leader's exit report.
                 self.sandbox.kill_run(run_id)
-                self.clear_oom_event()
                 timed_out, cancelled, oom = outcome.timed_out, outcome.cancelled, outcome.oom
                 outcome.timed_out = outcome.cancelled = outcome.oom = False
                 yield from supervise(self.sandbox, outcome, pipes,

@@ -15,7 +15,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 from .runtimes import BASH, SANDBOX_HOME
-from .sandbox import RunOutcome, RunSpec
+from .sandbox import RunOutcome, RunSpec, finish
 from .session import Session
 
 SETUP_PATH = "/tmp/.isol8-setup.sh"
@@ -108,14 +108,9 @@ def _collect(session: Session, paths: tuple[str, ...], owner: tuple[int, int] | 
     masking base64 would corrupt it): nothing of this reaches the stream."""
     spec = RunSpec([BASH, "-c", _COLLECT, "isol8", *paths], {"PATH": "/usr/bin:/bin"},
                    SANDBOX_HOME, b"", [])
-    run = session.run(spec, deadline=time.monotonic() + _COLLECT_GRACE,
-                      max_output=COLLECT_LIMIT, owner=owner, secrets=[], cancel_fd=cancel_fd)
-    while True:
-        try:
-            next(run)
-        except StopIteration as done:
-            outcome: RunOutcome = done.value
-            break
+    outcome = finish(session.run(spec, deadline=time.monotonic() + _COLLECT_GRACE,
+                                 max_output=COLLECT_LIMIT, owner=owner, secrets=[],
+                                 cancel_fd=cancel_fd))
     return parse_collected(outcome.stdout.data())
 
 
