@@ -103,7 +103,13 @@ class Isol8:
         [...]}``; also an engine option) starts the warm pool in ephemeral mode: ``pool_size``
         sandboxes per runtime kept set up, Python's with the interpreter already started,
         each serving one ``execute()`` and refilled in the background."""
-        kinds = pool.prewarm_kinds(prewarm) or self._prewarm
+        warm = self._start_engine(pool.prewarm_kinds(prewarm) or self._prewarm)
+        if warm is not None:  # upstream's start() returns once the pool is warm
+            warm.wait_ready(_WARM_UP_TIMEOUT)
+
+    def _start_engine(self, kinds: list[str]) -> pool.WarmPool | None:
+        """start() without waiting: ``execute()`` calls it lazily, and a run does not wait
+        for a pool to fill (an empty one means a cold run)."""
         warm = None
         with self._lock:
             if self._config_body is None:
@@ -113,8 +119,7 @@ class Isol8:
                     self._pool = pool.WarmPool(self._make_pooled, self._pool_size)
                 self._pool.warm(kinds)
                 warm = self._pool
-        if kinds and warm is not None:  # upstream's start() returns once the pool is warm
-            warm.wait_ready(_WARM_UP_TIMEOUT)
+        return warm
 
     def _make_pooled(self, kind: str) -> pool.Pooled:
         host, sandbox_cgroups, config = self._claim(self.options.timeout_ms)
@@ -312,7 +317,8 @@ class Isol8:
         timeout = positive_int(request.timeout_ms, "timeout_ms") \
             if request.timeout_ms is not None else self.options.timeout_ms
         stages, runtime_name = self._stages(request)
-        self.start()
+        if self._config_body is None:
+            self._start_engine(self._prewarm)
         opts = self.options
         cap = max_output or opts.max_output_size
         # get_file's own output is file content: masking could corrupt it, and the caller
