@@ -29,6 +29,7 @@ from .request import (ExecutionRequest, validated_files, validated_output_paths,
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import RunOutcome, RunSpec, signals_deferred, stream_ephemeral, stream_once
+from .interpreter import zygote_can_run
 from .repl import Repl
 from .session import Session
 from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status, in_phase,
@@ -366,7 +367,7 @@ class Isol8:
         warm = self._pool
         if warm is None or timeout > self.options.timeout_ms:
             return None
-        if request.cmd is None and runtime == "python" and pool.zygote_can_run(spec):
+        if request.cmd is None and runtime == "python" and zygote_can_run(spec):
             entry = warm.take("python")
             if entry is not None:
                 return entry
@@ -438,6 +439,8 @@ class Isol8:
                 session.close()  # the next call starts a new session
                 self._session = None
                 raise
+            if session.runtime == "python" and not self._repl:
+                session.prepare_zygote(get_runtime("python").binary)
             usage = session.cgroup.usage() if session.cgroup else cgroups.Usage()
             # The counters are the session's: a run reports what it added.
             usage.oom, session.oom_kills_seen = (usage.oom_kills > session.oom_kills_seen,
@@ -558,7 +561,9 @@ class Isol8:
                      else rt.extension)
         path = f"{SANDBOX_HOME}/main{extension}"
         main = RunSpec(rt.argv(path), full_env, cwd, stdin_bytes, [*files, (path, code.encode())])
-        return Stages(main, setup, output_paths, repl=self._repl and rt.name == "python"), rt.name
+        python = rt.name == "python"
+        return Stages(main, setup, output_paths, repl=self._repl and python,
+                      zygote=python and zygote_can_run(main)), rt.name
 
 
 def _setup_failure(staged: StagedOutcome) -> SetupScriptFailed:

@@ -32,7 +32,10 @@ def _main():
     import os
 
     control = _socket.socket(fileno=os.dup(0))  # fd 0 becomes each run's stdin
-    control.send(b"R" + os.getpid().to_bytes(4, "little"))
+    try:
+        control.send(b"R" + os.getpid().to_bytes(4, "little"))
+    except BrokenPipeError:
+        pass  # a request was sent before this hello, and the sender has moved on
     stdin_encoding, stdin_errors = sys.stdin.encoding, sys.stdin.errors
 
     def receive():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import marshal
 import os
+import re
 import select
 import socket
 from pathlib import Path
@@ -24,33 +25,61 @@ SOURCE = Path(__file__).with_name("interp_main.py").read_text()
 READY_TIMEOUT = 10.0
 
 
-def start_interpreter(sandbox: Sandbox, run_id: int, python: str, mode: str, *,
-                      final: bool) -> tuple[socket.socket, int]:
-    """Start the interpreter in ``mode`` ("zygote" or "repl") as run ``run_id`` and wait
-    until it is ready; returns its control socket and its pid inside the sandbox."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    # Its start-up output, if any, explains an interpreter that never said it was ready.
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        sandbox.start_process(run_id, RunSpec([python, "-c", SOURCE, mode], base_env(),
-                                              SANDBOX_HOME, b"", []),
-                              out_w, out_w, final=final, stdin_fd=theirs.fileno())
-        theirs.close()
-        os.close(out_w)
-        out_w = -1
-        ready, _, _ = select.select([ours], [], [], READY_TIMEOUT)
-        hello = ours.recv(8) if ready else b""
+class Interpreter:
+    """An interpreter started as run ``run_id`` of a sandbox: its control socket, and its
+    start-up output until it has said it is ready."""
+
+    def __init__(self, sandbox: Sandbox, run_id: int, python: str, mode: str, *,
+                 final: bool) -> None:
+        self.run_id, self.mode, self.pid = run_id, mode, 0
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Its start-up output, if any, explains an interpreter that never said it was ready.
+        self._out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            sandbox.start_process(run_id, RunSpec([python, "-c", SOURCE, mode], base_env(),
+                                                  SANDBOX_HOME, b"", []),
+                                  out_w, out_w, final=final, stdin_fd=theirs.fileno())
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(out_w)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> int:
+        """Its pid inside the sandbox, once it has finished starting; raises if it never
+        does (it exited, or ``timeout`` passed)."""
+        if self._out_r < 0:
+            return self.pid
+        ready, _, _ = select.select([self.control], [], [], timeout)
+        hello = self.control.recv(8) if ready else b""
         if len(hello) != 5 or hello[:1] != b"R":
-            said = drain(out_r).decode(errors="replace").strip()
-            raise Isol8Error(f"the sandbox's Python ({mode}) did not start: "
+            said = drain(self._out_r).decode(errors="replace").strip()
+            raise Isol8Error(f"the sandbox's Python ({self.mode}) did not start: "
                              f"{said or 'no answer'}")
+        os.close(self._out_r)
+        self._out_r = -1
+        self.pid = int.from_bytes(hello[1:], "little")
+        return self.pid
+
+    def close(self) -> None:
+        self.control.close()
+        if self._out_r >= 0:
+            os.close(self._out_r)
+            self._out_r = -1
+
+
+def start_interpreter(sandbox: Sandbox, run_id: int, python: str, mode: str, *,
+                      final: bool) -> Interpreter:
+    """Start the interpreter in ``mode`` ("zygote" or "repl") as run ``run_id`` and wait
+    until it is ready."""
+    interpreter = Interpreter(sandbox, run_id, python, mode, final=final)
+    try:
+        interpreter.wait_ready()
     except BaseException:
-        ours.close()
+        interpreter.close()
         raise
-    finally:
-        theirs.close()
-        close_all([fd for fd in (out_r, out_w) if fd >= 0])
-    return ours, int.from_bytes(hello[1:], "little")
+    return interpreter
 
 
 def send_code(control: socket.socket, spec: RunSpec, stdout_w: int, stderr_w: int) -> None:
@@ -63,3 +92,17 @@ def send_code(control: socket.socket, spec: RunSpec, stdout_w: int, stderr_w: in
                           array.array("i", (stdin, stdout_w, stderr_w, code)))])
     finally:
         close_all([code, stdin])
+
+
+# Variables that shape the interpreter while it starts: a zygote started before they were
+# known cannot honour them, so such runs start an interpreter of their own.
+_STARTUP_VARIABLES = re.compile(r"^(PYTHON|LC_|LANG$|LANGUAGE$)")
+
+
+def zygote_can_run(spec: RunSpec) -> bool:
+    """Whether a zygote runs ``spec`` exactly as ``python3 <script>`` would: the code is its
+    only file (others are written by the init), and no start-up variable differs."""
+    base = base_env()
+    return (len(spec.files) == 1 and len(spec.argv) == 2 and spec.argv[1] == spec.files[0][0]
+            and not any(_STARTUP_VARIABLES.match(k) and base.get(k) != v
+                        for k, v in spec.env.items()))

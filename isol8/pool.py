@@ -13,9 +13,7 @@ sandboxes for node, bash and ``cmd`` runs, and for Python runs a zygote cannot s
 
 from __future__ import annotations
 
-import re
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +21,8 @@ from collections.abc import Callable
 from .cgroups import SandboxCgroups
 from .errors import InvalidRequest, Isol8Error
 from .identity import HostIdentity
-from .interpreter import send_code, start_interpreter
-from .runtimes import base_env, get_runtime
+from .interpreter import Interpreter, send_code, start_interpreter
+from .runtimes import get_runtime
 from .sandbox import RunSpec, Sandbox, error_from_event, signals_deferred
 
 _READY_TIMEOUT = 10.0
@@ -38,7 +36,7 @@ class Pooled:
     def __init__(self, config: bytes, host: HostIdentity, cgroup: SandboxCgroups | None,
                  python: str | None) -> None:
         self.host, self.cgroup = host, cgroup
-        self.control: socket.socket | None = None
+        self.zygote: Interpreter | None = None
         self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
         if cgroup:
             cgroup.close_fds()
@@ -46,8 +44,8 @@ class Pooled:
         try:
             self._await("ready")
             if python is not None:
-                self.control, _ = start_interpreter(self.sandbox, _RUN_ID, python, "zygote",
-                                                    final=True)
+                self.zygote = start_interpreter(self.sandbox, _RUN_ID, python, "zygote",
+                                                final=True)
                 self._await("spawned")
         except BaseException:
             self.sandbox.destroy()
@@ -71,24 +69,24 @@ class Pooled:
     def healthy(self) -> bool:
         """Nothing happened while it waited: no event from the init (a dead zygote's exit,
         an error), no hang-up from the zygote."""
-        watched = [self.sandbox] + ([self.control] if self.control is not None else [])
+        watched = [self.sandbox] + ([self.zygote.control] if self.zygote is not None else [])
         return not select.select(watched, [], [], 0)[0]
 
     def launch(self, spec: RunSpec, stdout_w: int, stderr_w: int) -> Sandbox:
         """Start ``spec`` as the sandbox's one run (id 1); the sandbox ends with it."""
         if self.cgroup is not None:  # what the zygote's start-up cost is not the run's
             self.baseline_cpu_ns = self.cgroup.usage().cpu_ns or 0
-        if self.control is None:
+        if self.zygote is None:
             self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
             return self.sandbox
-        send_code(self.control, spec, stdout_w, stderr_w)
+        send_code(self.zygote.control, spec, stdout_w, stderr_w)
         return self.sandbox
 
     def destroy(self) -> None:
         with signals_deferred():
             self.sandbox.destroy()
-            if self.control is not None:
-                self.control.close()
+            if self.zygote is not None:
+                self.zygote.close()
             if self.cgroup is not None:
                 self.cgroup.destroy()
             self.host.release()
@@ -203,15 +201,3 @@ def prewarm_kinds(value: object) -> list[str]:
         raise InvalidRequest("prewarm: expected True or {'runtimes': [...]}")
     return list(dict.fromkeys("python" if get_runtime(name).name == "python" else "plain"
                               for name in runtimes))
-
-
-# Variables that shape the interpreter while it starts: a zygote started before they were
-# known cannot honour them, so such runs go to a plain sandbox.
-_STARTUP_VARIABLES = re.compile(r"^(PYTHON|LC_|LANG$|LANGUAGE$)")
-
-
-def zygote_can_run(spec: RunSpec) -> bool:
-    base = base_env()
-    return (len(spec.files) == 1 and len(spec.argv) == 2 and spec.argv[1] == spec.files[0][0]
-            and not any(_STARTUP_VARIABLES.match(k) and base.get(k) != v
-                        for k, v in spec.env.items()))

@@ -32,8 +32,9 @@ class Repl:
     def __init__(self, session: Session, python: str) -> None:
         self.session = session
         self.run_id = session.new_run_id()
-        self.control, self.pid = start_interpreter(session.sandbox, self.run_id, python, "repl",
-                                                   final=False)
+        self.interpreter = start_interpreter(session.sandbox, self.run_id, python, "repl",
+                                             final=False)
+        self.control, self.pid = self.interpreter.control, self.interpreter.pid
         self.lost: str | None = None  # why the interpreter is gone
 
     def run(self, spec: RunSpec, *, deadline: float, max_output: int,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .cgroups import SandboxCgroups
 from .identity import HostIdentity
+from .interpreter import Interpreter, send_code
 from .output import CappedOutput
 from .sandbox import (Chunk, RunOutcome, RunSpec, Sandbox, close_all, drain,
                       error_from_event, flush_pipes, open_pipes, signals_deferred, supervise)
@@ -48,6 +49,35 @@ class Session:
         self._ids = itertools.count(1)
         self._leftovers = _Drainer()
         self.repl: Repl | None = None  # repl=True: the interpreter, made on first use
+        self.zygote: Interpreter | None = None  # the next Python run's, already starting
+
+    def prepare_zygote(self, python: str) -> None:
+        """Start the interpreter the next Python run will take, without waiting for it: it
+        starts while the caller looks at this run's result. A run takes it only if it is
+        still there (a background process may kill it: the run then starts its own)."""
+        if self.zygote is None and self.alive:
+            with signals_deferred():
+                self.zygote = Interpreter(self.sandbox, self.new_run_id(), python, "zygote",
+                                          final=False)
+
+    def _launch(self, spec: RunSpec, out_w: int, err_w: int,
+                zygote: bool) -> tuple[int, Interpreter | None]:
+        """Start ``spec`` as a new run, through the waiting zygote if allowed; its id, and
+        the zygote used, to close once the run is over (closing a socket with its hello
+        unread would reset the zygote's end before it has read the request)."""
+        if zygote and self.zygote is not None:
+            # Not waiting for its hello: a zygote still starting reads the request when it
+            # is ready. One that died refuses it (EPIPE), and the run starts its own.
+            waiting, self.zygote = self.zygote, None
+            try:
+                send_code(waiting.control, spec, out_w, err_w)
+                return waiting.run_id, waiting
+            except OSError:
+                self.sandbox.kill_run(waiting.run_id)
+                waiting.close()
+        run_id = self.new_run_id()
+        self.sandbox.start_process(run_id, spec, out_w, err_w, final=False)
+        return run_id, None
 
     def new_run_id(self) -> int:
         return next(self._ids)
@@ -66,8 +96,8 @@ class Session:
 
     def run(self, spec: RunSpec, *, deadline: float, max_output: int,
             owner: tuple[int, int] | None, secrets: list[bytes],
-            cancel_fd: int) -> Generator[Chunk, None, RunOutcome]:
-        run_id = self.new_run_id()
+            cancel_fd: int, zygote: bool = False) -> Generator[Chunk, None, RunOutcome]:
+        run_id, used = -1, None
         outcome = RunOutcome(CappedOutput(max_output, Masker(secrets)),
                              CappedOutput(max_output, Masker(secrets)))
         pipes: dict[int, tuple[str, CappedOutput]] = {}
@@ -76,7 +106,8 @@ class Session:
         try:
             with signals_deferred():
                 out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
-                self.sandbox.start_process(run_id, spec, out_w, err_w, final=False)
+                run_id, used = self._launch(spec, out_w, err_w, zygote)
+                outcome.started_ns = time.monotonic_ns()  # the init's "spawned" refines it
                 close_all(write_ends)
                 write_ends.clear()
             yield from supervise(self.sandbox, outcome, pipes, deadline, self.cgroup,
@@ -95,8 +126,10 @@ class Session:
             yield from flush_pipes(pipes)
         finally:
             with signals_deferred():
-                if not ended and self.alive:
-                    self.sandbox.kill_run(run_id)  # abandoned mid-run: the run dies
+                if not ended and self.alive and run_id >= 0:
+                    self.sandbox.kill_run(run_id)
+                if used is not None:
+                    used.close()  # abandoned mid-run: the run dies
                 close_all(write_ends)
                 self._leftovers.adopt(list(pipes))
         if outcome.error is not None or outcome.gone:
@@ -109,8 +142,9 @@ class Session:
         """Destroy the sandbox, everything in it, and the session's cgroups and lease."""
         with signals_deferred():
             self.sandbox.destroy()
-            if self.repl is not None:
-                self.repl.control.close()
+            for interpreter in (self.zygote, self.repl and self.repl.interpreter):
+                if interpreter is not None:
+                    interpreter.close()
             self._leftovers.close()
             if self.cgroup is not None:
                 self.cgroup.destroy()

@@ -39,6 +39,7 @@ class Stages:
     setup: RunSpec | None = None
     output_paths: tuple[str, ...] = ()
     repl: bool = False  # the main step is a cell of the session's REPL
+    zygote: bool = False  # a waiting interpreter may run the main step (Python)
 
 
 @dataclass(slots=True)
@@ -83,10 +84,13 @@ def run_stages(session: Session, stages: Stages, *, deadline: float, max_output:
         if staged.setup_exit != 0 or setup.cancelled:
             return staged
         yield "setup", "exit", b"0"
-    run = session.repl.run if stages.repl and session.repl is not None else session.run
-    staged.main = yield from in_phase("code", run(
-        stages.main, deadline=deadline, max_output=max_output, owner=owner, secrets=secrets,
-        cancel_fd=cancel_fd))
+    if stages.repl and session.repl is not None:
+        main = session.repl.run(stages.main, deadline=deadline, max_output=max_output,
+                                owner=owner, secrets=secrets, cancel_fd=cancel_fd)
+    else:
+        main = session.run(stages.main, deadline=deadline, max_output=max_output, owner=owner,
+                           secrets=secrets, cancel_fd=cancel_fd, zygote=stages.zygote)
+    staged.main = yield from in_phase("code", main)
     if stages.output_paths and session.alive and not staged.main.cancelled:
         staged.files = _collect(session, stages.output_paths, owner, cancel_fd)
     return staged

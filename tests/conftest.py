@@ -41,6 +41,26 @@ grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/self/status \
 """
 
 
+# Everything a Python program can observe of how it was started, and what its failures look
+# like: a run by a waiting interpreter (warm pool, persistent zygote) must equal a cold one.
+PROGRAMS = [
+    "import sys, os\nprint(sys.argv, sys.path[0], __file__, __name__, os.getcwd())\n"
+    "print(sorted(globals()), __loader__.name, __spec__, __package__, __cached__)\n"
+    "print(sys.stdin.seekable(), sys.stdout.isatty(), sys.flags.isolated, sys.stdout.encoding)",
+    "import sys; print(sorted(m for m in sys.modules if not m.startswith('encodings.')))",
+    "import os; print(sorted(os.environ.items()))",
+    "import sys; data = sys.stdin.read(); print(len(data), data[:5], sys.stdin.tell())",
+    "def f():\n    raise ValueError('boom')\nf()",
+    "x = (",
+    "import sys; sys.exit(3)",
+    "import sys; sys.exit('bye')",
+    "raise KeyboardInterrupt",
+    "import atexit; atexit.register(lambda: print('at exit'))\nprint('body')",
+    "import __main__; print(__main__.__file__, __main__.__dict__ is globals())",
+    "import sys; print('partial', end=''); sys.stdout.flush(); import os; os._exit(4)",
+]
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 

@@ -9,7 +9,7 @@ import pytest
 
 from isol8 import InvalidRequest, Isol8, Isol8Error
 
-from conftest import child_pids, host_processes_matching, watching_host
+from conftest import PROGRAMS, child_pids, host_processes_matching, watching_host
 
 SERVE = """
 import http.server, threading
@@ -137,3 +137,43 @@ def test_get_file_is_not_masked():
     with Isol8(mode="persistent", secrets={"K": "QUFB"}) as eng:  # base64 of "AAA"
         eng.execute(cmd="printf AAA > /sandbox/f")
         assert eng.get_file("/sandbox/f") == b"AAA"
+
+
+CMDLINE = "print(open('/proc/self/cmdline').read().split(chr(0))[1])"
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_python_runs_through_the_waiting_zygote_equal_cold_runs(session, program):
+    session.execute("print('first')")  # the zygote for the next Python run starts now
+    kw = dict(stdin="stdin-data " * 1000, env={"MY_VAR": "v"}, workdir="w")
+    with Isol8() as cold:
+        c = cold.execute(program, **kw)
+    w = session.execute(program, **kw)
+    assert (w.stdout, w.stderr, w.exit_code) == (c.stdout, c.stderr, c.exit_code)
+
+
+def test_the_zygote_serves_the_next_python_run_and_is_replaced(session):
+    assert session.execute(CMDLINE).stdout == "/sandbox/main.py"  # the first run: cold
+    for _ in range(3):
+        assert session.execute(CMDLINE).stdout == "-c"
+    # A start-up variable, or request files, need an interpreter of their own.
+    assert session.execute(CMDLINE, env={"PYTHONHASHSEED": "1"}).stdout == "/sandbox/main.py"
+    assert session.execute(CMDLINE, files={"/sandbox/f": "x"}).stdout == "/sandbox/main.py"
+
+
+def test_a_killed_zygote_only_costs_a_cold_start(session):
+    session.execute("print(1)")
+    r = session.execute(cmd="for p in /proc/[0-9]*; do grep -qa zygote $p/cmdline 2>/dev/null "
+                            "&& [ ${p#/proc/} != $$ ] && kill -9 ${p#/proc/} && echo killed; "
+                            "done; true")
+    assert "killed" in r.stdout
+    assert session.execute("print('still', 2)").stdout == "still 2"
+    assert session.execute(CMDLINE).stdout == "-c"
+
+
+def test_a_zygote_run_that_times_out_takes_only_itself(session):
+    session.execute("print(1)")
+    session.execute(cmd="echo kept > /sandbox/k")
+    r = session.execute("import time; time.sleep(10)", timeout_ms=400)
+    assert r.exit_code == 137 and r.stderr.endswith("--- EXECUTION TIMED OUT ---")
+    assert session.execute("print(open('/sandbox/k').read().strip())").stdout == "kept"

@@ -2,27 +2,8 @@
 
 import pytest
 
-from conftest import child_pids, watching_host
+from conftest import PROGRAMS, child_pids, watching_host
 from isol8 import InvalidRequest, Isol8
-
-# Everything a program can observe of how it was started, and what its failures look like.
-PROGRAMS = [
-    "import sys, os\nprint(sys.argv, sys.path[0], __file__, __name__, os.getcwd())\n"
-    "print(sorted(globals()), __loader__.name, __spec__, __package__, __cached__)\n"
-    "print(sys.stdin.seekable(), sys.stdout.isatty(), sys.flags.isolated, sys.stdout.encoding)",
-    "import sys; print(sorted(m for m in sys.modules if not m.startswith('encodings.')))",
-    "import os; print(sorted(os.environ.items()))",
-    "import sys; data = sys.stdin.read(); print(len(data), data[:5], sys.stdin.tell())",
-    "def f():\n    raise ValueError('boom')\nf()",
-    "x = (",
-    "import sys; sys.exit(3)",
-    "import sys; sys.exit('bye')",
-    "raise KeyboardInterrupt",
-    "import atexit; atexit.register(lambda: print('at exit'))\nprint('body')",
-    "import __main__; print(__main__.__file__, __main__.__dict__ is globals())",
-    "import sys; print('partial', end=''); sys.stdout.flush(); import os; os._exit(4)",
-]
-
 
 @pytest.fixture(scope="module")
 def warm():
