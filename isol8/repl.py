@@ -42,8 +42,7 @@ class Repl:
             cancel_fd: int) -> Generator[Chunk, None, RunOutcome]:
         """One cell: ``spec``'s last file is the code; the others are written first."""
         if self.lost is not None:
-            raise SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "
-                              "and the next call starts a new session")
+            raise self._lost_error()
         session = self.session
         if len(spec.files) > 1:  # request files: written by a process of their own
             written = yield from session.run(
@@ -55,10 +54,12 @@ class Repl:
                              CappedOutput(max_output, Masker(secrets)))
         pipes: dict[int, tuple[str, CappedOutput]] = {}
         write_ends: list[int] = []
+        sent = ended = False
         try:
             with signals_deferred():
                 out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
                 send_code(self.control, spec, out_w, err_w)
+                sent = True
                 outcome.started_ns = time.monotonic_ns()
                 close_all(write_ends)
                 write_ends.clear()
@@ -66,9 +67,15 @@ class Repl:
                                  cancel_fd, -1, done=self.control)
             if (outcome.timed_out or outcome.cancelled or outcome.oom) and not outcome.gone:
                 yield from self._interrupt(outcome, pipes)
+            ended = True
             yield from flush_pipes(pipes)
         finally:
             with signals_deferred():
+                if sent and not ended and session.alive:
+                    # Abandoned mid-cell (a stream closed early, an exception): the cell is
+                    # interrupted now, or its status would answer the next request.
+                    for _ in self._interrupt(outcome, pipes):
+                        pass
                 close_all(write_ends)
                 session.adopt(list(pipes))
         if outcome.error is not None or outcome.gone:
@@ -80,9 +87,12 @@ class Repl:
                                       "limit", False
         if outcome.lost:
             self.lost = "the interpreter exited during a run (os._exit, a crash or a kill)"
-            raise SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "
-                              "and the next call starts a new session")
+            raise self._lost_error()
         return outcome
+
+    def _lost_error(self) -> SessionLost:
+        return SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "
+                           "and the next call starts a new session")
 
     def _interrupt(self, outcome: RunOutcome, pipes: dict[int, tuple[str, CappedOutput]],
                    ) -> Generator[Chunk, None, None]:

@@ -127,9 +127,9 @@ class Session:
         finally:
             with signals_deferred():
                 if not ended and self.alive and run_id >= 0:
-                    self.sandbox.kill_run(run_id)
+                    self.sandbox.kill_run(run_id)  # abandoned mid-run: the run dies
                 if used is not None:
-                    used.close()  # abandoned mid-run: the run dies
+                    used.close()
                 close_all(write_ends)
                 self._leftovers.adopt(list(pipes))
         if outcome.error is not None or outcome.gone:

@@ -109,3 +109,14 @@ def test_stop_leaves_nothing():
 def test_repl_needs_persistent_mode(options):
     with pytest.raises(InvalidRequest, match="repl"):
         Isol8(**options)
+
+
+def test_a_stream_closed_mid_cell_interrupts_it_and_keeps_the_session(repl):
+    repl.execute("state = 'kept'")
+    stream = repl.execute_stream("import time\nprint('started', flush=True)\n"
+                                 "while True: time.sleep(0.01)")
+    assert next(stream).data.startswith("started")
+    stream.close()
+    # The next cell gets its own status, not the abandoned one's.
+    r = repl.execute("print(state)")
+    assert (r.stdout, r.exit_code) == ("kept", 0)
