@@ -38,6 +38,7 @@ bench: setup
 	$(VPY) benchmarks/timeout_precision.py
 	$(VPY) benchmarks/streaming_latency.py
 	$(VPY) benchmarks/persistent.py
+	$(VPY) benchmarks/warm_pool.py
 
 clean:
 	$(MAKE) -C csrc clean
