@@ -386,6 +386,8 @@ class Isol8:
                 usage.cpu_ns -= entry.baseline_cpu_ns
         finally:
             entry.destroy()
+            if entry.pool is not None:
+                entry.pool.release(entry)
         return StagedOutcome(main=outcome), usage
 
     def _run_staged(self, stages: Stages, timeout: int, deadline: float, cancel_fd: int,

@@ -36,35 +36,42 @@ class Pooled:
     def __init__(self, config: bytes, host: HostIdentity, cgroup: SandboxCgroups | None,
                  python: str | None) -> None:
         self.host, self.cgroup = host, cgroup
+        self.kind = "python" if python is not None else "plain"
+        self.pool: WarmPool | None = None  # the pool it was taken from
         self.zygote: Interpreter | None = None
         self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
         if cgroup:
             cgroup.close_fds()
         self.baseline_cpu_ns = 0
         try:
-            self._await("ready")
+            # "started" (which brings the pidfd) may come after "ready": the helper's
+            # parent sends it after releasing the child.
+            self._await({"started", "ready"})
             if python is not None:
                 self.zygote = start_interpreter(self.sandbox, _RUN_ID, python, "zygote",
                                                 final=True)
-                self._await("spawned")
+                self._await({"spawned"})
         except BaseException:
             self.sandbox.destroy()
             raise
+        if cgroup is not None:  # what the zygote's start-up cost is not the run's
+            self.baseline_cpu_ns = cgroup.usage().cpu_ns or 0
 
-    def _await(self, name: str) -> None:
-        """Consume the helper's events up to ``name``: a setup error surfaces here, at
-        warm-up, and the run later sees only its own events."""
+    def _await(self, names: set[str]) -> None:
+        """Consume the helper's events up to all of ``names``: a setup error surfaces
+        here, at warm-up, and the run later sees only its own events."""
         deadline = time.monotonic() + _READY_TIMEOUT
-        while True:
+        missing = set(names)
+        while missing:
             if not select.select([self.sandbox], [], [], max(0, deadline - time.monotonic()))[0]:
-                raise Isol8Error(f"the pooled sandbox sent no {name!r} within {_READY_TIMEOUT} s")
+                raise Isol8Error(f"the pooled sandbox sent no {sorted(missing)} within "
+                                 f"{_READY_TIMEOUT} s")
             event = self.sandbox.receive()
             if event is None:
                 raise Isol8Error("the pooled sandbox's helper exited during warm-up")
             if event["event"] == "error":
                 raise error_from_event(event)
-            if event["event"] == name:
-                return
+            missing.discard(str(event["event"]))
 
     def healthy(self) -> bool:
         """Nothing happened while it waited: no event from the init (a dead zygote's exit,
@@ -74,8 +81,6 @@ class Pooled:
 
     def launch(self, spec: RunSpec, stdout_w: int, stderr_w: int) -> Sandbox:
         """Start ``spec`` as the sandbox's one run (id 1); the sandbox ends with it."""
-        if self.cgroup is not None:  # what the zygote's start-up cost is not the run's
-            self.baseline_cpu_ns = self.cgroup.usage().cpu_ns or 0
         if self.zygote is None:
             self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
             return self.sandbox
@@ -99,6 +104,7 @@ class WarmPool:
         self._make = make
         self._size = size
         self._ready: dict[str, list[Pooled]] = {}
+        self._in_use: dict[str, int] = {}
         self._failed: dict[str, BaseException] = {}
         self._changed = threading.Condition()
         self._closed = False
@@ -109,6 +115,7 @@ class WarmPool:
         with self._changed:
             for kind in kinds:
                 self._ready.setdefault(kind, [])
+                self._in_use.setdefault(kind, 0)
             if self._thread is None and self._size > 0:
                 self._thread = threading.Thread(target=self._refill, daemon=True,
                                                 name="isol8-pool")
@@ -116,16 +123,28 @@ class WarmPool:
             self._changed.notify()
 
     def take(self, kind: str) -> Pooled | None:
+        """A ready sandbox of ``kind``, or None. Its replacement is made once the caller
+        calls ``release()``: made during the run, it would compete with it (as root, the
+        new helper's cgroup v1 placement holds the kernel's cgroup lock through an RCU
+        grace period, which the run's own teardown then waits for: ~9 ms measured)."""
         with self._changed:
             ready = self._ready.get(kind)
             if not ready:
                 return None
             entry = ready.pop(0)
-            self._changed.notify()
+            self._in_use[kind] += 1
+        entry.pool = self
         if entry.healthy():
             return entry
         entry.destroy()
+        self.release(entry)
         return None
+
+    def release(self, entry: Pooled) -> None:
+        """``entry``'s run is over (and the sandbox destroyed): make its replacement."""
+        with self._changed:
+            self._in_use[entry.kind] -= 1
+            self._changed.notify_all()
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until every pool is full (benchmarks and tests start from a warm state)."""
@@ -136,7 +155,7 @@ class WarmPool:
 
     def _missing(self) -> str | None:
         for kind, ready in self._ready.items():
-            if len(ready) < self._size and kind not in self._failed:
+            if len(ready) + self._in_use[kind] < self._size and kind not in self._failed:
                 return kind
         return None
 
