@@ -127,11 +127,13 @@ int main(void) {
       fail("cgroup", "write", "cgroup.procs");
   current_step = "idmap";
   write_id_maps(pid, &cfg);
+  /* "started" (with the pidfd) goes out before the child runs: every later event, "ready"
+   * first, follows it on the socket. */
+  send_json_fd(pidfd, "{\"event\":\"started\",\"pid\":%d}", (int)pid);
+  close(pidfd);
   if (write(sync[1], "1", 1) != 1)
     fail("idmap", "write", "sync pipe");
   close(sync[1]);
-  send_json_fd(pidfd, "{\"event\":\"started\",\"pid\":%d}", (int)pid);
-  close(pidfd);
 
   /* Phase 4 (parent): wait for the init; everything in its pid namespace dies with it. */
   int status;
