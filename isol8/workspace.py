@@ -75,35 +75,43 @@ def unpack(data: bytes, directory: str) -> None:
 
 
 def _extract(archive: tarfile.TarFile, root: str) -> None:
+    root = os.path.realpath(root)
     links = []
     for member in archive:
         name = _safe_name(member.name)
         if name is None:
             continue
         path = os.path.join(root, name)
-        if member.isdir():
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            os.chmod(path, (member.mode & 0o777) | 0o700)
-        elif member.isreg():
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            source = archive.extractfile(member)
-            assert source is not None
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, member.mode & 0o777)
-            except FileExistsError:
-                continue  # a name twice: the first one stays
-            with os.fdopen(fd, "wb") as target:
-                shutil.copyfileobj(source, target)
-        elif member.issym():
-            links.append((member.linkname, path))
-    # Symlinks last: no file or directory above was created through one of them.
-    for target, path in links:
         try:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            if member.isdir():
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                os.chmod(path, (member.mode & 0o777) | 0o700)
+            elif member.isreg():
+                _write_file(archive, member, path)
+            elif member.issym():
+                links.append((member.linkname, path))
+        except OSError:
+            continue  # e.g. a name used twice, as a file and as a directory: the first stays
+    # Symlinks last, so no file or directory above was created through one; and each goes
+    # only into a directory of the first pass, never through a link made here.
+    for target, path in links:
+        parent = os.path.dirname(path)
+        if os.path.realpath(parent) != parent or not os.path.isdir(parent):
+            continue
+        try:
             os.symlink(target, path)
         except OSError:
             continue
+
+
+def _write_file(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    source = archive.extractfile(member)
+    assert source is not None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 member.mode & 0o777)
+    with os.fdopen(fd, "wb") as target:
+        shutil.copyfileobj(source, target)
 
 
 def _safe_name(name: str) -> str | None:

@@ -73,15 +73,21 @@ def test_a_hostile_archive_cannot_write_outside_the_workspace(workspace, tmp_pat
         _member("a/../../escape2.txt", data=b"up"),
         _member("via", tarfile.SYMTYPE, linkname=str(victim)),
         _member("via/planted.txt", data=b"planted"),
+        _member("link", tarfile.SYMTYPE, linkname=str(victim)),
+        _member("link/chained", tarfile.SYMTYPE, linkname="/"),
+        _member("f", data=b"file first"),
+        _member("f/under", data=b"a file under a file"),
         _member("hard", tarfile.LNKTYPE, linkname="/etc/passwd"),
         _member("dev", tarfile.CHRTYPE),
         _member("suid", data=b"#!/bin/sh\n", mode=0o4755),
         _member("ok/file.txt", data=b"fine"),
     )
     unpack(data, str(workspace))
-    assert list(victim.iterdir()) == []
+    assert list(victim.iterdir()) == []  # nothing written, and no link made, through a link
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "escape2.txt").exists()
     assert (workspace / "ok" / "file.txt").read_bytes() == b"fine"
+    assert os.readlink(workspace / "link") == str(victim)
+    assert (workspace / "f").read_bytes() == b"file first"  # the rest still came through
     assert (workspace / "abs.txt").read_bytes() == b"abs"  # made relative
     assert not os.path.islink(workspace / "via")  # the directory came first, and stays
     assert (workspace / "via" / "planted.txt").read_bytes() == b"planted"
