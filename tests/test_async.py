@@ -84,3 +84,22 @@ def test_errors_surface_in_the_awaiting_task():
         asyncio.run(main())
     with pytest.raises(InvalidRequest, match="max_concurrent"):
         AsyncIsol8(max_concurrent=0)
+
+
+def test_files_repl_setup_and_the_warm_pool_are_there_too():
+    async def persistent():
+        async with AsyncIsol8(mode="persistent", repl=True) as eng:
+            await eng.execute("started = True")  # put_file needs the session (upstream)
+            await eng.put_file("/sandbox/blob", bytes(range(256)))
+            await eng.execute("data = open('/sandbox/blob', 'rb').read()")
+            r = await eng.execute("print(len(data))", setup_script="echo setting up")
+            return r.stdout, await eng.get_file("/sandbox/blob")
+
+    async def warm():
+        async with AsyncIsol8(max_concurrent=4) as eng:
+            await eng.start(prewarm={"runtimes": ["python"]})
+            probe = "print(open('/proc/self/cmdline').read().split(chr(0))[1])"
+            return (await eng.execute(probe)).stdout
+
+    assert asyncio.run(persistent()) == ("256", bytes(range(256)))
+    assert asyncio.run(warm()) == "-c"  # served by a pooled zygote
