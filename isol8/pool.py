@@ -44,15 +44,15 @@ class Pooled:
             cgroup.close_fds()
         self.baseline_cpu_ns = 0
         try:
-            # "started" (which brings the pidfd) may come after "ready": the helper's
-            # parent sends it after releasing the child.
-            self._await({"started", "ready"})
+            self._await({"started", "ready"})  # "started" brings the pidfd
             if python is not None:
                 self.zygote = start_interpreter(self.sandbox, _RUN_ID, python, "zygote",
                                                 final=True)
                 self._await({"spawned"})
         except BaseException:
             self.sandbox.destroy()
+            if self.zygote is not None:
+                self.zygote.close()
             raise
         if cgroup is not None:  # what the zygote's start-up cost is not the run's
             self.baseline_cpu_ns = cgroup.usage().cpu_ns or 0
