@@ -25,6 +25,15 @@ def test_chunks_arrive_while_the_process_runs(engine):
     assert all(e.phase == "code" for e in events)
 
 
+def test_events_come_in_the_order_they_were_written_across_streams(engine):
+    # stdout and stderr are two pipes: their order is the order of arrival, which writes
+    # 100 ms apart make certain.
+    events = collect(engine.execute_stream(
+        cmd="echo a; sleep 0.1; echo b >&2; sleep 0.1; echo c; sleep 0.1; echo d >&2"))
+    assert events == [("stdout", "a\n"), ("stderr", "b\n"), ("stdout", "c\n"),
+                      ("stderr", "d\n"), ("exit", "0")]
+
+
 def test_stderr_and_the_exit_code(engine):
     events = collect(engine.execute_stream(cmd="echo out; echo err >&2; exit 7"))
     assert ("stdout", "out\n") in events and ("stderr", "err\n") in events
