@@ -14,7 +14,9 @@
 #         sandboxes/ has the controllers enabled); pytest as the unprivileged user isol8-vm with
 #         ISOL8_CGROUP_PARENT=/sys/fs/cgroup/deleg/sandboxes
 # Logs and junit XML stay in $ISOL8_VM_STAGE/results (the serial console is slow).
-#   ISOL8_VM_TESTS  pytest targets relative to the repo (default tests/test_limits.py)
+#   ISOL8_VM_TESTS  pytest targets relative to the repo (default: the limits, and the warm pool
+#                   and REPL, whose sandboxes are placed, measured and torn down through cgroup v2
+#                   there: tests/test_limits.py tests/test_pool.py tests/test_repl.py)
 #   ISOL8_VM_SMOKE=1  run the harness's own smoke test instead (VM, cgroup2 OOM, isol8 execute)
 set -euo pipefail
 USER_NAME=isol8-vm
@@ -111,7 +113,7 @@ host() {
     write_smoke_test "$results/smoke_test.py"
     targets=("$results/smoke_test.py")
   else
-    for t in ${ISOL8_VM_TESTS:-tests/test_limits.py}; do
+    for t in ${ISOL8_VM_TESTS:-tests/test_limits.py tests/test_pool.py tests/test_repl.py}; do
       [ -e "$stage/${t%%::*}" ] ||
         { echo "vm-limits-test: ${t%%::*} not found in $repo" >&2; exit 1; }
       targets+=("$stage/$t")
