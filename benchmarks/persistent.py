@@ -9,6 +9,11 @@ stdout and stderr on pipes read to EOF, ``waitpid``), with the environment isol8
 sandboxes. When the engine accepts ``repl=True`` (a python process kept alive between
 runs), that variant gets its own row; otherwise the row is skipped with a note.
 
+A persistent Python run goes through a zygote the session starts in the background after the
+previous run, so a run's time depends on how long ago the previous one ended. The rotation
+gives three gaps in turn (one repl=True run, one bare run, or several runs); sample ``i`` of
+each row in ``--json`` comes from round ``i``, so they can be told apart offline.
+
 Targets (from the issue): persistent p50 <= 1.1 x bare p50; with ``repl=True``, p50 <= 2 ms.
 
     python benchmarks/persistent.py                  # 120 samples per runner
@@ -18,28 +23,14 @@ Targets (from the issue): persistent p50 <= 1.1 x bare p50; with ``repl=True``, 
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
-import os
-import platform
-import subprocess
 import sys
-import time
-from pathlib import Path
-from typing import Callable
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # first: it puts the repo root on sys.path (isol8 need not be installed)
+from isol8 import Isol8
+from isol8.errors import InvalidRequest
+from isol8.runtimes import base_env
 
-from cold_start import PYTHON, check_output, pct, ratio_ci, spawn_capture  # noqa: E402
-from isol8 import Isol8  # noqa: E402
-from isol8.errors import InvalidRequest  # noqa: E402
-from isol8.runtimes import base_env  # noqa: E402
-
-CODE = "print(1)"
+CODE = h.PRINT1
 TARGET_RATIO = 1.1
 TARGET_REPL_MS = 2.0
 
@@ -62,7 +53,7 @@ class Bench:
         for name in list(self.engines):
             try:
                 self.engines[name].start()
-                self.check(name, self.engines[name].execute(CODE, runtime="python"))
+                h.check_result(name, self.engines[name].execute(CODE, runtime="python"))
             except Exception as exc:  # noqa: BLE001 - a half-landed repl must not stop the rest
                 if name == "persistent":
                     raise
@@ -70,29 +61,22 @@ class Bench:
                 self.duration_ms.pop(name)
                 self.repl_note = f"Isol8(mode='persistent', repl=True) failed: {exc!r}"
 
-    @staticmethod
-    def check(name: str, result) -> None:
-        if result.stdout != "1" or result.exit_code != 0:
-            raise SystemExit(f"{name}: expected stdout '1', got {result!r}")
-
     def bare(self) -> int:
-        t0 = time.perf_counter_ns()
-        result = spawn_capture(PYTHON, [PYTHON, "-c", CODE], self.env)
-        t1 = time.perf_counter_ns()
-        check_output("bare", *result)
-        return t1 - t0
+        return h.bare_print1(self.env)
 
-    def runner(self, name: str) -> Callable[[], int]:
+    def runner(self, name: str) -> h.Runner:
         engine, durations = self.engines[name], self.duration_ms[name]
 
         def run() -> int:
-            t0 = time.perf_counter_ns()
-            result = engine.execute(CODE, runtime="python")
-            t1 = time.perf_counter_ns()
-            self.check(name, result)
+            ns, result = h.timed(engine.execute, CODE, runtime="python")
+            h.check_result(name, result)
             durations.append(result.duration_ms)
-            return t1 - t0
+            return ns
         return run
+
+    def clear(self) -> None:
+        for durations in self.duration_ms.values():
+            durations.clear()
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -100,98 +84,49 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--samples", type=int, default=120,
-                        help="samples per runner (default 120)")
-    parser.add_argument("--quick", action="store_true", help="20 samples: a smoke run")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed rounds first (default 10, 3 with --quick)")
+    parser = h.BenchParser(__doc__, warmup=10, quick_warmup=3)
     parser.add_argument("--no-repl", action="store_true", help="skip the repl=True row")
-    parser.add_argument("--json", metavar="PATH", help="write every raw sample (ns) there")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a target is missed (default: report only)")
     args = parser.parse_args(argv)
-    samples = 20 if args.quick else args.samples
-    warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
-    if samples < 1:
-        parser.error("--samples must be positive")
 
     bench = Bench(repl=not args.no_repl)
-    runners: list[tuple[str, Callable[[], int]]] = [("bare", bench.bare)]
+    runners: list[tuple[str, h.Runner]] = [("bare", bench.bare)]
     runners += [(name, bench.runner(name)) for name in bench.engines]
-    try:
-        for _ in range(warmup):
-            for _, run in runners:
-                run()
-        for durations in bench.duration_ms.values():
-            durations.clear()
-
-        times: dict[str, list[int]] = {name: [] for name, _ in runners}
-        load_before = os.getloadavg()
-        gc.collect()
-        gc.disable()  # collections happen between rounds, never inside a timed call
-        try:
-            for i in range(samples):
-                k = i % len(runners)
-                for name, run in runners[k:] + runners[:k]:
-                    times[name].append(run())
-                gc.collect()
-                if sys.stderr.isatty():
-                    print(f"\r{i + 1}/{samples}", end="", file=sys.stderr, flush=True)
-        finally:
-            gc.enable()
-    finally:
-        bench.close()
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-
-    ok = report(times, bench, samples, warmup, (load_before, os.getloadavg()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"samples": times, "duration_ms": bench.duration_ms}, indent=1))
-    return 1 if args.strict and not ok else 0
+    times, load = h.run_rounds(runners, args, after_warmup=bench.clear, close=bench.close)
+    return h.finish(args, report(times, bench, args, load),
+                    {"samples": times, "duration_ms": bench.duration_ms})
 
 
-def report(times: dict[str, list[int]], bench: Bench, samples: int, warmup: int,
-           load: tuple[tuple[float, ...], tuple[float, ...]]) -> bool:
-    uname = platform.uname()
-    version = subprocess.run([PYTHON, "-c", "import sys; print(sys.version.split()[0])"],
-                             capture_output=True, text=True).stdout.strip()
-    print(f"# isol8 persistent mode: {CODE!r}, {samples} samples per runner "
-          f"(+{warmup} warm-up rounds), order rotated per round")
-    print(f"\nhost: {uname.system} {uname.release} {uname.machine}, {os.cpu_count()} CPUs, "
-          f"{'root' if os.geteuid() == 0 else 'rootless'}, {PYTHON} {version}, supervisor "
-          f"{sys.executable} {platform.python_version()}; 1-min load average "
-          f"{load[0][0]:.2f} before, {load[1][0]:.2f} after\n")
-    bare_p50 = pct(times["bare"], 0.5)
-    print("| runner | p50 ms | p90 ms | min ms | p50 / bare p50 | p50 - bare p50 "
-          "| duration_ms p50 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+def report(times: dict[str, list[int]], bench: Bench, args, load: tuple[float, float]) -> bool:
+    h.print_header(f"persistent mode: {CODE!r}, ", args, load)
+    bare_p50 = h.pct(times["bare"], 0.5)
+    rows = []
     for name, values in times.items():
-        p50 = pct(values, 0.5)
+        p50 = h.pct(values, 0.5)
         durations = bench.duration_ms.get(name)
-        inside = f"{pct(durations, 0.5) * 1e6:.0f}" if durations else "-"
+        inside = f"{h.pct(durations, 0.5) * 1e6:.0f}" if durations else "-"
         label = "bare `python3 -c`" if name == "bare" else f"isol8 {name}"
-        print(f"| {label} | {p50:.2f} | {pct(values, 0.9):.2f} | {min(values) / 1e6:.2f} "
-              f"| {p50 / bare_p50:.2f}x | {p50 - bare_p50:+.2f} ms | {inside} |")
+        rows.append((label, f"{p50:.2f}", f"{h.pct(values, 0.9):.2f}", f"{min(values) / 1e6:.2f}",
+                     f"{p50 / bare_p50:.2f}x", f"{p50 - bare_p50:+.2f} ms", inside))
+    h.print_table(("runner", "p50 ms", "p90 ms", "min ms", "p50 / bare p50", "p50 - bare p50",
+                   "duration_ms p50"), rows)
     if bench.repl_note:
         print(f"\nrepl=True row skipped: {bench.repl_note}")
 
-    ratio = pct(times["persistent"], 0.5) / bare_p50
-    low, high = ratio_ci(times["persistent"], times["bare"])
+    ratio = h.pct(times["persistent"], 0.5) / bare_p50
+    low, high = h.ratio_ci(times["persistent"], times["bare"])
     ok = ratio <= TARGET_RATIO
-    print("\n| target | measured | result |")
-    print("| --- | ---: | --- |")
-    print(f"| persistent p50 <= {TARGET_RATIO}x bare python3 p50 | {ratio:.2f}x (95% CI "
-          f"{low:.2f}-{high:.2f}) | {'PASS' if ok else 'FAIL'} |")
+    targets = [(f"persistent p50 <= {TARGET_RATIO}x bare python3 p50",
+                f"{ratio:.2f}x (95% CI {low:.2f}-{high:.2f})", h.verdict(ok))]
     repl = times.get("persistent, repl=True")
     if repl is not None:
-        repl_p50 = pct(repl, 0.5)
+        repl_p50 = h.pct(repl, 0.5)
         ok = ok and repl_p50 <= TARGET_REPL_MS
-        print(f"| persistent repl=True p50 <= {TARGET_REPL_MS:.0f} ms | {repl_p50:.2f} ms "
-              f"| {'PASS' if repl_p50 <= TARGET_REPL_MS else 'FAIL'} |")
+        targets.append((f"persistent repl=True p50 <= {TARGET_REPL_MS:.0f} ms",
+                        f"{repl_p50:.2f} ms", h.verdict(repl_p50 <= TARGET_REPL_MS)))
     else:
-        print(f"| persistent repl=True p50 <= {TARGET_REPL_MS:.0f} ms | not measured | SKIP |")
+        targets.append((f"persistent repl=True p50 <= {TARGET_REPL_MS:.0f} ms", "not measured",
+                        "SKIP"))
+    h.print_targets(targets)
     return ok
 
 

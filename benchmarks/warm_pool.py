@@ -10,6 +10,7 @@ spreads evenly over them):
   warm        Isol8(prewarm={"runtimes": ["python"]}).execute("print(1)"): each call takes
               one pooled sandbox (fully set up, a Python zygote inside waiting for code),
               runs the code in it and destroys it; a background thread makes the next one
+              once the run is over
   cold        Isol8().execute("print(1)") on a second engine, without prewarm: a fresh
               sandbox and interpreter per call, as in cold_start.py
   prestarted  a reference, when bubblewrap is installed: python3 started ahead of time
@@ -21,9 +22,8 @@ spreads evenly over them):
 Before every timed call (untimed): the warm engine's refill is awaited
 (``_pool.wait_ready``) and the harness sleeps a few ms, so each warm sample is a pool hit
 and no row is timed while an earlier call's refill (a helper spawn and an interpreter
-start) is still running. The refill a warm call itself triggers (``take()`` wakes the
-refill thread at once) does overlap that call: that is how the pool works, so it is part of
-what the warm row measures. A pool hit is checked twice: in warm-up, a zygote run's
+start) is still running. The pool starts a replacement only when the run is over
+(``release()``), so the refill does not overlap the warm call that triggered it. A pool hit is checked twice: after warm-up, a zygote run's
 ``/proc/self/cmdline`` must show ``-c`` (a cold run shows ``/sandbox/main.py``); and every
 timed warm call must have been served by ``take("python")`` (counted by a pass-through
 wrapper around it).
@@ -37,29 +37,15 @@ Target (from the issue): warm p50 <= 0.5 x bare python3 p50.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
 import os
-import platform
-import select
-import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Callable
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # first: it puts the repo root on sys.path (isol8 need not be installed)
+from isol8 import Isol8
+from isol8.runtimes import base_env
 
-from cold_start import (BWRAP_ARGS, PYTHON, check_output, ensure_bwrap, pct,  # noqa: E402
-                        ratio_ci, spawn_capture)
-from isol8 import Isol8  # noqa: E402
-from isol8.runtimes import base_env  # noqa: E402
-
-CODE = "print(1)"
+CODE = h.PRINT1
 ARGV1 = "print(open('/proc/self/cmdline').read().split('\\0')[1])"  # '-c' in a zygote
 TARGET_RATIO = 0.5
 SETTLE_S = 0.005  # after the refill: its thread's last wake-ups are over
@@ -72,29 +58,6 @@ os.close(3)
 source = sys.stdin.buffer.read()
 exec(compile(source, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 """
-
-
-def read_and_reap(pid: int, out_r: int, err_r: int) -> tuple[int, bytes, bytes]:
-    """spawn_capture's second half: both pipes read to EOF (closed here), then waitpid."""
-    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
-    poller = select.poll()
-    for fd in chunks:
-        poller.register(fd, select.POLLIN)
-    open_fds = 2
-    try:
-        while open_fds:
-            for fd, _ in poller.poll():
-                data = os.read(fd, 1 << 16)
-                if data:
-                    chunks[fd].append(data)
-                else:
-                    poller.unregister(fd)
-                    open_fds -= 1
-    finally:
-        os.close(out_r)
-        os.close(err_r)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), b"".join(chunks[out_r]), b"".join(chunks[err_r])
 
 
 class Bench:
@@ -127,7 +90,8 @@ class Bench:
         time.sleep(SETTLE_S)
 
     def verify(self) -> None:
-        """Warm-up check that warm runs are zygote runs and cold runs are not."""
+        """After the warm-up: checks that warm runs are zygote runs and cold runs are not,
+        and zeroes the miss count for the timed rounds."""
         self.settle()
         got = self.warm_engine.execute(ARGV1).stdout.strip()
         if got != "-c":
@@ -137,38 +101,26 @@ class Bench:
         got = self.cold_engine.execute(ARGV1).stdout.strip()
         if got == "-c":
             raise SystemExit("cold: the run was served by a zygote; the cold row would be warm")
-
-    @staticmethod
-    def check(name: str, result) -> None:
-        if result.stdout != "1" or result.exit_code != 0:
-            raise SystemExit(f"{name}: expected stdout '1', got {result!r}")
+        self.misses = 0
 
     def bare(self) -> int:
         self.settle()
-        t0 = time.perf_counter_ns()
-        result = spawn_capture(PYTHON, [PYTHON, "-c", CODE], self.env)
-        t1 = time.perf_counter_ns()
-        check_output("bare", *result)
-        return t1 - t0
+        return h.bare_print1(self.env)
 
     def warm(self) -> int:
         self.settle()
         self.hit = None
-        t0 = time.perf_counter_ns()
-        result = self.warm_engine.execute(CODE)
-        t1 = time.perf_counter_ns()
-        self.check("warm", result)
+        ns, result = h.timed(self.warm_engine.execute, CODE)
+        h.check_result("warm", result)
         if not self.hit:
             self.misses += 1
-        return t1 - t0
+        return ns
 
     def cold(self) -> int:
         self.settle()
-        t0 = time.perf_counter_ns()
-        result = self.cold_engine.execute(CODE)
-        t1 = time.perf_counter_ns()
-        self.check("cold", result)
-        return t1 - t0
+        ns, result = h.timed(self.cold_engine.execute, CODE)
+        h.check_result("cold", result)
+        return ns
 
     def prestarted(self) -> int:
         assert self.bwrap is not None
@@ -176,7 +128,7 @@ class Bench:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        argv = [self.bwrap, *BWRAP_ARGS, PYTHON, "-c", WAITER]
+        argv = [self.bwrap, *h.BWRAP_ARGS, h.PYTHON, "-c", WAITER]
         try:
             pid = os.posix_spawn(self.bwrap, argv, self.env, file_actions=[
                 (os.POSIX_SPAWN_DUP2, in_r, 0),
@@ -193,7 +145,7 @@ class Bench:
             os.close(ready_r)
         if said != b"R":
             os.close(in_w)
-            rc, out, err = read_and_reap(pid, out_r, err_r)
+            rc, out, err = h.read_and_reap(pid, out_r, err_r)
             raise SystemExit(f"prestarted: python in bwrap did not start (exit {rc}, "
                              f"stdout {out[:200]!r}, stderr {err[:500]!r})")
         self.settle()
@@ -202,9 +154,9 @@ class Bench:
             os.write(in_w, CODE.encode())
         finally:
             os.close(in_w)
-        result = read_and_reap(pid, out_r, err_r)
+        result = h.read_and_reap(pid, out_r, err_r)
         t1 = time.perf_counter_ns()
-        check_output("prestarted", *result)
+        h.check_output("prestarted", *result)
         return t1 - t0
 
     def close(self) -> None:
@@ -221,98 +173,48 @@ LABELS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--samples", type=int, default=120,
-                        help="samples per runner (default 120)")
-    parser.add_argument("--quick", action="store_true", help="20 samples: a smoke run")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed rounds first (default 10, 3 with --quick)")
+    parser = h.BenchParser(__doc__, warmup=10, quick_warmup=3)
     parser.add_argument("--no-bwrap", action="store_true",
                         help="skip the pre-started python in bubblewrap row")
-    parser.add_argument("--json", metavar="PATH", help="write every raw sample (ns) there")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when the target is missed (default: report only)")
     args = parser.parse_args(argv)
-    samples = 20 if args.quick else args.samples
-    warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
-    if samples < 1:
-        parser.error("--samples must be positive")
 
-    bwrap = None if args.no_bwrap else ensure_bwrap(install=False)
+    bwrap = None if args.no_bwrap else h.ensure_bwrap(install=False)
     bench = Bench(bwrap)
-    runners: list[tuple[str, Callable[[], int]]] = [
+    runners: list[tuple[str, h.Runner]] = [
         ("bare", bench.bare), ("warm", bench.warm), ("cold", bench.cold)]
     if bwrap:
         runners.append(("prestarted", bench.prestarted))
-    try:
-        bench.verify()
-        for _ in range(warmup):
-            for _, run in runners:
-                run()
-        bench.misses = 0
-
-        times: dict[str, list[int]] = {name: [] for name, _ in runners}
-        load_before = os.getloadavg()
-        gc.collect()
-        gc.disable()  # collections happen between rounds, never inside a timed call
-        try:
-            for i in range(samples):
-                k = i % len(runners)
-                for name, run in runners[k:] + runners[:k]:
-                    times[name].append(run())
-                gc.collect()
-                if sys.stderr.isatty():
-                    print(f"\r{i + 1}/{samples}", end="", file=sys.stderr, flush=True)
-        finally:
-            gc.enable()
-    finally:
-        bench.close()
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-
-    ok = report(times, bench, samples, warmup, (load_before, os.getloadavg()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"samples": times, "pool_misses": bench.misses}, indent=1))
-    return 1 if args.strict and not ok else 0
+    times, load = h.run_rounds(runners, args, after_warmup=bench.verify, close=bench.close)
+    return h.finish(args, report(times, bench, args, load),
+                    {"samples": times, "pool_misses": bench.misses})
 
 
-def report(times: dict[str, list[int]], bench: Bench, samples: int, warmup: int,
-           load: tuple[tuple[float, ...], tuple[float, ...]]) -> bool:
-    uname = platform.uname()
-    version = subprocess.run([PYTHON, "-c", "import sys; print(sys.version.split()[0])"],
-                             capture_output=True, text=True).stdout.strip()
-    print(f"# isol8 warm pool: {CODE!r}, {samples} samples per runner "
-          f"(+{warmup} warm-up rounds), order rotated per round")
-    print(f"\nhost: {uname.system} {uname.release} {uname.machine}, {os.cpu_count()} CPUs, "
-          f"{'root' if os.geteuid() == 0 else 'rootless'}, {PYTHON} {version}, supervisor "
-          f"{sys.executable} {platform.python_version()}; 1-min load average "
-          f"{load[0][0]:.2f} before, {load[1][0]:.2f} after\n")
+def report(times: dict[str, list[int]], bench: Bench, args, load: tuple[float, float]) -> bool:
+    h.print_header(f"warm pool: {CODE!r}, ", args, load)
     bare = times["bare"]
-    bare_p50 = pct(bare, 0.5)
-    print("| runner | p50 ms | p90 ms | min ms | p50 / bare p50 (95% CI) | p50 - bare p50 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    bare_p50 = h.pct(bare, 0.5)
+    rows = []
     for name, values in times.items():
-        p50 = pct(values, 0.5)
+        p50 = h.pct(values, 0.5)
         ratio = f"{p50 / bare_p50:.2f}x"
         if name != "bare":
-            low, high = ratio_ci(values, bare)
+            low, high = h.ratio_ci(values, bare)
             ratio += f" ({low:.2f}-{high:.2f})"
-        print(f"| {LABELS[name]} | {p50:.2f} | {pct(values, 0.9):.2f} "
-              f"| {min(values) / 1e6:.2f} | {ratio} | {p50 - bare_p50:+.2f} ms |")
+        rows.append((LABELS[name], f"{p50:.2f}", f"{h.pct(values, 0.9):.2f}",
+                     f"{min(values) / 1e6:.2f}", ratio, f"{p50 - bare_p50:+.2f} ms"))
+    h.print_table(("runner", "p50 ms", "p90 ms", "min ms", "p50 / bare p50 (95% CI)",
+                   "p50 - bare p50"), rows)
     if "prestarted" not in times:
         print("\npre-started python in bwrap: skipped (bubblewrap not installed, or --no-bwrap)")
     hits = len(times["warm"]) - bench.misses
     print(f"\npool hits: {hits}/{len(times['warm'])} timed warm samples were served by a "
           "pooled Python zygote")
 
-    ratio = pct(times["warm"], 0.5) / bare_p50
-    low, high = ratio_ci(times["warm"], bare)
+    ratio = h.pct(times["warm"], 0.5) / bare_p50
+    low, high = h.ratio_ci(times["warm"], bare)
     ok = ratio <= TARGET_RATIO and bench.misses == 0
-    print("\n| target | measured | result |")
-    print("| --- | ---: | --- |")
-    print(f"| warm pool p50 <= {TARGET_RATIO}x bare python3 p50 | {ratio:.2f}x (95% CI "
-          f"{low:.2f}-{high:.2f}) | {'PASS' if ok else 'FAIL'} |")
+    h.print_targets([(f"warm pool p50 <= {TARGET_RATIO}x bare python3 p50",
+                      f"{ratio:.2f}x (95% CI {low:.2f}-{high:.2f})", h.verdict(ok))])
     return ok
 
 
