@@ -62,6 +62,13 @@ class Isol8:
     ``secrets={name: value}`` are injected as environment variables (after the base set,
     before the request's ``env``) and every value is replaced by ``***`` in stdout and
     stderr, also when it is split across writes; ``env`` values are not masked (upstream).
+    ``mounts=[{"source", "target", "readonly"}]`` binds host paths under /sandbox or /mnt.
+
+    isol8's own: ``prewarm`` and ``pool_size`` (see ``start()``; ``pool_strategy`` is
+    accepted as upstream's and changes nothing: no sandbox is ever reused); in persistent
+    mode, ``repl=True`` (Python runs are cells of one live interpreter, see isol8.repl) and
+    ``workspace_dir`` (/sandbox kept in a host directory across engines, see
+    isol8.workspace).
     """
 
     def __init__(self, *, pool_size: int | dict[str, int] = 1, pool_strategy: str = "fast",
