@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import dataclasses
 import os
 import threading
 import time
@@ -28,7 +29,8 @@ from .request import (ExecutionRequest, validated_files, validated_output_paths,
                       validated_setup_script, validated_workdir)
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
-from .sandbox import RunOutcome, RunSpec, signals_deferred, stream_ephemeral, stream_once
+from .sandbox import (RunOutcome, RunSpec, finish, signals_deferred, stream_ephemeral,
+                      stream_once)
 from .interpreter import zygote_can_run
 from .repl import Repl
 from .session import Session
@@ -238,13 +240,8 @@ class Isol8:
     def _execute(self, request: ExecutionRequest, cancel_fd: int = -1,
                  max_output: int | None = None, masked: bool = True) -> ExecutionResult:
         started = time.monotonic()
-        run = self._run(request, started, cancel_fd, max_output, masked)
-        while True:
-            try:
-                next(run)
-            except StopIteration as done:
-                staged, usage, runtime_name = done.value
-                break
+        staged, usage, runtime_name = finish(
+            self._run(request, started, cancel_fd, max_output, masked))
         if staged.main is None:
             raise _setup_failure(staged)
         return self._result(staged.main, usage, runtime_name, started, staged.files)
@@ -264,8 +261,8 @@ class Isol8:
 
         A setup script's events come first with ``phase="setup"``, ending with its ``exit``;
         when it fails, ``error`` "Setup script failed (exit code N)" (or "SETUP SCRIPT TIMED
-        OUT") and ``exit`` N end the stream, as upstream. ``output_paths`` are collected but
-        a stream has no result to carry them: use ``execute()`` for them."""
+        OUT") and ``exit`` N end the stream, as upstream. A stream has no result to carry
+        ``output_paths``, so they are not collected: use ``execute()`` for them."""
         return self._execute_stream(ExecutionRequest(
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
             file_extension=file_extension, files=files, workdir=workdir,
@@ -274,7 +271,7 @@ class Isol8:
     def _execute_stream(self, request: ExecutionRequest,
                         cancel_fd: int = -1) -> Iterator[StreamEvent]:
         started = time.monotonic()
-        run = self._run(request, started, cancel_fd)
+        run = self._run(dataclasses.replace(request, output_paths=None), started, cancel_fd)
         decoders = {(phase, name): codecs.getincrementaldecoder("utf-8")("replace")
                     for phase in ("setup", "code") for name in ("stdout", "stderr")}
 
@@ -340,7 +337,7 @@ class Isol8:
         elif stages.setup is not None or stages.output_paths:
             staged, usage = yield from self._run_staged(stages, timeout, deadline, cancel_fd,
                                                         cap, secrets)
-        elif (entry := self._pooled_for(stages.main, runtime_name, request, timeout)):
+        elif (entry := self._pooled_for(stages, timeout)):
             staged, usage = yield from self._run_pooled(entry, stages.main, deadline,
                                                         cancel_fd, cap, secrets)
         else:
@@ -365,8 +362,7 @@ class Isol8:
                 self._release(host, sandbox_cgroups)
         return StagedOutcome(main=outcome), usage
 
-    def _pooled_for(self, spec: RunSpec, runtime: str, request: ExecutionRequest,
-                    timeout: int) -> pool.Pooled | None:
+    def _pooled_for(self, stages: Stages, timeout: int) -> pool.Pooled | None:
         """A warm sandbox that serves this run exactly as a cold one would, if any.
 
         Its rlimits were fixed for the engine's timeout (the CPU-time budget), so a longer
@@ -374,7 +370,7 @@ class Isol8:
         warm = self._pool
         if warm is None or timeout > self.options.timeout_ms:
             return None
-        if request.cmd is None and runtime == "python" and zygote_can_run(spec):
+        if stages.zygote:
             entry = warm.take("python")
             if entry is not None:
                 return entry

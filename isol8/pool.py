@@ -83,8 +83,8 @@ class Pooled:
         """Start ``spec`` as the sandbox's one run (id 1); the sandbox ends with it."""
         if self.zygote is None:
             self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
-            return self.sandbox
-        send_code(self.zygote.control, spec, stdout_w, stderr_w)
+        else:
+            send_code(self.zygote.control, spec, stdout_w, stderr_w)
         return self.sandbox
 
     def destroy(self) -> None:

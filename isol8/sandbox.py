@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Generator
+from typing import TypeVar
 from dataclasses import dataclass, field
 
 from . import protocol
@@ -30,6 +31,7 @@ from .cgroups import SandboxCgroups
 from .output import CappedOutput
 from .secrets import Masker
 
+T = TypeVar("T")
 CONTROL_FD = 3  # where the helper expects its socket (csrc/helper.h)
 _RECV_ANCILLARY = socket.CMSG_SPACE(4 * protocol.MAX_EXEC_FDS)
 _READ_CHUNK = 1 << 16
@@ -229,8 +231,9 @@ def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: 
                                    owner=owner, cgroup=cgroup, secrets=secrets))
 
 
-def finish(run: Generator[Chunk, None, RunOutcome]) -> RunOutcome:
-    """Run a streaming run to its end, its output left in the outcome's buffers."""
+def finish(run: Generator[object, None, T]) -> T:
+    """Drive a streaming run to its end and return its outcome (the output stays in the
+    outcome's buffers)."""
     while True:
         try:
             next(run)
