@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output cap per stream (default 1048576)")
     ex.add_argument("--sandbox-size", help="size of the /sandbox tmpfs (default 512m)")
     ex.add_argument("--tmp-size", help="size of the /tmp tmpfs (default 256m)")
+    ex.add_argument("--tmp-exec", action="store_true",
+                    help="allow running programs from /tmp (noexec by default, as upstream)")
     ex.add_argument("--net", choices=("none", "host"), default="none",
                     help="network mode (default none)")
     ex.add_argument("--memory", help="memory limit (default 512m)")
@@ -103,7 +105,8 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"cannot read {args.file}: {exc.strerror}")
         runtime = runtime or detect_runtime(args.file).name
     options: dict[str, object] = {"network": args.net, "strict_limits": args.strict_limits,
-                                  "secrets": dict(args.secret), "mounts": args.mount}
+                                  "secrets": dict(args.secret), "mounts": args.mount,
+                                  "tmp_exec": args.tmp_exec}
     if args.persistent:
         options["mode"] = "persistent"
     renamed = {"max_output": "max_output_size", "memory": "memory_limit", "cpu": "cpu_limit"}

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
-from . import cgroups, identity, images, limits, pool, seccomp, workspace
+from . import cgroups, etc, identity, images, limits, pool, seccomp, workspace
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SessionLost,
                      SetupScriptFailed)
 from .output import truncation_marker, with_timeout_marker
@@ -144,7 +144,8 @@ class Isol8:
         opts = self.options
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
         sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
-        mounts = images.host_plan(sizes, host_network=opts.network == "host", mounts=opts.mounts)
+        mounts = images.host_plan(sizes, host_network=opts.network == "host",
+                                  tmp_exec=opts.tmp_exec, mounts=opts.mounts)
         nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
         engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
                                                limits.v1_wanted(nproc_applies))
@@ -155,7 +156,7 @@ class Isol8:
             raise
         watchdog = enforced["memory"] == "watchdog"
         self._config_body = encode_config_body(HelperConfig(
-            hostname=images.HOSTNAME, new_netns=opts.network == "none",
+            hostname=etc.HOSTNAME, new_netns=opts.network == "none",
             seccomp_filters=policy.filters, mounts=mounts,
             memory_watch=opts.limits.memory if watchdog else 0,
             watch_paths=images.WRITABLE_TMPFS if watchdog else (),
@@ -483,7 +484,8 @@ class Isol8:
                 self._config_body, host_uid=host.uid, host_gid=host.gid,
                 rlimits=limits.rlimits(opts.limits, self._enforced, timeout_ms=timeout_ms,
                                        max_file=self._max_file),
-                cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"")
+                cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"",
+                ops=etc.per_sandbox_plan())
         except BaseException:
             self._release(host, sandbox_cgroups)
             raise

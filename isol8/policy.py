@@ -61,6 +61,13 @@ def env_mapping(value: object, field: str) -> dict[str, str]:
     return dict(value)
 
 
+def boolean(value: object, field: str) -> bool:
+    # Only real booleans: the string "false" is truthy.
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{field}: expected true or false, got {value!r}")
+    return value
+
+
 def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
     if value not in allowed:
         raise InvalidRequest(f"{field}: expected one of {', '.join(allowed)}, got {value!r}")
@@ -225,6 +232,7 @@ class EngineOptions:
     max_output_size: int = 1 << 20
     sandbox_size: int = 512 << 20
     tmp_size: int = 256 << 20
+    tmp_exec: bool = False
     seccomp: str = "strict"
     uid_range: tuple[int, int] = DEFAULT_UID_RANGE
     limits: Limits = Limits(memory=512 << 20, cpu=1.0, pids=64)
@@ -235,7 +243,7 @@ class EngineOptions:
     @classmethod
     def build(cls, *, mode: str = "ephemeral", network: str = "none", timeout_ms: int = 30_000,
               max_output_size: int = 1 << 20, sandbox_size: str | int = "512m",
-              tmp_size: str | int = "256m", seccomp: str = "strict",
+              tmp_size: str | int = "256m", tmp_exec: bool = False, seccomp: str = "strict",
               uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
               memory_limit: str | int = "512m", cpu_limit: float = 1.0, pids_limit: int = 64,
               strict_limits: bool = False,
@@ -258,6 +266,7 @@ class EngineOptions:
             max_output_size=positive_int(max_output_size, "max_output_size"),
             sandbox_size=parse_size(sandbox_size, "sandbox_size"),
             tmp_size=parse_size(tmp_size, "tmp_size"),
+            tmp_exec=boolean(tmp_exec, "tmp_exec"),
             seccomp=choice(seccomp, SECCOMP_MODES, "seccomp"),
             uid_range=validate_uid_range(tuple(uid_range)),
             mounts=validated_mounts(mounts),

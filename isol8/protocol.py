@@ -208,16 +208,18 @@ def encode_config_body(cfg: HelperConfig) -> bytes:
 
 def config_message(body: bytes, *, host_uid: int, host_gid: int,
                    rlimits: tuple[tuple[int, int, int], ...] = (),
-                   cgroup_kinds: bytes = b"") -> bytes:
+                   cgroup_kinds: bytes = b"", ops: tuple[MountOp, ...] = ()) -> bytes:
     """The config message for one sandbox: what changes per sandbox (host ids, rlimits that
     depend on the request's timeout, the kinds of the cgroup fds sent along: b"D" a v2
-    directory, b"P" a v1 cgroup.procs), then the engine's encoded body."""
+    directory, b"P" a v1 cgroup.procs), then the engine's encoded body, then this sandbox's
+    own mount ops (the helper runs them after the body's)."""
     parts = [MSG_CONFIG, record(Tag.HOST_UID, struct.pack("<I", host_uid)),
              record(Tag.HOST_GID, struct.pack("<I", host_gid))]
     parts += [record(Tag.RLIMIT, struct.pack("<IQQ", *lim)) for lim in rlimits]
     if cgroup_kinds:
         parts.append(record(Tag.CGROUP_FDS, cgroup_kinds))
     parts.append(body)
+    parts += [op.encode() for op in ops]
     return b"".join(parts)
 
 

@@ -24,11 +24,14 @@ from conftest import is_root, run_py, run_sh
 ROOT_ENTRIES = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "sandbox", "tmp",
                 "proc", "dev"}
 ETC_ENTRIES = {"passwd", "group", "hostname", "nsswitch.conf", "hosts", "resolv.conf",
-               "ld.so.cache", "ssl", "ca-certificates.conf", "alternatives", "localtime"}
+               "ld.so.cache", "ssl", "ca-certificates.conf", "alternatives", "localtime",
+               "machine-id", "os-release", "gai.conf", "mime.types", "fonts", "services",
+               "protocols"}
 MOUNT_POINTS = {"/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
                 "/etc/ld.so.cache", "/etc/ssl/certs", "/etc/ssl/openssl.cnf",
                 "/etc/ca-certificates.conf", "/etc/alternatives", "/etc/localtime",
-                "/sandbox", "/tmp", "/proc", "/proc/sys", "/proc/sysrq-trigger", "/proc/irq",
+                "/etc/gai.conf", "/etc/mime.types", "/etc/fonts", "/etc/services",
+                "/etc/protocols", "/sandbox", "/tmp", "/proc", "/proc/sys", "/proc/sysrq-trigger", "/proc/irq",
                 "/proc/bus", "/dev/null", "/dev/zero", "/dev/full", "/dev/random",
                 "/dev/urandom", "/dev/tty", "/dev/pts", "/dev/shm"}
 
