@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
+import shlex
 import sys
 
 from .errors import Isol8Error, SetupScriptFailed
@@ -77,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run in a persistent sandbox (mode=persistent), stopped when the "
                          "run ends")
     ex.add_argument("--setup", action="append", default=[], metavar="CMD|FILE",
-                    help="a bash setup script run before the code (a value naming an "
-                         "existing file is read; repeatable, joined by newlines)")
-    ex.add_argument("--out", metavar="FILE", help="write stdout to FILE (implies --no-stream)")
+                    help="a bash setup script run before the code, in the same sandbox (a "
+                         "value naming an existing file is read); repeatable: each runs as "
+                         "its own script, in order, and the first that fails ends the run "
+                         "with its exit code")
+    ex.add_argument("--out", metavar="FILE",
+                    help="write the run's stdout to FILE instead of printing it (implies "
+                         "--no-stream); files the code writes are not fetched")
     ex.add_argument("--json", action="store_true",
                     help="print the result in its wire form (implies --no-stream)")
     ex.add_argument("--no-stream", action="store_true",
@@ -135,18 +141,44 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _setup_script(values: list[str], parser: argparse.ArgumentParser) -> str | None:
-    """Upstream's --setup: each value is a command, or a file to read when one exists."""
-    parts = []
+    """Upstream's --setup: each value is a command, or a file to read when one exists.
+
+    Repeated, each value runs as its own bash script, in order, and the first that fails
+    ends the setup with its exit code (a failed install must not be followed by the code).
+    The library's ``setup_script`` stays one script, upstream's semantics, so several
+    values become one runner script that chains them."""
+    scripts = []
     for value in values:
         if os.path.isfile(value):
             try:
                 with open(value, encoding="utf-8") as fh:
-                    parts.append(fh.read())
+                    scripts.append(fh.read())
             except OSError as exc:
                 parser.error(f"--setup: cannot read {value}: {exc.strerror}")
         else:
-            parts.append(value)
-    return "\n".join(parts) or None
+            scripts.append(value)
+    if len(scripts) <= 1:
+        return scripts[0] if scripts else None
+    return _chained(scripts)
+
+
+def _chained(scripts: list[str]) -> str:
+    """One bash script that writes each script to its own file in the sandbox's /tmp (a
+    quoted here-document: no expansion, any size, nothing on argv) and runs it with
+    ``bash FILE``, stopping at the first non-zero status. Each script gets its own process:
+    a ``cd``, ``set -e`` or ``exit`` in one does not reach the next."""
+    lines = []
+    for n, script in enumerate(scripts, 1):
+        path = f"/tmp/.isol8-setup-{n}.sh"
+        end = f"ISOL8_SETUP_{n}_{secrets.token_hex(8)}"
+        while end in script.splitlines():
+            end = f"ISOL8_SETUP_{n}_{secrets.token_hex(8)}"
+        failed = shlex.quote(f"isol8: --setup {n} of {len(scripts)} failed")
+        lines += [f"cat > {path} <<'{end}'", script.rstrip("\n"), end,
+                  f"bash {path}; status=$?; rm -f {path}",
+                  f'if [ "$status" -ne 0 ]; then echo {failed} "(exit code $status)" >&2; '
+                  'exit "$status"; fi']
+    return "\n".join(lines) + "\n"
 
 
 _SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}

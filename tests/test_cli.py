@@ -189,6 +189,37 @@ def test_setup_inline_repeated_and_from_a_file(tmp_path):
     assert (p.returncode, p.stdout) == (0, "one from-file\n"), p.stderr
 
 
+def test_repeated_setup_runs_each_value_as_its_own_script_in_order():
+    # Own processes: the first's cd and shell variable do not reach the second.
+    p = isol8("exec", "--setup", "cd /tmp; X=1; echo first; echo first >> /sandbox/log",
+              "--setup", 'echo "second pwd=$PWD X=${X:-unset}"; echo second >> /sandbox/log',
+              "--cmd", "cat /sandbox/log")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "first\nsecond pwd=/sandbox X=unset\nfirst\nsecond\n"
+
+
+def test_a_failing_setup_value_stops_the_run_with_its_exit_code(tmp_path):
+    second = tmp_path / "second.sh"
+    second.write_text("echo second ran > /sandbox/second\n")
+    # the first value's last command fails, as a failed `pip install` would: no `exit`
+    p = isol8("exec", "--setup", "echo first failed >&2; (exit 3)", "--setup",
+              str(second), "--cmd", "echo code ran; cat /sandbox/second")
+    assert p.returncode == 3, p.stderr
+    assert "code ran" not in p.stdout and "second ran" not in p.stdout
+    assert "first failed" in p.stderr and "isol8: --setup 1 of 2 failed (exit code 3)" in p.stderr
+    assert "Setup script failed (exit code 3)" in p.stderr
+    # a failing command in the middle of a value is that script's business, as in bash:
+    # only its last status counts, and the run goes on
+    p = isol8("exec", "--setup", "false; true", "--setup", "exit 0", "-e", "print('ran')")
+    assert (p.returncode, p.stdout) == (0, "ran\n"), p.stderr
+
+
+def test_setup_scripts_are_data_not_shell_syntax_of_the_runner():
+    tricky = "cat <<'EOF'\n$HOME `x` ISOL8_SETUP_1\nEOF\n"
+    p = isol8("exec", "--setup", tricky, "--setup", """echo "a'b" '$X'""", "--cmd", "true")
+    assert (p.returncode, p.stdout) == (0, "$HOME `x` ISOL8_SETUP_1\na'b $X\n"), p.stderr
+
+
 @pytest.mark.parametrize("mode", [[], ["--no-stream"]])
 def test_a_failing_setup_reports_it_and_exits_with_its_code(mode):
     p = isol8("exec", *mode, "--setup", "echo bad >&2; exit 5", "-e", "print('code ran')")
