@@ -11,7 +11,8 @@ restrictive verdict (ERRNO beats ALLOW; between two ERRNOs the later filter's er
 
 * ``base``: default ERRNO(ENOSYS); ALLOW for known syscalls; unconditional denials.
 * ``args``: default ALLOW; denials that look at arguments (clone namespace flags, socket
-  families, TIOCSTI/TIOCLINUX on the low 32 bits of the ioctl number, personality flags).
+  families, TIOCSTI/TIOCLINUX on the low 32 bits of the ioctl number, personality flags,
+  the setuid and setgid bits in a file mode).
 
 Both filters reject a foreign architecture (and the x32 ABI) with KILL_PROCESS, which also closes
 the i386 ``int 0x80`` / ``socketcall`` bypass.
@@ -74,6 +75,9 @@ DENY: dict[int, tuple[str, ...]] = {
     errno.ENOSYS: (
         "clone3", "io_uring_setup", "io_uring_enter", "io_uring_register",
         "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+        # openat2 hides its mode in a struct the filter cannot read (SETID_MODE_ARGS);
+        # callers that use it (systemd, newer libcs) fall back to openat on ENOSYS.
+        "openat2",
     ),
 }
 
@@ -93,6 +97,22 @@ TTY_IOCTLS_DENIED = (0x5412, 0x541C)  # TIOCSTI (CVE-2017-5226), TIOCLINUX (CVE-
 # personality(): only the plain Linux personas and the query value; READ_IMPLIES_EXEC and
 # ADDR_NO_RANDOMIZE would weaken the user process's own memory protections.
 PERSONALITY_ALLOWED = (0, 0x0008, 0x20000, 0x20008, 0xFFFFFFFF)  # PER_LINUX{,32}, UNAME26, query
+# No file the sandbox creates or changes may carry S_ISUID or S_ISGID: through a read-write
+# mount it lands on the host, owned by the caller (rootless) or, with an idmapped mount, by
+# the source's owner, root included (a setuid-root file). EPERM, as the kernel answers an
+# unprivileged `chmod u+s` on a file one does not own. One MASKED_EQ rule per bit (libseccomp
+# compares an argument once per rule); mkdir ignores both bits, but is denied alike so that
+# the rule reads "never in a mode argument".
+SETID_BITS = (0o4000, 0o2000)
+SETID_MODE_ARGS = (  # (syscall, index of its mode argument)
+    ("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("creat", 1),
+    ("mkdir", 1), ("mkdirat", 2), ("mknod", 1), ("mknodat", 2),
+)
+# open and openat read their mode only when they create (the kernel's WILL_CREATE: O_CREAT or
+# O_TMPFILE's __O_TMPFILE bit); otherwise the argument is ignored, may hold anything, and must
+# not be refused. (syscall, index of flags, index of mode)
+SETID_OPEN_ARGS = (("open", 1, 2), ("openat", 2, 3))
+CREATE_FLAGS = (0o100, 0o20000000)  # O_CREAT, __O_TMPFILE
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +132,8 @@ _memory_cache: dict[str, CompiledPolicy] = {}
 def policy_key() -> str:
     """A hash of everything the compiled bytes depend on except the libseccomp build."""
     text = repr((DENY, CLONE_NAMESPACE_FLAGS, SOCKET_FAMILIES_ALLOWED,
-                 TTY_IOCTLS_DENIED, PERSONALITY_ALLOWED, os.uname().machine, 2))
+                 TTY_IOCTLS_DENIED, PERSONALITY_ALLOWED, SETID_BITS, SETID_MODE_ARGS,
+                 SETID_OPEN_ARGS, CREATE_FLAGS, os.uname().machine, 3))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -214,6 +235,8 @@ def _compile() -> tuple[bytes, bytes]:
             # MASKED_EQ on the low 32 bits: CVE-2019-10063 set the upper bits to slip past
             # a plain equality test while the kernel truncates the number to an int.
             add(args, eperm, "ioctl", (1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
+        for rule in setid_denials():
+            add(args, eperm, *rule)
         return _export(ffi, lib, base), _export(ffi, lib, args)
     finally:
         lib.seccomp_release(base)
@@ -232,6 +255,20 @@ def socket_denials() -> list[tuple[tuple[int, int, int, int], ...]]:
              if family not in SOCKET_FAMILIES_ALLOWED]
     rules.append(((0, _CMP_GT, top, 0),))
     rules.append(((0, _CMP_EQ, AF_NETLINK, 0), (2, _CMP_GT, NETLINK_ROUTE, 0)))
+    return rules
+
+
+def setid_denials() -> list[tuple]:
+    """(syscall, comparison...) rules matching every call that would set S_ISUID or S_ISGID.
+
+    The mode arguments are umode_t: the kernel keeps their low 16 bits, where both bits lie,
+    so a 64-bit masked compare sees exactly what the kernel will use."""
+    rules: list[tuple] = []
+    for bit in SETID_BITS:
+        rules += [(name, (index, _CMP_MASKED_EQ, bit, bit)) for name, index in SETID_MODE_ARGS]
+        rules += [(name, (flags, _CMP_MASKED_EQ, create, create),
+                   (mode, _CMP_MASKED_EQ, bit, bit))
+                  for name, flags, mode in SETID_OPEN_ARGS for create in CREATE_FLAGS]
     return rules
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import tempfile
@@ -188,6 +189,44 @@ def test_persistent_sessions_see_the_host_tree_live(project):
         assert eng.execute(cmd="cat /sandbox/p/README /sandbox/p/run2").stdout == \
             "changed on the host\nfrom-run-2"
     assert (project / "run2").read_text() == "from-run-2\n"
+
+
+def test_no_setuid_or_setgid_file_reaches_the_host(project):
+    """A setuid file made through a read-write mount would be one on the host, owned by the
+    caller (rootless) or the source's owner (as root, idmapped): the seccomp filter refuses
+    the bits in every mode argument. Checked on the host, in both modes."""
+    with Isol8(mounts=[{"source": str(project), "target": "/sandbox/p", "readonly": False}]) \
+            as eng:
+        r = run_py(eng, """
+import errno, json, os, stat, subprocess
+def attempt(fn):
+    try:
+        fn()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+p = '/sandbox/p'
+os.close(os.open(p + '/plain', os.O_WRONLY | os.O_CREAT, 0o755))
+out = {
+    'open': attempt(lambda: os.close(os.open(p + '/a', os.O_WRONLY | os.O_CREAT, 0o4755))),
+    'tmpfile': attempt(lambda: os.close(os.open(p, os.O_WRONLY | os.O_TMPFILE, 0o2755))),
+    'mknod': attempt(lambda: os.mknod(p + '/b', stat.S_IFREG | 0o6755)),
+    'mkdir': attempt(lambda: os.mkdir(p + '/c', 0o2755)),
+    'chmod new': attempt(lambda: os.chmod(p + '/plain', 0o4755)),
+    'chmod host file': attempt(lambda: os.chmod(p + '/README', 0o2666)),
+    'chmod dir': attempt(lambda: os.chmod(p + '/pkg', 0o2777)),
+}
+out['chmod(1)'] = subprocess.run(['chmod', 'u+s,g+s', p + '/plain', p + '/README'],
+                                 capture_output=True).returncode
+print(json.dumps(out))
+""")
+    got = _json(r)
+    assert got.pop("chmod(1)") == 1
+    assert got == dict.fromkeys(got, "EPERM"), got
+    assert (project / "plain").is_file()  # the control: plain modes go through
+    setid = [str(path) for path in [project, *project.rglob("*")]
+             if path.lstat().st_mode & (stat.S_ISUID | stat.S_ISGID)]
+    assert setid == []
 
 
 # --- escapes -------------------------------------------------------------------------------

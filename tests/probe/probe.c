@@ -41,6 +41,9 @@
 #define GUARD_REFUSED 99
 #define X32_SYSCALL_BIT 0x40000000L
 
+#ifndef SYS_fchmodat2 /* Linux 6.6; older headers lack it */
+#define SYS_fchmodat2 452
+#endif
 #ifndef SYS_vm86 /* i386 only: these print "NAME NOTARCH" */
 #define SYS_vm86 -1
 #endif
@@ -52,6 +55,7 @@
 #define TTY -1000L /* fd of a pty slave that is our controlling terminal */
 #define BUF -1001L /* a valid, writable buffer */
 #define BAD 1L     /* a pointer the kernel cannot read (EFAULT) */
+#define DEVNULL -1002L /* the path "/dev/null" */
 
 enum {
   F_FORK = 1,    /* clone: the child exits at once, the parent reaps it */
@@ -145,6 +149,7 @@ static const struct probe probes[] = {
     {"fsmount", SYS_fsmount, {-1, -1, 0}},                         /* EPERM or EINVAL */
     {"fspick", SYS_fspick, {-1, BAD, -1}},                         /* EPERM or EINVAL */
     {"mount_setattr", SYS_mount_setattr, {-1, BAD, -1, 0, 0}},     /* EINVAL: flags */
+    {"openat2", SYS_openat2, {AT_FDCWD, BAD, BAD, 24}},            /* EFAULT: open_how */
 
     /* Argument filters. clone: any namespace flag [EPERM]. A namespace flag alone fails
      * unfiltered with EPERM too (no capabilities), so CLONE_SIGHAND without CLONE_VM makes
@@ -158,6 +163,40 @@ static const struct probe probes[] = {
     {"clone_newcgroup", SYS_clone, {CLONE_NEWCGROUP | CLONE_SIGHAND | SIGCHLD}, F_FORK},
     {"clone_newtime", SYS_clone, {0x80 /* CLONE_NEWTIME */ | CLONE_SIGHAND}, F_FORK},
     {"clone_fork_ok", SYS_clone, {SIGCHLD}, F_FORK}, /* plain fork: allowed */
+    /* S_ISUID or S_ISGID in a mode argument [EPERM]. Unfiltered, the unreadable path (or fd
+     * -1) fails first: EFAULT (EBADF; EINVAL for O_TMPFILE, whose flags are checked first).
+     * open and openat are denied only when they create: without O_CREAT or O_TMPFILE the
+     * kernel ignores the mode, and so does the filter (the _ok controls). */
+    {"open_creat_setuid", SYS_open, {BAD, O_WRONLY | O_CREAT, 04755}},
+    {"open_creat_setgid", SYS_open, {BAD, O_WRONLY | O_CREAT, 02755}},
+    {"open_tmpfile_setuid", SYS_open, {BAD, O_WRONLY | O_TMPFILE, 04755}},
+    {"open_tmpfile_setgid", SYS_open, {BAD, O_WRONLY | O_TMPFILE, 02755}},
+    {"openat_creat_setuid", SYS_openat, {AT_FDCWD, BAD, O_WRONLY | O_CREAT, 04755}},
+    {"openat_creat_setgid", SYS_openat, {AT_FDCWD, BAD, O_WRONLY | O_CREAT, 02755}},
+    {"openat_tmpfile_setuid", SYS_openat, {AT_FDCWD, BAD, O_RDWR | O_TMPFILE, 04755}},
+    {"openat_tmpfile_setgid", SYS_openat, {AT_FDCWD, BAD, O_RDWR | O_TMPFILE, 02755}},
+    {"creat_setuid", SYS_creat, {BAD, 04755}},
+    {"creat_setgid", SYS_creat, {BAD, 02755}},
+    {"mknod_setuid", SYS_mknod, {BAD, S_IFREG | 04755, 0}},
+    {"mknod_setgid", SYS_mknod, {BAD, S_IFREG | 02755, 0}},
+    {"mknodat_setuid", SYS_mknodat, {AT_FDCWD, BAD, S_IFREG | 04755, 0}},
+    {"mknodat_setgid", SYS_mknodat, {AT_FDCWD, BAD, S_IFREG | 02755, 0}},
+    {"mkdir_setuid", SYS_mkdir, {BAD, 04755}},
+    {"mkdir_setgid", SYS_mkdir, {BAD, 02755}},
+    {"mkdirat_setuid", SYS_mkdirat, {AT_FDCWD, BAD, 04755}},
+    {"mkdirat_setgid", SYS_mkdirat, {AT_FDCWD, BAD, 02755}},
+    {"chmod_setuid", SYS_chmod, {BAD, 04755}},
+    {"chmod_setgid", SYS_chmod, {BAD, 02755}},
+    {"fchmod_setuid", SYS_fchmod, {-1, 04755}},
+    {"fchmod_setgid", SYS_fchmod, {-1, 02755}},
+    {"fchmodat_setuid", SYS_fchmodat, {AT_FDCWD, BAD, 04755}},
+    {"fchmodat_setgid", SYS_fchmodat, {AT_FDCWD, BAD, 02755}},
+    {"fchmodat2_setuid", SYS_fchmodat2, {AT_FDCWD, BAD, 04755, 0}},
+    {"fchmodat2_setgid", SYS_fchmodat2, {AT_FDCWD, BAD, 02755, 0}},
+    /* The upper bits of a umode_t argument are dropped by the kernel: not a way around. */
+    {"chmod_setuid_high_bits", SYS_chmod, {BAD, (long)0xffff000000000000UL | 04755}},
+    {"open_nocreat_mode_ok", SYS_open, {DEVNULL, O_RDONLY, 06755}, F_CLOSE},
+    {"openat_nocreat_mode_ok", SYS_openat, {AT_FDCWD, DEVNULL, O_RDONLY, 06755}, F_CLOSE},
     /* socket: families other than unix, inet, inet6, netlink-route [EAFNOSUPPORT]. The
      * undefined type bit makes an unfiltered call fail with EINVAL whatever the family. */
     {"socket_vsock", SYS_socket, {AF_VSOCK, SOCK_STREAM | BADTYPE, 0}, F_CLOSE},
@@ -253,7 +292,10 @@ static int run_probe(const char *name) {
   char buf[256];
   long a[6];
   for (int i = 0; i < 6; i++)
-    a[i] = p->a[i] == TTY ? tty_fd() : p->a[i] == BUF ? (long)buf : p->a[i];
+    a[i] = p->a[i] == TTY       ? tty_fd()
+           : p->a[i] == BUF     ? (long)buf
+           : p->a[i] == DEVNULL ? (long)"/dev/null"
+                                : p->a[i];
   fflush(stdout); /* before a possible fork */
   errno = 0;
   long ret = syscall(p->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
