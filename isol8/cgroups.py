@@ -171,6 +171,7 @@ class Usage:
     peak_bytes: int | None = None
     oom: bool = False
     oom_kills: int = 0  # the kernel's count for the leaf (a session's runs compare it)
+    pids_max: int = 0  # forks refused at the leaf's pids.max (pids.events "max"), likewise
 
 
 @dataclass(slots=True)
@@ -212,6 +213,11 @@ class SandboxCgroups:
             out.oom_kills = _keyed(_read(os.path.join(self.v2_leaf, "memory.events")),
                                    "oom_kill") or 0
             out.oom = out.oom_kills > 0
+        # pids.events "max": how often a fork or clone (a thread too) failed because the
+        # leaf was at pids.max; v1's pids controller keeps the same file.
+        pids_leaf = self.v1_leaves.get("pids") or self.v2_leaf
+        if pids_leaf:
+            out.pids_max = _keyed(_read(os.path.join(pids_leaf, "pids.events")), "max") or 0
         return out
 
     def destroy(self) -> None:

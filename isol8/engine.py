@@ -302,8 +302,10 @@ class Isol8:
         if outcome is None:
             yield from tails("setup")
             failure = _setup_failure(staged)
+            assert staged.setup is not None
             yield StreamEvent(type="error", data=failure.reason, phase="setup")
-            yield StreamEvent(type="exit", data=str(failure.exit_code), phase="setup")
+            yield StreamEvent(type="exit", data=str(failure.exit_code), phase="setup",
+                              limits_reached=_limits_reached(staged.setup, usage))
             return
         yield from tails("code")
         for name, sink in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
@@ -312,7 +314,8 @@ class Isol8:
         result = self._result(outcome, usage, "", started)
         if outcome.timed_out and not result.resource_usage.oom:
             yield StreamEvent(type="error", data="EXECUTION TIMED OUT")
-        yield StreamEvent(type="exit", data=str(result.exit_code))
+        yield StreamEvent(type="exit", data=str(result.exit_code),
+                          limits_reached=result.resource_usage.limits_reached)
 
     def _run(self, request: ExecutionRequest, started: float, cancel_fd: int = -1,
              max_output: int | None = None, masked: bool = True,
@@ -451,6 +454,8 @@ class Isol8:
             # The counters are the session's: a run reports what it added.
             usage.oom, session.oom_kills_seen = (usage.oom_kills > session.oom_kills_seen,
                                                  usage.oom_kills)
+            usage.pids_max, session.pids_max_seen = (usage.pids_max - session.pids_max_seen,
+                                                     usage.pids_max)
             if usage.cpu_ns is not None:
                 usage.cpu_ns, session.cpu_ns_seen = usage.cpu_ns - session.cpu_ns_seen, \
                     usage.cpu_ns
@@ -502,6 +507,7 @@ class Isol8:
     def _result(self, outcome: RunOutcome, usage: cgroups.Usage, runtime: str,
                 started: float, files: dict[str, str] | None = None) -> ExecutionResult:
         oom = outcome.oom or usage.oom
+        reached = _limits_reached(outcome, usage)
         # upstream: OOM and timeout both give 137; only timeout is marked
         exit_code = 137 if oom else exit_status(outcome)
         stderr = outcome.stderr.text()
@@ -529,7 +535,7 @@ class Isol8:
             resource_usage=ResourceUsage(
                 cpu_time_ms=cpu_ms, cpu_percent=round(100 * cpu_ms / max(duration_ms, 1), 1),
                 memory_mb=peak_mb, peak_memory_mb=peak_mb, oom=oom,
-                enforced=dict(self._enforced)),
+                enforced=dict(self._enforced), limits_reached=reached),
             files=files,
         )
 
@@ -579,6 +585,16 @@ def _setup_failure(staged: StagedOutcome) -> SetupScriptFailed:
     reason = (SETUP_TIMED_OUT if setup.timed_out
               else f"Setup script failed (exit code {staged.setup_exit})")
     return SetupScriptFailed(reason, staged.setup_exit, setup.stdout.text(), setup.stderr.text())
+
+
+def _limits_reached(outcome: RunOutcome, usage: cgroups.Usage) -> list[str]:
+    """What ended or cut this run (see ResourceUsage.limits_reached); ``usage`` holds the
+    run's own counters (a persistent session's are deltas)."""
+    return limits.reached(
+        pids=usage.pids_max > 0, memory=outcome.oom or usage.oom,
+        output=outcome.stdout.truncated or outcome.stderr.truncated,
+        file_size=limits.killed_by_file_size(outcome.exit_code, outcome.signal),
+        timeout=outcome.timed_out)
 
 
 def _require_binary(path: str, name: str) -> None:

@@ -11,12 +11,19 @@ Backends, strongest first (per controller, never per host: a hybrid host mixes t
 ``watchdog`` memory: the sandbox's init sums its processes' anonymous memory and its tmpfs
              usage every 10 ms and ends the sandbox above the limit (best effort).
 RLIMIT_AS is never used as a memory limit: it breaks node (V8 reserves address space).
+
+Which limits ended or cut a run, as far as the backend can see it (``limits_reached``):
+"pids" from pids.events, so only where a cgroup enforces pids (RLIMIT_NPROC has no
+counter: a refused fork is an EAGAIN only the program sees); "memory" an OOM kill (any
+backend); "output" a stream past max_output_size; "file_size" a run killed by SIGXFSZ;
+"timeout" the deadline.
 """
 
 from __future__ import annotations
 
 import math
 import resource
+import signal
 from dataclasses import dataclass
 
 from .errors import Isol8Error
@@ -25,6 +32,7 @@ HARD = {"memory": ("cgroup2", "cgroup1"), "pids": ("cgroup2", "cgroup1", "rlimit
         "cpu": ("cgroup2", "cgroup1")}
 FALLBACK = {"memory": "watchdog", "pids": "rlimit", "cpu": "rlimit"}
 OPEN_FILES = 4096
+REACHED_ORDER = ("pids", "memory", "output", "file_size", "timeout")
 
 
 class LimitsUnavailable(Isol8Error):
@@ -81,3 +89,20 @@ def rlimits(limits: Limits, chosen: dict[str, str | None], *, timeout_ms: int,
         budget = max(1, math.ceil(limits.cpu * timeout_ms / 1000))
         out.append((resource.RLIMIT_CPU, budget, budget + 1))
     return tuple(out)
+
+
+def killed_by_file_size(exit_code: int | None, signo: int | None) -> bool:
+    """The run's process died of SIGXFSZ (a write past RLIMIT_FSIZE: only a read-write
+    mount lets a file grow that far, every tmpfs answers ENOSPC first), or exited 128+25,
+    how a shell reports a child it ran that died so. A program that ignores SIGXFSZ
+    (CPython does) gets EFBIG instead, which only it sees; so does a process the run's
+    main one reaps itself: the init sees only the processes it reaps."""
+    return signo == signal.SIGXFSZ or exit_code == 128 + signal.SIGXFSZ
+
+
+def reached(*, pids: bool, memory: bool, output: bool, file_size: bool,
+            timeout: bool) -> list[str]:
+    """The names of the limits a run reached, in REACHED_ORDER (a stable wire form)."""
+    hit = {"pids": pids, "memory": memory, "output": output, "file_size": file_size,
+           "timeout": timeout}
+    return [name for name in REACHED_ORDER if hit[name]]

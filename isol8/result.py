@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -12,6 +12,12 @@ class ResourceUsage:
     ``enforced`` names the backend of each limit ("cgroup2", "cgroup1", "rlimit",
     "watchdog"; see isol8.limits), so a caller knows what really held. ``memory_mb`` is the
     peak too: an ephemeral sandbox holds nothing once its run is over.
+
+    ``limits_reached`` names every limit that ended or cut the run, as far as its backend
+    can see it, in a fixed order: "pids" (a fork or thread refused by a pids cgroup: never
+    with the rlimit backend, which cannot report), "memory" (OOM), "output" (a stream cut
+    at max_output_size), "file_size" (killed by SIGXFSZ), "timeout". A persistent run
+    reports what happened during it.
     """
 
     cpu_time_ms: int
@@ -22,6 +28,7 @@ class ResourceUsage:
     enforced: dict[str, str | None]
     network_bytes_in: int = 0
     network_bytes_out: int = 0
+    limits_reached: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -33,6 +40,7 @@ class ResourceUsage:
             "cpuTimeMs": self.cpu_time_ms,
             "oom": self.oom,
             "enforced": dict(self.enforced),
+            "limitsReached": list(self.limits_reached),
         }
 
 
@@ -72,12 +80,19 @@ class StreamEvent:
     """One event of ``execute_stream()``: upstream's ``{type, data, phase}``.
 
     ``type`` is "stdout", "stderr", "exit" (``data`` is the exit code as a string) or
-    "error"; ``phase`` is "setup" for a setup script's events, else "code".
+    "error"; ``phase`` is "setup" for a setup script's events, else "code". The stream's
+    last ``exit`` carries ``limits_reached`` as ``ResourceUsage`` has it; the wire form
+    names it (``limitsReached``) only when it is not empty, so an ordinary stream keeps
+    upstream's exact shape.
     """
 
     type: str
     data: str
     phase: str = "code"
+    limits_reached: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"type": self.type, "data": self.data, "phase": self.phase}
+    def to_dict(self) -> dict[str, object]:
+        wire: dict[str, object] = {"type": self.type, "data": self.data, "phase": self.phase}
+        if self.limits_reached:
+            wire["limitsReached"] = list(self.limits_reached)
+        return wire

@@ -42,10 +42,11 @@ class Session:
         if cgroup:
             cgroup.close_fds()
         self.alive = True
-        # The cgroup's and the init's CPU counters are the session's: runs report deltas.
+        # The cgroup's and the init's counters are the session's: runs report deltas.
         self.cpu_ns_seen = 0
         self.cpu_us_seen = 0
         self.oom_kills_seen = 0
+        self.pids_max_seen = 0
         self._ids = itertools.count(1)
         self._leftovers = _Drainer()
         self.repl: Repl | None = None  # repl=True: the interpreter, made on first use

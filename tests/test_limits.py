@@ -22,16 +22,18 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 import isol8
-from isol8 import InvalidRequest, Isol8, Isol8Error
+from isol8 import InvalidRequest, Isol8, Isol8Error, images
 
 from conftest import (GUARD_PY, GUARD_SH, child_pids, host_processes_matching, is_root, run_py,
                       run_sh, watching_host)
@@ -43,7 +45,7 @@ BACKENDS = ("cgroup2", "cgroup1", "rlimit", "watchdog", None)
 HARD = {"memory": {"cgroup1", "cgroup2"}, "cpu": {"cgroup1", "cgroup2"},
         "pids": {"cgroup1", "cgroup2", "rlimit"}}
 USAGE_KEYS = {"cpuPercent", "memoryMB", "peakMemoryMB", "networkBytesIn", "networkBytesOut",
-              "cpuTimeMs", "oom", "enforced"}
+              "cpuTimeMs", "oom", "enforced", "limitsReached"}
 TIMED_OUT = "EXECUTION TIMED OUT"
 
 
@@ -166,13 +168,14 @@ def test_resource_usage_shape_and_wire_form(plain_result):
     assert (u.network_bytes_in, u.network_bytes_out) == (0, 0)
     assert set(u.enforced) == set(CONTROLLERS)
     assert all(v in BACKENDS for v in u.enforced.values())
+    assert u.limits_reached == []  # always a list: empty when nothing was reached
 
     wire = r.to_dict()["resourceUsage"]
     assert set(wire) == USAGE_KEYS
     assert wire == {"cpuPercent": u.cpu_percent, "memoryMB": u.memory_mb,
                     "peakMemoryMB": u.peak_memory_mb, "networkBytesIn": 0,
                     "networkBytesOut": 0, "cpuTimeMs": u.cpu_time_ms, "oom": False,
-                    "enforced": u.enforced}
+                    "enforced": u.enforced, "limitsReached": []}
     json.dumps(r.to_dict())  # the wire form serializes as is
 
 
@@ -233,6 +236,7 @@ time.sleep(5)
     assert r.exit_code == 137, (r.exit_code, r.stderr)
     assert TIMED_OUT not in r.stderr
     assert r.resource_usage.oom is True
+    assert r.resource_usage.limits_reached == ["memory"]
     assert "reached" not in r.stdout
     reached = [int(x) for x in r.stdout.split()]
     assert reached and max(reached) <= 450, r.stdout  # it did allocate, and was stopped early
@@ -251,10 +255,12 @@ def test_persistent_oom_kills_the_run_and_keeps_the_session():
             r = run_py(eng, bomb, timeout_ms=20_000 * SLOW)
             assert (r.exit_code, r.resource_usage.oom) == (137, True), (r.exit_code, r.stderr)
             assert TIMED_OUT not in r.stderr
+            assert r.resource_usage.limits_reached == ["memory"]
             # The session, its files and the background process of an earlier run live on.
             assert host_processes_matching(head + tail)
             r = eng.execute(cmd="cat /sandbox/state")
             assert (r.stdout, r.resource_usage.oom) == ("kept", False)
+            assert r.resource_usage.limits_reached == []  # the run's own, not the session's
             r = run_py(eng, bomb, timeout_ms=20_000 * SLOW)  # and it holds again
             assert (r.exit_code, r.resource_usage.oom) == (137, True), (r.exit_code, r.stderr)
             assert eng.execute(cmd="cat /sandbox/state").stdout == "kept"
@@ -322,6 +328,7 @@ print('survived', flush=True)
 """, timeout_ms=20_000 * SLOW)
     assert "holding" not in r.stdout and "survived" not in r.stdout, (kind, r.resource_usage)
     assert (r.exit_code, r.resource_usage.oom) == (137, True), (r.exit_code, r.stderr[-300:])
+    assert r.resource_usage.limits_reached == ["memory"]
 
 
 def test_forked_workers_sharing_memory_are_not_counted_twice():
@@ -367,6 +374,160 @@ def test_fork_bomb_is_contained():
     assert r.exit_code == 137, (r.exit_code, r.stderr[-500:])  # ended by the timeout
     assert elapsed < 5 + 5 * SLOW
     _host_is_unharmed()
+
+
+# --- limits_reached: which limits ended or cut a run ----------------------------------------
+
+# Threads count against pids_limit as processes do (a task each, for pids.max and for
+# RLIMIT_NPROC alike): 100 threads are what a thread pool or a test runner may start.
+THREADS = """
+import json, threading
+stop, threads, error = threading.Event(), [], None
+for _ in range(100):
+    thread = threading.Thread(target=stop.wait)
+    try:
+        thread.start()
+    except RuntimeError as e:
+        error = str(e)
+        break
+    threads.append(thread)
+stop.set()
+for thread in threads:
+    thread.join()
+print(json.dumps({'threads': len(threads), 'error': error}), flush=True)
+"""
+PIDS_CGROUP = expected_backends()["pids"] in ("cgroup1", "cgroup2")
+ENGINE_KINDS = ("cold", "pool", "persistent")
+
+
+@contextlib.contextmanager
+def _engine_of(kind: str, **options):
+    """An engine whose runs take the path ``kind`` names: a fresh sandbox each ("cold"),
+    a warm pooled one ("pool": call ``_ready`` before each run), or one session."""
+    extra = {"pool": {"prewarm": True}, "persistent": {"mode": "persistent"}}.get(kind, {})
+    with Isol8(**options, **extra) as eng:
+        yield eng
+
+
+def _ready(eng: Isol8) -> None:
+    if eng._pool is not None:  # a hit every time: the run is served by a pooled sandbox
+        eng._pool.wait_ready(30 * SLOW)
+
+
+def _threads_hit_the_limit(r, limit: int) -> None:
+    assert r.exit_code == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["error"] == "can't start new thread", got
+    assert limit - 8 <= got["threads"] <= limit - 1, got
+
+
+# 300 kB on stdout against a 100 kB cap, then a sleep the timeout ends.
+_FLOOD_THEN_SLEEP = "head -c 300000 /dev/zero | tr '\\0' x; sleep 60"
+_CUT_TIMEOUT = 2000 * (3 if IN_VM else 1)
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS + ("setup",))
+def test_limits_reached_names_the_output_cap_and_the_timeout(kind):
+    # "setup": a setup script makes the run a staged one (several steps, one sandbox).
+    setup = {"setup_script": "true"} if kind == "setup" else {}
+    with _engine_of("cold" if kind == "setup" else kind, max_output_size=100_000) as eng:
+        def run(cmd: str, **kw):
+            _ready(eng)
+            return run_sh(eng, cmd, **setup, **kw)
+
+        r = run("echo ok")
+        assert (r.stdout, r.resource_usage.limits_reached) == ("ok", []), r.stderr
+        r = run("head -c 300000 /dev/zero | tr '\\0' x")
+        assert (r.exit_code, r.truncated) == (0, True), r.stderr
+        assert r.resource_usage.limits_reached == ["output"]
+        r = run(_FLOOD_THEN_SLEEP, timeout_ms=_CUT_TIMEOUT)
+        assert (r.exit_code, r.truncated) == (137, True) and TIMED_OUT in r.stderr, r.stderr
+        assert r.resource_usage.limits_reached == ["output", "timeout"]  # a fixed order
+        assert r.to_dict()["resourceUsage"]["limitsReached"] == ["output", "timeout"]
+        r = run("echo ok")  # a persistent run reports its own, not the session's
+        assert (r.stdout, r.resource_usage.limits_reached) == ("ok", []), r.stderr
+
+
+def test_a_streams_exit_event_carries_the_limits_reached():
+    with Isol8(max_output_size=100_000) as eng:
+        events = list(eng.execute_stream(cmd=GUARD_SH + _FLOOD_THEN_SLEEP,
+                                          timeout_ms=_CUT_TIMEOUT))
+        last = events[-1]
+        assert (last.type, last.data, last.limits_reached) == ("exit", "137",
+                                                               ["output", "timeout"]), events
+        assert last.to_dict()["limitsReached"] == ["output", "timeout"]
+        # An ordinary stream keeps upstream's exact event shape.
+        last = list(eng.execute_stream(cmd="echo ok"))[-1]
+        assert last.limits_reached == []
+        assert last.to_dict() == {"type": "exit", "data": "0", "phase": "code"}
+        # A setup script the timeout ended: the stream's last exit is the setup's.
+        last = list(eng.execute_stream(cmd="echo never", setup_script="sleep 60",
+                                       timeout_ms=_CUT_TIMEOUT))[-1]
+        assert (last.type, last.phase, last.limits_reached) == ("exit", "setup", ["timeout"])
+
+
+@pytest.mark.skipif(not PIDS_CGROUP,
+                    reason="no pids cgroup (v2 pids controller) on this host")
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+def test_pids_limit_reached_is_reported_by_the_pids_cgroup(kind):
+    with _engine_of(kind, pids_limit=24) as eng:
+        _ready(eng)
+        r = run_py(eng, THREADS, timeout_ms=60_000 * SLOW)
+        assert r.resource_usage.enforced["pids"] in ("cgroup1", "cgroup2")
+        _threads_hit_the_limit(r, 24)
+        assert r.resource_usage.limits_reached == ["pids"]  # pids.events "max"
+        _ready(eng)
+        r = run_py(eng, "print('ok')", timeout_ms=60_000 * SLOW)
+        assert (r.stdout, r.resource_usage.limits_reached) == ("ok", []), r.stderr
+
+
+@pytest.mark.skipif(PIDS_CGROUP, reason="pids are a cgroup's here, which reports them "
+                                        "(test_pids_limit_reached_is_reported_by_the_pids_cgroup)")
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+def test_rlimit_pids_cannot_report_and_never_claims(kind):
+    # RLIMIT_NPROC has no counter: a refused clone is an EAGAIN only the program sees. The
+    # list must not guess (README "Limits" says so).
+    with _engine_of(kind, pids_limit=24) as eng:
+        _ready(eng)
+        r = run_py(eng, THREADS, timeout_ms=60_000 * SLOW)
+    assert r.resource_usage.enforced["pids"] == "rlimit"
+    _threads_hit_the_limit(r, 24)
+    assert r.resource_usage.limits_reached == []
+
+
+@pytest.fixture
+def rw_host_dir():
+    """A host directory the sandbox may write through a read-write mount, in either mode
+    (under /var/tmp and world-writable: as root the sandbox is a leased uid that only
+    "other" permissions apply to)."""
+    path = Path(tempfile.mkdtemp(prefix="isol8-limits-", dir="/var/tmp"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["ephemeral", "persistent"])
+def test_a_write_past_the_file_size_limit_on_a_read_write_mount(rw_host_dir, mode):
+    # Every tmpfs answers ENOSPC first; a read-write mount is the one place RLIMIT_FSIZE (one
+    # page above the largest tmpfs, /dev/shm here) is what stops a file, on the host's disk.
+    fsize = max(images.SHM_SIZE, 1 << 20) + 4096
+    big = fsize + 2 * 4096
+    mount = {"source": str(rw_host_dir), "target": "/sandbox/out", "readonly": False}
+    with Isol8(mode=mode, sandbox_size="1m", tmp_size="1m", mounts=[mount]) as eng:
+        # The main process dies of SIGXFSZ...
+        r = run_sh(eng, f"exec head -c {big} /dev/zero > /sandbox/out/killed")
+        assert r.exit_code == 128 + signal.SIGXFSZ, r.stderr
+        assert r.resource_usage.limits_reached == ["file_size"]
+        # ...or the shell reports that its child did (128 + SIGXFSZ).
+        r = run_sh(eng, f"head -c {big} /dev/zero > /sandbox/out/child; exit $?")
+        assert r.exit_code == 128 + signal.SIGXFSZ, r.stderr
+        assert r.resource_usage.limits_reached == ["file_size"]
+        r = run_sh(eng, "head -c 8192 /dev/zero > /sandbox/out/small")
+        assert (r.exit_code, r.resource_usage.limits_reached) == (0, []), r.stderr
+    for name, size in (("killed", fsize), ("child", fsize), ("small", 8192)):
+        assert (rw_host_dir / name).stat().st_size == size, name
 
 
 # --- cpu ----------------------------------------------------------------------------------
@@ -752,6 +913,9 @@ for step in range(1, 64):
     usage = wire["resourceUsage"]
     assert set(usage) == USAGE_KEYS
     assert usage["oom"] is True and set(usage["enforced"]) == set(CONTROLLERS)
+    # Both limits were reached; only a pids cgroup can report the refused forks.
+    pids_seen = usage["enforced"]["pids"] in ("cgroup1", "cgroup2")
+    assert usage["limitsReached"] == (["pids", "memory"] if pids_seen else ["memory"]), usage
     lines = wire["stdout"].splitlines()
     _assert_fork_bound(json.loads(lines[0]), 16)  # --pids-limit 16, not the default 64
     assert max(int(x) for x in lines[1:]) <= 192, lines  # --memory 64m, not the default 512m
