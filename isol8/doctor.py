@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from . import _paths
+from . import _paths, chroot
 from .identity import DEFAULT_UID_RANGE, maps_foreign_ids
 
 MIN_KERNEL = (5, 12)
@@ -123,6 +123,28 @@ def check_userns(max_user_namespaces: str | None, unprivileged_userns_clone: str
     return Check("user namespaces", "ok",
                  f"allowed (user.max_user_namespaces={max_user_namespaces.strip()}); every "
                  "sandbox gets its own user, mount, pid, net, ipc, uts and cgroup namespaces")
+
+
+def check_chroot(chrooted: bool | None) -> Check:
+    """A chrooted process gets EPERM for every new user namespace (isol8.chroot says why):
+    the sysctls above cannot see it, so they read ok while the sandbox fails."""
+    if chrooted is None:
+        return Check("chroot", "ok",
+                     "no sign of a chroot (a chroot onto another mount's root, in a mount "
+                     "namespace init does not share, would not show: the sandbox check below "
+                     "is the answer)")
+    if not chrooted:
+        return Check("chroot", "ok", "not in a chroot: this process's root is its mount "
+                                     "namespace's root")
+    return Check("chroot", "fail",
+                 "this process runs in a chroot: its root is not its mount namespace's root "
+                 "(no mount at / in /proc/self/mountinfo, or a root other than init's), and "
+                 "the kernel refuses a chrooted process a user namespace (EPERM from "
+                 "clone(CLONE_NEWUSER), whatever the sysctls say), so no sandbox can start",
+                 "enter the root as a machine would, not with a plain chroot: in a private "
+                 "mount namespace (unshare --mount --propagation private), bind the root onto "
+                 "itself and move it over / (mount --rbind R R; cd R; mount --move . /; chroot "
+                 ".), or pivot_root into it; systemd-nspawn and container runtimes do this")
 
 
 def check_apparmor(restrict_userns: str | None, loaded_profiles: str | None, euid: int,
@@ -393,6 +415,7 @@ def gather() -> list[Check]:
         check_kernel(os.uname().release),
         check_userns(_read("/proc/sys/user/max_user_namespaces"),
                      _read("/proc/sys/kernel/unprivileged_userns_clone"), euid),
+        check_chroot(chroot.this_process()),
         check_apparmor(_read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
                        _read("/sys/kernel/security/apparmor/profiles"), euid, helper),
         check_seccomp(status, _read("/proc/sys/kernel/seccomp/actions_avail"),

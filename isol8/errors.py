@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from . import chroot
+
 
 class Isol8Error(Exception):
     """Base class of every isol8 error."""
@@ -62,7 +64,17 @@ USERNS_HINT = (
 )
 
 
+CHROOT_HINT = (
+    "This process is in a chroot, and the kernel refuses a chrooted process a user namespace "
+    "(EPERM, whatever the sysctls say): enter the root with pivot_root, or move it over / "
+    "with 'mount --move' in a private mount namespace, instead of a plain chroot "
+    "('isol8 doctor' shows how)."
+)
+
+
 def hint_for(step: str, syscall: str, err: int) -> str:
+    if step == "clone" and err == _errno.EPERM and chroot.this_process():
+        return CHROOT_HINT
     if step == "clone" and err in (_errno.EPERM, _errno.EACCES, _errno.ENOSPC, _errno.EINVAL):
         return USERNS_HINT
     if step == "idmap" and err in (_errno.EPERM, _errno.EACCES):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from isol8 import doctor
+import isol8
+from isol8 import chroot, doctor
 from isol8.identity import DEFAULT_UID_RANGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,6 +240,93 @@ def test_container_markers():
     assert markers == ["/run/.containerenv", "KUBERNETES_SERVICE_HOST is set",
                        "/proc/1/cgroup mentions containerd, kubepods"]
     assert doctor.container_markers([], {}, "0::/init.scope\n") == []
+
+
+# chroot
+
+ROOT_AT_SLASH = ("27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+                 "22 27 0:21 / /proc rw - proc proc rw\n")
+# `chroot /srv/debian`, /srv/debian a directory on the host's root file system: the root
+# mount is out of reach, its submounts show relative to the new root.
+PLAIN_CHROOT = "41 40 0:21 / /proc rw - proc proc rw\n44 40 0:5 / /dev rw - devtmpfs udev rw\n"
+
+
+def test_chroot_into_a_directory_shows_no_mount_at_the_root():
+    assert chroot.chrooted(PLAIN_CHROOT, None, None) is True
+    assert chroot.chrooted(PLAIN_CHROOT, True, True) is True
+
+
+def test_chroot_compared_with_init_when_it_shares_the_mount_namespace():
+    assert chroot.chrooted(ROOT_AT_SLASH, True, False) is True  # a chroot onto a mount
+    assert chroot.chrooted(ROOT_AT_SLASH, True, True) is False
+    # another mount namespace than init's (unshare, containers): init's root says nothing
+    assert chroot.chrooted(ROOT_AT_SLASH, False, False) is None
+    assert chroot.chrooted(ROOT_AT_SLASH, None, None) is None
+    assert chroot.chrooted("", None, None) is None  # no /proc: nothing to go by
+
+
+def test_chroot_check_fails_naming_the_kernel_rule_and_the_way_in():
+    check = doctor.check_chroot(True)
+    assert check.status == "fail"
+    assert "chroot" in check.detail and "EPERM" in check.detail
+    assert "mount --move" in check.action and "pivot_root" in check.action
+    assert doctor.check_chroot(False).status == "ok"
+    assert doctor.check_chroot(None).status == "ok"
+
+
+def test_this_host_is_not_a_chroot():
+    assert chroot.this_process() is not True
+
+
+# Builds a root on a tmpfs in a private mount namespace (nothing reaches the host's mounts)
+# holding what this venv's python needs, bound from the host, then enters it either with a
+# plain chroot or as a machine would (bound onto itself, moved over /, then chroot).
+_ENTER_ROOT = r"""
+set -eu
+how=$1 base=$2; shift 2
+mount -t tmpfs isol8-test "$base"
+r=$base/root
+mkdir -p "$r/tmp" "$r/etc" "$r/proc" "$r/sys" "$r/dev" "$r/usr"
+for l in bin lib lib64 sbin; do [ -L "/$l" ] && ln -s "$(readlink "/$l")" "$r/$l"; done
+mount --rbind /usr "$r/usr"; mount --rbind /proc "$r/proc"; mount --rbind /sys "$r/sys"
+mount --rbind /dev "$r/dev"; mount --bind /etc "$r/etc"
+for p in "$@"; do mkdir -p "$r$p"; mount --bind "$p" "$r$p"; done
+if [ "$how" = plain ]; then cd "$r"; exec chroot "$r" "$PY" -m isol8 doctor; fi
+mount --rbind "$r" "$r"; cd "$r"; mount --move . /; exec chroot . "$PY" -m isol8 doctor
+"""
+
+
+def _doctor_in_a_root(how: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    package = Path(isol8.__file__).resolve().parent.parent
+    paths = sorted({str(Path(sys.prefix)), str(package)})
+    # bind each tree once, and nothing /usr already brings
+    binds = [p for p in paths if not p.startswith("/usr/")
+             and not any(p.startswith(q + "/") for q in paths)]
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                           _ENTER_ROOT, "enter", how, str(tmp_path), *binds],
+                          env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PY": sys.executable,
+                               "LANG": "C.UTF-8"},
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.root_only
+def test_doctor_in_a_plain_chroot_names_the_chroot(tmp_path):
+    proc = _doctor_in_a_root("plain", tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert re.search(r"^\[ok\]\s+user namespaces$", out, re.M), out  # the sysctls allow it
+    assert re.search(r"^\[fail\]\s+chroot\n\s+this process runs in a chroot", out, re.M), out
+    sandbox = out[out.index("[fail] sandbox"):]
+    assert "clone" in sandbox and "EPERM" in sandbox and "in a chroot" in sandbox, out
+
+
+@pytest.mark.root_only
+def test_doctor_in_a_root_entered_as_a_machine_would_passes(tmp_path):
+    proc = _doctor_in_a_root("moved", tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert re.search(r"^\[ok\]\s+chroot$", out, re.M), out
+    assert re.search(r"^\[ok\]\s+sandbox$", out, re.M), out
 
 
 # the rest
