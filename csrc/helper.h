@@ -67,6 +67,9 @@ struct op {
   uint32_t content_len;
   uint32_t mode, flags;
   uint64_t size, inodes;
+  /* T_OP_BIND_HOST, filled by open_host_mounts: the detached clone of the source (-1 until
+   * then) and whether it is a directory */
+  int tree, is_dir;
 };
 
 struct rlimit_req {
@@ -121,6 +124,10 @@ void become_sandbox_user(void);
 
 /* rootfs.c */
 void build_root(const struct config *cfg);
+
+/* hostmounts.c */
+void open_host_mounts(struct config *cfg, int as_root);
+void close_host_mounts(const struct config *cfg);
 
 /* net.c */
 void bring_up_loopback(void);

@@ -91,9 +91,16 @@ int main(void) {
 
   /* Mapping a uid other than our own means we are root in the initial namespace: the child
    * must not keep root's supplementary groups, since once setgroups is denied in the new
-   * namespace they could never be dropped again. */
-  if (cfg.host_uid != geteuid() && setgroups(0, NULL) < 0)
+   * namespace they could never be dropped again (nor may they help the lookups below). */
+  int as_root = cfg.host_uid != geteuid();
+  if (as_root && setgroups(0, NULL) < 0)
     fail("identity", "setgroups", NULL);
+
+  /* The caller's mounts, cloned on the host's view before anything is mounted over it: as
+   * root here, with the host's full view, before the clone (hostmounts.c). */
+  current_step = "mounts";
+  if (as_root)
+    open_host_mounts(&cfg, 1);
 
   /* Phase 2: clone into every namespace. */
   current_step = "clone";
@@ -116,6 +123,7 @@ int main(void) {
     child_setup(sync[0]);
   }
   close(sync[0]);
+  close_host_mounts(&cfg); /* the child holds its own copies */
 
   /* Phase 3 (parent): cgroup v1 placement and id maps, then release the child: it must be
    * in its cgroups before it can run anything. */
@@ -165,6 +173,8 @@ static void child_setup(int sync_fd) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
     fail("identity", "prctl", "PR_SET_PDEATHSIG");
 
+  current_step = "mounts";
+  open_host_mounts(&cfg, 0); /* rootless (as root the parent did): before the staging mount */
   current_step = "rootfs";
   build_root(&cfg); /* mounts, pivot_root, read-only root, max_user_namespaces=0 */
 

@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/mount.h>
-#include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -87,44 +86,17 @@ static void bind_ro(const char *src, const char *dst) {
   set_attr(dst, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 1);
 }
 
-/* A host directory or file the caller asked to mount (engine option `mounts`).
- *
- * The supervisor resolved the source with realpath when the engine was built, so it holds no
- * symlink; RESOLVE_NO_SYMLINKS makes a symlink swapped into it on the host since then fail
- * the setup (ELOOP) instead of redirecting the bind. The lookup runs as the sandbox's host uid
- * (as root, a leased uid that only "other" permissions apply to), never as host root.
- * open_tree clones the tree detached and recursively (AT_RECURSIVE, as MS_REC: a plain bind would
- * reveal what the host over-mounted below the source); its attributes are set on the whole
- * clone, submounts included, before it is attached: nosuid and nodev always, read-only
- * unless the caller asked for a writable mount. */
+/* A host directory or file the caller asked to mount (engine option `mounts`): its tree was
+ * cloned on the host's view, attributes and all, before the staging mount (hostmounts.c);
+ * here it is only attached. */
 static void bind_host(const struct op *op) {
-  struct open_how how = {.flags = O_PATH | O_CLOEXEC,
-                         .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
-  int fd = (int)syscall(SYS_openat2, AT_FDCWD, op->a, &how, sizeof how);
-  if (fd < 0)
-    fail("rootfs", "openat2", op->a);
-  struct stat st;
-  if (fstat(fd, &st) < 0)
-    fail("rootfs", "fstat", op->a);
-  if (S_ISDIR(st.st_mode))
+  if (op->is_dir)
     mkdir_p(op->b, 0755);
-  else if (S_ISREG(st.st_mode))
-    touch(op->b);
   else
-    fail_errno(EINVAL, "rootfs", "bind(not a directory or regular file)", op->a);
-  int tree = (int)syscall(SYS_open_tree, fd, "",
-                          OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
-  if (tree < 0)
-    fail("rootfs", "open_tree", op->a);
-  close(fd);
-  struct mount_attr attr = {.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV};
-  if (op->flags & BIND_HOST_RDONLY)
-    attr.attr_set |= MOUNT_ATTR_RDONLY;
-  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
-    fail("rootfs", "mount_setattr", op->a);
-  if (syscall(SYS_move_mount, tree, "", AT_FDCWD, rel(op->b), MOVE_MOUNT_F_EMPTY_PATH) < 0)
+    touch(op->b);
+  if (syscall(SYS_move_mount, op->tree, "", AT_FDCWD, rel(op->b), MOVE_MOUNT_F_EMPTY_PATH) < 0)
     fail("rootfs", "move_mount", op->b);
-  close(tree);
+  close(op->tree);
 }
 
 /* Device nodes cannot be created in a user namespace (mknod EPERM): bind the host's. */

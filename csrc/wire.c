@@ -74,6 +74,7 @@ static int record_pair(const struct record *rec, size_t skip, const char **a, co
 static int parse_op(const struct record *rec, struct op *op) {
   memset(op, 0, sizeof *op);
   op->tag = rec->tag;
+  op->tree = -1;
   switch (rec->tag) {
   case T_OP_BIND_RO:
   case T_OP_BIND_DEV:

@@ -9,6 +9,7 @@ write.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -228,6 +229,87 @@ print(json.dumps(out))
              if path.lstat().st_mode & (stat.S_ISUID | stat.S_ISGID)]
     assert setid == []
 
+
+
+# --- sources under the host's /tmp ---------------------------------------------------------
+# The helper stages the new root on a tmpfs over /tmp; sources are cloned before it is
+# mounted, so /tmp paths are the host's.
+
+@pytest.fixture
+def tmp_source(tmp_path):
+    """A fresh directory under the host's /tmp, as agent hosts mount: pytest's tmp_path
+    rootless; as root tmp_path sits in /tmp/pytest-of-root (0700), which the sandbox's
+    leased uid may not search, so a mkdtemp() directory straight under /tmp."""
+    if not is_root():
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="isol8-tmp-src-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_lock():
+    """Tests that create /tmp/<name> or mount /tmp itself run one at a time, across
+    processes (a root and a rootless suite): an flock on /tmp, which every user can open."""
+    fd = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_sources_under_the_host_tmp(tmp_source):
+    assert str(tmp_source).startswith("/tmp/")
+    (tmp_source / "repo").mkdir()
+    (tmp_source / "repo" / "marker").write_text("from the host's /tmp\n")
+    (tmp_source / "settings.json").write_text('{"tmp": true}')
+    for path in (tmp_source / "repo", tmp_source / "repo" / "marker",
+                 tmp_source / "settings.json"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    mounts = [{"source": str(tmp_source / "repo"), "target": "/sandbox/repo"},
+              {"source": str(tmp_source / "settings.json"), "target": "/mnt/settings.json"},
+              {"source": str(tmp_source), "target": "/mnt/workspace"}]
+    with Isol8(mounts=mounts) as eng:
+        r = run_sh(eng, "cat /sandbox/repo/marker /mnt/settings.json; echo; "
+                        "ls /mnt/workspace; ls /sandbox/repo")
+    assert (r.exit_code, r.stdout.splitlines()) == (0, [
+        "from the host's /tmp", '{"tmp": true}', "repo", "settings.json", "marker"]), r.stderr
+
+
+def test_the_host_tmp_itself_as_a_source(tmp_source, tmp_lock):
+    """/tmp is the host's, not the new root the helper stages there (its usr, etc, proc)."""
+    (tmp_source / "marker").write_text("host tmp\n")
+    (tmp_source / "marker").chmod(0o644)
+    with Isol8(mounts=[{"source": "/tmp", "target": "/mnt/host-tmp"}]) as eng:
+        r = run_sh(eng, f"cat /mnt/host-tmp/{tmp_source.relative_to('/tmp')}/marker; "
+                        "ls -a /mnt/host-tmp")
+    assert r.exit_code == 0, r.stderr
+    first, *entries = r.stdout.splitlines()
+    assert first == "host tmp"
+    assert str(tmp_source).split("/")[2] in entries
+    assert not {"usr", "proc", "sandbox"} & set(entries), entries
+
+
+@pytest.mark.parametrize("name", ["etc", "usr", "sandbox"])
+def test_a_source_named_like_the_staged_root(tmp_lock, name):
+    """/tmp/etc is the host's /tmp/etc, never the synthesized /etc of the staging tree."""
+    source = Path("/tmp") / name
+    source.mkdir(mode=0o755)  # fails loudly if a stale one is in the way
+    try:
+        source.chmod(0o755)
+        (source / "marker").write_text(f"host /tmp/{name}\n")
+        (source / "marker").chmod(0o644)
+        with Isol8(mounts=[{"source": str(source), "target": "/sandbox/shadow"}]) as eng:
+            r = run_sh(eng, "ls -A /sandbox/shadow; cat /sandbox/shadow/marker")
+    finally:
+        shutil.rmtree(source)
+    assert (r.exit_code, r.stdout.splitlines()) == (0, ["marker", f"host /tmp/{name}"]), \
+        r.stderr
 
 # --- escapes -------------------------------------------------------------------------------
 
