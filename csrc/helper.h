@@ -68,8 +68,9 @@ struct op {
   uint32_t mode, flags;
   uint64_t size, inodes;
   /* T_OP_BIND_HOST, filled by open_host_mounts: the detached clone of the source (-1 until
-   * then) and whether it is a directory */
+   * then), whether it is a directory, and why it is not idmapped (as root; NULL if it is) */
   int tree, is_dir;
+  const char *unmapped;
 };
 
 struct rlimit_req {
@@ -127,6 +128,7 @@ void build_root(const struct config *cfg);
 
 /* hostmounts.c */
 void open_host_mounts(struct config *cfg, int as_root);
+void report_unmapped(const struct config *cfg);
 void close_host_mounts(const struct config *cfg);
 
 /* net.c */

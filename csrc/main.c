@@ -96,8 +96,8 @@ int main(void) {
   if (as_root && setgroups(0, NULL) < 0)
     fail("identity", "setgroups", NULL);
 
-  /* The caller's mounts, cloned on the host's view before anything is mounted over it: as
-   * root here, with the host's full view, before the clone (hostmounts.c). */
+  /* The caller's mounts, cloned on the host's view before anything is mounted over it; as
+   * root here, still in the initial namespaces, where they can be idmapped (hostmounts.c). */
   current_step = "mounts";
   if (as_root)
     open_host_mounts(&cfg, 1);
@@ -139,6 +139,7 @@ int main(void) {
    * first, follows it on the socket. */
   send_json_fd(pidfd, "{\"event\":\"started\",\"pid\":%d}", (int)pid);
   close(pidfd);
+  report_unmapped(&cfg);
   if (write(sync[1], "1", 1) != 1)
     fail("idmap", "write", "sync pipe");
   close(sync[1]);

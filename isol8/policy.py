@@ -155,8 +155,9 @@ def _reason(exc: OSError) -> str:
 
 
 def _require_reachable_by_others(resolved: str, value: str, field: str) -> None:
-    """As root, the helper looks the source up as the sandbox's leased host uid, which owns
-    nothing and is in no group: only "other" permissions apply to it."""
+    """As root, the helper looks the source up as the sandbox's leased host uid (never as
+    root), which owns nothing and is in no group: only "other" permissions let it search the
+    parents. The source itself needs none once idmapped: its owner's bits apply inside."""
     parent = os.path.dirname(resolved)
     while parent != "/":
         if not os.stat(parent).st_mode & stat.S_IXOTH:

@@ -257,6 +257,10 @@ _EVENT_FIELDS: dict[str, dict[str, type]] = {
     "exit": {"id": int},
     "error": {"step": str, "syscall": str, "errno": int, "path": str},
     "oom": {"usage": int},
+    # as root, a caller's mount left without an idmap: its file system cannot be idmapped
+    # (reason: the errno name, EINVAL for overlayfs), or it is read-write in a sandbox
+    # without a seccomp filter (nothing would refuse a setuid file on the host)
+    "unmapped": {"target": str, "reason": str},
 }
 _OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
     "exit": {"code": int, "signal": int, "cpu_us": int, "peak": int},

@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import time
+import warnings
 from collections.abc import Callable, Generator
 from typing import TypeVar
 from dataclasses import dataclass, field
@@ -146,6 +147,8 @@ class Sandbox:
             raise
         if event["event"] == "started" and len(fds) == 1 and self._pidfd < 0:
             self._pidfd = fds.pop()
+        elif event["event"] == "unmapped":
+            warn_unmapped(event)
         close_all(fds)
         return event
 
@@ -461,6 +464,14 @@ def drain(fd: int) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+def warn_unmapped(event: dict[str, object]) -> None:
+    """As root, a mount the helper could not idmap keeps the plain ownership: say so, once
+    per mount and reason (the warnings registry), since its files then behave otherwise."""
+    warnings.warn(f"isol8: mount {event['target']} is not idmapped ({event['reason']}): host "
+                  "files show as nobody inside and only their 'other' permission bits apply",
+                  RuntimeWarning, stacklevel=2)
 
 
 def error_from_event(event: dict[str, object]) -> Isol8Error:

@@ -1,10 +1,11 @@
 """Host directories and files mounted into the sandbox (the engine option ``mounts``).
 
-Every test runs a real sandbox on the real kernel, in both modes. As root the sandbox is an
-unprivileged leased host uid that only "other" permissions apply to, so the host trees here
-live under /var/tmp (world-searchable, unlike pytest's tmp_path as root) and are made
-world-writable where a test needs the kernel, not file permissions, to be what refuses a
-write.
+Every test runs a real sandbox on the real kernel, in both modes. As root a mount is
+idmapped (its owner is the sandbox user inside) but looked up as the sandbox's leased host
+uid, which only "other" permissions let search the parents: so the host trees here live under
+/var/tmp (world-searchable, unlike pytest's tmp_path as root), and are made world-writable
+where a test needs the kernel, not file permissions, to be what refuses a write (the plain
+mapping of a mount that cannot be idmapped).
 """
 
 from __future__ import annotations
@@ -107,11 +108,9 @@ def test_read_write_mount_writes_land_on_the_host(project):
     assert (project / "README").read_text() == "hello from the host\nappended in the sandbox\n"
     assert (project / "out" / "file.txt").read_text() == "result\n"
     assert not (project / "pkg" / "mod.py").exists()
-    owner = (project / "out" / "file.txt").stat().st_uid
-    if is_root():  # the sandbox's leased host uid: never root, never an existing account
-        assert owner >= 65536
-    else:  # rootless, the sandbox user is the caller
-        assert owner == os.getuid()
+    # rootless the sandbox user is the caller; as root the mount is idmapped and what the
+    # sandbox creates belongs to the source's owner (the caller here, root)
+    assert (project / "out" / "file.txt").stat().st_uid == project.stat().st_uid == os.getuid()
 
 
 def test_mount_flags_are_nosuid_nodev_and_the_root_stays_read_only(project):
@@ -311,6 +310,117 @@ def test_a_source_named_like_the_staged_root(tmp_lock, name):
     assert (r.exit_code, r.stdout.splitlines()) == (0, ["marker", f"host /tmp/{name}"]), \
         r.stderr
 
+
+# --- ownership: idmapped as root -----------------------------------------------------------
+
+def test_git_commits_in_a_read_write_mount_of_a_private_repo(tmp_source):
+    """An agent's checkout: a 0700 repository of the caller's (root's, as root) under /tmp.
+    Its owner is the sandbox user inside (git's safe.directory check passes) and the commit's
+    files belong to the owner on the host, in both modes."""
+    repo = tmp_source / "repo"
+    git = ["git", "-c", "user.name=host", "-c", "user.email=host@example.com", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "README").write_text("v1\n")
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "from the host"], check=True)
+    repo.chmod(0o700)
+    with Isol8(mounts=[{"source": str(repo), "target": "/sandbox/repo", "readonly": False}]) \
+            as eng:
+        r = run_sh(eng, "cd /sandbox/repo && stat -c '%U %a' . README && echo v2 > README && "
+                        "git -c user.name=a -c user.email=a@b commit -qam 'from the sandbox' "
+                        "&& git log --format=%s")
+    assert r.exit_code == 0, r.stderr
+    assert "dubious ownership" not in r.stderr
+    assert r.stdout.splitlines() == ["sandbox 700", "sandbox 644", "from the sandbox",
+                                     "from the host"]
+    log = subprocess.run([*git, "log", "--format=%s"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert log[:2] == ["from", "the"] and "sandbox" in log
+    assert (repo / "README").read_text() == "v2\n"
+    objects = [path for path in (repo / ".git" / "objects").rglob("*") if path.is_file()]
+    assert len(objects) >= 6  # the host's commit, tree, blob and the sandbox's three
+    assert {path.stat().st_uid for path in [*objects, repo / "README"]} == {os.getuid()}
+
+
+@pytest.mark.root_only
+def test_as_root_the_source_owner_is_the_sandbox_user(host_dir):
+    """Any owner, not only root: a tree owned by an unused uid shows as `sandbox`, its other
+    users' files as nobody, and what the sandbox creates belongs to that owner on the host."""
+    owner, other = 4_000_123, 4_000_456  # no account has them
+    src = host_dir / "owned"
+    src.mkdir(mode=0o700)
+    (src / "mine").write_text("owner's\n")
+    (src / "theirs").write_text("someone else's\n")
+    os.chown(src, owner, owner)
+    os.chown(src / "mine", owner, owner)
+    os.chown(src / "theirs", other, other)
+    (src / "mine").chmod(0o600)
+    (src / "theirs").chmod(0o600)
+    with Isol8(mounts=[{"source": str(src), "target": "/sandbox/o", "readonly": False}]) as eng:
+        r = run_sh(eng, "cd /sandbox/o && stat -c '%n %U %G' . mine theirs && cat mine && "
+                        "{ cat theirs 2>/dev/null || echo denied; } && mkdir new && "
+                        "echo x > new/file")
+    assert r.stdout.splitlines() == [". sandbox sandbox", "mine sandbox sandbox",
+                                     "theirs nobody nogroup", "owner's", "denied"], r.stderr
+    for path in (src / "new", src / "new" / "file"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (owner, owner)
+
+
+@pytest.mark.root_only
+def test_as_root_the_source_is_looked_up_as_the_leased_uid(host_dir):
+    """Never as host root: a parent that stops being searchable by others after the engine
+    was built fails the setup with EACCES, though root could still reach the source."""
+    gate = host_dir / "gate"
+    (gate / "src").mkdir(parents=True)
+    gate.chmod(0o755)
+    with Isol8(mounts=[{"source": str(gate / "src"), "target": "/sandbox/s"}]) as eng:
+        gate.chmod(0o700)
+        with pytest.raises(SandboxSetupError) as info:
+            eng.execute(cmd="true")
+        gate.chmod(0o711)  # search is all it takes
+        assert eng.execute(cmd="stat -c %U /sandbox/s").stdout == "sandbox"
+    assert (info.value.syscall, info.value.errno, info.value.path) == (
+        "openat2", 13, str(gate / "src"))  # EACCES
+
+
+@pytest.mark.root_only
+def test_a_file_system_that_cannot_be_idmapped_falls_back_and_says_so(host_dir):
+    """overlayfs has no idmapped mounts (EINVAL): the mount keeps plain ownership, as before
+    idmapping (root's files show as nobody), and a RuntimeWarning names it and the reason."""
+    for name in ("lower", "upper", "work", "merged"):
+        (host_dir / name).mkdir()
+    (host_dir / "lower" / "marker").write_text("from the lower layer\n")
+    (host_dir / "lower" / "marker").chmod(0o644)
+    merged = host_dir / "merged"
+    subprocess.run(["mount", "-t", "overlay", "isol8-test", "-o",
+                    f"lowerdir={host_dir / 'lower'},upperdir={host_dir / 'upper'},"
+                    f"workdir={host_dir / 'work'}", str(merged)], check=True)
+    try:
+        merged.chmod(0o755)
+        with Isol8(mounts=[{"source": str(merged), "target": "/mnt/ovl"}]) as eng:
+            with pytest.warns(RuntimeWarning, match=r"mount /mnt/ovl is not idmapped "
+                                                    r"\(EINVAL\)"):
+                r = run_sh(eng, "stat -c %U /mnt/ovl/marker && cat /mnt/ovl/marker")
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert r.stdout.splitlines() == ["nobody", "from the lower layer"], r.stderr
+
+
+@pytest.mark.root_only
+def test_without_a_seccomp_filter_read_write_mounts_are_not_idmapped(project):
+    """seccomp="unconfined" lifts the setuid refusal, so a read-write mount does not make the
+    sandbox the source's owner (root here): it writes as its leased uid, and is told why.
+    A read-only mount stays idmapped."""
+    mounts = [{"source": str(project), "target": "/sandbox/rw", "readonly": False},
+              {"source": str(project), "target": "/sandbox/ro"}]
+    with Isol8(seccomp="unconfined", mounts=mounts) as eng:
+        with pytest.warns(RuntimeWarning, match="mount /sandbox/rw is not idmapped "
+                                                r"\(read-write without a seccomp filter\)"):
+            r = run_sh(eng, "stat -c %U /sandbox/rw /sandbox/ro && touch /sandbox/rw/new")
+    assert r.stdout.splitlines() == ["nobody", "sandbox"], r.stderr
+    assert (project / "new").stat().st_uid >= 65536  # the leased uid, never root
+
+
 # --- escapes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seccomp", ["strict", "unconfined"])  # unconfined: capabilities alone
@@ -475,9 +585,10 @@ def test_bad_sources_are_refused(source, message):
     (["/var/tmp:/sandbox/x"], "expected a mapping"),
     ([{"source": "/var/tmp", "target": "/sandbox/x", "readonly": "yes"}], "readonly"),
     ([{"source": "/var/tmp", "target": "/sandbox/x", "mode": "rw"}], "unknown key"),
-    ([{"source": "/var/tmp", "target": "/sandbox/x"},
+    # (/usr: nothing mounts a kernel file system below it, as a bootstrap under /var/tmp may)
+    ([{"source": "/usr/share", "target": "/sandbox/x"},
       {"source": "/usr", "target": "/sandbox/x/"}], "duplicate target /sandbox/x"),
-    ([{"source": "/var/tmp", "target": "/mnt/a/b"},
+    ([{"source": "/usr/share", "target": "/mnt/a/b"},
       {"source": "/usr", "target": "/mnt/a"}], "/mnt/a/b is inside /mnt/a"),
     ([{"source": "/usr", "target": f"/mnt/{i}"} for i in range(33)], "at most 32"),
 ])
