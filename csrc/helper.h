@@ -3,7 +3,8 @@
  * Interface (bubblewrap's --args/--seccomp/--json-status-fd model, on one socket):
  *   fd 3 is a SOCK_SEQPACKET unix socket to the supervisor.
  *   in:  one config message ('C'), then exec requests ('X') carrying stdio fds by SCM_RIGHTS;
- *   out: one JSON object per message: {"event":"started"|"ready"|"spawned"|"exit"|"error",...}.
+ *   out: one JSON object per message: {"event":"started"|"unmapped"|"ready"|"spawned"|"exit"|
+ *        "error"|"oom",...}.
  * Every message is a type byte followed by records: u16 tag, u16 zero, u32 length, payload.
  * The wire format is defined once, in isol8/protocol.py; the tags below mirror it. */
 #ifndef ISOL8_HELPER_H
