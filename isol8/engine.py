@@ -56,8 +56,9 @@ class Isol8:
 
     Limits (upstream's defaults): ``memory_limit="512m"``, ``cpu_limit=1.0`` (cores),
     ``pids_limit=64``; each is enforced by the strongest backend this host offers for it
-    (see isol8.limits), reported in every result's ``resource_usage.enforced``;
-    ``strict_limits=True`` refuses to start rather than degrade to a best-effort backend.
+    (see isol8.limits), reported in every result's ``resource_usage.enforced``, and the
+    limits a run reached in ``resource_usage.limits_reached``; ``strict_limits=True``
+    refuses to start rather than degrade to a best-effort backend.
     ``cgroup_parent`` (or ``ISOL8_CGROUP_PARENT``) names a delegated cgroup v2 directory to
     create the engine's cgroups in, instead of the supervisor's own cgroup.
 
