@@ -1,7 +1,9 @@
 # The two commands of the README:
 #   make run   set everything up, then run python's print(2**8) in a sandbox on the host rootfs
-#   make test  set everything up, then run the whole suite (as root: again, rootless, then the
-#              cgroup v2 limit tests in a TCG VM; ISOL8_SKIP_VM=1 skips the VM locally)
+#   make test  set everything up plus the programs the tests run (scripts/system-deps.sh --test),
+#              then the whole suite (as root: again, rootless, then the cgroup v2 limit tests in a
+#              TCG VM; ISOL8_SKIP_VM=1 skips the VM locally); every stage runs, then a summary
+#   scripts/fresh-machine.sh  both commands on a freshly bootstrapped Debian 12 root (CI runs it)
 #   make vm-test  only the VM stage (scripts/vm-limits-test.sh, ~3 min, root)
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
@@ -27,6 +29,7 @@ run: setup
 	$(VPY) -m isol8 exec -r python -e 'print(2**8)'
 
 test: setup
+	./scripts/system-deps.sh --test
 	./scripts/test.sh $(VPY)
 
 vm-test: setup
