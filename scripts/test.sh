@@ -1,39 +1,103 @@
 #!/usr/bin/env bash
-# The whole suite, as the invoking user. As root it then runs the suite again as an
-# unprivileged user from a world-readable copy: rootless is the headline, so both must pass.
-# Last, as root, the VM stage: this host's cgroups are hybrid (v1 controllers), so the cgroup v2
-# limit tests run in a qemu TCG VM (scripts/vm-limits-test.sh), as root and as a delegated user.
-# ISOL8_SKIP_VM=1 skips that stage for quick local runs; CI never sets it.
+# The whole suite, in up to three stages. Every stage runs and reports even when an earlier one
+# failed; a summary follows, and the script fails if any stage failed.
+#   1. the suite as the invoking user (root or not)
+#   2. as root only: the suite again as the unprivileged user isol8-ci, from a world-readable copy
+#      (rootless is the headline, so both must pass)
+#   3. as root only: the VM stage. This host's cgroups are hybrid (v1 controllers), so the cgroup v2
+#      limit tests run in a qemu TCG VM (scripts/vm-limits-test.sh), as root and as a delegated user.
+#      ISOL8_SKIP_VM=1 skips it for quick local runs; CI never sets it.
+# The last line counts every stage's tests in the plain "total: N passed, N failed" form (from the
+# stages' junit XML; a stage that failed before writing one counts as one failure).
 set -euo pipefail
 vpy=${1:-.venv/bin/python}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-
-echo "== isol8 tests as $(id -un) (uid $(id -u))"
-"$vpy" -m pytest -q -p no:cacheprovider tests
-[ "$(id -u)" -eq 0 ] || exit 0
-
 user=isol8-ci
-id -u "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
-work=$(mktemp -d /var/tmp/isol8-rootless.XXXXXX)
+work=$(mktemp -d /var/tmp/isol8-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"
-/usr/bin/python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q "$repo[test]"
-cp -r tests packaging pyproject.toml "$work/"
-mkdir "$work/home"
-chown "$user:" "$work/home"
-chmod -R a+rX "$work"
+mkdir "$work/results"
+names=() rcs=() secs=() xmls=()
 
-echo "== isol8 tests rootless, as $user"
-cd "$work"
-setpriv --reuid="$user" --regid="$user" --clear-groups -- \
-  env -i HOME="$work/home" PATH=/usr/bin:/bin LANG=C.UTF-8 \
-  "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests
+stage() {  # stage NAME XML... -- CMD...: run CMD, record its status, time and junit files
+  local name=$1 files=() t0 rc=0
+  shift
+  while [ "$1" != -- ]; do files+=("$1"); shift; done
+  shift
+  t0=$(date +%s)
+  "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then echo "== stage $name ran no test (pytest exit 5): counted as a failure"; fi
+  names+=("$name") rcs+=("$rc") secs+=("$(($(date +%s) - t0))") xmls+=("${files[*]}")
+}
 
-cd "$repo"
-if [ "${ISOL8_SKIP_VM:-}" = 1 ]; then
-  echo "== VM stage SKIPPED (ISOL8_SKIP_VM=1): cgroup v2 limits untested in this run (CI runs them)"
-else
-  ./scripts/vm-limits-test.sh
+pytest_as_invoker() {
+  echo "== isol8 tests as $(id -un) (uid $(id -u))"
+  "$vpy" -m pytest -q -p no:cacheprovider --junitxml="$work/results/invoker.xml" tests
+}
+
+pytest_rootless() {  # a venv and copy of the tests that isol8-ci can read, then pytest as isol8-ci
+  local copy=$work/rootless
+  id -u "$user" >/dev/null 2>&1 ||
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$user" || return
+  # (a function called as a condition runs without set -e: each step checks for itself)
+  mkdir "$copy" &&
+    /usr/bin/python3 -m venv "$copy/venv" &&
+    "$copy/venv/bin/pip" install -q --disable-pip-version-check "$repo[test]" &&
+    cp -r tests packaging pyproject.toml "$copy/" &&
+    mkdir "$copy/home" &&
+    chown "$user:" "$copy/home" &&
+    chmod -R a+rX "$copy" || return
+  echo "== isol8 tests rootless, as $user"
+  (cd "$copy" && setpriv --reuid="$user" --regid="$user" --clear-groups -- \
+    env -i HOME="$copy/home" PATH=/usr/bin:/bin LANG=C.UTF-8 \
+    "$copy/venv/bin/python" -m pytest -q -p no:cacheprovider \
+    --junitxml="$copy/home/junit.xml" tests)
+  local rc=$?
+  cp "$copy/home/junit.xml" "$work/results/rootless.xml" 2>/dev/null || true
+  return $rc
+}
+
+stage "$(id -un)" "$work/results/invoker.xml" -- pytest_as_invoker
+if [ "$(id -u)" -eq 0 ]; then
+  stage rootless "$work/results/rootless.xml" -- pytest_rootless
+  if [ "${ISOL8_SKIP_VM:-}" = 1 ]; then
+    echo "== VM stage SKIPPED (ISOL8_SKIP_VM=1): cgroup v2 limits untested in this run (CI runs them)"
+  else
+    vmres=${ISOL8_VM_STAGE:-/var/tmp/isol8-vm}/results
+    stage vm "$vmres/root.xml" "$vmres/user/junit.xml" -- ./scripts/vm-limits-test.sh
+  fi
 fi
+
+echo "== summary"
+status=0 counts=()
+for i in "${!names[@]}"; do
+  [ "${rcs[$i]}" -eq 0 ] || status=1
+  counts+=("${names[$i]}" "${rcs[$i]}" "${secs[$i]}" "${xmls[$i]}")
+done
+/usr/bin/python3 - "${counts[@]}" <<'PY'
+import sys, xml.etree.ElementTree as ET
+args, total = sys.argv[1:], {"passed": 0, "failed": 0, "skipped": 0}
+for i in range(0, len(args), 4):
+    name, rc, secs, files = args[i], int(args[i + 1]), args[i + 2], args[i + 3].split()
+    n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for path in files:
+        try:
+            for suite in ET.parse(path).getroot().iter("testsuite"):
+                for key in n:
+                    n[key] += int(suite.get(key, 0))
+        except (OSError, ET.ParseError):
+            pass
+    failed = n["failures"] + n["errors"]
+    if rc and not failed:
+        failed = 1  # the stage failed outside any test (setup, pytest exit 5, a VM that did not boot)
+    passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+    verdict = "ok" if rc == 0 else f"FAILED (exit {rc})"
+    print(f"  {name:9} {verdict:16} {passed} passed, {failed} failed, {n['skipped']} skipped"
+          f" in {secs} s")
+    total["passed"] += passed
+    total["failed"] += failed
+    total["skipped"] += n["skipped"]
+print(f"total: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
+PY
+exit $status
