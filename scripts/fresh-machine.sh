@@ -182,7 +182,8 @@ machine() {
   step "root make test" bash -c 'set -o pipefail; cd /root/isol8 && make test 2>&1 |
     tee /tmp/make-test.out'
 
-  echo "== fresh-machine summary"
+  echo "== fresh-machine summary ($(python3 --version), node $(node --version 2>/dev/null ||
+    echo missing), git $(git --version | cut -d' ' -f3))"
   for i in "${!names[@]}"; do
     [ "${rcs[$i]}" -eq 0 ] || status=1
     printf '  %-40s %-16s %5s s\n' "${names[$i]}" \
