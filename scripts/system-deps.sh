@@ -53,7 +53,8 @@ fi
 log=${ISOL8_APT_LOG:-/var/log/isol8-system-deps.log}
 : >"$log"
 export DEBIAN_FRONTEND=noninteractive
-install=(apt-get install -y --no-install-recommends "${missing[@]}")
+apt=(apt-get -o DPkg::Lock::Timeout=300)  # wait for another apt-get rather than fail
+install=("${apt[@]}" install -y --no-install-recommends "${missing[@]}")
 installed() { dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}' | sort; }
 fail() {
   cat "$log" >&2
@@ -66,10 +67,10 @@ before=$(installed)
 # Package lists are needed once: a fresh root has none (update first); stale ones show up as a
 # failed install (update, then retry).
 if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
-  apt-get update >>"$log" 2>&1 || fail "apt-get update"
+  "${apt[@]}" update >>"$log" 2>&1 || fail "apt-get update"
   "${install[@]}" >>"$log" 2>&1 || fail "apt-get install ${missing[*]}"
 elif ! "${install[@]}" >>"$log" 2>&1; then
-  apt-get update >>"$log" 2>&1 || fail "apt-get update"
+  "${apt[@]}" update >>"$log" 2>&1 || fail "apt-get update"
   "${install[@]}" >>"$log" 2>&1 || fail "apt-get install ${missing[*]}"
 fi
 added=$(comm -13 <(echo "$before") <(installed) | wc -l)
