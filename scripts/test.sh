@@ -10,6 +10,9 @@
 # The last line counts every stage's tests in the plain "total: N passed, N failed" form (from the
 # stages' junit XML; a stage that failed before writing one counts as one failure).
 set -euo pipefail
+# The suite runs as if started by hand: a make that a test runs is not a sub-make of `make test`
+# (it would print "Entering directory" lines and look for the outer make's jobserver).
+unset MAKELEVEL MAKEFLAGS MFLAGS
 vpy=${1:-.venv/bin/python}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -44,7 +47,7 @@ pytest_rootless() {  # a venv and copy of the tests that isol8-ci can read, then
   mkdir "$copy" &&
     /usr/bin/python3 -m venv "$copy/venv" &&
     "$copy/venv/bin/pip" install -q --disable-pip-version-check "$repo[test]" &&
-    cp -r tests packaging pyproject.toml "$copy/" &&
+    cp -r tests packaging pyproject.toml README.md Makefile "$copy/" &&
     mkdir "$copy/home" &&
     chown "$user:" "$copy/home" &&
     chmod -R a+rX "$copy" || return
