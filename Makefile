@@ -15,11 +15,13 @@ all: build
 
 setup: $(VENV)/.installed build
 
+# pip -qq: errors only (the build backend's notices, such as setuptools' note on editable
+# installs, are not the user's business; a failed build still prints its output).
 $(VENV)/.installed: pyproject.toml setup.py
 	./scripts/system-deps.sh
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -qq --upgrade pip
+	$(VPY) -m pip install -qq -e '.[test]'
 	touch $@
 
 build:
