@@ -5,11 +5,14 @@ finishes start-up, says ``R`` on the socket and waits for requests, each ``marsh
 ``(argv, env, cwd)`` with the run's stdin, stdout, stderr and code (a sealed memfd: code of
 any size) attached by SCM_RIGHTS.
 
-zygote (the warm pool): one request, and the process becomes exactly what ``python3
-/sandbox/main.py`` would have been: the code file written, argv, ``sys.path[0]``, a fresh
-``__main__``, the environment and stdio replaced, tracebacks that start at the script, and
-the interpreter's normal shutdown (atexit handlers, flushes). ``/proc/self/cmdline`` and
-``sys.orig_argv`` still show the zygote: the one difference, documented in the README.
+zygote (the warm pool, persistent sessions): one request, and the process becomes exactly
+what ``python3 /sandbox/main.py`` would have been: the code file written, argv,
+``sys.path[0]``, a fresh ``__main__``, the environment and stdio replaced, tracebacks that
+start at the script, and the interpreter's normal shutdown (atexit handlers, flushes).
+``/proc/self/cmdline`` and ``sys.orig_argv`` still show the zygote: the one difference,
+documented in the README. Once it holds the request it says ``A``, before any of the code
+runs: a zygote that dies without saying it (killed by a background process) never ran
+the code, and the supervisor starts the run cold instead of reporting that death.
 
 repl (``repl=True``): requests in a loop, each code run in the same ``__main__``, so
 variables and imports survive. An exception or ``sys.exit`` ends the cell, not the
@@ -88,6 +91,10 @@ def _main():
     main = sys.modules["__main__"].__dict__
     if sys.argv[1:] == ["zygote"]:
         argv, code = receive()
+        try:
+            control.send(b"A")
+        except OSError:
+            pass  # the supervisor gave up on the run (interrupted): it kills this process
         control.close()
         for name in set(sys.modules) - loaded:
             del sys.modules[name]

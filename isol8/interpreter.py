@@ -4,7 +4,8 @@ pool's zygotes and the persistent REPL.
 The interpreter's control socket is its stdin at start-up; the supervisor keeps the other
 end. A request is ``marshal`` of ``(argv, env, cwd)`` (data the supervisor made, read by
 the sandbox: nothing from inside is ever unmarshalled here) with stdin, stdout, stderr and
-the code as fds; the only things read back are a 5-byte hello and 4-byte statuses.
+the code as fds; the only things read back are a 5-byte hello, a zygote's 1-byte ``A``
+(it holds the request) and a REPL's 4-byte statuses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import select
 import socket
+import time
 from pathlib import Path
 
 from .errors import Isol8Error
@@ -61,6 +63,43 @@ class Interpreter:
         self._out_r = -1
         self.pid = int.from_bytes(hello[1:], "little")
         return self.pid
+
+    def took_run(self, deadline: float, cancel_fd: int = -1) -> bool:
+        """After ``send_code``: False if this zygote died without taking the run.
+
+        kill(2) returns once SIGKILL is queued; the zygote exits, and its socket closes,
+        only when it is next scheduled. So the request to a zygote killed just before the
+        run (by a background process of a persistent session) may be sent while it dies:
+        the send succeeds, and its exit report would end the run as 137 with no output.
+        It says ``A`` once it holds the request and before the code runs, so a hang-up
+        without it means the code never ran: the caller starts the run cold. A hang-up with
+        our request unread reports ECONNRESET first (net/unix/af_unix.c,
+        unix_release_sock), the same death. Reaching ``deadline`` or a readable
+        ``cancel_fd`` first counts as taken: the caller's supervision then times out or
+        cancels the run, and kills it."""
+        poller = select.poll()
+        poller.register(self.control, select.POLLIN)
+        if cancel_fd >= 0:
+            poller.register(cancel_fd, select.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            timeout_ms = max(1, int(min(remaining, 3600) * 1000 + 0.999))
+            ready = [fd for fd, _ in poller.poll(timeout_ms)]
+            if cancel_fd in ready:
+                return True
+            if not ready:
+                continue
+            try:
+                said = self.control.recv(8)
+            except ConnectionResetError:
+                return False
+            if said == b"A":
+                return True
+            if not said:
+                return False
+            # Otherwise its hello, unread because nothing waited for it: the answer follows.
 
     def close(self) -> None:
         self.control.close()

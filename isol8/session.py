@@ -54,8 +54,9 @@ class Session:
 
     def prepare_zygote(self, python: str) -> None:
         """Start the interpreter the next Python run will take, without waiting for it: it
-        starts while the caller looks at this run's result. A run takes it only if it is
-        still there (a background process may kill it: the run then starts its own)."""
+        starts while the caller looks at this run's result. A background process may kill
+        it before that run: the run then starts cold (see ``Interpreter.took_run``).
+        ``self.zygote.wait_ready()`` waits for it, and names its pid in the sandbox."""
         if self.zygote is None and self.alive:
             with signals_deferred():
                 self.zygote = Interpreter(self.sandbox, self.new_run_id(), python, "zygote",
@@ -63,22 +64,31 @@ class Session:
 
     def _launch(self, spec: RunSpec, out_w: int, err_w: int,
                 zygote: bool) -> tuple[int, Interpreter | None]:
-        """Start ``spec`` as a new run, through the waiting zygote if allowed; its id, and
-        the zygote used, to close once the run is over (closing a socket with its hello
-        unread would reset the zygote's end before it has read the request)."""
+        """Start ``spec`` as a new run, handed to the waiting zygote if allowed; its id, and
+        the zygote used, which the caller must see take the run (``took_run``) and close
+        once the run is over (closing a socket with its hello unread would reset the
+        zygote's end before it has read the request)."""
         if zygote and self.zygote is not None:
             # Not waiting for its hello: a zygote still starting reads the request when it
-            # is ready. One that died refuses it (EPIPE), and the run starts its own.
+            # is ready. One already gone refuses it (EPIPE, ECONNRESET): the run starts cold.
             waiting, self.zygote = self.zygote, None
             try:
                 send_code(waiting.control, spec, out_w, err_w)
                 return waiting.run_id, waiting
             except OSError:
-                self.sandbox.kill_run(waiting.run_id)
-                waiting.close()
+                self._discard(waiting)
+        return self._start_cold(spec, out_w, err_w), None
+
+    def _start_cold(self, spec: RunSpec, out_w: int, err_w: int) -> int:
         run_id = self.new_run_id()
         self.sandbox.start_process(run_id, spec, out_w, err_w, final=False)
-        return run_id, None
+        return run_id
+
+    def _discard(self, dead: Interpreter) -> None:
+        """A zygote that will not take the run. Its exit report, whenever it comes, carries
+        its own run id, which no supervision waits for."""
+        self.sandbox.kill_run(dead.run_id)
+        dead.close()
 
     def new_run_id(self) -> int:
         return next(self._ids)
@@ -108,6 +118,13 @@ class Session:
             with signals_deferred():
                 out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
                 run_id, used = self._launch(spec, out_w, err_w, zygote)
+            # Interruptible: a zygote still starting takes the run once it is ready.
+            if used is not None and not used.took_run(deadline, cancel_fd):
+                with signals_deferred():  # it died before the code ran: the run starts cold
+                    self._discard(used)
+                    used, run_id = None, -1
+                    run_id = self._start_cold(spec, out_w, err_w)
+            with signals_deferred():
                 outcome.started_ns = time.monotonic_ns()  # the init's "spawned" refines it
                 close_all(write_ends)
                 write_ends.clear()

@@ -161,13 +161,40 @@ def test_the_zygote_serves_the_next_python_run_and_is_replaced(session):
     assert session.execute(CMDLINE, files={"/sandbox/f": "x"}).stdout == "/sandbox/main.py"
 
 
-def test_a_killed_zygote_only_costs_a_cold_start(session):
+ARGV1_AND_STDIN = ("import sys\n"
+                   "print(open('/proc/self/cmdline').read().split(chr(0))[1], sys.stdin.read())")
+
+
+def started_zygote(eng):
+    """The pid, inside the sandbox, of the zygote the session is starting for its next Python
+    run, once it has started: its hello, which no run waits for, names it."""
+    return eng._session.zygote.wait_ready()
+
+
+# Killed right before the next run, the zygote races that run's hand-off: CI tries it 20
+# times (about 0.2 s an attempt).
+@pytest.mark.parametrize("attempt", range(20))
+def test_a_killed_zygote_only_costs_a_cold_start(session, attempt):
     session.execute("print(1)")
-    r = session.execute(cmd="for p in /proc/[0-9]*; do grep -qa zygote $p/cmdline 2>/dev/null "
-                            "&& [ ${p#/proc/} != $$ ] && kill -9 ${p#/proc/} && echo killed; "
-                            "done; true")
-    assert "killed" in r.stdout
-    assert session.execute("print('still', 2)").stdout == "still 2"
+    pid = started_zygote(session)
+    # kill(2) returns once SIGKILL is queued: the zygote may still be exiting, its socket
+    # still open, when the next run is handed to it right after.
+    r = session.execute(cmd=f"grep -qa zygote /proc/{pid}/cmdline && kill -9 {pid} && echo killed")
+    assert r.stdout == "killed"
+    r = session.execute(ARGV1_AND_STDIN, stdin="in")
+    assert (r.exit_code, r.stdout, r.stderr) == (0, "/sandbox/main.py in", "")
+    assert session.execute(CMDLINE).stdout == "-c"  # its successor serves the next run
+
+
+def test_a_zygote_killed_holding_the_request_unread_only_costs_a_cold_start(session):
+    session.execute("print(1)")
+    pid = started_zygote(session)
+    # Stopped, it holds the next run's request unread until the background process kills
+    # it: the hand-off succeeded, and only the zygote's death follows.
+    r = session.execute(cmd=f"kill -STOP {pid} || exit; (sleep 0.1; kill -9 {pid}) & echo stopped")
+    assert r.stdout == "stopped"
+    r = session.execute(ARGV1_AND_STDIN, stdin="in")
+    assert (r.exit_code, r.stdout, r.stderr) == (0, "/sandbox/main.py in", "")
     assert session.execute(CMDLINE).stdout == "-c"
 
 
