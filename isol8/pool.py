@@ -26,6 +26,10 @@ from .runtimes import get_runtime
 from .sandbox import RunSpec, Sandbox, error_from_event, signals_deferred
 
 _READY_TIMEOUT = 10.0
+# A ready zygote takes a run within microseconds. The wait runs with signals deferred
+# (stream_once's launch), so it is bounded; past it the run counts as taken, and its
+# supervision (deadline, cancellation) takes over.
+_TAKE_TIMEOUT = 1.0
 MAX_POOL = 64
 _RUN_ID = 1
 
@@ -39,9 +43,10 @@ class Pooled:
         self.kind = "python" if python is not None else "plain"
         self.pool: WarmPool | None = None  # the pool it was taken from
         self.zygote: Interpreter | None = None
+        # Kept, with the cgroup's placement fds, for a cold start should the zygote die
+        # before its run (see launch); destroy() closes them.
+        self._config = config
         self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
-        if cgroup:
-            cgroup.close_fds()
         self.baseline_cpu_ns = 0
         try:
             self._await({"started", "ready"})  # "started" brings the pidfd
@@ -80,11 +85,25 @@ class Pooled:
         return not select.select(watched, [], [], 0)[0]
 
     def launch(self, spec: RunSpec, stdout_w: int, stderr_w: int) -> Sandbox:
-        """Start ``spec`` as the sandbox's one run (id 1); the sandbox ends with it."""
-        if self.zygote is None:
-            self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
-        else:
-            send_code(self.zygote.control, spec, stdout_w, stderr_w)
+        """Start ``spec`` as the sandbox's one run (id 1); the sandbox ends with it.
+
+        A zygote killed (from the host: nothing else runs in here) before it took the run
+        leaves a dead sandbox, even when ``healthy()`` said otherwise: its hang-up and exit
+        report may come after the request was sent (``Interpreter.took_run``). The run then
+        starts cold, in a new sandbox in the same cgroups and lease, and never reports the
+        zygote's death as its own."""
+        if self.zygote is not None:
+            try:
+                send_code(self.zygote.control, spec, stdout_w, stderr_w)
+                if self.zygote.took_run(time.monotonic() + _TAKE_TIMEOUT):
+                    return self.sandbox
+            except OSError:
+                pass  # EPIPE, ECONNRESET: it was gone before the request
+            self.sandbox.destroy()
+            self.zygote.close()
+            self.zygote = None
+            self.sandbox = Sandbox(self._config, self.cgroup.fds if self.cgroup else [])
+        self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
         return self.sandbox
 
     def destroy(self) -> None:

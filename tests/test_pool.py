@@ -1,5 +1,9 @@
 """The warm pool: ready sandboxes, Python's with a waiting interpreter, each used once."""
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
 
 from conftest import PROGRAMS, child_pids, watching_host
@@ -56,6 +60,29 @@ def test_each_pooled_sandbox_serves_exactly_one_run(warm):
     for _ in range(3):
         r = pooled_run(warm, "import os; print(os.listdir('/sandbox'), os.listdir('/tmp'))")
         assert r.stdout == "['main.py'] []"
+
+
+def pooled_zygote(eng) -> int:
+    """The host pid of the zygote that waits in the engine's next pooled Python sandbox."""
+    eng._pool.wait_ready(30)
+    found, todo = [], [eng._pool._ready["python"][0].sandbox.pid]  # its helper, then down
+    while todo:
+        pid = todo.pop()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            todo += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        if Path(f"/proc/{pid}/cmdline").read_bytes().endswith(b"\0zygote\0"):
+            found.append(pid)
+    assert len(found) == 1
+    return found[0]
+
+
+def test_a_pooled_zygote_killed_before_its_run_only_costs_a_cold_start(warm):
+    probe = "import sys; print(open('/proc/self/cmdline').read().split('\\0')[1], sys.stdin.read())"
+    for _ in range(10):  # the kill races the hand-off: the zygote exits after kill(2) returns
+        os.kill(pooled_zygote(warm), signal.SIGKILL)
+        r = warm.execute(probe, stdin="in")
+        assert (r.exit_code, r.stdout, r.stderr) == (0, "/sandbox/main.py in", "")
+    assert pooled_run(warm, probe, stdin="in").stdout == "-c in"  # the pool serves again
 
 
 def test_timeouts_and_output_caps_hold_in_pooled_runs(warm):
