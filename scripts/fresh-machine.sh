@@ -69,7 +69,8 @@ host() {
   log "bootstrapped Debian $(cat "$ROOT/etc/debian_version") in $(($(date +%s) - t0)) s" \
     "($(du -sh "$ROOT" | cut -f1)); testing $(git -C "$src" rev-parse --short HEAD) from $src"
 
-  unshare --mount --propagation private -- "$SELF" --enter "$ROOT" || rc=$?
+  unshare --mount --propagation private -- "$SELF" --enter "$ROOT" "$(readlink /proc/self/ns/mnt)" &
+  wait $! || rc=$?  # in the background, so that a signal's trap runs at once
   return $rc
 }
 
@@ -88,19 +89,60 @@ ensure_mmdebstrap() {  # idempotent; the apt log is printed only on failure
   rm -f "$out"
 }
 
-cleanup() {  # remove the root; never while anything is mounted under it on the host
+cleanup() {  # end the machine's processes, then remove the root (never with mounts under it)
+  stop_machine
   [ -e "$ROOT" ] || return 0
   if grep -qF " $ROOT" /proc/self/mountinfo; then
     echo "fresh-machine: mounts under $ROOT on the host; not removing it" >&2
     return 1
   fi
-  rm -rf --one-file-system "$ROOT" "$ROOT.bootstrap.log"
+  rm -rf --one-file-system "$ROOT" "$ROOT.bootstrap.log" "$ROOT.mntns"
+}
+
+stop_machine() {  # end whatever still runs in the machine's mount namespace
+  local ns n=0 i
+  ns=$(cat "$ROOT.mntns" 2>/dev/null) || return 0
+  # never the host's own namespace (that would be every process of this machine)
+  if [ "$ns" = "$(readlink /proc/self/ns/mnt)" ]; then
+    rm -f "$ROOT.mntns"
+    return 0
+  fi
+  # Python (pytest) gets SIGINT: on KeyboardInterrupt it tears its fixtures down (sandboxes, and
+  # cgroups on the shared /sys). The shells and makes around it are killed at once, or they
+  # would start the next stage; whatever is left after 15 s is killed too.
+  n=$(($(signal_ns "$ns" INT 'python*') + $(signal_ns "$ns" KILL '!python*')))
+  for i in $(seq 30); do
+    [ "$(signal_ns "$ns" 0 '*')" -eq 0 ] && break
+    sleep 0.5
+  done
+  for i in 1 2 3; do  # again: a process may have forked meanwhile
+    [ "$(signal_ns "$ns" KILL '*')" -eq 0 ] && break
+    sleep 0.5
+  done
+  [ "$n" -eq 0 ] || log "ended $n processes still running in the fresh root"
+  rm -f "$ROOT.mntns"
+}
+
+signal_ns() {  # signal_ns NS SIG COMM: SIG to the processes in mount namespace NS whose command
+  # name matches the glob COMM ('!GLOB': does not match); prints how many got it
+  local p n=0 comm
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$1" ] || continue
+    comm=$(cat "$p/comm" 2>/dev/null) || continue
+    # shellcheck disable=SC2053 # a glob on purpose
+    if [[ $3 == !* ]]; then [[ $comm != ${3#!} ]] || continue; else [[ $comm == $3 ]] || continue; fi
+    kill -s "$2" "${p#/proc/}" 2>/dev/null && n=$((n + 1))
+  done
+  echo "$n"
 }
 
 # ---- in the private mount namespace (as root, before the chroot) ------------------------------
 
 enter() {
-  local root=$1 path vars=()
+  local root=$1 host_ns=$2 path vars=()
+  [ "$(readlink /proc/self/ns/mnt)" != "$host_ns" ] ||
+    die "--enter runs only in the private mount namespace that the script makes"
+  readlink /proc/self/ns/mnt >"$root.mntns"  # for stop_machine
   mount --bind "$root" "$root"
   mount --rbind /proc "$root/proc"
   mount --rbind /sys "$root/sys"
@@ -165,9 +207,9 @@ machine() {
   if [ -n "$(ls -A /usr/local/share/ca-certificates 2>/dev/null)" ]; then
     update-ca-certificates >/dev/null 2>&1 || log "update-ca-certificates failed"
   fi
-  git clone -q /srv/isol8.git /root/isol8 &&
+  git -c advice.detachedHead=false clone -q /srv/isol8.git /root/isol8 &&
     useradd --create-home --shell /bin/bash "$DEV" &&
-    git clone -q /srv/isol8.git "/home/$DEV/isol8" &&
+    git -c advice.detachedHead=false clone -q /srv/isol8.git "/home/$DEV/isol8" &&
     chown -R "$DEV:" "/home/$DEV/isol8" || { log "could not prepare the clones"; return 1; }
 
   # An unprivileged user who runs `make run` before the admin did is told the exact command.
