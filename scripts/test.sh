@@ -46,7 +46,7 @@ pytest_rootless() {  # a venv and copy of the tests that isol8-ci can read, then
   # (a function called as a condition runs without set -e: each step checks for itself)
   mkdir "$copy" &&
     /usr/bin/python3 -m venv "$copy/venv" &&
-    "$copy/venv/bin/pip" install -qq --disable-pip-version-check "$repo[test]" &&
+    "$copy/venv/bin/pip" install -qq --disable-pip-version-check "${repo}[test]" &&
     cp -r tests packaging pyproject.toml README.md Makefile "$copy/" &&
     mkdir "$copy/home" &&
     chown "$user:" "$copy/home" &&
