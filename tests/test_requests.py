@@ -53,7 +53,8 @@ def test_result_wire_form(engine):
                           "executionId", "runtime", "timestamp", "resourceUsage"]
     assert set(wire["resourceUsage"]) == {"cpuPercent", "memoryMB", "peakMemoryMB",
                                           "networkBytesIn", "networkBytesOut", "cpuTimeMs",
-                                          "oom", "enforced"}
+                                          "oom", "enforced", "limitsReached"}
+    assert wire["resourceUsage"]["limitsReached"] == []
     assert wire["stdout"] == "hi" and wire["exitCode"] == 0 and wire["truncated"] is False
     assert re.fullmatch(r"[0-9a-f-]{36}", wire["executionId"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", wire["timestamp"])
