@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,17 @@ grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/self/status \
  && grep -q '^NoNewPrivs:[[:space:]]*1$' /proc/self/status \
  && [ "$(id -u)" = 1000 ] \
  || { echo 'probe refused: privileged or outside the sandbox' >&2; exit 99; }
+"""
+
+# For probes that try operations one by one: 'ok', or the errno's name.
+ATTEMPT_PY = """\
+import errno
+def attempt(fn):
+    try:
+        fn()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
 """
 
 
@@ -81,6 +95,19 @@ def pytest_collection_modifyitems(config, items):
 def engine() -> Isol8:
     with Isol8() as eng:
         yield eng
+
+
+@contextlib.contextmanager
+def host_tempdir(prefix: str, *, under: str = "/var/tmp", mode: int = 0o755) -> Iterator[Path]:
+    """A host directory for mount sources, removed afterwards. As root a sandbox is a leased
+    host uid that reaches a source through the "other" bits of every directory above it, and
+    pytest's tmp_path (under /tmp/pytest-of-root, 0700) is not searchable by it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
+    path.chmod(mode)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_py(engine: Isol8, code: str, **kw) -> ExecutionResult:

@@ -22,11 +22,9 @@ import os
 import random
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +33,8 @@ import pytest
 import isol8
 from isol8 import InvalidRequest, Isol8, Isol8Error, images
 
-from conftest import (GUARD_PY, GUARD_SH, child_pids, host_processes_matching, is_root, run_py,
-                      run_sh, watching_host)
+from conftest import (GUARD_PY, GUARD_SH, child_pids, host_processes_matching, host_tempdir,
+                      is_root, run_py, run_sh, watching_host)
 
 IN_VM = bool(os.environ.get("TCGVM_GUEST"))
 SLOW = 10 if IN_VM else 1  # generous bounds stay generous under software emulation
@@ -500,12 +498,8 @@ def rw_host_dir():
     """A host directory the sandbox may write through a read-write mount, in either mode
     (under /var/tmp and world-writable: as root the sandbox is a leased uid that only
     "other" permissions apply to)."""
-    path = Path(tempfile.mkdtemp(prefix="isol8-limits-", dir="/var/tmp"))
-    path.chmod(0o777)
-    try:
+    with host_tempdir("isol8-limits-", mode=0o777) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("mode", ["ephemeral", "persistent"])

@@ -17,25 +17,20 @@ import shutil
 import stat
 import struct
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from isol8 import InvalidRequest, Isol8, SandboxSetupError, images, protocol
 
-from conftest import is_root, run_py, run_sh
+from conftest import ATTEMPT_PY, host_tempdir, is_root, run_py, run_sh
 
 
 @pytest.fixture
 def host_dir():
     """A host directory the sandbox's uid can reach in either mode."""
-    path = Path(tempfile.mkdtemp(prefix="isol8-mounts-", dir="/var/tmp"))
-    path.chmod(0o755)
-    try:
+    with host_tempdir("isol8-mounts-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -60,14 +55,8 @@ def _json(result) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-WRITE_PROBE = """
-import errno, json, os
-def attempt(fn):
-    try:
-        fn()
-        return 'ok'
-    except OSError as e:
-        return errno.errorcode[e.errno]
+WRITE_PROBE = ATTEMPT_PY + """
+import json, os
 root = {root!r}
 out = {{
     'append': attempt(lambda: open(root + '/README', 'a').close()),
@@ -197,14 +186,8 @@ def test_no_setuid_or_setgid_file_reaches_the_host(project):
     the bits in every mode argument. Checked on the host, in both modes."""
     with Isol8(mounts=[{"source": str(project), "target": "/sandbox/p", "readonly": False}]) \
             as eng:
-        r = run_py(eng, """
-import errno, json, os, stat, subprocess
-def attempt(fn):
-    try:
-        fn()
-        return 'ok'
-    except OSError as e:
-        return errno.errorcode[e.errno]
+        r = run_py(eng, ATTEMPT_PY + """
+import json, os, stat, subprocess
 p = '/sandbox/p'
 os.close(os.open(p + '/plain', os.O_WRONLY | os.O_CREAT, 0o755))
 out = {
@@ -242,12 +225,8 @@ def tmp_source(tmp_path):
     if not is_root():
         yield tmp_path
         return
-    path = Path(tempfile.mkdtemp(prefix="isol8-tmp-src-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
+    with host_tempdir("isol8-tmp-src-", under="/tmp") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

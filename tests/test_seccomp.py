@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_probe, run_py
+from conftest import ATTEMPT_PY, run_probe, run_py
 from isol8 import Isol8, seccomp
 from isol8._native import libseccomp
 
@@ -232,14 +232,8 @@ def test_compiled_policy_is_cached(tmp_path, monkeypatch):
     assert seccomp.compiled_policy() is from_disk
 
 
-SETID_PROBE = """
-import errno, json, os, stat, subprocess
-def attempt(fn):
-    try:
-        fn()
-        return 'ok'
-    except OSError as e:
-        return errno.errorcode[e.errno]
+SETID_PROBE = ATTEMPT_PY + """
+import json, os, stat, subprocess
 d = {root!r}
 for name in ('f', 'c'):
     open(d + '/' + name, 'w').close()
