@@ -68,6 +68,7 @@ if [ "$(id -u)" -eq 0 ]; then
     echo "== VM stage SKIPPED (ISOL8_SKIP_VM=1): cgroup v2 limits untested in this run (CI runs them)"
   else
     vmres=${ISOL8_VM_STAGE:-/var/tmp/isol8-vm}/results
+    rm -f "$vmres/root.xml" "$vmres/user/junit.xml"  # a previous run's must not count
     stage vm "$vmres/root.xml" "$vmres/user/junit.xml" -- ./scripts/vm-limits-test.sh
   fi
 fi
