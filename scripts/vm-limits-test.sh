@@ -147,22 +147,9 @@ host() {
     125) echo "== VM stage FAILED: the VM did not report (boot failure; logs: $results)" ;;
     *) echo "== VM stage FAILED (exit $rc) in $(($(date +%s) - t0)) s (logs: $results)" ;;
   esac
-  # One closing line over both passes, in the plain "N passed, N failed" form CI reads.
-  /usr/bin/python3 - "$results/root.xml" "$results/user/junit.xml" <<'PY' || true
-import sys, xml.etree.ElementTree as ET
-n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-for path in sys.argv[1:]:
-    try:
-        for suite in ET.parse(path).getroot().iter("testsuite"):
-            for key in n:
-                n[key] += int(suite.get(key, 0))
-    except (OSError, ET.ParseError):
-        pass
-if n["tests"]:
-    bad = n["failures"] + n["errors"]
-    skipped = f", {n['skipped']} skipped" if n["skipped"] else ""
-    print(f"vm: {n['tests'] - bad - n['skipped']} passed, {bad} failed{skipped}")
-PY
+  # The closing lines over both passes, in the plain "N passed, N failed" form CI reads.
+  /usr/bin/python3 "$repo/scripts/junit-summary.py" vm "$rc" "$(($(date +%s) - t0))" \
+    "$results/root.xml $results/user/junit.xml" || true
   return $rc
 }
 
