@@ -137,7 +137,24 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(result.stdout)
     if result.stderr and not args.json:
         print(result.stderr, file=sys.stderr)
+    if not args.json:
+        _explain_limits(result.resource_usage.limits_reached)
     return result.exit_code
+
+
+# What to raise for each limit a run reached; a timeout already says so in its marker.
+_RAISE_WITH = {"pids": "--pids-limit (threads count too)", "memory": "--memory",
+               "output": "--max-output",
+               "file_size": "--sandbox-size: a file may grow one page past the largest tmpfs"}
+
+
+def _explain_limits(reached: list[str]) -> None:
+    """A program that hit a limit often fails with an error that does not name it ("can't
+    start new thread", a bare 137): say which limit it was, and which flag raises it."""
+    for name in reached:
+        if name in _RAISE_WITH:
+            print(f"isol8: limit reached: {name} (raise with {_RAISE_WITH[name]})",
+                  file=sys.stderr)
 
 
 def _setup_script(values: list[str], parser: argparse.ArgumentParser) -> str | None:
@@ -212,6 +229,7 @@ def _stream(events) -> int:
             print(f"--- {event.data} ---", file=sys.stderr)
         elif event.type == "exit":
             code = int(event.data)
+            _explain_limits(event.limits_reached)
     return code
 
 

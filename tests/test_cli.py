@@ -226,3 +226,15 @@ def test_a_failing_setup_reports_it_and_exits_with_its_code(mode):
     assert p.returncode == 5
     assert "Setup script failed (exit code 5)" in p.stderr and "bad" in p.stderr
     assert "code ran" not in p.stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-stream"], ["--json"]])
+def test_a_limit_reached_is_named_with_the_flag_that_raises_it(mode):
+    p = subprocess.run([sys.executable, "-m", "isol8", "exec", "--max-output", "10",
+                        "--cmd", "seq 1000", *mode], capture_output=True, text=True)
+    line = "isol8: limit reached: output (raise with --max-output)"
+    if mode == ["--json"]:  # the wire form says it: limitsReached
+        assert line not in p.stderr
+        assert json.loads(p.stdout)["resourceUsage"]["limitsReached"] == ["output"]
+    else:
+        assert p.returncode == 0 and line in p.stderr.splitlines(), p.stderr
