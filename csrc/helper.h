@@ -138,7 +138,8 @@ void bring_up_loopback(void);
 /* privs.c */
 void lock_securebits(void);
 void drop_capabilities(void);
-void apply_rlimits(const struct config *cfg);
+void apply_rlimits(const struct config *cfg); /* the init's own: NOFILE and CORE */
+int run_limits(const struct config *cfg);      /* a user process's: the others */
 void install_seccomp(const struct config *cfg);
 
 /* init.c */

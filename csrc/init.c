@@ -144,6 +144,8 @@ static int write_file(const char *path, int src) {
   return close(dst);
 }
 
+static const struct config *config;
+
 struct child_args {
   const struct exec_req *req;
   const int *fds; /* stdin, stdout, stderr, then one per file (checked by start_run) */
@@ -175,6 +177,9 @@ static int exec_child(void *arg) {
   if (make_dirs(req->cwd, 1) < 0 || chdir(req->cwd) < 0)
     goto fail;
   where = req->argv[0];
+  what = "setrlimit"; /* after the files: their size is the tmpfs's to cap */
+  if (run_limits(config) < 0)
+    goto fail;
   what = "dup2";
   for (int i = 0; i < 3; i++)
     if (dup2(fds[i], i) < 0)
@@ -317,7 +322,6 @@ static void kill_run(const unsigned char *buf, size_t len) {
 #define WATCH_INTERVAL_NS 10000000 /* 10 ms */
 #define OOM_GRACE_NS 200000000     /* for killed runs to die and free their memory */
 
-static const struct config *config;
 static uint64_t peak_memory;
 static long long oom_grace_until;
 

@@ -39,16 +39,36 @@ void drop_capabilities(void) {
     fail("privileges", "capset", NULL);
 }
 
+/* The init keeps only RLIMIT_NOFILE and RLIMIT_CORE. CPU, NPROC and FSIZE belong to each
+ * user process it starts (run_limits below): on the init, the CPU-seconds budget would end a
+ * long session for the watchdog's own CPU time (SIGKILL at the hard limit, the session and its
+ * workspace lost), and an NPROC count would refuse the init the clone of the next run. */
+static int init_keeps(uint32_t resource) {
+  return resource == RLIMIT_NOFILE || resource == RLIMIT_CORE;
+}
+
 void apply_rlimits(const struct config *cfg) {
   for (int i = 0; i < cfg->n_rlimits; i++) {
     const struct rlimit_req *r = &cfg->rlimits[i];
     struct rlimit lim = {r->cur, r->max};
-    if (setrlimit((__rlimit_resource_t)r->resource, &lim) < 0) {
+    if (init_keeps(r->resource) && setrlimit((__rlimit_resource_t)r->resource, &lim) < 0) {
       char what[32];
       snprintf(what, sizeof what, "resource %u", r->resource);
       fail("rlimits", "setrlimit", what);
     }
   }
+}
+
+/* In a user process, before its execve: the limits the init does not keep. rlimits live in
+ * the signal struct, so the CLONE_VM child's setrlimit does not reach the init. */
+int run_limits(const struct config *cfg) {
+  for (int i = 0; i < cfg->n_rlimits; i++) {
+    const struct rlimit_req *r = &cfg->rlimits[i];
+    struct rlimit lim = {r->cur, r->max};
+    if (!init_keeps(r->resource) && setrlimit((__rlimit_resource_t)r->resource, &lim) < 0)
+      return -1;
+  }
+  return 0;
 }
 
 void install_seccomp(const struct config *cfg) {

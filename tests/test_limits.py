@@ -192,6 +192,32 @@ def test_resource_usage_values_are_plausible(plain_result):
         assert 0 <= u.memory_mb <= 400, u
 
 
+@pytest.mark.parametrize("mode", ["ephemeral", "persistent"])
+def test_the_init_keeps_only_nofile_and_core(mode):
+    """CPU, NPROC and FSIZE are each user process's, never the init's: a CPU-seconds budget
+    on the init killed a long persistent session for the watchdog's own CPU time (issue 9),
+    and an NPROC count would refuse it the next run's clone."""
+    probe = ("import json\n"
+             "def lims(pid):\n"
+             "    rows = [l.rsplit(None, 3) for l in open(f'/proc/{pid}/limits')][1:]\n"
+             "    return {r[0].strip(): r[1] for r in rows}\n"
+             "print(json.dumps([lims(1), lims('self')]))")
+    with Isol8(mode=mode, pids_limit=37, timeout_ms=3000 * SLOW) as eng:
+        r = eng.execute(probe)
+        enforced = r.resource_usage.enforced
+    assert r.exit_code == 0, r.stderr
+    init, run = json.loads(r.stdout)
+    assert init["Max cpu time"] == init["Max file size"] == "unlimited", init
+    assert init["Max processes"] != "37", init
+    assert init["Max open files"] == run["Max open files"] == str(isol8.limits.OPEN_FILES)
+    assert init["Max core file size"] == run["Max core file size"] == "0"
+    assert run["Max file size"] != "unlimited"
+    if enforced["pids"] == "rlimit":
+        assert run["Max processes"] == "37", run
+    if enforced["cpu"] == "rlimit":
+        assert run["Max cpu time"] == str(3 * SLOW), run
+
+
 # --- strict_limits ------------------------------------------------------------------------
 
 def test_strict_limits_refuses_best_effort_backends_or_runs():
