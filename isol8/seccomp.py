@@ -12,7 +12,8 @@ restrictive verdict (ERRNO beats ALLOW; between two ERRNOs the later filter's er
 * ``base``: default ERRNO(ENOSYS); ALLOW for known syscalls; unconditional denials.
 * ``args``: default ALLOW; denials that look at arguments (clone namespace flags, socket
   families, TIOCSTI/TIOCLINUX on the low 32 bits of the ioctl number, personality flags,
-  the setuid and setgid bits in a file mode).
+  the setuid and setgid bits in a file mode, pid 1 as the target of a scheduling, priority
+  or rlimit call).
 
 Both filters reject a foreign architecture (and the x32 ABI) with KILL_PROCESS, which also closes
 the i386 ``int 0x80`` / ``socketcall`` bypass.
@@ -113,6 +114,23 @@ SETID_MODE_ARGS = (  # (syscall, index of its mode argument)
 # not be refused. (syscall, index of flags, index of mode)
 SETID_OPEN_ARGS = (("open", 1, 2), ("openat", 2, 3))
 CREATE_FLAGS = (0o100, 0o20000000)  # O_CREAT, __O_TMPFILE
+# Nothing may act on pid 1, the init. It runs as the sandbox's uid, and for these calls the
+# kernel allows a same-uid target whatever its dumpable flag (prlimit's check_prlimit_permission,
+# set_one_prio's and sched's check_same_owner, ioprio's uid test): an RLIMIT_NOFILE of 3, nice
+# 19, SCHED_IDLE or a one-cpu mask would starve or kill it. EPERM, the kernel's answer for a
+# process one may not touch. The pid is a pid_t, truncated to an int by the kernel, so it is
+# compared on its low 32 bits (0x100000001 is pid 1). pid 0 (self) and the user's own
+# processes stay allowed; prlimit64 is refused even when it only reads (new == NULL): one rule,
+# and nothing needs the init's limits (/proc/1/limits shows them). (syscall, index of the pid)
+PID1_TARGET_ARGS = (
+    ("prlimit64", 0), ("sched_setaffinity", 0), ("sched_setscheduler", 0),
+    ("sched_setparam", 0), ("sched_setattr", 0),
+)
+# setpriority(which, who) and ioprio_set(which, who): which is an int too. The process form is
+# refused for pid 1 only; the group and user forms outright, since the init is in the user's
+# uid (and a nested pid namespace would only move the target to its own pid 1).
+PRIO_PROCESS, PRIO_GROUP_FORMS = 0, (1, 2)  # PRIO_PGRP, PRIO_USER
+IOPRIO_WHO_PROCESS, IOPRIO_GROUP_FORMS = 1, (2, 3)  # IOPRIO_WHO_PGRP, IOPRIO_WHO_USER
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +151,9 @@ def policy_key() -> str:
     """A hash of everything the compiled bytes depend on except the libseccomp build."""
     text = repr((DENY, CLONE_NAMESPACE_FLAGS, SOCKET_FAMILIES_ALLOWED,
                  TTY_IOCTLS_DENIED, PERSONALITY_ALLOWED, SETID_BITS, SETID_MODE_ARGS,
-                 SETID_OPEN_ARGS, CREATE_FLAGS, os.uname().machine, 3))
+                 SETID_OPEN_ARGS, CREATE_FLAGS, PID1_TARGET_ARGS, PRIO_PROCESS,
+                 PRIO_GROUP_FORMS, IOPRIO_WHO_PROCESS, IOPRIO_GROUP_FORMS,
+                 os.uname().machine, 4))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -237,6 +257,8 @@ def _compile() -> tuple[bytes, bytes]:
             add(args, eperm, "ioctl", (1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
         for rule in setid_denials():
             add(args, eperm, *rule)
+        for rule in pid1_denials():
+            add(args, eperm, *rule)
         return _export(ffi, lib, base), _export(ffi, lib, args)
     finally:
         lib.seccomp_release(base)
@@ -269,6 +291,20 @@ def setid_denials() -> list[tuple]:
         rules += [(name, (flags, _CMP_MASKED_EQ, create, create),
                    (mode, _CMP_MASKED_EQ, bit, bit))
                   for name, flags, mode in SETID_OPEN_ARGS for create in CREATE_FLAGS]
+    return rules
+
+
+def pid1_denials() -> list[tuple]:
+    """(syscall, comparison...) rules matching every call that would act on pid 1, comparing
+    the int arguments (pid, which) on their low 32 bits, as the kernel reads them."""
+    def low32(index: int, value: int) -> tuple[int, int, int, int]:
+        return (index, _CMP_MASKED_EQ, 0xFFFFFFFF, value)
+
+    rules: list[tuple] = [(name, low32(index, 1)) for name, index in PID1_TARGET_ARGS]
+    for name, process, groups in (("setpriority", PRIO_PROCESS, PRIO_GROUP_FORMS),
+                                  ("ioprio_set", IOPRIO_WHO_PROCESS, IOPRIO_GROUP_FORMS)):
+        rules.append((name, low32(0, process), low32(1, 1)))
+        rules += [(name, low32(0, which)) for which in groups]
     return rules
 
 

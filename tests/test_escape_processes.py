@@ -276,3 +276,105 @@ def test_a_killed_supervisor_leaves_nothing_behind():
     while host_processes_matching(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert host_processes_matching(marker) == []
+
+
+# --- nothing acts on pid 1 -------------------------------------------------------------------
+
+# The init shares the sandbox's uid, and the kernel's same-uid checks for these calls ignore
+# non-dumpable: unfiltered, each succeeds on pid 1 (the pid also hides behind set upper bits,
+# which the kernel truncates to an int), and the init dies at the next run. The seccomp args
+# filter answers EPERM. Raw syscalls with long arguments, so that nothing truncates on the way.
+PID1_PROBE = """
+import ctypes, errno, json, os, subprocess
+NR = {nr!r}
+libc = ctypes.CDLL(None, use_errno=True)
+L = ctypes.c_long
+def call(name, *args):
+    ctypes.set_errno(0)
+    rc = libc.syscall(L(NR[name]), *[a if isinstance(a, ctypes.c_void_p) else L(a) for a in args])
+    return 'ok' if rc >= 0 else errno.errorcode[ctypes.get_errno()]
+def ptr(obj):
+    return ctypes.c_void_p(ctypes.addressof(obj))
+nofile = (ctypes.c_ulong * 2)(3, 3)
+cpus = (ctypes.c_ulong * 16)(1)
+param = ctypes.c_int(0)
+old = (ctypes.c_ulong * 2)()
+attr = (ctypes.c_uint32 * 12)(48, 5)  # sched_attr VER0: size 48, policy SCHED_IDLE
+attr_nice = (ctypes.c_uint32 * 12)(48, 0, 0, 0, 12)  # SCHED_OTHER, nice 12 (no lower)
+IDLE_CLASS, BE_4 = 3 << 13, (2 << 13) | 4
+def attacks(pid):
+    return {{
+        'prlimit': call('prlimit64', pid, 7, ptr(nofile), 0),
+        'prlimit read': call('prlimit64', pid, 7, 0, ptr(old)),
+        'setpriority': call('setpriority', 0, pid, 19),
+        'sched_setscheduler': call('sched_setscheduler', pid, 5, ptr(param)),
+        'sched_setparam': call('sched_setparam', pid, ptr(param)),
+        'sched_setattr': call('sched_setattr', pid, ptr(attr), 0),
+        'sched_setaffinity': call('sched_setaffinity', pid, ctypes.sizeof(cpus), ptr(cpus)),
+        'ioprio_set': call('ioprio_set', 1, pid, IDLE_CLASS),
+    }}
+before = open('/proc/1/limits').read(), open('/proc/1/stat').read().rsplit(')', 1)[1].split()
+out = {{'pid 1': attacks(1), 'pid 0x100000001': attacks(0x100000001)}}
+out['groups'] = {{
+    'PRIO_PGRP 1': call('setpriority', 1, 1, 10), 'PRIO_PGRP 0': call('setpriority', 1, 0, 10),
+    'PRIO_USER 0': call('setpriority', 2, 0, 5), 'PRIO_USER 1000': call('setpriority', 2, 1000, 5),
+    'PRIO_PGRP high bits': call('setpriority', 0x100000001, 1, 10),
+    'IOPRIO_WHO_PGRP': call('ioprio_set', 2, 0, IDLE_CLASS),
+    'IOPRIO_WHO_USER': call('ioprio_set', 3, 1000, IDLE_CLASS),
+}}
+# what real programs do on themselves, by pid 0 and by their own pid, and on a sibling
+sibling = subprocess.Popen(['sleep', '30'])
+mine = os.sched_getaffinity(0)
+own, limit = {{}}, (ctypes.c_ulong * 2)(64, 64)
+same_cpus = (ctypes.c_ulong * 16)(sum(1 << c for c in mine))
+for who in (0, os.getpid(), sibling.pid):
+    own[who] = {{
+        'prlimit': call('prlimit64', who, 7, ptr(limit), 0),
+        'setpriority': call('setpriority', 0, who, 12),
+        'sched_setscheduler': call('sched_setscheduler', who, 3, ptr(param)),  # SCHED_BATCH
+        'sched_setparam': call('sched_setparam', who, ptr(param)),
+        'sched_setattr': call('sched_setattr', who, ptr(attr_nice), 0),
+        'sched_setaffinity': call('sched_setaffinity', who, ctypes.sizeof(same_cpus),
+                                  ptr(same_cpus)),
+        'ioprio_set': call('ioprio_set', 1, who, BE_4),
+    }}
+import resource
+resource.prlimit(0, resource.RLIMIT_NOFILE, (32, 32))
+os.nice(1)
+os.sched_setaffinity(0, mine)
+out['libc self'] = [resource.getrlimit(resource.RLIMIT_NOFILE), os.getpriority(os.PRIO_PROCESS, 0),
+                    sorted(os.sched_getaffinity(0)) == sorted(mine)]
+sibling.kill(); sibling.wait()
+out['self'] = list(own.values())
+after = open('/proc/1/limits').read(), open('/proc/1/stat').read().rsplit(')', 1)[1].split()
+out['init unchanged'] = before == after
+out['init nice, policy'] = [after[1][16], after[1][38]]  # stat fields 19 and 41
+print(json.dumps(out))
+"""
+PID1_SYSCALLS = ("prlimit64", "setpriority", "sched_setscheduler", "sched_setparam",
+                 "sched_setattr", "sched_setaffinity", "ioprio_set")
+
+
+def test_user_code_cannot_act_on_pid_1():
+    from isol8._native import libseccomp
+    _, lib, _ = libseccomp()
+    nr = {name: lib.seccomp_syscall_resolve_name(name.encode()) for name in PID1_SYSCALLS}
+    with Isol8(mode="persistent") as eng:
+        r = run_py(eng, PID1_PROBE.format(nr=nr))
+        assert r.exit_code == 0, r.stderr
+        got = json.loads(r.stdout)
+        for _ in range(2):  # the init survived: the session serves again, twice
+            again = eng.execute("print('alive')")
+            assert (again.exit_code, again.stdout) == (0, "alive"), again.stderr
+    every = dict.fromkeys(("prlimit", "prlimit read", "setpriority", "sched_setscheduler",
+                           "sched_setparam", "sched_setattr", "sched_setaffinity",
+                           "ioprio_set"), "EPERM")
+    assert got["pid 1"] == every
+    assert got["pid 0x100000001"] == every
+    assert got["groups"] == dict.fromkeys(got["groups"], "EPERM"), got["groups"]
+    # pid 0 is self, and the user's own processes stay theirs to manage
+    for own in got["self"]:
+        assert own == dict.fromkeys(every.keys() - {"prlimit read"}, "ok"), got["self"]
+    assert got["libc self"][0] == [32, 32] and got["libc self"][2] is True
+    assert got["libc self"][1] == 13  # nice 12 by sched_setattr, then os.nice(1)
+    assert got["init unchanged"] and got["init nice, policy"] == ["0", "0"], got

@@ -281,3 +281,13 @@ def test_setuid_and_setgid_bits_cannot_be_set(engine, unconfined, root):
     assert free.pop("chmod(1)") == [0, 0]
     assert free.pop("setid left") == ["f", "g", "n1", "n2", "n3"]
     assert free == dict.fromkeys(free, "ok"), free
+
+
+def test_policy_key_covers_the_pid_1_rules(monkeypatch):
+    """A changed policy must not load a stale BPF file from the on-disk cache."""
+    before = seccomp.policy_key()
+    monkeypatch.setattr(seccomp, "PID1_TARGET_ARGS", seccomp.PID1_TARGET_ARGS[1:])
+    assert seccomp.policy_key() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(seccomp, "IOPRIO_GROUP_FORMS", (2,))
+    assert seccomp.policy_key() != before
