@@ -56,8 +56,9 @@ DENY: dict[int, tuple[str, ...]] = {
         # Tracing and cross-process memory.
         "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
         "process_madvise", "perf_event_open", "lookup_dcookie",
-        # Kernel attack surface.
-        "bpf", "userfaultfd",
+        # Kernel attack surface: secret memory is unreclaimable and unswappable,
+        # fanotify watches whole file systems and mounts (unprivileged since 5.13).
+        "bpf", "userfaultfd", "memfd_secret", "fanotify_init",
         # "Shocker": file handles bypass the mount tree.
         "open_by_handle_at", "name_to_handle_at",
         # Host administration and obsolete interfaces.
@@ -153,7 +154,7 @@ def policy_key() -> str:
                  TTY_IOCTLS_DENIED, PERSONALITY_ALLOWED, SETID_BITS, SETID_MODE_ARGS,
                  SETID_OPEN_ARGS, CREATE_FLAGS, PID1_TARGET_ARGS, PRIO_PROCESS,
                  PRIO_GROUP_FORMS, IOPRIO_WHO_PROCESS, IOPRIO_GROUP_FORMS,
-                 os.uname().machine, 4))
+                 os.uname().machine, 5))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -249,8 +250,9 @@ def _compile() -> tuple[bytes, bytes]:
         eperm, eafnosupport = _errno_action(errno.EPERM), _errno_action(errno.EAFNOSUPPORT)
         for flag in CLONE_NAMESPACE_FLAGS:
             add(args, eperm, "clone", (0, _CMP_MASKED_EQ, flag, flag))
-        for rule in socket_denials():
+        for rule in socket_denials():  # socketpair reaches the same families' code
             add(args, eafnosupport, "socket", *rule)
+            add(args, eafnosupport, "socketpair", *rule)
         for request in TTY_IOCTLS_DENIED:
             # MASKED_EQ on the low 32 bits: CVE-2019-10063 set the upper bits to slip past
             # a plain equality test while the kernel truncates the number to an int.

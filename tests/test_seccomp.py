@@ -39,6 +39,7 @@ ARG_DENIED = {
     "socket_vsock": "EAFNOSUPPORT", "socket_alg": "EAFNOSUPPORT",
     "socket_packet": "EAFNOSUPPORT", "socket_key": "EAFNOSUPPORT",
     "socket_netlink_audit": "EAFNOSUPPORT", "socket_high_bits": "EAFNOSUPPORT",
+    "socketpair_packet": "EAFNOSUPPORT", "socketpair_alg": "EAFNOSUPPORT",
     "ioctl_tiocsti": "EPERM", "ioctl_tiocsti_high": "EPERM", "ioctl_tioclinux": "EPERM",
     "personality_rie": "ENOSYS", "personality_addr_no_randomize": "ENOSYS",
     "chmod_setuid_high_bits": "EPERM",

@@ -97,6 +97,9 @@ static const struct probe probes[] = {
     /* Kernel attack surface [EPERM] */
     {"bpf", SYS_bpf, {0 /* MAP_CREATE */, BAD, 8}},          /* EFAULT */
     {"userfaultfd", SYS_userfaultfd, {1 /* USER_MODE_ONLY */ | 2}}, /* EINVAL: flags */
+    {"memfd_secret", SYS_memfd_secret, {~0L}},              /* EINVAL: flags (ENOSYS if off) */
+    /* FAN_REPORT_FID (allowed unprivileged) with a bad event_f_flags: EINVAL */
+    {"fanotify_init", SYS_fanotify_init, {0x200, 0x80000000L}},
     /* File handles [EPERM] */
     {"open_by_handle_at", SYS_open_by_handle_at, {-1, BAD, 0}},          /* EFAULT */
     {"name_to_handle_at", SYS_name_to_handle_at, {-1, BAD, BAD, BAD, -1}}, /* EINVAL */
@@ -206,6 +209,9 @@ static const struct probe probes[] = {
     {"socket_netlink_audit", SYS_socket, {AF_NETLINK, SOCK_RAW | BADTYPE, 9}, F_CLOSE},
     /* The kernel truncates the family to an int (AF_VSOCK); the filter compares 64 bits. */
     {"socket_high_bits", SYS_socket, {0x100000028L, SOCK_STREAM | BADTYPE, 0}, F_CLOSE},
+    /* socketpair reaches a family's create function too [EAFNOSUPPORT] */
+    {"socketpair_packet", SYS_socketpair, {AF_PACKET, SOCK_RAW | BADTYPE, 0, BAD}},
+    {"socketpair_alg", SYS_socketpair, {AF_ALG, SOCK_SEQPACKET | BADTYPE, 0, BAD}},
     {"socket_inet_ok", SYS_socket, {AF_INET, SOCK_STREAM, 0}, F_CLOSE},
     {"socket_inet6_ok", SYS_socket, {AF_INET6, SOCK_DGRAM, 0}, F_CLOSE},
     {"socket_unix_ok", SYS_socket, {AF_UNIX, SOCK_STREAM, 0}, F_CLOSE},
