@@ -29,6 +29,7 @@
 /* Kinds of the fds that come with the config message. */
 enum { CGROUP_V2_DIR = 'D', CGROUP_PROCS = 'P' };
 
+/* MSG_KILL with a run id kills that run's tree; with no record, every process but pid 1 */
 enum msg_type { MSG_CONFIG = 'C', MSG_EXEC = 'X', MSG_KILL = 'K' };
 
 enum tag {
@@ -145,7 +146,12 @@ void install_seccomp(const struct config *cfg);
 /* init.c */
 __attribute__((noreturn)) void run_init(const struct config *cfg);
 
-/* watchdog.c */
+int kill_runs_for_oom(uint64_t usage); /* how many persistent runs it killed */
+
+/* watchdog.c: memory accounting without a memory cgroup */
 uint64_t sandbox_memory_usage(const struct config *cfg, int exact);
+int watchdog_start(const struct config *cfg); /* its timerfd, for the init's poll */
+void watchdog_tick(int tfd);                 /* the timerfd is readable */
+uint64_t watchdog_check(void);               /* one pass now; the peak so far */
 
 #endif

@@ -20,7 +20,6 @@
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/timerfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -319,74 +318,75 @@ static void kill_run(const unsigned char *buf, size_t len) {
       kill_tree(runs[i].pid);
 }
 
-#define WATCH_INTERVAL_NS 10000000 /* 10 ms */
-#define OOM_GRACE_NS 200000000     /* for killed runs to die and free their memory */
-
-static uint64_t peak_memory;
-static long long oom_grace_until;
-
-/* One watchdog pass: remember the peak, and act when the sandbox is over the limit. The
- * cheap count over-counts pages forked processes share; over the limit, the exact count
- * decides (see watchdog.c). A persistent sandbox loses the runs going on (each reported
- * with its id), as a cgroup OOM kill would take a process and not the session; if that
- * frees too little (files in its tmpfs, background processes), and always in an ephemeral
- * sandbox, the sandbox ends. */
-static void check_memory(void) {
-  uint64_t usage = sandbox_memory_usage(config, 0);
-  if (usage > config->memory_watch)
-    usage = sandbox_memory_usage(config, 1);
-  if (usage > peak_memory)
-    peak_memory = usage;
-  if (usage <= config->memory_watch || now_ns() < oom_grace_until)
-    return;
+/* The watchdog (watchdog.c) found the sandbox over its memory limit: kill the persistent runs
+ * going on, each reported with its id, as a cgroup OOM kill takes a process and not the
+ * session. Returns how many were killed: none means the sandbox must end. */
+int kill_runs_for_oom(uint64_t usage) {
   int killed = 0;
   for (int i = 0; i < MAX_RUNS; i++) {
     if (runs[i].pid && !runs[i].final && !runs[i].oom_killed) {
       kill_tree(runs[i].pid);
       runs[i].oom_killed = 1;
-      killed = 1;
+      killed++;
       send_json("{\"event\":\"oom\",\"id\":%u,\"usage\":%llu}", runs[i].id,
                 (unsigned long long)usage);
     }
   }
-  if (killed) {
-    oom_grace_until = now_ns() + OOM_GRACE_NS;
-    return;
+  return killed;
+}
+
+/* One reaped process: a run's end is reported with its id (others are orphans). */
+static void reaped(pid_t pid, int status) {
+  for (int i = 0; i < MAX_RUNS; i++) {
+    if (runs[i].pid != pid)
+      continue;
+    runs[i].pid = 0;
+    /* CPU time of every process reaped so far (orphans are reaped by us too) and, when
+     * the watchdog runs, the peak it saw; the supervisor prefers cgroup counters. */
+    uint64_t watched = config->memory_watch ? watchdog_check() : 0;
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    long long cpu_us = (long long)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+                       ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+    unsigned long long peak = watched > (uint64_t)ru.ru_maxrss * 1024
+                                  ? watched : (uint64_t)ru.ru_maxrss * 1024;
+    if (WIFEXITED(status))
+      send_json("{\"event\":\"exit\",\"id\":%u,\"code\":%d,\"cpu_us\":%lld,"
+                "\"peak\":%llu}", runs[i].id, WEXITSTATUS(status), cpu_us, peak);
+    else
+      send_json("{\"event\":\"exit\",\"id\":%u,\"signal\":%d,\"cpu_us\":%lld,"
+                "\"peak\":%llu}", runs[i].id, WTERMSIG(status), cpu_us, peak);
+    /* Ephemeral: end the namespace now rather than wait for the supervisor's SIGKILL;
+     * the kernel kills whatever the run left behind. */
+    if (runs[i].final)
+      _exit(0);
   }
-  send_json("{\"event\":\"oom\",\"usage\":%llu}", (unsigned long long)usage);
-  _exit(0); /* pid 1 exiting: the kernel kills every process of the namespace */
 }
 
 static void reap(void) {
   int status;
   pid_t pid;
-  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    for (int i = 0; i < MAX_RUNS; i++) {
-      if (runs[i].pid != pid)
-        continue;
-      runs[i].pid = 0;
-      /* CPU time of every process reaped so far (orphans are reaped by us too) and, when
-       * the watchdog runs, the peak it saw; the supervisor prefers cgroup counters. */
-      if (config->memory_watch)
-        check_memory();
-      struct rusage ru;
-      getrusage(RUSAGE_CHILDREN, &ru);
-      long long cpu_us = (long long)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
-                         ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
-      unsigned long long peak = peak_memory > (uint64_t)ru.ru_maxrss * 1024
-                                    ? peak_memory : (uint64_t)ru.ru_maxrss * 1024;
-      if (WIFEXITED(status))
-        send_json("{\"event\":\"exit\",\"id\":%u,\"code\":%d,\"cpu_us\":%lld,"
-                  "\"peak\":%llu}", runs[i].id, WEXITSTATUS(status), cpu_us, peak);
-      else
-        send_json("{\"event\":\"exit\",\"id\":%u,\"signal\":%d,\"cpu_us\":%lld,"
-                  "\"peak\":%llu}", runs[i].id, WTERMSIG(status), cpu_us, peak);
-      /* Ephemeral: end the namespace now rather than wait for the supervisor's SIGKILL;
-       * the kernel kills whatever the run left behind. */
-      if (runs[i].final)
-        _exit(0);
-    }
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+    reaped(pid, status);
+}
+
+/* Every process but this one, killed and reaped (kill(-1) from a namespace's init reaches
+ * all the others: a fork racing one round is caught by the next), before the supervisor
+ * reads /sandbox with nothing of the user's left to interfere (a workspace save). Runs
+ * report their exits as usual; "killed" follows them. */
+static void kill_all(void) {
+  int status;
+  for (;;) {
+    kill(-1, SIGKILL);
+    pid_t pid = waitpid(-1, &status, 0);
+    if (pid > 0)
+      reaped(pid, status);
+    else if (errno == ECHILD)
+      break;
+    else if (errno != EINTR)
+      fail("init", "waitpid", NULL);
   }
+  send_json("{\"event\":\"killed\"}");
 }
 
 void run_init(const struct config *cfg) {
@@ -403,13 +403,7 @@ void run_init(const struct config *cfg) {
   if (sfd < 0)
     fail("init", "signalfd", NULL);
 
-  int tfd = -1;
-  if (cfg->memory_watch) {
-    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-    struct itimerspec every = {{0, WATCH_INTERVAL_NS}, {0, WATCH_INTERVAL_NS}};
-    if (tfd < 0 || timerfd_settime(tfd, 0, &every, NULL) < 0)
-      fail("init", "timerfd", NULL);
-  }
+  int tfd = cfg->memory_watch ? watchdog_start(cfg) : -1;
 
   struct pollfd pfd[3] = {{CONTROL_FD, POLLIN, 0}, {sfd, POLLIN, 0}, {tfd, POLLIN, 0}};
   for (;;) {
@@ -418,11 +412,8 @@ void run_init(const struct config *cfg) {
         continue;
       fail("init", "poll", NULL);
     }
-    if (tfd >= 0 && pfd[2].revents) {
-      uint64_t ticks;
-      if (read(tfd, &ticks, sizeof ticks) > 0)
-        check_memory();
-    }
+    if (tfd >= 0 && pfd[2].revents)
+      watchdog_tick(tfd);
     if (pfd[1].revents) {
       struct signalfd_siginfo si;
       while (read(sfd, &si, sizeof si) > 0)
@@ -436,6 +427,8 @@ void run_init(const struct config *cfg) {
         _exit(0); /* supervisor gone: the namespace dies with us */
       if (msg[0] == MSG_EXEC)
         start_run(msg, (size_t)n, fds, nfds);
+      else if (msg[0] == MSG_KILL && (size_t)n == 1)
+        kill_all();
       else if (msg[0] == MSG_KILL)
         kill_run(msg, (size_t)n);
       else

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "helper.h"
@@ -129,4 +130,47 @@ uint64_t sandbox_memory_usage(const struct config *cfg, int exact) {
       total += (uint64_t)(st.f_blocks - st.f_bfree) * st.f_frsize;
   }
   return total;
+}
+
+#define WATCH_INTERVAL_NS 10000000 /* 10 ms */
+#define OOM_GRACE_NS 200000000     /* for killed runs to die and free their memory */
+
+static const struct config *watched;
+static uint64_t peak_memory;
+static long long oom_grace_until;
+
+int watchdog_start(const struct config *cfg) {
+  watched = cfg;
+  int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  struct itimerspec every = {{0, WATCH_INTERVAL_NS}, {0, WATCH_INTERVAL_NS}};
+  if (tfd < 0 || timerfd_settime(tfd, 0, &every, NULL) < 0)
+    fail("init", "timerfd", NULL);
+  return tfd;
+}
+
+/* One pass: remember the peak, and act when the sandbox is over the limit. The cheap count
+ * over-counts pages forked processes share; over the limit, the exact count decides. A
+ * persistent sandbox loses the runs going on (kill_runs_for_oom); if that frees too little
+ * (files in its tmpfs, background processes), and always in an ephemeral sandbox, the
+ * sandbox ends. Returns the peak so far. */
+uint64_t watchdog_check(void) {
+  uint64_t usage = sandbox_memory_usage(watched, 0);
+  if (usage > watched->memory_watch)
+    usage = sandbox_memory_usage(watched, 1);
+  if (usage > peak_memory)
+    peak_memory = usage;
+  if (usage <= watched->memory_watch || now_ns() < oom_grace_until)
+    return peak_memory;
+  if (kill_runs_for_oom(usage)) {
+    oom_grace_until = now_ns() + OOM_GRACE_NS;
+    return peak_memory;
+  }
+  send_json("{\"event\":\"oom\",\"usage\":%llu}", (unsigned long long)usage);
+  _exit(0); /* pid 1 exiting: the kernel kills every process of the namespace */
+}
+
+void watchdog_tick(int tfd) {
+  uint64_t ticks;
+  if (read(tfd, &ticks, sizeof ticks) > 0)
+    watchdog_check();
 }

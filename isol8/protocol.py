@@ -248,6 +248,11 @@ def encode_kill(run_id: int) -> bytes:
     return MSG_KILL + record(Tag.EXEC_ID, struct.pack("<I", run_id))
 
 
+def encode_kill_all() -> bytes:
+    """Every process but the init; "killed" answers once all are reaped."""
+    return MSG_KILL
+
+
 # -- events from the helper -----------------------------------------------------------------
 
 _EVENT_FIELDS: dict[str, dict[str, type]] = {
@@ -257,6 +262,7 @@ _EVENT_FIELDS: dict[str, dict[str, type]] = {
     "exit": {"id": int},
     "error": {"step": str, "syscall": str, "errno": int, "path": str},
     "oom": {"usage": int},
+    "killed": {},  # after a kill-all: no process but the init is left
     # as root, a caller's mount left without an idmap: its file system cannot be idmapped
     # (reason: the errno name, EINVAL for overlayfs), or it is read-write in a sandbox
     # without a seccomp filter (nothing would refuse a setuid file on the host)

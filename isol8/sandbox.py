@@ -175,6 +175,21 @@ class Sandbox:
         """Kill one run's process tree (persistent mode); its exit event follows."""
         self._send(protocol.encode_kill(run_id))
 
+    def kill_all(self, deadline: float) -> bool:
+        """Kill every process but the init and wait until all are reaped, so that nothing
+        of the user's is left to interfere with what the supervisor runs next. Events of
+        the killed runs are passed over. False if the init did not confirm in time."""
+        self._send(protocol.encode_kill_all())
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not select.select([self._sock], [], [], remaining)[0]:
+                return False
+            event = self.receive()
+            if event is None:
+                return False
+            if event["event"] == "killed":
+                return True
+        return False
+
     def destroy(self) -> None:
         """Kill everything in the sandbox and reap the helper. Idempotent."""
         if not self._alive:

@@ -21,6 +21,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from .cgroups import SandboxCgroups
+from .errors import Isol8Error
 from .identity import HostIdentity
 from .interpreter import Interpreter, send_code
 from .output import CappedOutput
@@ -89,6 +90,18 @@ class Session:
         its own run id, which no supervision waits for."""
         self.sandbox.kill_run(dead.run_id)
         dead.close()
+
+    def kill_all(self, timeout: float = _KILL_GRACE) -> None:
+        """End every process of the session but its init (background processes, the
+        zygote, a REPL's interpreter), e.g. before ``/sandbox`` is read back on the host."""
+        with signals_deferred():
+            for interpreter in (self.zygote, self.repl and self.repl.interpreter):
+                if interpreter is not None:
+                    interpreter.close()
+            self.zygote = self.repl = None
+            if not self.sandbox.kill_all(time.monotonic() + timeout):
+                self.alive = False
+                raise Isol8Error("the sandbox's init did not end its processes in time")
 
     def new_run_id(self) -> int:
         return next(self._ids)

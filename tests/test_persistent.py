@@ -204,3 +204,16 @@ def test_a_zygote_run_that_times_out_takes_only_itself(session):
     r = session.execute("import time; time.sleep(10)", timeout_ms=400)
     assert r.exit_code == 137 and r.stderr.endswith("--- EXECUTION TIMED OUT ---")
     assert session.execute("print(open('/sandbox/k').read().strip())").stdout == "kept"
+
+
+def test_kill_all_leaves_only_the_init_and_the_session_usable(session):
+    # what a workspace save relies on: no process of the user's outlives it (daemons that
+    # left their session and a fork loop included), and the init runs the next process
+    session.execute(cmd="sleep 1000 & setsid sh -c 'sleep 1000 & sleep 1000' & "
+                        "(while :; do sleep 0.01 & wait; done) & sleep 0.2")
+    session.execute("print(1)")  # a waiting zygote too
+    session._session.kill_all()
+    r = session.execute(cmd="ls /proc | grep -c '^[0-9]'; ps -o pid=,comm= -e")
+    # pid 1, the shell, ls, grep and ps (the zygote for the next run may be starting)
+    assert "sleep" not in r.stdout, r.stdout
+    assert int(r.stdout.split()[0]) <= 6, r.stdout
