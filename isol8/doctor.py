@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from . import _paths, chroot
-from .identity import DEFAULT_UID_RANGE, maps_foreign_ids
+from .identity import default_uid_range, maps_foreign_ids
 
 MIN_KERNEL = (5, 12)
 # What the seccomp filters use (isol8/seccomp.py); the kernel refuses a filter naming others.
@@ -180,7 +180,8 @@ def check_apparmor(restrict_userns: str | None, loaded_profiles: str | None, eui
 
 def check_seccomp(proc_status: str, actions_avail: str | None,
                   libseccomp_version: str | None) -> Check:
-    """libseccomp is needed only to compile the filter; the BPF is cached per user after."""
+    """libseccomp compiles the filter, once per process (never cached on disk, where a
+    sandbox with a read-write mount could swap it: isol8.seccomp)."""
     if _status_field(proc_status, "Seccomp") is None:
         return Check("seccomp", "fail",
                      "the kernel has no seccomp support (no Seccomp line in /proc/self/status)",
@@ -195,10 +196,9 @@ def check_seccomp(proc_status: str, actions_avail: str | None,
     what = ("every sandbox runs under isol8's filter: foreign architectures killed, unknown "
             "syscalls ENOSYS, a deny-list of namespace, mount, keyring, tracing and bpf calls")
     if libseccomp_version is None:
-        return Check("seccomp", "warn",
+        return Check("seccomp", "fail",
                      f"kernel actions: {' '.join(available)}; libseccomp.so.2 cannot be loaded, "
-                     "so the filter can come only from isol8's cache "
-                     f"({_paths.cache_dir() / 'seccomp'}); {what}",
+                     "so no filter can be compiled and only seccomp='unconfined' runs",
                      "install libseccomp2 (apt-get install libseccomp2 / dnf install libseccomp)")
     return Check("seccomp", "ok",
                  f"kernel actions: {' '.join(available)}; libseccomp {libseccomp_version}; "
@@ -321,11 +321,12 @@ def check_container(markers: list[str], mountinfo: str, proc_status: str,
 
 def check_identity(euid: int, foreign_ids: bool) -> Check:
     if foreign_ids:
-        start, count = DEFAULT_UID_RANGE
+        start, count = default_uid_range()
         return Check("identity", "ok",
                      f"running as root: each sandbox's uid 1000 maps to its own host uid from "
-                     f"{start}-{start + count - 1} (isol8.identity.DEFAULT_UID_RANGE; the "
-                     "engine's uid_range option), never root and never an existing account")
+                     f"{start}-{start + count - 1} (the default, outside systemd's ranges and "
+                     "/etc/subuid and /etc/subgid; the engine's uid_range option), never root "
+                     "and never an existing account")
     who = "root inside a user namespace" if euid == 0 else "rootless"
     return Check("identity", "ok",
                  f"{who}: each sandbox's uid 1000 maps to your uid {euid}, the only mapping "
@@ -368,14 +369,12 @@ def _read(path: str) -> str | None:
 
 
 def _libseccomp_version() -> str | None:
-    from ._native import libseccomp
+    from . import _native
 
     try:
-        _, lib, _ = libseccomp()
-    except (OSError, ImportError):
+        return _native.version()
+    except OSError:
         return None
-    v = lib.seccomp_version()
-    return f"{v.major}.{v.minor}.{v.micro}"
 
 
 def _probe() -> tuple[str | None, dict[str, str | None] | None]:

@@ -5,6 +5,15 @@ newuidmap. As root: one id per sandbox from a dedicated range, never host root a
 existing account, so that two tenants' sandboxes share no identity on the host. A lease (an
 exclusive ``flock`` on a file named after the id) keeps concurrent engines, in this process
 or others, from handing out the same id twice.
+
+The range must not be anyone else's: a sandbox whose host uid is also a container's (systemd
+hands out 65,536-id blocks of its container range to nspawn, machined and nsresourced;
+/etc/subuid and /etc/subgid give blocks to rootless podman, LXC and others) shares that
+identity's files, signals, ptrace rights and per-uid kernel quotas with it. So a configured
+``uid_range`` that overlaps a range systemd assigns or reserves (docs/UIDS-GIDS.md), or an
+entry of /etc/subuid or /etc/subgid (the sandbox's gid is its uid), is refused, naming the
+overlap; and the default is chosen outside all of them. Sub-id ranges served through NSS
+(``subid:`` in nsswitch.conf) are not seen.
 """
 
 from __future__ import annotations
@@ -19,7 +28,25 @@ from dataclasses import dataclass
 
 from .errors import InvalidRequest
 
-DEFAULT_UID_RANGE = (1_500_000_000, 65536)
+# What systemd assigns or reserves (docs/UIDS-GIDS.md, src/basic/uid-classification.h), as
+# (first, last, name). Below 65536: system 0-999, regular users 1000-60000, homed 60001-60513,
+# host users mapped into nspawn containers 60514-60577, greeters, dynamic service users
+# 61184-65519, nobody 65534 and the 16-bit -1.
+SYSTEMD_RANGES = (
+    (0, 65535, "systemd's system, regular, homed, nspawn, dynamic and nobody ids (0-65535)"),
+    (524288, 1879048191, "systemd's container range (524288-1879048191)"),
+    (2147352576, 2147418111, "systemd's foreign range (2147352576-2147418111)"),
+    # Tools that treat uid_t as signed break on these, and setfsuid() returns the old id
+    # as an int; systemd keeps them reserved.
+    (2147483648, 4294967295, "the ids from 2^31 up (2147483648-4294967295), which systemd "
+                             "reserves: many tools treat uid_t as signed"),
+)
+SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+# 65,536 ids in the gap systemd leaves unused between its container and foreign ranges, far
+# above shadow's default sub-id allocation (login.defs SUB_UID_MAX 600100000). If a sub-id
+# entry claims them anyway, the default moves to the next free 65,536-id block of the gap.
+DEFAULT_UID_RANGE = (0x7800_0000, 65536)
+_DEFAULT_GAP = (1879048192, 2147352576)  # [first, end)
 LEASE_DIR = "/run/isol8/uid-leases"
 
 
@@ -47,11 +74,60 @@ class HostIdentity:
             self.lease_fd = -1
 
 
-def validate_uid_range(uid_range: tuple[int, int]) -> tuple[int, int]:
-    start, count = uid_range
-    if start < 65536 or count < 1 or start + count > 0xFFFFFFFE:
-        raise InvalidRequest("uid_range must be (start >= 65536, count >= 1) within 32 bits")
+def validate_uid_range(uid_range: object) -> tuple[int, int]:
+    """A configured ``(start, count)``, refused when it overlaps a range systemd assigns or
+    an /etc/subuid or /etc/subgid entry."""
+    try:
+        start, count = uid_range  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"uid_range: expected (start, count), got {uid_range!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, count)) \
+            or start < 0 or count < 1:
+        raise InvalidRequest(f"uid_range: expected (start, count) integers, start >= 0 and "
+                             f"count >= 1, got {uid_range!r}")
+    last = start + count - 1
+    for first, end, name in (*SYSTEMD_RANGES, *subid_ranges()):
+        if start <= end and first <= last:
+            raise InvalidRequest(
+                f"uid_range: {start}-{last} overlaps {name}; a sandbox sharing a host id with "
+                f"another user of it shares its files, signals and quotas. Choose a range "
+                f"outside it, e.g. in {_DEFAULT_GAP[0]}-{_DEFAULT_GAP[1] - 1}, where the "
+                "default lies")
     return start, count
+
+
+def default_uid_range() -> tuple[int, int]:
+    """DEFAULT_UID_RANGE, or the first 65,536-id block of the gap after it that no
+    /etc/subuid or /etc/subgid entry claims (then before it)."""
+    taken = [(first, end) for first, end, _ in subid_ranges()]
+    size = DEFAULT_UID_RANGE[1]
+    lo, hi = _DEFAULT_GAP
+    starts = [*range(DEFAULT_UID_RANGE[0], hi - size + 1, size),
+              *range(DEFAULT_UID_RANGE[0] - size, lo - 1, -size)]
+    for start in starts:
+        if not any(start <= end and first <= start + size - 1 for first, end in taken):
+            return start, size
+    raise InvalidRequest(f"no default uid_range: /etc/subuid and /etc/subgid claim every "
+                         f"{size}-id block of {lo}-{hi - 1}; configure uid_range")
+
+
+def subid_ranges() -> list[tuple[int, int, str]]:
+    """The entries of /etc/subuid and /etc/subgid as (first, last, name); malformed lines
+    are skipped, as shadow's own parser does."""
+    found = []
+    for path in SUBID_FILES:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except OSError:  # missing; or unreadable, which only a user that is not root meets,
+            continue     # and only root maps sandboxes into the range
+        for number, line in enumerate(lines, 1):
+            _, _, rest = line.strip().partition(":")
+            first, _, count = rest.partition(":")
+            if first.isdigit() and count.isdigit() and int(count) > 0:
+                found.append((int(first), int(first) + int(count) - 1,
+                              f"{path} line {number} ({line.strip()})"))
+    return found
 
 
 def acquire(uid_range: tuple[int, int]) -> HostIdentity:

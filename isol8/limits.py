@@ -81,7 +81,7 @@ def rlimits(limits: Limits, chosen: dict[str, str | None], *, timeout_ms: int,
             max_file: int) -> tuple[tuple[int, int, int], ...]:
     """The rlimits one sandbox gets: always core, open files and file size; pids and CPU
     seconds only where no cgroup enforces them."""
-    out = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES),
+    out = [core_limit(), (resource.RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES),
            (resource.RLIMIT_FSIZE, max_file, max_file)]
     if chosen["pids"] == "rlimit":
         out.append((resource.RLIMIT_NPROC, limits.pids, limits.pids))
@@ -89,6 +89,18 @@ def rlimits(limits: Limits, chosen: dict[str, str | None], *, timeout_ms: int,
         budget = max(1, math.ceil(limits.cpu * timeout_ms / 1000))
         out.append((resource.RLIMIT_CPU, budget, budget + 1))
     return tuple(out)
+
+
+def core_limit() -> tuple[int, int, int]:
+    """RLIMIT_CORE of 1 byte, soft and hard: no core file (one needs a page), and, unlike 0,
+    no crash handed to a pipe ``core_pattern`` (fs/coredump.c skips the helper only at
+    exactly 1; at 0 the host's helper, root in the host's namespaces, gets the sandbox's
+    memory). The seccomp policy keeps user code from lowering it (isol8.seccomp). Raising a
+    hard limit needs CAP_SYS_RESOURCE in the initial namespace, so under a supervisor whose
+    hard limit is 0 (a CIS-hardened login) it stays 0, and a pipe pattern still gets crashes."""
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    core = 1 if hard == resource.RLIM_INFINITY or hard >= 1 else 0
+    return (resource.RLIMIT_CORE, core, core)
 
 
 def killed_by_file_size(exit_code: int | None, signo: int | None) -> bool:

@@ -6,10 +6,14 @@ import os
 import posixpath
 import re
 import stat
+import sys
+import sysconfig
 from dataclasses import dataclass
 
+from . import _paths
 from .errors import InvalidRequest
-from .identity import DEFAULT_UID_RANGE, maps_foreign_ids, validate_uid_range
+from .identity import (DEFAULT_UID_RANGE, LEASE_DIR, default_uid_range, maps_foreign_ids,
+                       validate_uid_range)
 from .limits import Limits
 
 NETWORK_MODES = ("none", "host")
@@ -168,6 +172,41 @@ def _require_reachable_by_others(resolved: str, value: str, field: str) -> None:
         parent = os.path.dirname(parent)
 
 
+def own_files() -> dict[str, str]:
+    """What runs or steers this supervisor and the next sandboxes, by what it is: the
+    package with its helper binary, the Python prefix it runs from and the interpreter with
+    its standard library, the per-user cache and the uid leases (isol8 reads no configuration
+    file), each resolved. As root a read-write mount is idmapped to the source's owner, so the
+    sandbox writes there as root; rootless, as the caller, who owns all of it."""
+    paths = sysconfig.get_paths()
+    found = {
+        "package": _paths.PACKAGE_DIR, "helper binary": _paths.helper_path(),
+        "Python prefix": sys.prefix, "Python exec prefix": sys.exec_prefix,
+        "interpreter": sys.executable, "standard library": paths["stdlib"],
+        "platform standard library": paths["platstdlib"], "cache": _paths.cache_dir(),
+        "uid leases": os.path.dirname(LEASE_DIR),
+    }
+    return {what: os.path.realpath(path) for what, path in found.items() if path}
+
+
+def _refuse_own_files(resolved: str, value: object, field: str) -> None:
+    """A read-write mount may neither contain one of isol8's own files nor lie inside one:
+    either way user code could rewrite what the supervisor executes or trusts next (the
+    seccomp cache an older isol8 loads, the helper, a module). Read-only mounts of them are
+    fine."""
+    for what, path in own_files().items():
+        if path == resolved or path.startswith(resolved.rstrip("/") + "/"):
+            relation = "is" if path == resolved else "contains"
+        elif resolved.startswith(path + "/"):
+            relation = "is inside"
+        else:
+            continue
+        raise InvalidRequest(
+            f"{field}: {value} {relation} isol8's own {what} ({path}); a read-write mount "
+            "would let sandboxed code rewrite what runs the supervisor and the next sandboxes. "
+            "Mount it read-only, or mount a directory that does not contain it")
+
+
 def _mount_target(value: object, field: str) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise InvalidRequest(f"{field}: expected an absolute path inside the sandbox, "
@@ -211,6 +250,8 @@ def validated_mounts(value: object) -> tuple[Mount, ...]:
             raise InvalidRequest(f"{field}.readonly: expected true or false, got {readonly!r}")
         target = _mount_target(item.get("target"), f"{field}.target")
         source = _mount_source(item.get("source"), f"{field}.source")
+        if not readonly:
+            _refuse_own_files(source, item.get("source"), f"{field}.source")
         mounts.append(Mount(source, target, readonly))
     # One mount per target, none inside another: a mount point inside a host mount would
     # have to be created in the host's directory.
@@ -245,7 +286,7 @@ class EngineOptions:
     def build(cls, *, mode: str = "ephemeral", network: str = "none", timeout_ms: int = 30_000,
               max_output_size: int = 1 << 20, sandbox_size: str | int = "512m",
               tmp_size: str | int = "256m", tmp_exec: bool = False, seccomp: str = "strict",
-              uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
+              uid_range: tuple[int, int] | None = None,
               memory_limit: str | int = "512m", cpu_limit: float = 1.0, pids_limit: int = 64,
               strict_limits: bool = False,
               cgroup_parent: str | None = None,
@@ -269,6 +310,7 @@ class EngineOptions:
             tmp_size=parse_size(tmp_size, "tmp_size"),
             tmp_exec=boolean(tmp_exec, "tmp_exec"),
             seccomp=choice(seccomp, SECCOMP_MODES, "seccomp"),
-            uid_range=validate_uid_range(tuple(uid_range)),
+            uid_range=(default_uid_range() if uid_range is None
+                       else validate_uid_range(uid_range)),
             mounts=validated_mounts(mounts),
         )

@@ -22,12 +22,9 @@ the i386 ``int 0x80`` / ``socketcall`` bypass.
 from __future__ import annotations
 
 import errno
-import hashlib
+import functools
 import os
-import struct
 from dataclasses import dataclass
-
-from . import _paths
 
 # libseccomp constants (seccomp.h); stable ABI values.
 _ACT_ALLOW = 0x7FFF0000
@@ -35,6 +32,7 @@ _ACT_KILL_PROCESS = 0x80000000
 _FLTATR_ACT_BADARCH = 2
 _FLTATR_CTL_NNP = 3
 _FLTATR_CTL_OPTIMIZE = 8
+_CMP_NE = 1
 _CMP_EQ = 4
 _CMP_GT = 6
 _CMP_MASKED_EQ = 7
@@ -132,6 +130,17 @@ PID1_TARGET_ARGS = (
 # uid (and a nested pid namespace would only move the target to its own pid 1).
 PRIO_PROCESS, PRIO_GROUP_FORMS = 0, (1, 2)  # PRIO_PGRP, PRIO_USER
 IOPRIO_WHO_PROCESS, IOPRIO_GROUP_FORMS = 1, (2, 3)  # IOPRIO_WHO_PGRP, IOPRIO_WHO_USER
+# RLIMIT_CORE stays at 1 (isol8.limits): with a pipe core_pattern the kernel hands a crash to
+# the host's helper, as root in the host's namespaces, whatever the limit, except when it is
+# exactly 1 (fs/coredump.c, coredump_pipe: the value it gives its own helpers against recursive
+# dumps). A hard limit of 1 still lets a process lower it to 0 (`ulimit -c 0`), so neither
+# setrlimit nor prlimit64 may set it: both answer success without running (ERRNO 0). The usual
+# caller lowers the limit to disable core dumps (ssh-agent, test harnesses, `ulimit -c 0` in a
+# script, some of which stop on an error), and 1 already means none: a core file needs a page
+# (binfmt min_coredump). A raise would fail anyway (hard limit 1, no CAP_SYS_RESOURCE), and
+# getrlimit tells the truth. prlimit64 that also asks for the old value gets EPERM instead: a
+# fake success would leave the caller's buffer unwritten. Reading (new == NULL) stays free.
+RLIMIT_CORE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,73 +154,27 @@ class SeccompError(RuntimeError):
     """The policy could not be compiled; the message names the libseccomp call."""
 
 
-_memory_cache: dict[str, CompiledPolicy] = {}
-
-
-def policy_key() -> str:
-    """A hash of everything the compiled bytes depend on except the libseccomp build."""
-    text = repr((DENY, CLONE_NAMESPACE_FLAGS, SOCKET_FAMILIES_ALLOWED,
-                 TTY_IOCTLS_DENIED, PERSONALITY_ALLOWED, SETID_BITS, SETID_MODE_ARGS,
-                 SETID_OPEN_ARGS, CREATE_FLAGS, PID1_TARGET_ARGS, PRIO_PROCESS,
-                 PRIO_GROUP_FORMS, IOPRIO_WHO_PROCESS, IOPRIO_GROUP_FORMS,
-                 os.uname().machine, 5))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 def compiled_policy(unconfined: bool = False) -> CompiledPolicy:
-    """The default policy's BPF, from memory, then the on-disk cache, then libseccomp."""
+    """The default policy's BPF, compiled by libseccomp once per process (see the module
+    docstring for why never from a file)."""
     if unconfined:
         return CompiledPolicy(filters=())
-    key = policy_key()
-    hit = _memory_cache.get(key)
-    if hit is not None:
-        return hit
-    path = _paths.cache_dir() / "seccomp" / f"{key}.bpf"
-    policy = _load(path)
-    if policy is None:
-        policy = CompiledPolicy(filters=_compile())
-        _store(path, policy)
-    _memory_cache[key] = policy
-    return policy
+    return _compiled()
 
 
-def _load(path) -> CompiledPolicy | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    filters, offset = [], 0
-    while offset + 4 <= len(data):
-        (size,) = struct.unpack_from("<I", data, offset)
-        chunk = data[offset + 4 : offset + 4 + size]
-        if size == 0 or size % 8 or len(chunk) != size:
-            return None
-        filters.append(chunk)
-        offset += 4 + size
-    if offset != len(data) or len(filters) != 2:
-        return None
-    return CompiledPolicy(filters=tuple(filters))
-
-
-def _store(path, policy: CompiledPolicy) -> None:
-    blob = b"".join(struct.pack("<I", len(f)) + f for f in policy.filters)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs a recompile (about 10 ms) next time
+@functools.lru_cache(maxsize=1)
+def _compiled() -> CompiledPolicy:
+    return CompiledPolicy(filters=_compile())
 
 
 def _compile() -> tuple[bytes, bytes]:
-    from ._native import libseccomp
+    from . import _native
 
-    ffi, lib, libc = libseccomp()
+    lib = _native.libseccomp()
 
     def new_ctx(default: int):
         ctx = lib.seccomp_init(default)
-        if ctx == ffi.NULL:
+        if not ctx:
             raise SeccompError("seccomp_init failed")
         for attr, value in ((_FLTATR_ACT_BADARCH, _ACT_KILL_PROCESS), (_FLTATR_CTL_NNP, 0),
                             (_FLTATR_CTL_OPTIMIZE, 2)):
@@ -222,22 +185,17 @@ def _compile() -> tuple[bytes, bytes]:
         nr = lib.seccomp_syscall_resolve_name(name.encode())
         if nr < 0:
             return  # not a syscall on this architecture (vm86 on x86_64, ...)
-        arr = ffi.new("struct scmp_arg_cmp[]", list(cmps)) if cmps else ffi.NULL
-        _check(lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr),
+        array = (_native.ArgCmp * len(cmps))(*cmps) if cmps else None
+        _check(lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), array),
                "seccomp_rule_add", name)
 
     denied = {name for names in DENY.values() for name in names}
     base = new_ctx(_errno_action(errno.ENOSYS))
     args = new_ctx(_ACT_ALLOW)
     try:
-        native = lib.seccomp_arch_native()
         for nr in range(_MAX_SYSCALL_NR):
-            raw = lib.seccomp_syscall_resolve_num_arch(native, nr)
-            if raw == ffi.NULL:
-                continue
-            name = ffi.string(raw).decode()
-            libc.free(raw)
-            if name not in denied and name != "personality":
+            name = _native.syscall_name(nr)
+            if name is not None and name not in denied and name != "personality":
                 add(base, _ACT_ALLOW, name)
         for code, names in DENY.items():
             if code == errno.ENOSYS:
@@ -261,7 +219,9 @@ def _compile() -> tuple[bytes, bytes]:
             add(args, eperm, *rule)
         for rule in pid1_denials():
             add(args, eperm, *rule)
-        return _export(ffi, lib, base), _export(ffi, lib, args)
+        for code, *rule in core_limit_rules():
+            add(args, _errno_action(code), *rule)
+        return _export(lib, base), _export(lib, args)
     finally:
         lib.seccomp_release(base)
         lib.seccomp_release(args)
@@ -310,7 +270,18 @@ def pid1_denials() -> list[tuple]:
     return rules
 
 
-def _export(ffi, lib, ctx) -> bytes:
+def core_limit_rules() -> list[tuple]:
+    """(errno, syscall, comparison...) rules for every call that would set RLIMIT_CORE. The
+    resource is an unsigned int, compared on its low 32 bits as the kernel reads it; the
+    pointers are compared whole, as the kernel tests them for NULL."""
+    core = (1, _CMP_MASKED_EQ, 0xFFFFFFFF, RLIMIT_CORE)
+    sets = (2, _CMP_NE, 0, 0)
+    return [(0, "setrlimit", (0, _CMP_MASKED_EQ, 0xFFFFFFFF, RLIMIT_CORE)),
+            (0, "prlimit64", core, sets, (3, _CMP_EQ, 0, 0)),
+            (errno.EPERM, "prlimit64", core, sets, (3, _CMP_NE, 0, 0))]
+
+
+def _export(lib, ctx) -> bytes:
     fd = os.memfd_create("isol8-seccomp")
     try:
         _check(lib.seccomp_export_bpf(ctx, fd), "seccomp_export_bpf", "memfd")

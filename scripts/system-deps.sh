@@ -3,7 +3,7 @@
 #   system-deps.sh           what `make run` needs:
 #                            gcc, libc6-dev  build the helper (static when libc.a is there)
 #                            python3-venv    the project's venv
-#                            libseccomp2     loaded through cffi in ABI mode (no -dev package)
+#                            libseccomp2     loaded through ctypes (no -dev package)
 #   system-deps.sh --test    also what `make test` needs. Sandboxes run on the host's rootfs, so
 #                            every program a test runs inside one must be installed on the host:
 #                            nodejs          the node runtime (Debian's 18 or a newer one)

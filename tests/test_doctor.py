@@ -152,9 +152,9 @@ def test_seccomp_missing_action_or_kernel_support_fails():
     assert doctor.check_seccomp("Name:\tpython3\n", None, "2.5.4").status == "fail"
 
 
-def test_seccomp_without_libseccomp_warns_with_the_package():
+def test_seccomp_without_libseccomp_fails_with_the_package():
     check = doctor.check_seccomp(UNFILTERED_STATUS, ACTIONS, None)
-    assert check.status == "warn" and "libseccomp2" in check.action
+    assert check.status == "fail" and "libseccomp2" in check.action
 
 
 # cgroups

@@ -210,7 +210,7 @@ def test_the_init_keeps_only_nofile_and_core(mode):
     assert init["Max cpu time"] == init["Max file size"] == "unlimited", init
     assert init["Max processes"] != "37", init
     assert init["Max open files"] == run["Max open files"] == str(isol8.limits.OPEN_FILES)
-    assert init["Max core file size"] == run["Max core file size"] == "0"
+    assert init["Max core file size"] == run["Max core file size"] == "1"
     assert run["Max file size"] != "unlimited"
     if enforced["pids"] == "rlimit":
         assert run["Max processes"] == "37", run

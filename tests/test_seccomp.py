@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 
-from conftest import ATTEMPT_PY, run_probe, run_py
+from conftest import ATTEMPT_PY, host_tempdir, run_probe, run_py
 from isol8 import Isol8, seccomp
-from isol8._native import libseccomp
+from isol8._native import syscall_name, syscall_number
 
 NAME = errno.errorcode
 SIGSYS_EXIT = 128 + signal.SIGSYS
@@ -43,11 +45,18 @@ ARG_DENIED = {
     "ioctl_tiocsti": "EPERM", "ioctl_tiocsti_high": "EPERM", "ioctl_tioclinux": "EPERM",
     "personality_rie": "ENOSYS", "personality_addr_no_randomize": "ENOSYS",
     "chmod_setuid_high_bits": "EPERM",
+    # RLIMIT_CORE stays 1: setting it succeeds without running (OK, where the kernel would
+    # fault on the pointer), or EPERM when prlimit64 also asks for the old value.
+    "setrlimit_core": "OK", "setrlimit_core_high_bits": "OK", "prlimit_core": "OK",
+    "prlimit_core_old": "EPERM",
 }
 # Calls the policy must let through, and that succeed in the sandbox.
 ALLOWED = ("getpid_ok", "clone_fork_ok", "socket_inet_ok", "socket_inet6_ok", "socket_unix_ok",
            "socket_netlink_route_ok", "ioctl_tiocgwinsz_ok", "personality_query",
-           "personality_linux_ok", "open_nocreat_mode_ok", "openat_nocreat_mode_ok")
+           "personality_linux_ok", "open_nocreat_mode_ok", "openat_nocreat_mode_ok",
+           "prlimit_core_read_ok")
+# Calls the policy lets through to the kernel, which answers them: the same errno either way.
+PASSED_THROUGH = {"setrlimit_fsize_efault": "EFAULT", "prlimit_fsize_efault": "EFAULT"}
 # Unfiltered, the kernel refuses these with EPERM before it looks at any argument, so the
 # plain run cannot tell the filter's EPERM from the kernel's; the traced run can. (Syscalls
 # compiled out of the kernel answer ENOSYS instead, which the plain run does tell apart.)
@@ -72,17 +81,11 @@ NEW_SYSCALLS = (457, 458, 462)
 
 def native_nr(name: str) -> int:
     """The syscall number libseccomp resolves on this architecture (negative: none)."""
-    _, lib, _ = libseccomp()
-    return lib.seccomp_syscall_resolve_name(name.encode())
+    return syscall_number(name)
 
 
 def libseccomp_knows(nr: int) -> bool:
-    ffi, lib, libc = libseccomp()
-    raw = lib.seccomp_syscall_resolve_num_arch(lib.seccomp_arch_native(), nr)
-    if raw == ffi.NULL:
-        return False
-    libc.free(raw)
-    return True
+    return syscall_name(nr) is not None
 
 
 # S_ISUID and S_ISGID in every mode argument; a syscall the build's libseccomp does not know
@@ -111,7 +114,7 @@ def unconfined() -> Isol8:
         yield eng
 
 
-ALL_NAMES = (*EXPECTED, *ALLOWED)
+ALL_NAMES = (*EXPECTED, *ALLOWED, *PASSED_THROUGH, "prlimit_core_pid1")
 # Denied names this architecture has no syscall for (vm86, vm86old on x86_64): the probe
 # prints NOTARCH and the policy compiles no rule for them.
 NOT_ON_ARCH = tuple(n for n in DENIED if native_nr(n) < 0)
@@ -170,6 +173,19 @@ def test_control_calls_succeed(filtered_run, unfiltered_run, name):
     assert unfiltered_run[name] == "OK"
 
 
+@pytest.mark.parametrize("name", PASSED_THROUGH)
+def test_other_rlimits_reach_the_kernel(filtered_run, unfiltered_run, name):
+    assert filtered_run[name] == unfiltered_run[name] == PASSED_THROUGH[name]
+
+
+def test_core_limit_of_pid_1_is_not_set_either(filtered_run, unfiltered_run):
+    """prlimit64(1, RLIMIT_CORE, new, NULL) matches two rules (pid 1: EPERM; the core limit:
+    success without running); libseccomp's rule order picks one, and either leaves the init
+    alone: the kernel, running it, would fault on the pointer."""
+    assert unfiltered_run["prlimit_core_pid1"] == "EFAULT"
+    assert filtered_run["prlimit_core_pid1"] in ("OK", "EPERM")
+
+
 def test_traced_mode_tells_allowed_calls(engine, probe_binary):
     """The traced run is only a proof if an allowed call under it does answer ENOSYS."""
     table = probe_table(engine, probe_binary, "traced", ("getpid_ok", "socket_inet_ok"))
@@ -206,31 +222,69 @@ def test_i386_int80_kills_the_process(engine, unconfined, probe_binary):
     assert "int80" not in killed.stdout
 
 
-def test_compiled_policy_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(seccomp, "_memory_cache", {})
-    compiles = []
-    real_compile = seccomp._compile
-
-    def counting_compile():
-        compiles.append(1)
-        return real_compile()
-
-    monkeypatch.setattr(seccomp, "_compile", counting_compile)
-
+def test_compiled_policy_is_compiled_once_per_process():
     first = seccomp.compiled_policy()
     assert seccomp.compiled_policy() is first  # from memory
-    assert len(compiles) == 1
-    path = Path(tmp_path) / "isol8" / "seccomp" / f"{seccomp.policy_key()}.bpf"
-    assert path.is_file()
-    assert path.parent.stat().st_mode & 0o777 == 0o700
     assert len(first.filters) == 2 and all(len(f) % 8 == 0 for f in first.filters)
+    assert seccomp.compiled_policy(unconfined=True).filters == ()
 
-    seccomp._memory_cache.clear()
-    from_disk = seccomp.compiled_policy()
-    assert len(compiles) == 1  # loaded, not recompiled
-    assert from_disk is not first and from_disk == first
-    assert seccomp.compiled_policy() is from_disk
+
+# A sandbox with a read-write mount of the caller's cache directory replaces every compiled
+# policy it finds there with an allow-all program (two filters of one instruction, RET ALLOW,
+# in the old cache's layout), and leaves a file to show it could write there.
+POISON_PY = """
+import glob, os, struct
+allow_all = struct.pack('<HBBI', 0x06, 0, 0, 0x7FFF0000)
+blob = (struct.pack('<I', len(allow_all)) + allow_all) * 2
+os.makedirs('/mnt/cache/isol8/seccomp', exist_ok=True)
+replaced = []
+for path in glob.glob('/mnt/cache/**/*.bpf', recursive=True):
+    open(path, 'wb').write(blob)
+    replaced.append(path)
+open('/mnt/cache/isol8/seccomp/written-by-the-sandbox', 'w').close()
+print(replaced)
+"""
+# A new supervisor process with that cache runs a sandbox that opens an AF_PACKET socket: the
+# policy answers EAFNOSUPPORT; without a filter the kernel answers EPERM (no CAP_NET_RAW).
+VICTIM_PY = """
+from isol8 import Isol8
+code = (
+    "import errno, socket\\n"
+    "try:\\n"
+    "    socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\\n"
+    "    print('created')\\n"
+    "except OSError as e:\\n"
+    "    print(errno.errorcode[e.errno])\\n")
+with Isol8() as engine:
+    result = engine.execute(code)
+print(result.stdout.strip() or result.stderr)
+"""
+
+
+def test_a_sandbox_cannot_swap_the_policy_of_later_sandboxes(tmp_path):
+    """Through a read-write mount of the user's cache directory, a sandbox once replaced the
+    on-disk policy with an allow-all program, and every later sandbox of that user ran
+    without a filter (issue 9). Each supervisor process now compiles the policy itself:
+    nothing of it is on disk to swap, and the next supervisor's sandboxes are filtered. (A
+    read-write mount of the supervisor's own cache is refused as well: test_mounts.py; this
+    cache is another supervisor's.)"""
+    with host_tempdir("isol8-seccomp-cache-", mode=0o777) as cache:
+        env = {**os.environ, "XDG_CACHE_HOME": str(cache), "HOME": str(cache)}
+
+        def victim() -> str:
+            proc = subprocess.run([sys.executable, "-c", VICTIM_PY], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout.strip()
+
+        assert victim() == "EAFNOSUPPORT"  # a first supervisor with that cache
+        mount = {"source": str(cache), "target": "/mnt/cache", "readonly": False}
+        with Isol8(mounts=[mount]) as attacker:
+            poisoned = run_py(attacker, POISON_PY)
+        assert poisoned.exit_code == 0, poisoned.stderr
+        assert (cache / "isol8" / "seccomp" / "written-by-the-sandbox").exists()  # it could
+        assert victim() == "EAFNOSUPPORT", "a later sandbox ran without the filter"
+        assert poisoned.stdout.strip() == "[]"  # no policy on disk to replace
 
 
 SETID_PROBE = ATTEMPT_PY + """
@@ -282,13 +336,3 @@ def test_setuid_and_setgid_bits_cannot_be_set(engine, unconfined, root):
     assert free.pop("chmod(1)") == [0, 0]
     assert free.pop("setid left") == ["f", "g", "n1", "n2", "n3"]
     assert free == dict.fromkeys(free, "ok"), free
-
-
-def test_policy_key_covers_the_pid_1_rules(monkeypatch):
-    """A changed policy must not load a stale BPF file from the on-disk cache."""
-    before = seccomp.policy_key()
-    monkeypatch.setattr(seccomp, "PID1_TARGET_ARGS", seccomp.PID1_TARGET_ARGS[1:])
-    assert seccomp.policy_key() != before
-    monkeypatch.undo()
-    monkeypatch.setattr(seccomp, "IOPRIO_GROUP_FORMS", (2,))
-    assert seccomp.policy_key() != before

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/personality.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -216,6 +217,18 @@ static const struct probe probes[] = {
     {"socket_inet6_ok", SYS_socket, {AF_INET6, SOCK_DGRAM, 0}, F_CLOSE},
     {"socket_unix_ok", SYS_socket, {AF_UNIX, SOCK_STREAM, 0}, F_CLOSE},
     {"socket_netlink_route_ok", SYS_socket, {AF_NETLINK, SOCK_RAW, 0}, F_CLOSE},
+    /* RLIMIT_CORE stays at 1: setting it answers success without running [OK], or EPERM
+     * when prlimit64 also wants the old value back. Unfiltered, the unreadable new limit
+     * fails first: EFAULT. The resource is an unsigned int: upper bits are no way around. */
+    {"setrlimit_core", SYS_setrlimit, {RLIMIT_CORE, BAD}},
+    {"setrlimit_core_high_bits", SYS_setrlimit, {0x100000000L | RLIMIT_CORE, BAD}},
+    {"prlimit_core", SYS_prlimit64, {0, RLIMIT_CORE, BAD, 0}},
+    {"prlimit_core_pid1", SYS_prlimit64, {1, RLIMIT_CORE, BAD, 0}},
+    {"prlimit_core_old", SYS_prlimit64, {0, RLIMIT_CORE, BAD, BAD}},
+    {"prlimit_core_read_ok", SYS_prlimit64, {0, RLIMIT_CORE, 0, BUF}},
+    /* other resources reach the kernel, which faults on the pointer [EFAULT] */
+    {"setrlimit_fsize_efault", SYS_setrlimit, {RLIMIT_FSIZE, BAD}},
+    {"prlimit_fsize_efault", SYS_prlimit64, {0, RLIMIT_FSIZE, BAD, 0}},
     /* ioctl on our controlling pty: TIOCSTI and TIOCLINUX on the low 32 bits [EPERM].
      * Unfiltered, TIOCSTI reaches the tty layer: EFAULT (EIO if dev.tty.legacy_tiocsti=0). */
     {"ioctl_tiocsti", SYS_ioctl, {TTY, TIOCSTI, BAD}},
