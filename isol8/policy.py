@@ -102,7 +102,7 @@ class Mount:
     readonly: bool = True
 
 
-def _mount_source(value: object, field: str) -> str:
+def _mount_source(value: object, field: str, readonly: bool = True) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value or "\0" in value:
@@ -119,6 +119,8 @@ def _mount_source(value: object, field: str) -> str:
         raise InvalidRequest(f"{field}: {value} {_reason(exc)}") from None
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
         raise InvalidRequest(f"{field}: {value} is not a directory or a regular file")
+    if not readonly:
+        _refuse_own_files(resolved, value, field)
     for tree in _KERNEL_TREES:
         if resolved == tree or resolved.startswith(tree + "/"):
             raise InvalidRequest(f"{field}: {value} is in the host's {tree}, which cannot be "
@@ -194,13 +196,16 @@ def _refuse_own_files(resolved: str, value: object, field: str) -> None:
     either way user code could rewrite what the supervisor executes or trusts next (the
     seccomp cache an older isol8 loads, the helper, a module). Read-only mounts of them are
     fine."""
+    overlaps = []  # (rank, relation, what, path): the closest relation is named
     for what, path in own_files().items():
-        if path == resolved or path.startswith(resolved.rstrip("/") + "/"):
-            relation = "is" if path == resolved else "contains"
+        if path == resolved:
+            overlaps.append((0, "is", what, path))
+        elif path.startswith(resolved.rstrip("/") + "/"):
+            overlaps.append((1, "contains", what, path))
         elif resolved.startswith(path + "/"):
-            relation = "is inside"
-        else:
-            continue
+            overlaps.append((2, "is inside", what, path))
+    if overlaps:
+        _, relation, what, path = min(overlaps, key=lambda o: o[0])
         raise InvalidRequest(
             f"{field}: {value} {relation} isol8's own {what} ({path}); a read-write mount "
             "would let sandboxed code rewrite what runs the supervisor and the next sandboxes. "
@@ -249,9 +254,7 @@ def validated_mounts(value: object) -> tuple[Mount, ...]:
         if not isinstance(readonly, bool):
             raise InvalidRequest(f"{field}.readonly: expected true or false, got {readonly!r}")
         target = _mount_target(item.get("target"), f"{field}.target")
-        source = _mount_source(item.get("source"), f"{field}.source")
-        if not readonly:
-            _refuse_own_files(source, item.get("source"), f"{field}.source")
+        source = _mount_source(item.get("source"), f"{field}.source", readonly)
         mounts.append(Mount(source, target, readonly))
     # One mount per target, none inside another: a mount point inside a host mount would
     # have to be created in the host's directory.

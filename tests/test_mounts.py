@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from isol8 import InvalidRequest, Isol8, SandboxSetupError, images, protocol
+from isol8 import InvalidRequest, Isol8, SandboxSetupError, images, policy, protocol
 
 from conftest import ATTEMPT_PY, host_tempdir, is_root, run_py, run_sh
 
@@ -619,3 +619,73 @@ def test_bind_host_wire_layout():
     assert rw == struct.pack("<HHI", 26, 0, 4 + len(payload)) + struct.pack("<I", 0) + payload
     with pytest.raises(protocol.ProtocolError):
         protocol.BindHost("/s\0", "/sandbox/p").encode()
+
+
+# --- isol8's own files ---------------------------------------------------------------------
+# A read-write mount that is, contains or lies inside what runs the supervisor or steers the
+# next sandboxes would let user code rewrite it (issue 9: the seccomp cache, through a mount
+# of the caller's home). Read-only mounts of the same paths stay allowed.
+
+INSTALLED = ("package", "helper binary", "Python prefix", "interpreter", "standard library")
+
+
+def _rw(source) -> list[dict]:
+    return [{"source": str(source), "target": "/mnt/x", "readonly": False}]
+
+
+@pytest.mark.parametrize("what", INSTALLED)
+def test_read_write_mounts_of_the_installation_are_refused(what):
+    path = Path(policy.own_files()[what])
+    cases = [(path, "is"), (path.parent, "contains")]
+    inside = next((p for p in sorted(path.iterdir()) if p.is_dir()), None) \
+        if path.is_dir() else None
+    if inside is not None:
+        cases.append((inside, "is inside"))
+    own = policy.own_files()
+    for source, relation in cases:
+        with pytest.raises(InvalidRequest) as info:
+            Isol8(mounts=_rw(source))
+        message = str(info.value)
+        # the first of isol8's files the source overlaps is named (the helper's directory
+        # is inside the package too)
+        named = [w for w, p in own.items() if f"{relation} isol8's own {w} ({p})" in message]
+        assert message.startswith(f"mounts[0].source: {source} {relation} isol8's own "), \
+            message
+        assert named and "Mount it read-only" in message, message
+    Isol8(mounts=[{"source": str(path), "target": "/mnt/x"}])  # read-only: fine
+
+
+def test_a_read_write_mount_of_the_callers_home_with_the_cache_is_refused(host_dir,
+                                                                          monkeypatch):
+    """The attack of issue 9: the caller's home, mounted read-write, holds isol8's cache."""
+    home = host_dir / "home"
+    (home / ".cache" / "isol8").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    cache = home / ".cache" / "isol8"
+    for source in (home, home / ".cache", cache):
+        with pytest.raises(InvalidRequest, match=f"isol8's own cache \\({cache}\\)"):
+            Isol8(mounts=_rw(source))
+    (host_dir / "elsewhere").mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(host_dir / "elsewhere"))
+    with pytest.raises(InvalidRequest, match="isol8's own cache"):
+        Isol8(mounts=_rw(host_dir / "elsewhere"))
+    Isol8(mounts=_rw(home))  # the cache is not there any more: an ordinary directory
+    with Isol8(mounts=[{"source": str(home), "target": "/mnt/home"}]) as eng:  # read-only
+        r = run_sh(eng, "ls -a /mnt/home/.cache; touch /mnt/home/.cache/isol8/x")
+    assert "isol8" in r.stdout and "Read-only file system" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_a_symlink_to_isol8s_files_is_resolved_before_the_check(host_dir):
+    package = policy.own_files()["package"]
+    (host_dir / "link").symlink_to(os.path.dirname(package))
+    with pytest.raises(InvalidRequest, match=f"contains isol8's own package \\({package}\\)"):
+        Isol8(mounts=_rw(host_dir / "link"))
+
+
+@pytest.mark.root_only  # only root leases host uids
+def test_a_read_write_mount_of_the_uid_leases_is_refused():
+    leases = policy.own_files()["uid leases"]
+    os.makedirs(leases, exist_ok=True)
+    with pytest.raises(InvalidRequest, match=f"is isol8's own uid leases \\({leases}\\)"):
+        Isol8(mounts=_rw(leases))
