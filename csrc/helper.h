@@ -2,9 +2,11 @@
  *
  * Interface (bubblewrap's --args/--seccomp/--json-status-fd model, on one socket):
  *   fd 3 is a SOCK_SEQPACKET unix socket to the supervisor.
- *   in:  one config message ('C'), then exec requests ('X') carrying stdio fds by SCM_RIGHTS;
+ *   in:  one config message ('C'), then exec requests ('X') carrying stdio fds by SCM_RIGHTS,
+ *        kills ('K'), file reads ('R', the write end of a pipe with them) and pipes to drain
+ *        ('D');
  *   out: one JSON object per message: {"event":"started"|"unmapped"|"ready"|"spawned"|"exit"|
- *        "error"|"oom",...}.
+ *        "error"|"oom"|"killed",...}.
  * Every message is a type byte followed by records: u16 tag, u16 zero, u32 length, payload.
  * The wire format is defined once, in isol8/protocol.py; the tags below mirror it. */
 #ifndef ISOL8_HELPER_H
@@ -25,12 +27,19 @@
 #define MAX_MESSAGE_FDS (3 + MAX_FILES)
 #define MAX_CGROUP_FDS 8
 #define MAX_WATCH_PATHS 8
+#define MAX_ARGS 4096        /* argv entries, and env entries, of one exec request */
+#define MAX_READ_PATHS 256   /* paths of one read request (output_paths) */
+#define READ_CHUNK 65536     /* the largest chunk of a read stream */
+#define MAX_DRAINED 256      /* pipes of finished runs the init drains at once */
 
 /* Kinds of the fds that come with the config message. */
 enum { CGROUP_V2_DIR = 'D', CGROUP_PROCS = 'P' };
 
-/* MSG_KILL with a run id kills that run's tree; with no record, every process but pid 1 */
-enum msg_type { MSG_CONFIG = 'C', MSG_EXEC = 'X', MSG_KILL = 'K' };
+/* MSG_KILL with a run id kills that run's tree; with no record, every process but pid 1.
+ * MSG_READ starts a reader (reader.c) as a run: its id, a byte limit and the paths, with the
+ * write end of the pipe its stream goes to. MSG_DRAIN hands over the read ends of pipes that
+ * background processes may still write to (drain.c). */
+enum msg_type { MSG_CONFIG = 'C', MSG_EXEC = 'X', MSG_KILL = 'K', MSG_READ = 'R', MSG_DRAIN = 'D' };
 
 enum tag {
   /* config */
@@ -45,6 +54,8 @@ enum tag {
   T_OP_BIND_HOST = 26, /* u32 flags (BIND_HOST_RDONLY), source, target: a caller's mount */
   /* exec request */
   T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_FILE_PATH = 24, T_FINAL = 25,
+  /* read request (with T_EXEC_ID and T_FILE_PATH) */
+  T_READ_LIMIT = 27, /* u64: the most file bytes the stream carries in all */
 };
 
 /* tmpfs flag bits in T_OP_TMPFS */
@@ -145,6 +156,19 @@ void install_seccomp(const struct config *cfg);
 
 /* init.c */
 __attribute__((noreturn)) void run_init(const struct config *cfg);
+/* an "error" event of step "exec": a process that could not start (the init lives on) */
+void start_failed(int has_id, uint32_t id, const char *syscall, int err, const char *path);
+
+/* reader.c: output_paths. The stream is chunks of u32 index (into the paths), u32 length,
+ * then that many bytes of the file; a chunk of length 0 ends the file, complete. A file left
+ * out (missing, not regular, unreadable, over the limit) has no end chunk. */
+pid_t spawn_reader(const char *const *paths, int n, uint64_t limit, int out);
+
+/* drain.c: the read ends of finished runs' pipes, read and discarded by the init */
+struct pollfd;
+void drain_adopt(const int *fds, int n);
+int drain_pollfds(struct pollfd *pfd); /* fills at most MAX_DRAINED entries */
+void drain_ready(const struct pollfd *pfd, int n);
 
 int kill_runs_for_oom(uint64_t usage); /* how many persistent runs it killed */
 

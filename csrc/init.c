@@ -1,4 +1,6 @@
-/* PID 1 of the sandbox: starts user processes on request, reaps everything, reports exits.
+/* PID 1 of the sandbox: starts user processes on request, reaps everything, reports exits;
+ * reads output_paths through a fork of itself (reader.c) and drains the pipes background
+ * processes keep writing to after their run (drain.c).
  *
  * User code runs with this process's uid, so the init is hostile territory: it is not
  * dumpable, installs no signal handlers (the kernel then drops every signal sent to a
@@ -31,7 +33,6 @@
 #endif
 
 #define MAX_RUNS 64
-#define MAX_ARGS 4096
 
 struct run {
   uint32_t id;
@@ -189,11 +190,8 @@ static int exec_child(void *arg) {
     goto fail;
   what = "execve";
   execve(req->argv[0], (char *const *)req->argv, (char *const *)req->envp);
-fail:;
-  int err = errno;
-  send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"%s\",\"errno\":%d,"
-            "\"path\":\"%s\"}",
-            req->id, what, err, json_str(where));
+fail:
+  start_failed(1, req->id, what, errno, where);
   _exit(127);
 }
 
@@ -216,11 +214,15 @@ static pid_t spawn_led(const struct exec_req *req, const int *fds) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
-  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) {
+    start_failed(1, req->id, "prctl", errno, "PR_SET_CHILD_SUBREAPER");
     _exit(127);
+  }
   pid_t child = spawn(req, fds);
-  if (child < 0)
+  if (child < 0) {
+    start_failed(1, req->id, "clone", errno, "");
     _exit(127);
+  }
   for (int i = 0; i < 3 + req->n_files; i++)
     close(fds[i]); /* the run's pipes must reach EOF when its processes are done */
   int status;
@@ -234,34 +236,98 @@ static pid_t spawn_led(const struct exec_req *req, const int *fds) {
   _exit(128 + WTERMSIG(status));
 }
 
+/* With its run id when the request had one: the supervisor then knows the init lives on
+ * and fails only that call. */
+void start_failed(int has_id, uint32_t id, const char *syscall, int err, const char *path) {
+  if (has_id)
+    send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"%s\","
+              "\"errno\":%d,\"path\":\"%s\"}", id, syscall, err, json_str(path));
+  else
+    send_json("{\"event\":\"error\",\"step\":\"exec\",\"syscall\":\"%s\",\"errno\":%d,"
+              "\"path\":\"%s\"}", syscall, err, json_str(path));
+}
+
+static int free_slot(void) {
+  for (int i = 0; i < MAX_RUNS; i++)
+    if (runs[i].pid == 0)
+      return i;
+  return -1;
+}
+
+static void add_run(int slot, uint32_t id, pid_t pid, int final) {
+  runs[slot] = (struct run){.id = id, .pid = pid, .final = final};
+  send_json("{\"event\":\"spawned\",\"id\":%u,\"pid\":%d,\"t\":%lld}", id, (int)pid,
+            now_ns());
+}
+
 static void start_run(const unsigned char *buf, size_t len, int *fds, int nfds) {
   struct exec_req req;
-  int slot = -1;
-  for (int i = 0; i < MAX_RUNS && slot < 0; i++)
-    if (runs[i].pid == 0)
-      slot = i;
+  int slot = free_slot();
   if (parse_exec(buf, len, &req) < 0 || nfds != 3 + req.n_files) {
-    send_json("{\"event\":\"error\",\"step\":\"exec\",\"syscall\":\"parse\",\"errno\":%d,"
-              "\"path\":\"exec request\"}", EINVAL);
+    start_failed(req.has_id, req.id, "parse", EINVAL, "exec request");
   } else if (slot < 0) {
-    send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"clone\","
-              "\"errno\":%d,\"path\":\"\"}", req.id, EAGAIN);
+    start_failed(1, req.id, "clone", EAGAIN, "");
   } else {
     pid_t pid = req.final ? spawn(&req, fds) : spawn_led(&req, fds);
-    if (pid < 0) {
-      send_json("{\"event\":\"error\",\"step\":\"exec\",\"id\":%u,\"syscall\":\"clone\","
-                "\"errno\":%d,\"path\":\"\"}", req.id, errno);
-    } else {
-      runs[slot].id = req.id;
-      runs[slot].pid = pid;
-      runs[slot].final = req.final;
-      runs[slot].oom_killed = 0;
-      send_json("{\"event\":\"spawned\",\"id\":%u,\"pid\":%d,\"t\":%lld}", req.id, (int)pid,
-                now_ns());
-    }
+    if (pid < 0)
+      start_failed(1, req.id, "clone", errno, "");
+    else
+      add_run(slot, req.id, pid, req.final);
   }
   for (int i = 0; i < nfds; i++)
     close(fds[i]);
+}
+
+struct read_req {
+  uint32_t id;
+  int has_id, has_limit;
+  uint64_t limit;
+  const char *paths[MAX_READ_PATHS];
+  int n_paths;
+};
+
+static int parse_read(const unsigned char *buf, size_t len, struct read_req *req) {
+  memset(req, 0, sizeof *req);
+  struct reader r = {buf + 1, buf + len};
+  struct record rec;
+  int rc;
+  while ((rc = next_record(&r, &rec)) > 0) {
+    const char *s;
+    if (rec.tag == T_EXEC_ID) {
+      if (record_u32(&rec, &req->id))
+        return -1;
+      req->has_id = 1;
+    } else if (rec.tag == T_READ_LIMIT && rec.len == 8) {
+      memcpy(&req->limit, rec.data, 8);
+      req->has_limit = 1;
+    } else if (rec.tag == T_FILE_PATH && (s = record_str(&rec)) && s[0] == '/' &&
+               req->n_paths < MAX_READ_PATHS) {
+      req->paths[req->n_paths++] = s;
+    } else {
+      return -1;
+    }
+  }
+  return (rc < 0 || !req->has_id || !req->has_limit) ? -1 : 0;
+}
+
+/* output_paths: a reader (reader.c), forked as a run of its own, so that its exit is
+ * reported and a kill of its id ends it. */
+static void start_read(const unsigned char *buf, size_t len, int *fds, int nfds) {
+  struct read_req req;
+  int slot = free_slot();
+  if (parse_read(buf, len, &req) < 0 || nfds != 1) {
+    start_failed(req.has_id, req.id, "parse", EINVAL, "read request");
+  } else if (slot < 0) {
+    start_failed(1, req.id, "fork", EAGAIN, "");
+  } else {
+    pid_t pid = spawn_reader(req.paths, req.n_paths, req.limit, fds[0]);
+    if (pid < 0)
+      start_failed(1, req.id, "fork", errno, "");
+    else
+      add_run(slot, req.id, pid, 0);
+  }
+  for (int i = 0; i < nfds; i++)
+    close(fds[i]); /* the stream reaches EOF when the reader is done */
 }
 
 /* Every descendant of pid, as far as /proc/<pid>/task/<tid>/children shows them. */
@@ -405,13 +471,19 @@ void run_init(const struct config *cfg) {
 
   int tfd = cfg->memory_watch ? watchdog_start(cfg) : -1;
 
-  struct pollfd pfd[3] = {{CONTROL_FD, POLLIN, 0}, {sfd, POLLIN, 0}, {tfd, POLLIN, 0}};
+  /* poll() skips an entry whose fd is negative: the watchdog's, when there is none. */
+  static struct pollfd pfd[3 + MAX_DRAINED];
+  pfd[0] = (struct pollfd){CONTROL_FD, POLLIN, 0};
+  pfd[1] = (struct pollfd){sfd, POLLIN, 0};
+  pfd[2] = (struct pollfd){tfd, POLLIN, 0};
   for (;;) {
-    if (poll(pfd, tfd >= 0 ? 3 : 2, -1) < 0) {
+    int n_drained = drain_pollfds(pfd + 3);
+    if (poll(pfd, (nfds_t)(3 + n_drained), -1) < 0) {
       if (errno == EINTR)
         continue;
       fail("init", "poll", NULL);
     }
+    drain_ready(pfd + 3, n_drained); /* before any message can change the table */
     if (tfd >= 0 && pfd[2].revents)
       watchdog_tick(tfd);
     if (pfd[1].revents) {
@@ -427,6 +499,10 @@ void run_init(const struct config *cfg) {
         _exit(0); /* supervisor gone: the namespace dies with us */
       if (msg[0] == MSG_EXEC)
         start_run(msg, (size_t)n, fds, nfds);
+      else if (msg[0] == MSG_READ)
+        start_read(msg, (size_t)n, fds, nfds);
+      else if (msg[0] == MSG_DRAIN && (size_t)n == 1)
+        drain_adopt(fds, nfds);
       else if (msg[0] == MSG_KILL && (size_t)n == 1)
         kill_all();
       else if (msg[0] == MSG_KILL)

@@ -17,9 +17,14 @@ from enum import IntEnum
 MSG_CONFIG = b"C"
 MSG_EXEC = b"X"
 MSG_KILL = b"K"
+MSG_READ = b"R"
+MSG_DRAIN = b"D"
 MAX_EVENT = 4096  # the helper formats every event into a 4 KiB buffer
 MAX_FILES = 64  # files written before an exec (the code is one), one memfd each
 MAX_EXEC_FDS = 3 + MAX_FILES
+MAX_ARGS = 4096  # argv entries, and env entries, of one exec request
+MAX_READ_PATHS = 256  # paths of one read request
+READ_CHUNK = 1 << 16  # the largest chunk of a read stream
 
 
 class Tag(IntEnum):
@@ -49,6 +54,7 @@ class Tag(IntEnum):
     FILE_PATH = 24
     FINAL = 25
     OP_BIND_HOST = 26
+    READ_LIMIT = 27
 
 
 TMPFS_NOEXEC = 1
@@ -238,6 +244,9 @@ def encode_exec(run_id: int, argv: list[str], env: dict[str, str], cwd: str,
     parts += [record(Tag.ENV, cstr(f"{key}={value}")) for key, value in env.items()]
     if len(files) > MAX_FILES:
         raise ProtocolError(f"at most {MAX_FILES} files per request")
+    if len(argv) > MAX_ARGS or len(env) > MAX_ARGS:
+        raise ProtocolError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment "
+                            "variables per process")
     parts += [record(Tag.FILE_PATH, cstr(path)) for path in files]
     if final:
         parts.append(record(Tag.FINAL, b"\1"))
@@ -251,6 +260,89 @@ def encode_kill(run_id: int) -> bytes:
 def encode_kill_all() -> bytes:
     """Every process but the init; "killed" answers once all are reaped."""
     return MSG_KILL
+
+
+def encode_read(run_id: int, paths: tuple[str, ...], limit: int) -> bytes:
+    """Read ``paths`` into a stream (see ``FileStream``) of at most ``limit`` file bytes; the
+    write end of its pipe travels with the request. The reader is run ``run_id``: "spawned"
+    and "exit" report it, and ``encode_kill(run_id)`` ends it."""
+    if len(paths) > MAX_READ_PATHS:
+        raise ProtocolError(f"at most {MAX_READ_PATHS} paths per read")
+    if any(not path.startswith("/") for path in paths):
+        raise ProtocolError("read paths must be absolute")
+    parts = [MSG_READ, record(Tag.EXEC_ID, struct.pack("<I", run_id)),
+             record(Tag.READ_LIMIT, struct.pack("<Q", limit))]
+    parts += [record(Tag.FILE_PATH, cstr(path)) for path in paths]
+    return b"".join(parts)
+
+
+def encode_drain() -> bytes:
+    """Pipes for the init to read and discard until their last writer is gone; their read
+    ends travel with the request."""
+    return MSG_DRAIN
+
+
+class FileStream:
+    """The reader's stream, parsed as untrusted: chunks of ``u32 index, u32 length`` and that
+    many bytes of ``paths[index]``; a chunk of length 0 ends the file, complete.
+
+    Only the requested paths can come back (an index names one; no name is read from the
+    stream), each at most once and in order, with at most ``limit`` bytes in all. A file
+    whose end never came (the reader was stopped, killed or skipped the rest) is left out;
+    anything malformed ends the stream, keeping the files completed before it. ``feed`` and
+    ``end`` are the sink interface of ``sandbox.supervise``: nothing of it is output.
+    """
+
+    def __init__(self, paths: tuple[str, ...], limit: int) -> None:
+        self.files: dict[str, bytes] = {}
+        self.malformed = False
+        self._paths, self._limit = paths, limit
+        self._held = 0  # bytes of the completed files
+        self._head = bytearray()  # a chunk header, until its 8 bytes are in
+        self._index = -1  # the file being received
+        self._next = 0  # the lowest index a new file may have
+        self._current = bytearray()
+        self._need = 0  # bytes of the current chunk still to come
+
+    def feed(self, data: bytes) -> bytes:
+        view = memoryview(data)
+        while view and not self.malformed:
+            if self._need:
+                taken = view[: self._need]
+                self._current += taken
+                self._need -= len(taken)
+                view = view[len(taken):]
+                continue
+            missing = 8 - len(self._head)
+            self._head += view[:missing]
+            view = view[missing:]
+            if len(self._head) == 8:
+                index, length = struct.unpack("<II", self._head)
+                self._head.clear()
+                self._chunk(index, length)
+        return b""
+
+    def end(self) -> bytes:
+        return b""
+
+    def _chunk(self, index: int, length: int) -> None:
+        if index != self._index:
+            if not self._next <= index < len(self._paths):
+                self._fail()
+                return
+            self._index, self._next, self._current = index, index + 1, bytearray()
+        if length == 0:
+            self.files[self._paths[index]] = bytes(self._current)
+            self._held += len(self._current)
+            self._index, self._current = -1, bytearray()
+        elif length > READ_CHUNK or self._held + len(self._current) + length > self._limit:
+            self._fail()
+        else:
+            self._need = length
+
+    def _fail(self) -> None:
+        self.malformed = True
+        self._current = bytearray()
 
 
 # -- events from the helper -----------------------------------------------------------------

@@ -18,8 +18,8 @@ from .errors import Isol8Error, SessionLost
 from .interpreter import send_code, start_interpreter
 from .output import CappedOutput
 from .runtimes import BASH
-from .sandbox import (Chunk, RunOutcome, RunSpec, close_all, error_from_event, flush_pipes,
-                      open_pipes, signals_deferred, supervise)
+from .sandbox import (Chunk, RunOutcome, RunSpec, close_all, flush_pipes, open_pipes,
+                      signals_deferred, supervise)
 from .secrets import Masker
 from .session import Session
 
@@ -78,10 +78,7 @@ class Repl:
                         pass
                 close_all(write_ends)
                 session.adopt(list(pipes))
-        if outcome.error is not None or outcome.gone:
-            session.alive = False
-        if outcome.error is not None:
-            raise error_from_event(outcome.error)
+        session.check(outcome)
         if outcome.lost and outcome.oom:  # this run reports the OOM; the next one raises
             self.lost, outcome.lost = "the interpreter was killed for exceeding the memory " \
                                       "limit", False

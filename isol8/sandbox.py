@@ -22,7 +22,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Generator
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from dataclasses import dataclass, field
 
 from . import protocol
@@ -175,6 +175,25 @@ class Sandbox:
         """Kill one run's process tree (persistent mode); its exit event follows."""
         self._send(protocol.encode_kill(run_id))
 
+    def start_reader(self, run_id: int, paths: tuple[str, ...], limit: int,
+                     stream_w: int) -> None:
+        """Ask the init to read ``paths`` into ``stream_w`` (``protocol.FileStream``) from a
+        fork of itself, as run ``run_id``."""
+        self._send(protocol.encode_read(run_id, paths, limit), [stream_w])
+
+    def hand_over(self, fds: list[int]) -> None:
+        """Give the init pipes that background processes may still write to: it discards
+        their output inside the sandbox until their last writer is gone. Ours are closed;
+        if the init is gone, so are the writers."""
+        per_message = protocol.MAX_EXEC_FDS
+        try:
+            for start in range(0, len(fds), per_message):
+                self._send(protocol.encode_drain(), fds[start:start + per_message])
+        except OSError:
+            pass
+        finally:
+            close_all(fds)
+
     def kill_all(self, deadline: float) -> bool:
         """Kill every process but the init and wait until all are reaped, so that nothing
         of the user's is left to interfere with what the supervisor runs next. Events of
@@ -238,6 +257,15 @@ def close_all(fds: list[int]) -> None:
 
 
 Chunk = tuple[str, bytes]  # ("stdout" or "stderr", bytes masked and within the cap)
+
+
+class Sink(Protocol):
+    """Where a pipe's data goes (``CappedOutput``, ``protocol.FileStream``): ``feed`` and
+    ``end`` return what to pass on."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
 
 
 def run_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_output: int,
@@ -306,7 +334,7 @@ def stream_once(launch: Callable[[int, int], Sandbox], *, deadline: float, max_o
     outcome = RunOutcome(CappedOutput(max_output, Masker(secrets or [])),
                          CappedOutput(max_output, Masker(secrets or [])))
     sandbox: Sandbox | None = None
-    pipes: dict[int, tuple[str, CappedOutput]] = {}
+    pipes: dict[int, tuple[str, Sink]] = {}
     write_ends: list[int] = []
     try:
         with signals_deferred():
@@ -353,7 +381,7 @@ def signals_deferred():
 
 
 def open_pipes(outcome: RunOutcome, owner: tuple[int, int] | None,
-               pipes: dict[int, tuple[str, CappedOutput]], write_ends: list[int]
+               pipes: dict[int, tuple[str, Sink]], write_ends: list[int]
                ) -> tuple[int, int]:
     """The run's stdout and stderr pipes, recorded in ``pipes`` (read ends, with their
     sinks) and ``write_ends`` as they are made, so the caller can always close them."""
@@ -373,7 +401,7 @@ def open_pipes(outcome: RunOutcome, owner: tuple[int, int] | None,
     return out_w, err_w
 
 
-def flush_pipes(pipes: dict[int, tuple[str, CappedOutput]]) -> Generator[Chunk, None, None]:
+def flush_pipes(pipes: dict[int, tuple[str, Sink]]) -> Generator[Chunk, None, None]:
     """The end of a run's output: what its pipes hold now, then what the maskers held."""
     for fd, (name, sink) in pipes.items():
         kept = sink.feed(drain(fd))
@@ -386,11 +414,13 @@ def flush_pipes(pipes: dict[int, tuple[str, CappedOutput]]) -> Generator[Chunk, 
 
 
 def supervise(sandbox: Sandbox, outcome: RunOutcome,
-              pipes: dict[int, tuple[str, CappedOutput]], deadline: float,
+              pipes: dict[int, tuple[str, Sink]], deadline: float,
               cgroup: SandboxCgroups | None, cancel_fd: int,
               run_id: int, done: socket.socket | None = None) -> Generator[Chunk, None, None]:
     """Read the run's output and the helper's events until the run's exit, an OOM, an
     error, a cancellation or the deadline, whichever comes first (recorded in outcome).
+    An error that names another run (one that could not start: a zygote, a process nobody
+    waits for) is that run's own; one that names no run is the init's last word.
 
     ``done``: a REPL's socket, whose 4-byte status (or hang-up) ends a cell instead of an
     exit event."""
@@ -460,7 +490,7 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
                 outcome.cpu_us = event.get("cpu_us")  # type: ignore[assignment]
                 outcome.peak_bytes = event.get("peak")  # type: ignore[assignment]
                 return
-            elif kind == "error":
+            elif kind == "error" and event.get("id", run_id) == run_id:
                 outcome.error = event
                 return
 
@@ -489,6 +519,28 @@ def warn_unmapped(event: dict[str, object]) -> None:
                   RuntimeWarning, stacklevel=2)
 
 
+class ProcessStartFailed(SandboxSetupError):
+    """The init could not start one process: a request's file it could not write (a
+    read-only or missing directory), a program that cannot run, no process left under the
+    pids limit. That call fails; the sandbox, and a session's files and background
+    processes, live on."""
+
+    def __init__(self, syscall: str, err: int, path: str) -> None:
+        super().__init__("exec", syscall, err, path)
+        where = f" on {path}" if path else ""
+        message = (f"the process could not start: {syscall}{where}: "
+                   f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)})")
+        self.args = (f"{message}. {self.hint}" if self.hint else message,)
+
+
+def is_start_failure(event: dict[str, object]) -> bool:
+    """Whether an "error" event is one run's failure to start (it names the run), after
+    which the init lives on, rather than the init's own failure, after which it is gone."""
+    return "id" in event
+
+
 def error_from_event(event: dict[str, object]) -> Isol8Error:
+    if is_start_failure(event):
+        return ProcessStartFailed(str(event["syscall"]), int(event["errno"]), str(event["path"]))
     return SandboxSetupError(str(event["step"]), str(event["syscall"]), int(event["errno"]),
                              str(event["path"]))

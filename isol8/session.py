@@ -6,39 +6,51 @@ so a timeout kills that run's tree and nothing else, while what the run leaves b
 to pid 1 when it ends. Runs are serialized by the engine.
 
 Background processes keep the run's stdout and stderr open after the run is over. Closing
-our ends would kill them with SIGPIPE at their next write, so the pipes go to a drainer
-thread that reads and discards until their last writer is gone or the session stops.
+our ends would kill them with SIGPIPE at their next write, so the pipes go to the init,
+which discards what they carry inside the sandbox (csrc/drain.c), where the sandbox's cgroup
+pays for it, until their last writer is gone.
+
+A process that cannot start (a file it cannot write, no pid left) fails its own call only:
+the init said so and lives on. Only an init that is gone ends the session.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import select
-import threading
 import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
+from . import protocol
 from .cgroups import SandboxCgroups
 from .errors import Isol8Error
 from .identity import HostIdentity
 from .interpreter import Interpreter, send_code
 from .output import CappedOutput
-from .sandbox import (Chunk, RunOutcome, RunSpec, Sandbox, close_all, drain,
-                      error_from_event, flush_pipes, open_pipes, signals_deferred, supervise)
+from .sandbox import (Chunk, RunOutcome, RunSpec, Sandbox, Sink, close_all, error_from_event,
+                      finish, flush_pipes, is_start_failure, open_pipes, signals_deferred,
+                      supervise)
 from .secrets import Masker
 
 if TYPE_CHECKING:
     from .repl import Repl
 
 _KILL_GRACE = 5.0  # seconds for a killed run's exit report to arrive
+_READER_KILL_GRACE = 1.0  # the same for a reader, killed at its deadline
+_STREAM_PIPE = 1 << 20
 
 
 class Session:
+    """``persistent``: the session outlives its runs. A session made for one staged run
+    (setup script, output_paths) is not: nothing of the user's has to outlive its code."""
+
     def __init__(self, config: bytes, host: HostIdentity, cgroup: SandboxCgroups | None,
-                 runtime: str | None) -> None:
+                 runtime: str | None, *, persistent: bool = True) -> None:
         self.host, self.cgroup, self.runtime = host, cgroup, runtime
+        self.persistent = persistent
         self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
         if cgroup:
             cgroup.close_fds()
@@ -49,7 +61,6 @@ class Session:
         self.oom_kills_seen = 0
         self.pids_max_seen = 0
         self._ids = itertools.count(1)
-        self._leftovers = _Drainer()
         self.repl: Repl | None = None  # repl=True: the interpreter, made on first use
         self.zygote: Interpreter | None = None  # the next Python run's, already starting
 
@@ -107,8 +118,14 @@ class Session:
         return next(self._ids)
 
     def adopt(self, fds: list[int]) -> None:
-        """Pipes of a finished run: read and discarded until their last writer is gone."""
-        self._leftovers.adopt(fds)
+        """Pipes of a finished run: closed if no writer is left (poll says POLLHUP alone:
+        nothing buffered, no writer), else handed to the init, which discards what comes."""
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        done = {fd for fd, revents in poller.poll(0) if revents == select.POLLHUP}
+        close_all([fd for fd in fds if fd in done])
+        self.sandbox.hand_over([fd for fd in fds if fd not in done])
 
     def fire(self, spec: RunSpec) -> None:
         """Start a process nobody waits for (its exit event is ignored), output discarded."""
@@ -162,12 +179,60 @@ class Session:
                 if used is not None:
                     used.close()
                 close_all(write_ends)
-                self._leftovers.adopt(list(pipes))
-        if outcome.error is not None or outcome.gone:
-            self.alive = False  # the init is gone: the next run needs a new sandbox
+                self.adopt(list(pipes))
+        self.check(outcome)
+        return outcome
+
+    def check(self, outcome: RunOutcome) -> None:
+        """After a run: a session whose init is gone is over (the next run needs a new
+        sandbox); an error raises, but one process that could not start ends only its call."""
+        if outcome.gone or (outcome.error is not None and not is_start_failure(outcome.error)):
+            self.alive = False
         if outcome.error is not None:
             raise error_from_event(outcome.error)
-        return outcome
+
+    def read_files(self, paths: tuple[str, ...], *, limit: int, deadline: float,
+                   cancel_fd: int = -1) -> dict[str, bytes]:
+        """The regular files among ``paths`` the sandbox user can read, at most ``limit``
+        bytes in all, read inside the sandbox by a fork of the init (csrc/reader.c), which
+        same-uid code can signal but neither read from nor write for. A file not complete at
+        ``deadline`` (the reader stopped or slow) or a cancellation is left out, and the
+        reader is killed."""
+        stream = protocol.FileStream(paths, limit)
+        outcome = RunOutcome(CappedOutput(0), CappedOutput(0))  # the reader writes neither
+        pipes: dict[int, tuple[str, Sink]] = {}
+        run_id = -1
+        ended = False
+        try:
+            with signals_deferred():
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                pipes[read_end] = ("files", stream)
+                try:
+                    try:
+                        fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, _STREAM_PIPE)
+                    except OSError:
+                        pass  # over /proc/sys/fs/pipe-max-size for this user
+                    run_id = self.new_run_id()
+                    self.sandbox.start_reader(run_id, paths, limit, write_end)
+                finally:
+                    os.close(write_end)
+            finish(supervise(self.sandbox, outcome, pipes, deadline, self.cgroup, cancel_fd,
+                             run_id))
+            if (outcome.timed_out or outcome.cancelled or outcome.oom) and not outcome.gone:
+                self.sandbox.kill_run(run_id)
+                outcome.timed_out = outcome.cancelled = False
+                finish(supervise(self.sandbox, outcome, pipes,
+                                 time.monotonic() + _READER_KILL_GRACE, self.cgroup, -1,
+                                 run_id))
+            ended = True
+            finish(flush_pipes(pipes))  # the reader is gone: what it wrote, up to EOF
+        finally:
+            with signals_deferred():
+                if not ended and self.alive and run_id >= 0:
+                    self.sandbox.kill_run(run_id)
+                close_all(list(pipes))
+        self.check(outcome)
+        return stream.files
 
     def close(self) -> None:
         """Destroy the sandbox, everything in it, and the session's cgroups and lease."""
@@ -176,58 +241,8 @@ class Session:
             for interpreter in (self.zygote, self.repl and self.repl.interpreter):
                 if interpreter is not None:
                     interpreter.close()
-            self._leftovers.close()
             if self.cgroup is not None:
                 self.cgroup.destroy()
             self.host.release()
         self.alive = False
 
-
-class _Drainer:
-    """Reads and discards pipes nobody listens to any more, until EOF or close()."""
-
-    def __init__(self) -> None:
-        self._fds: set[int] = set()
-        self._lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def adopt(self, fds: list[int]) -> None:
-        with self._lock:
-            self._fds.update(fds)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, daemon=True,
-                                                name="isol8-drainer")
-                self._thread.start()
-        os.write(self._wake_w, b"x")
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                fds = list(self._fds)
-            poller = select.poll()
-            poller.register(self._wake_r, select.POLLIN)
-            for fd in fds:
-                poller.register(fd, select.POLLIN)
-            for fd, _ in poller.poll():
-                if fd == self._wake_r:
-                    drain(self._wake_r)
-                elif not os.read(fd, 1 << 16):
-                    with self._lock:
-                        if fd in self._fds:
-                            self._fds.discard(fd)
-                            os.close(fd)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join()
-        with self._lock:
-            close_all(list(self._fds))
-            self._fds.clear()
-        close_all([self._wake_r, self._wake_w])

@@ -3,30 +3,30 @@
 Each step is its own process under the init (a ``Session`` run), so one sandbox's
 ``/sandbox`` and ``/tmp`` carry the setup's work to the code and the code's files to the
 collector. One deadline covers setup and code (upstream gives each its own, up to 4x the
-timeout); collecting ``output_paths`` is isol8's own work and gets a grace period of its
-own. Everything happens inside the sandbox's mount namespace, so no path the code controls
-is ever resolved by the supervisor.
+timeout). Everything happens inside the sandbox's mount namespace, so no path the code
+controls is ever resolved by the supervisor.
+
+``output_paths`` are read where user code cannot steer them: by a fork of the non-dumpable
+init (``Session.read_files``), after every process of the user's is killed when the sandbox
+ends with the run. Reading them is isol8's own work: it may go on past the run's deadline by
+``_COLLECT_GRACE``, no more, whatever a background process does to the reader.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
 
 from .runtimes import BASH, SANDBOX_HOME
-from .sandbox import RunOutcome, RunSpec, finish
+from .sandbox import RunOutcome, RunSpec
 from .session import Session
 
 SETUP_PATH = "/tmp/.isol8-setup.sh"
 SETUP_TIMED_OUT = "SETUP SCRIPT TIMED OUT"
-COLLECT_LIMIT = (64 << 20) * 4 // 3 + 4096  # output_paths: 64 MiB in all, base64-encoded
-_COLLECT_GRACE = 10.0
-
-# Each readable regular file as "path NUL base64 NUL"; the rest is skipped, as upstream
-# skips missing files.
-_COLLECT = ('for p; do [ -f "$p" ] && [ -r "$p" ] || continue; '
-            'printf "%s\\0" "$p"; base64 -w0 -- "$p" || exit 1; printf "\\0"; done')
+COLLECT_LIMIT = 64 << 20  # output_paths: file bytes in all, before base64
+_COLLECT_GRACE = 2.0
 
 # (phase, "stdout" | "stderr", masked bytes), and ("setup", "exit", b"0") once a setup
 # script has succeeded.
@@ -92,7 +92,7 @@ def run_stages(session: Session, stages: Stages, *, deadline: float, max_output:
                            secrets=secrets, cancel_fd=cancel_fd, zygote=stages.zygote)
     staged.main = yield from in_phase("code", main)
     if stages.output_paths and session.alive and not staged.main.cancelled:
-        staged.files = _collect(session, stages.output_paths, owner, cancel_fd)
+        staged.files = _collect(session, stages.output_paths, deadline, cancel_fd)
     return staged
 
 
@@ -106,22 +106,15 @@ def in_phase(phase: str, run: Generator[tuple[str, bytes], None, RunOutcome],
         yield phase, name, data
 
 
-def _collect(session: Session, paths: tuple[str, ...], owner: tuple[int, int] | None,
+def _collect(session: Session, paths: tuple[str, ...], deadline: float,
              cancel_fd: int) -> dict[str, str]:
-    """Read ``paths`` inside the sandbox, unmasked (file contents are the caller's, and
-    masking base64 would corrupt it): nothing of this reaches the stream."""
-    spec = RunSpec([BASH, "-c", _COLLECT, "isol8", *paths], {"PATH": "/usr/bin:/bin"},
-                   SANDBOX_HOME, b"", [])
-    outcome = finish(session.run(spec, deadline=time.monotonic() + _COLLECT_GRACE,
-                                 max_output=COLLECT_LIMIT, owner=owner, secrets=[],
-                                 cancel_fd=cancel_fd))
-    return parse_collected(outcome.stdout.data())
-
-
-def parse_collected(data: bytes) -> dict[str, str]:
-    """``path NUL base64 NUL`` entries; an entry cut short (the limit) is left out."""
-    parts = data.split(b"\0")
-    files = {}
-    for i in range(0, len(parts) - 2, 2):
-        files[parts[i].decode("utf-8", "surrogateescape")] = parts[i + 1].decode("ascii")
-    return files
+    """``paths`` as base64, unmasked (file contents are the caller's, and masking base64
+    would corrupt it): nothing of this reaches the stream. Missing, unreadable and
+    non-regular files are skipped, as upstream skips missing ones; so are files that would
+    take the total over ``COLLECT_LIMIT``."""
+    deadline = max(deadline, time.monotonic()) + _COLLECT_GRACE
+    if not session.persistent:  # nothing of the user's may outlive the code
+        session.kill_all(deadline - time.monotonic())
+    files = session.read_files(paths, limit=COLLECT_LIMIT, deadline=deadline,
+                               cancel_fd=cancel_fd)
+    return {path: base64.b64encode(data).decode("ascii") for path, data in files.items()}

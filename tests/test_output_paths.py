@@ -2,10 +2,15 @@
 
 import base64
 import hashlib
+import time
 
 import pytest
 
 from isol8 import InvalidRequest, Isol8
+from isol8.runtimes import BASH
+from isol8.sandbox import RunSpec, finish
+from isol8.session import Session
+from isol8.staged import COLLECT_LIMIT, Stages, run_stages
 
 
 def test_files_come_back_binary_safe_and_missing_ones_are_skipped(engine):
@@ -39,10 +44,11 @@ def test_paths_resolve_inside_the_sandbox_only(engine):
         cmd="ln -s /etc/hostname /sandbox/link; ln -s /proc/1/root/etc/shadow /sandbox/sh; "
             "mkfifo /sandbox/fifo; cat /etc/hostname",
         output_paths=["/sandbox/link", "/sandbox/sh", "/sandbox/fifo", "/dev/zero",
-                      "/etc/shadow", "/proc/self/environ"])
+                      "/etc/shadow", "/proc/self/environ", "/proc/self/maps"])
     assert r.exit_code == 0
     assert base64.b64decode(r.files["/sandbox/link"]).decode().strip() == r.stdout
-    assert set(r.files) <= {"/sandbox/link", "/proc/self/environ"}
+    # Files of /proc would describe the reader, a fork of the sandbox's init.
+    assert set(r.files) == {"/sandbox/link"}
 
 
 def test_files_are_collected_after_a_timeout_and_a_failure(engine):
@@ -72,3 +78,93 @@ def test_persistent_mode_returns_files_too():
 def test_output_paths_must_be_absolute_paths(engine, paths):
     with pytest.raises(InvalidRequest, match="output_paths"):
         engine.execute("print(1)", output_paths=paths)
+
+
+def test_files_over_the_total_are_left_out_and_later_ones_still_come_back(engine):
+    big, bigger = COLLECT_LIMIT * 5 // 8, COLLECT_LIMIT * 4 // 8
+    r = engine.execute(cmd=f"head -c {big} /dev/urandom > /sandbox/a; "
+                           f"head -c {bigger} /dev/zero > /sandbox/b; echo c > /sandbox/c",
+                       output_paths=["/sandbox/a", "/sandbox/b", "/sandbox/c"])
+    assert sorted(r.files) == ["/sandbox/a", "/sandbox/c"]
+    assert len(base64.b64decode(r.files["/sandbox/a"])) == big
+
+
+# A background process of the run writes into fd 1 of every process it can open through
+# /proc, as long as the call lasts. Its payloads: an entry of the old collector's format
+# whose four NULs keep that format aligned wherever it lands, and bytes no base64 has.
+INJECT = """
+import os, sys, time
+payload, me, end = eval(sys.argv[1]), os.getpid(), time.time() + 5
+while time.time() < end:
+    for pid in os.listdir('/proc'):
+        if pid.isdigit() and int(pid) not in (1, me):
+            try:
+                fd = os.open(f'/proc/{pid}/fd/1', os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                os.write(fd, payload)
+            except OSError:
+                pass
+            os.close(fd)
+"""
+PAYLOADS = [b"\0/etc/shadow\0cm9vdA==\0x\0", b"\xff\0\xff\0"]
+
+
+@pytest.mark.parametrize("mode", ["ephemeral", "persistent"])
+@pytest.mark.parametrize("payload", PAYLOADS, ids=["entry", "not-base64"])
+def test_a_background_process_cannot_write_into_the_collection(mode, payload):
+    with Isol8(mode=mode) as eng:
+        r = eng.execute(cmd='head -c 30000000 /dev/urandom > /sandbox/big; '
+                            'sha256sum /sandbox/big >&2; python3 -c "$P" "$X" & sleep 0.5',
+                        env={"P": INJECT, "X": repr(payload)}, output_paths=["/sandbox/big"])
+    assert payload.decode(errors="replace") in r.stdout  # it did write, into the run's stdout
+    assert list(r.files) == ["/sandbox/big"]
+    data = base64.b64decode(r.files["/sandbox/big"])
+    assert hashlib.sha256(data).hexdigest() == r.stderr.split()[0]
+
+
+# Once its run is over (its parent, then the run's leader, gone), a background process
+# stops every process it can signal, again and again.
+STOP = """
+import os, signal, time
+me, end = os.getpid(), time.time() + 12
+while os.getppid() != 1 and time.time() < end:
+    time.sleep(0.001)
+while time.time() < end:
+    for pid in os.listdir('/proc'):
+        if pid.isdigit() and int(pid) not in (1, me):
+            try:
+                os.kill(int(pid), signal.SIGSTOP)
+            except OSError:
+                pass
+"""
+
+
+@pytest.mark.parametrize("mode", ["ephemeral", "persistent"])
+def test_a_stopped_reader_costs_at_most_a_short_grace(mode):
+    with Isol8(mode=mode) as eng:
+        started = time.monotonic()
+        r = eng.execute(cmd='python3 -c "$P" & echo x > /sandbox/a; sleep 0.3',
+                        env={"P": STOP}, output_paths=["/sandbox/a"], timeout_ms=2000)
+        elapsed = time.monotonic() - started
+    assert r.exit_code == 0
+    assert r.files in ({}, {"/sandbox/a": "eAo="})  # the reader may win the race
+    assert elapsed < 2 + 2 + 3.5, elapsed  # the timeout, the collection's grace, slack
+
+
+def test_a_sandbox_that_ends_with_its_run_is_emptied_before_the_files_are_read(engine):
+    # The same stopper in a session that is not persistent (the engine's staged ephemeral
+    # runs): killed with everything else of the user's before the reader starts.
+    host, cgroup, config = engine._claim(5000)
+    session = Session(config, host, cgroup, None, persistent=False)
+    try:
+        spec = RunSpec([BASH, "-c", 'python3 -c "$P" & echo x > /sandbox/a; sleep 0.3'],
+                       {"PATH": "/usr/bin:/bin", "P": STOP}, "/sandbox", b"", [])
+        staged = finish(run_stages(session, Stages(spec, output_paths=("/sandbox/a",)),
+                                   deadline=time.monotonic() + 5, max_output=1 << 16,
+                                   owner=host.owner, secrets=[], cancel_fd=-1))
+    finally:
+        session.close()
+    assert staged.main.exit_code == 0
+    assert staged.files == {"/sandbox/a": "eAo="}

@@ -1,13 +1,19 @@
 """mode="persistent": one sandbox per engine, state and background processes kept."""
 
+import errno
 import hashlib
 import os
+import resource
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from isol8 import InvalidRequest, Isol8, Isol8Error
+from isol8.protocol import ProtocolError
+from isol8.runtimes import BASH
+from isol8.sandbox import ProcessStartFailed, RunSpec
 
 from conftest import PROGRAMS, child_pids, host_processes_matching, watching_host
 
@@ -217,3 +223,94 @@ def test_kill_all_leaves_only_the_init_and_the_session_usable(session):
     # pid 1, the shell, ls, grep and ps (the zygote for the next run may be starting)
     assert "sleep" not in r.stdout, r.stdout
     assert int(r.stdout.split()[0]) <= 6, r.stdout
+
+
+def supervisor_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_background_output_is_drained_inside_the_sandbox(session):
+    # A finished run's background process floods the run's stdout: its pipe is read inside
+    # the sandbox, not by the supervisor, and the process lives on (no SIGPIPE).
+    assert session.execute(cmd="cat /dev/zero & sleep 0.2").exit_code == 0
+    before, started = supervisor_cpu(), time.monotonic()
+    time.sleep(3)
+    used = supervisor_cpu() - before
+    assert used < 0.1 * (time.monotonic() - started), used  # was about 0.9 s per second
+    assert session.execute(cmd="pgrep -c -x cat").stdout == "1"
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def init_of(eng: Isol8) -> int:
+    helper = eng._session.sandbox.pid
+    return int(Path(f"/proc/{helper}/task/{helper}/children").read_text().split()[0])
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.root_only  # the non-dumpable init's fds are visible to host root only
+def test_the_init_closes_a_drained_pipe_once_its_writers_are_gone(session):
+    session.execute(cmd="true")
+    init = init_of(session)
+    base = open_fds(init)
+    session.execute(cmd="(sleep 1; echo late) & echo now")  # its stdio outlives the run
+    assert wait_for(lambda: open_fds(init) == base + 2), open_fds(init)
+    assert wait_for(lambda: open_fds(init) == base), open_fds(init)
+
+
+READ_ONLY = "mkdir -p /sandbox/ro && chmod 555 /sandbox/ro"
+
+
+def start_failures(eng: Isol8):
+    yield lambda: eng.put_file("/sandbox/ro/x", "no")
+    yield lambda: eng.execute(cmd="true", files={"/sandbox/ro/x": "no"})
+    yield lambda: eng.execute("print(1)", files={"/sandbox/ro/x": "no"})
+    yield lambda: eng.execute(cmd="true", setup_script="true", files={"/sandbox/ro/x": "no"})
+
+
+@pytest.mark.parametrize("which", range(4), ids=["put_file", "cmd", "code", "setup_script"])
+def test_a_process_that_cannot_start_fails_only_its_own_call(session, which):
+    session.execute(cmd=f"echo keep > /sandbox/k; {READ_ONLY}; (setsid sleep 1717 &)")
+    with pytest.raises(ProcessStartFailed) as info:
+        list(start_failures(session))[which]()
+    r = session.execute(cmd="cat /sandbox/k; pgrep -c -f 'sleep 1717'")
+    assert r.stdout == "keep\n1"  # the files and the background process are still there
+    assert (info.value.syscall, info.value.errno, info.value.path) == (
+        "write file", errno.EACCES, "/sandbox/ro/x")
+    assert str(info.value).startswith("the process could not start: write file on "
+                                      "/sandbox/ro/x: EACCES")
+
+
+def test_a_repl_cell_whose_files_cannot_be_written_keeps_the_variables():
+    with Isol8(mode="persistent", repl=True) as eng:
+        eng.execute(f"x = 42\nimport subprocess; subprocess.run({READ_ONLY!r}, shell=True)")
+        with pytest.raises(ProcessStartFailed):
+            eng.execute("print(x)", files={"/sandbox/ro/x": "no"})
+        assert eng.execute("print(x)").stdout == "42"
+
+
+def test_another_process_that_cannot_start_does_not_end_the_next_run(session):
+    # A process nobody waits for (as a REPL's interrupt is) reports its failure while the
+    # next run goes on: the report is that process's own.
+    session.execute(cmd=READ_ONLY)
+    session._session.fire(RunSpec([BASH, "-c", "true"], {}, "/sandbox", b"",
+                                  [("/sandbox/ro/x", b"")]))
+    assert session.execute(cmd="sleep 0.3; echo fine").stdout == "fine"
+
+
+def test_a_request_over_the_inits_counts_fails_only_its_own_call(session):
+    session.execute(cmd="echo keep > /sandbox/k")
+    with pytest.raises(ProtocolError):
+        session.execute(cmd="true", env={f"V{i}": "" for i in range(5000)})
+    assert session.execute(cmd="cat /sandbox/k").stdout == "keep"

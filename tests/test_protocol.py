@@ -94,3 +94,68 @@ def test_final_flag_is_sent_only_when_asked():
     plain = protocol.encode_exec(1, ["/bin/true"], {}, "/", [])
     final = protocol.encode_exec(1, ["/bin/true"], {}, "/", [], final=True)
     assert (25, b"\1") not in records(plain) and records(final)[-1] == (25, b"\1")
+
+
+def test_read_request_layout():
+    msg = protocol.encode_read(9, ("/sandbox/a", "/tmp/b"), 1 << 26)
+    assert msg[:1] == b"R"
+    assert records(msg) == [(20, struct.pack("<I", 9)), (27, struct.pack("<Q", 1 << 26)),
+                            (24, b"/sandbox/a\0"), (24, b"/tmp/b\0")]
+    with pytest.raises(ProtocolError):
+        protocol.encode_read(1, ("relative",), 1)
+    with pytest.raises(ProtocolError):
+        protocol.encode_read(1, ("/a",) * (protocol.MAX_READ_PATHS + 1), 1)
+
+
+def test_exec_requests_over_the_inits_counts_are_refused():
+    with pytest.raises(ProtocolError, match="4096"):
+        protocol.encode_exec(1, ["/bin/true"], {f"V{i}": "" for i in range(4097)}, "/", [])
+
+
+def chunk(index: int, data: bytes = b"") -> bytes:
+    return struct.pack("<II", index, len(data)) + data
+
+
+PATHS = ("/a", "/b", "/c")
+
+
+def stream(data: bytes, limit: int = 1 << 20, step: int = 0):
+    decoder = protocol.FileStream(PATHS, limit)
+    pieces = [data[i:i + step] for i in range(0, len(data), step)] if step else [data]
+    for piece in pieces:
+        assert decoder.feed(piece) == b""
+    assert decoder.end() == b""
+    return decoder
+
+
+@pytest.mark.parametrize("step", [0, 1, 3, 4096])
+def test_a_read_stream_in_any_pieces(step):
+    # /b starts but never ends (the reader gave it up): left out
+    data = chunk(0, b"ab") + chunk(0, b"\xff\0") + chunk(0) + chunk(1, b"x") + chunk(2)
+    decoder = stream(data, step=step)
+    assert decoder.files == {"/a": b"ab\xff\0", "/c": b""} and not decoder.malformed
+
+
+@pytest.mark.parametrize("data, kept", [
+    (chunk(3, b"x") + chunk(3), {}),  # no such path: nothing is read from the stream's names
+    (chunk(1) + chunk(1, b"again") + chunk(1), {"/b": b""}),  # each file once
+    (chunk(2) + chunk(0, b"back") + chunk(0), {"/c": b""}),  # in order
+    (struct.pack("<II", 0, protocol.READ_CHUNK + 1), {}),  # a chunk over the bound
+    (chunk(0, b"a" * 600) + chunk(0) + chunk(1, b"b" * 500), {"/a": b"a" * 600}),  # limit
+    (chunk(0, b"half") + chunk(1, b"b") + chunk(1), {"/b": b"b"}),  # unended: left out
+    (chunk(0, b"cut"), {}),
+])
+def test_a_hostile_read_stream_keeps_only_complete_requested_files(data, kept):
+    assert stream(data, limit=1000).files == kept
+
+
+def test_random_read_streams_never_crash_the_parser():
+    rng = random.Random(99)
+    valid = chunk(0, b"abc") + chunk(0) + chunk(1, b"d") + chunk(1)
+    for _ in range(3000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        decoder = stream(bytes(data), limit=64, step=rng.randint(1, 8))
+        assert set(decoder.files) <= {"/a", "/b"}
+        assert sum(map(len, decoder.files.values())) <= 64
