@@ -7,14 +7,15 @@
  * is one) pays for it. A pipe is closed once its last writer is gone.
  *
  * The init never blocks on them: each is O_NONBLOCK, and splice to /dev/null moves pages
- * without copying them (drivers/char/mem.c, splice_write_null). The table is bounded: past
- * MAX_DRAINED pipes with live writers, the oldest is closed, and its writers get SIGPIPE
- * (or EPIPE), as when any reader goes away. */
+ * without copying them (drivers/char/mem.c, splice_write_null). The table is bounded (see
+ * capacity): past it, the oldest pipe is closed, and its writers get SIGPIPE (or EPIPE), as
+ * when any reader goes away. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,17 +27,33 @@
 static int drained[MAX_DRAINED];
 static int n_drained;
 
+/* MAX_DRAINED, or less when RLIMIT_NOFILE is low: fds a message carries beyond the fd table's
+ * room are dropped (scm_detach_fds; the init sees MSG_CTRUNC and cannot run the request),
+ * so a full exec request's fds, and the init's own, must always fit beside these. */
+static int capacity(void) {
+  static int cap = -1;
+  if (cap < 0) {
+    struct rlimit rl;
+    long room = MAX_DRAINED;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)4 * MAX_DRAINED)
+      room = ((long)rl.rlim_cur - MAX_MESSAGE_FDS - 32) / 2; /* 32: the init's own */
+    cap = room < 0 ? 0 : room > MAX_DRAINED ? MAX_DRAINED : (int)room;
+  }
+  return cap;
+}
+
 void drain_adopt(const int *fds, int n) {
+  int cap = capacity();
   for (int i = 0; i < n; i++) {
     struct stat st;
-    if (fstat(fds[i], &st) < 0 || !S_ISFIFO(st.st_mode) ||
+    if (cap == 0 || fstat(fds[i], &st) < 0 || !S_ISFIFO(st.st_mode) ||
         fcntl(fds[i], F_SETFL, O_NONBLOCK) < 0) {
       close(fds[i]);
       continue;
     }
-    if (n_drained == MAX_DRAINED) {
+    if (n_drained == cap) {
       close(drained[0]);
-      memmove(drained, drained + 1, sizeof drained[0] * (MAX_DRAINED - 1));
+      memmove(drained, drained + 1, sizeof drained[0] * (size_t)(cap - 1));
       n_drained--;
     }
     drained[n_drained++] = fds[i];

@@ -269,6 +269,18 @@ def test_the_init_closes_a_drained_pipe_once_its_writers_are_gone(session):
     assert wait_for(lambda: open_fds(init) == base), open_fds(init)
 
 
+
+@pytest.mark.root_only
+def test_the_init_drains_a_bounded_number_of_pipes():
+    with Isol8(mode="persistent", pids_limit=512) as eng:
+        eng.execute(cmd="true")
+        init = init_of(eng)
+        base = open_fds(init)
+        for _ in range(140):  # each leaves its stdout and stderr to a background process
+            eng.execute(cmd="sleep 60 &")
+        assert base + 200 < open_fds(init) <= base + 256  # MAX_DRAINED (csrc/helper.h)
+        assert eng.execute(cmd="pgrep -c -x sleep").stdout == "140"
+
 READ_ONLY = "mkdir -p /sandbox/ro && chmod 555 /sandbox/ro"
 
 
