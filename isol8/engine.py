@@ -85,8 +85,8 @@ class Isol8:
         self._repl = repl
         if workspace_dir is not None and self.options.mode != "persistent":
             raise InvalidRequest("workspace_dir: needs mode='persistent'")
-        self._workspace = (workspace.validated_dir(workspace_dir) if workspace_dir is not None
-                           else None)
+        self._workspace = (workspace.validated_dir(workspace_dir, self.options.mounts)
+                           if workspace_dir is not None else None)
         self._pool_size = pool.pool_size(pool_size, pool_strategy)
         self._prewarm = pool.prewarm_kinds(prewarm)
         self._pool: pool.WarmPool | None = None
@@ -174,21 +174,23 @@ class Isol8:
     def stop(self) -> None:
         """Release the engine and its cgroups. Every sandbox is already gone when
         ``execute()`` returns."""
-        with self._session_lock:
-            session, self._session = self._session, None
-            try:
-                if session is not None and self._workspace and session.alive:
-                    workspace.save(session, self._workspace, self.options.sandbox_size)
-            finally:
-                if session is not None:
-                    session.close()
-        with self._lock:
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
-            if self._finalizer is not None:
-                self._finalizer()
-            self._config_body, self._cgroups, self._finalizer = None, None, None
+        try:
+            with self._session_lock:
+                session, self._session = self._session, None
+                try:
+                    if session is not None and self._workspace and session.alive:
+                        workspace.save(session, self._workspace, self.options.sandbox_size)
+                finally:
+                    if session is not None:
+                        session.close()
+        finally:  # a failed save (it raises, naming the workspace) still ends everything
+            with self._lock:
+                if self._pool is not None:
+                    self._pool.close()
+                    self._pool = None
+                if self._finalizer is not None:
+                    self._finalizer()
+                self._config_body, self._cgroups, self._finalizer = None, None, None
 
     def put_file(self, path: str, content: str | bytes) -> None:
         """Write a file into the persistent sandbox (under /sandbox or /tmp), binary-safe.
@@ -431,7 +433,8 @@ class Isol8:
                 session = self._new_session(self.options.timeout_ms, persistent=True)
                 try:
                     if self._workspace:
-                        workspace.restore(session, self._workspace)
+                        workspace.restore(session, self._workspace,
+                                          self.options.sandbox_size)
                 except BaseException:
                     session.close()
                     raise
