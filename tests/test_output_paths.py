@@ -38,13 +38,15 @@ def test_a_large_file_round_trips(engine):
 
 
 def test_paths_resolve_inside_the_sandbox_only(engine):
-    # A symlink to a host-looking path, device files and FIFOs: what comes back is the
-    # sandbox's own view, and only regular files.
+    # A symlink to a host-looking path, device files, FIFOs, a file its owner cannot read:
+    # what comes back is the sandbox's own view, and only regular files the user can read.
     r = engine.execute(
         cmd="ln -s /etc/hostname /sandbox/link; ln -s /proc/1/root/etc/shadow /sandbox/sh; "
-            "mkfifo /sandbox/fifo; cat /etc/hostname",
+            "mkfifo /sandbox/fifo; echo x > /sandbox/closed; chmod 0 /sandbox/closed; "
+            "cat /etc/hostname",
         output_paths=["/sandbox/link", "/sandbox/sh", "/sandbox/fifo", "/dev/zero",
-                      "/etc/shadow", "/proc/self/environ", "/proc/self/maps"])
+                      "/etc/shadow", "/sandbox/closed", "/proc/self/environ",
+                      "/proc/self/maps"])
     assert r.exit_code == 0
     assert base64.b64decode(r.files["/sandbox/link"]).decode().strip() == r.stdout
     # Files of /proc would describe the reader, a fork of the sandbox's init.
