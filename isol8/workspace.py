@@ -70,6 +70,8 @@ def validated_dir(value: object, mounts: tuple[Mount, ...] = ()) -> str:
     if not isinstance(value, str) or not value or "\0" in value:
         raise InvalidRequest(f"workspace_dir: expected a host directory, got {value!r}")
     path = os.path.abspath(value)
+    if path == "/":
+        raise InvalidRequest("workspace_dir: / cannot be a workspace (a save replaces it)")
     for mount in mounts:
         if not mount.readonly and (_within(path, mount.source) or _within(mount.source, path)):
             raise InvalidRequest(
@@ -117,7 +119,11 @@ def restore(session: Session, directory: str, limit: int) -> None:
         raise Isol8Error(f"workspace_dir: cannot restore: {_path_problem(directory, exc)}") \
             from None
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    packer = _Packer(root, write_end, limit)
+    try:
+        packer = _Packer(root, write_end, limit)
+    except BaseException:
+        close_all([root, read_end, write_end])
+        raise
     try:
         outcome = finish(_streamed(session, _EXTRACTOR, time.monotonic() + _TIMEOUT, read_end))
     finally:
