@@ -220,8 +220,10 @@ def test_an_archive_as_the_archiver_writes_it_is_extracted(saved):
 @pytest.mark.parametrize("name", FORGED)
 def test_a_forged_archive_fails_the_save_and_keeps_the_workspace(saved, tmp_path, name):
     data, message = FORGED[name]
+    fds = os.listdir("/proc/self/fd")
     with pytest.raises(Refused, match=message):
         unpack(_chunks(data), str(saved), 1 << 20)
+    assert os.listdir("/proc/self/fd") == fds
     _intact(saved)
     assert sorted(os.listdir(tmp_path)) == ["ws"]  # nothing beside it, nothing outside
     assert not os.path.exists("/tmp/planted.txt")
@@ -294,6 +296,7 @@ def test_a_forged_archive_through_the_archivers_pipe_never_arrives(workspace):
 def test_a_failed_save_keeps_the_workspace_and_still_tears_everything_down(workspace):
     with Isol8(mode="persistent", workspace_dir=workspace, sandbox_size="8m") as eng:
         eng.execute(cmd="echo v1 > version")
+    fds = sorted(os.listdir("/proc/self/fd"))
     eng = Isol8(mode="persistent", workspace_dir=workspace, sandbox_size="8m")
     # Apparent size past sandbox_size: written out whole, it would pass the bound.
     r = eng.execute(cmd="echo v2 > version && truncate -s 100M sparse; sleep 1000 &")
@@ -302,6 +305,7 @@ def test_a_failed_save_keeps_the_workspace_and_still_tears_everything_down(works
     with pytest.raises(Isol8Error, match=f"{re.escape(str(workspace))}.*sandbox_size.*previous"):
         eng.stop()
     assert child_pids() == []  # the sandbox is gone all the same
+    assert sorted(os.listdir("/proc/self/fd")) == fds
     assert eng._session is None and eng._cgroups is None
     assert sorted(os.listdir(workspace)) == ["version"]
     assert (workspace / "version").read_text() == "v1\n"
