@@ -52,12 +52,12 @@ def open_path(path: str, *, create: bool = False) -> int:
         where = "/"
         for name in (part for part in path.split("/") if part):
             where = os.path.join(where, name)
-            if create:
-                try:
-                    os.mkdir(name, 0o777, dir_fd=fd)
-                except FileExistsError:
-                    pass
             try:
+                if create:
+                    try:
+                        os.mkdir(name, 0o777, dir_fd=fd)
+                    except FileExistsError:
+                        pass
                 child = open_dir(name, fd)
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, where) from None
