@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 
 import pytest
 
