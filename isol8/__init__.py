@@ -2,8 +2,8 @@
 
 from .async_engine import AsyncIsol8
 from .engine import Isol8
-from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SandboxSetupError,
-                     SessionLost, SetupScriptFailed)
+from .errors import (InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotAvailable,
+                     SandboxSetupError, SessionLost, SetupScriptFailed)
 from .limits import LimitsUnavailable
 from .request import ExecutionRequest
 from .result import ExecutionResult, ResourceUsage, StreamEvent
@@ -16,6 +16,7 @@ __all__ = [
     "Isol8",
     "Isol8Error",
     "LimitsUnavailable",
+    "ProcessStartFailed",
     "ResourceUsage",
     "RuntimeNotAvailable",
     "SandboxSetupError",

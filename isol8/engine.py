@@ -473,7 +473,7 @@ class Isol8:
         with signals_deferred():
             host, sandbox_cgroups, config = self._claim(timeout_ms, oom_group=not persistent)
             try:
-                return Session(config, host, sandbox_cgroups, None)
+                return Session(config, host, sandbox_cgroups, None, persistent=persistent)
             except BaseException:
                 self._release(host, sandbox_cgroups)
                 raise

@@ -53,6 +53,20 @@ class SandboxSetupError(Isol8Error):
         super().__init__(f"{message}. {self.hint}" if self.hint else message)
 
 
+class ProcessStartFailed(SandboxSetupError):
+    """The init could not start one process: a request's file it could not write (a
+    read-only or missing directory), a program that cannot run, no process left under the
+    pids limit. That call fails; the sandbox, and a session's files and background
+    processes, live on."""
+
+    def __init__(self, syscall: str, err: int, path: str) -> None:
+        super().__init__("exec", syscall, err, path)
+        where = f" on {path}" if path else ""
+        message = (f"the process could not start: {syscall}{where}: "
+                   f"{_errno.errorcode.get(err, str(err))} ({os.strerror(err)})")
+        self.args = (f"{message}. {self.hint}" if self.hint else message,)
+
+
 USERNS_HINT = (
     "Unprivileged user namespaces are unavailable. Check, in this order: "
     "'sysctl user.max_user_namespaces' must be > 0; on Debian-patched kernels "

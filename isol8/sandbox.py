@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from . import protocol
 from ._paths import helper_path
-from .errors import Isol8Error, SandboxSetupError
+from .errors import Isol8Error, ProcessStartFailed, SandboxSetupError
 from .cgroups import SandboxCgroups
 from .output import CappedOutput
 from .secrets import Masker
@@ -517,20 +517,6 @@ def warn_unmapped(event: dict[str, object]) -> None:
     warnings.warn(f"isol8: mount {event['target']} is not idmapped ({event['reason']}): host "
                   "files show as nobody inside and only their 'other' permission bits apply",
                   RuntimeWarning, stacklevel=2)
-
-
-class ProcessStartFailed(SandboxSetupError):
-    """The init could not start one process: a request's file it could not write (a
-    read-only or missing directory), a program that cannot run, no process left under the
-    pids limit. That call fails; the sandbox, and a session's files and background
-    processes, live on."""
-
-    def __init__(self, syscall: str, err: int, path: str) -> None:
-        super().__init__("exec", syscall, err, path)
-        where = f" on {path}" if path else ""
-        message = (f"the process could not start: {syscall}{where}: "
-                   f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)})")
-        self.args = (f"{message}. {self.hint}" if self.hint else message,)
 
 
 def is_start_failure(event: dict[str, object]) -> bool:

@@ -13,7 +13,8 @@ import pytest
 from isol8 import InvalidRequest, Isol8, Isol8Error
 from isol8.protocol import ProtocolError
 from isol8.runtimes import BASH
-from isol8.sandbox import ProcessStartFailed, RunSpec
+from isol8 import ProcessStartFailed
+from isol8.sandbox import RunSpec
 
 from conftest import PROGRAMS, child_pids, host_processes_matching, watching_host
 
