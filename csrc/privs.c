@@ -39,10 +39,13 @@ void drop_capabilities(void) {
     fail("privileges", "capset", NULL);
 }
 
-/* The init keeps only RLIMIT_NOFILE and RLIMIT_CORE. CPU, NPROC and FSIZE belong to each
- * user process it starts (run_limits below): on the init, the CPU-seconds budget would end a
- * long session for the watchdog's own CPU time (SIGKILL at the hard limit, the session and its
- * workspace lost), and an NPROC count would refuse the init the clone of the next run. */
+/* The init keeps only RLIMIT_NOFILE and RLIMIT_CORE, which every user process inherits from
+ * it. CORE is 1 byte, not 0: with a pipe core_pattern the kernel hands a crash to the host's
+ * helper at any other value (fs/coredump.c), and seccomp keeps user code from changing it
+ * (isol8/limits.py, isol8/seccomp.py). CPU, NPROC and FSIZE belong to each user process it
+ * starts (run_limits below): on the init, the CPU-seconds budget would end a long session for
+ * the watchdog's own CPU time (SIGKILL at the hard limit, the session and its workspace lost),
+ * and an NPROC count would refuse the init the clone of the next run. */
 static int init_keeps(uint32_t resource) {
   return resource == RLIMIT_NOFILE || resource == RLIMIT_CORE;
 }
