@@ -172,10 +172,18 @@ void drain_ready(const struct pollfd *pfd, int n);
 
 int kill_runs_for_oom(uint64_t usage); /* how many persistent runs it killed */
 
-/* watchdog.c: memory accounting without a memory cgroup */
-uint64_t sandbox_memory_usage(const struct config *cfg, int exact);
-int watchdog_start(const struct config *cfg); /* its timerfd, for the init's poll */
-void watchdog_tick(int tfd);                 /* the timerfd is readable */
-uint64_t watchdog_check(void);               /* one pass now; the peak so far */
+/* watchdog.c, memcount.c, sockmem.c: memory accounting without a memory cgroup */
+#define MAX_TIMED 1024 /* processes the watchdog can give a CPU-time timer */
+struct procs {
+  int n;                /* processes of the sandbox, the init included */
+  pid_t pid[MAX_TIMED]; /* the first ones, in pid order */
+};
+uint64_t sandbox_memory_usage(const struct config *cfg, int exact, struct procs *procs);
+uint64_t tmpfs_bytes(const struct config *cfg); /* the watched tmpfs mounts' used blocks */
+void sockmem_open(const struct config *cfg); /* before seccomp, which refuses it the socket */
+uint64_t sockmem_bytes(void);                /* the sandbox's netns's socket buffers */
+int watchdog_start(const struct config *cfg); /* an fd for the init's poll */
+void watchdog_tick(int fd);                  /* that fd is readable */
+uint64_t watchdog_check(void);               /* one count now; the peak so far */
 
 #endif

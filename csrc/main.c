@@ -207,6 +207,7 @@ static void child_setup(int sync_fd) {
 
   /* seccomp last: every later fork inherits it, and it would block the setup above. */
   current_step = "seccomp";
+  sockmem_open(&cfg); /* the watchdog's NETLINK_SOCK_DIAG socket, which seccomp refuses */
   install_seccomp(&cfg);
   send_json("{\"event\":\"ready\",\"t\":%lld}", now_ns());
   run_init(&cfg);

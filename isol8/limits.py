@@ -8,8 +8,11 @@ Backends, strongest first (per controller, never per host: a hybrid host mixes t
              to v1 (see v1_wanted);
              cpu: RLIMIT_CPU, a budget of cpu_limit x timeout CPU-seconds per process, not a
              rate (a process over it gets SIGXCPU, then SIGKILL);
-``watchdog`` memory: the sandbox's init sums its processes' anonymous memory and its tmpfs
-             usage every 10 ms and ends the sandbox above the limit (best effort).
+``watchdog`` memory: the sandbox's init sums its processes' anonymous and shared memory,
+             its tmpfs usage, SysV objects and socket buffers, every 10 ms while anything
+             may grow and cheaply otherwise (csrc/watchdog.c), and ends the sandbox above
+             the limit (best effort); pipe buffers it cannot see are bounded by fewer open
+             files (open_files).
 RLIMIT_AS is never used as a memory limit: it breaks node (V8 reserves address space).
 
 Which limits ended or cut a run, as far as the backend can see it (``limits_reached``):
@@ -32,6 +35,11 @@ HARD = {"memory": ("cgroup2", "cgroup1"), "pids": ("cgroup2", "cgroup1", "rlimit
         "cpu": ("cgroup2", "cgroup1")}
 FALLBACK = {"memory": "watchdog", "pids": "rlimit", "cpu": "rlimit"}
 OPEN_FILES = 4096
+# Under the watchdog: what one pipe can hold once its user is past fs.pipe-user-pages-soft
+# (PIPE_MIN_DEF_BUFFERS, 2 pages), and the fewest open files a sandbox gets (the common
+# default soft limit is 1024; a runtime needs a few dozen).
+PIPE_MIN_BYTES = 2 * 4096
+WATCHDOG_MIN_OPEN_FILES = 256
 REACHED_ORDER = ("pids", "memory", "output", "file_size", "timeout")
 
 
@@ -81,7 +89,8 @@ def rlimits(limits: Limits, chosen: dict[str, str | None], *, timeout_ms: int,
             max_file: int) -> tuple[tuple[int, int, int], ...]:
     """The rlimits one sandbox gets: always core, open files and file size; pids and CPU
     seconds only where no cgroup enforces them."""
-    out = [core_limit(), (resource.RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES),
+    nofile = open_files(limits, chosen)
+    out = [core_limit(), (resource.RLIMIT_NOFILE, nofile, nofile),
            (resource.RLIMIT_FSIZE, max_file, max_file)]
     if chosen["pids"] == "rlimit":
         out.append((resource.RLIMIT_NPROC, limits.pids, limits.pids))
@@ -89,6 +98,22 @@ def rlimits(limits: Limits, chosen: dict[str, str | None], *, timeout_ms: int,
         budget = max(1, math.ceil(limits.cpu * timeout_ms / 1000))
         out.append((resource.RLIMIT_CPU, budget, budget + 1))
     return tuple(out)
+
+
+def open_files(limits: Limits, chosen: dict[str, str | None]) -> int:
+    """RLIMIT_NOFILE for the sandbox's processes, the init among them.
+
+    A memory cgroup charges pipe buffers to the sandbox; the watchdog cannot see them: a
+    pipe's pages are the kernel's, mapped by no process and charged only to the uid's pipe
+    quota (fs/pipe.c: up to fs.pipe-user-pages-soft, 64 MiB by default, pipes may hold
+    1 MiB each; past it every new pipe holds 2 pages). So under the watchdog the open files
+    are cut until the pipes every process could hold, one fd each (the write end closed
+    once full), add up to about the memory limit beyond that quota: memory / (8 KiB x
+    (pids + 1)), between 256 and the usual 4096 (1008 for the defaults)."""
+    if chosen.get("memory") != "watchdog":
+        return OPEN_FILES
+    fit = limits.memory // (PIPE_MIN_BYTES * (limits.pids + 1))
+    return max(WATCHDOG_MIN_OPEN_FILES, min(OPEN_FILES, fit))
 
 
 def core_limit() -> tuple[int, int, int]:
