@@ -1,4 +1,4 @@
-"""The seccomp policy, compiled to classic BPF through libseccomp and cached by a hash of the policy.
+"""The seccomp policy, compiled to classic BPF through libseccomp once per process.
 
 Model (systemd's and runc's): ENOSYS for every syscall the build's table does not know, so a
 syscall newer than libseccomp fails the way glibc expects and falls back; an explicit ALLOW for
@@ -13,10 +13,18 @@ restrictive verdict (ERRNO beats ALLOW; between two ERRNOs the later filter's er
 * ``args``: default ALLOW; denials that look at arguments (clone namespace flags, socket
   families, TIOCSTI/TIOCLINUX on the low 32 bits of the ioctl number, personality flags,
   the setuid and setgid bits in a file mode, pid 1 as the target of a scheduling, priority
-  or rlimit call).
+  or rlimit call, RLIMIT_CORE as the limit to set).
 
 Both filters reject a foreign architecture (and the x32 ABI) with KILL_PROCESS, which also closes
 the i386 ``int 0x80`` / ``socketcall`` bypass.
+
+Never cached on disk (issue 9): a sandbox with a read-write mount of the caller's home replaced
+``~/.cache/isol8/seccomp/<hash>.bpf`` with an allow-all program, and every later sandbox of that
+user ran unfiltered. Verifying the file would need a key no sandbox can read, but a file no
+read-write mount can reach needs no key either; and the compile is cheap. Measured on a 2-core
+VM (median of 15 fresh processes): the first compiled_policy() of a process 6-7 ms (ctypes,
+dlopen, libseccomp; later calls 2 us), loading the old cache file 0.05-0.2 ms, the same cold
+compile through cffi 21-40 ms (its cdef imports pycparser: isol8._native is ctypes for that).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GUARD_SH, is_root, run_py, run_sh
+from conftest import GUARD_SH, run_py, run_sh
 from isol8 import Isol8
 
 IN_VM = os.environ.get("TCGVM_GUEST") == "1"
