@@ -211,7 +211,7 @@ def descendants(root: int) -> list[str]:
 
 
 def leased_uid_processes() -> list[str]:
-    start, count = identity.DEFAULT_UID_RANGE
+    start, count = identity.default_uid_range()
     return sorted(_describe(pid) for pid, _, uid in _proc_stats()
                   if start <= uid < start + count)
 
