@@ -43,7 +43,7 @@ import time
 from typing import Callable
 
 import harness as h  # first: it puts the repo root on sys.path (isol8 need not be installed)
-from isol8 import Isol8
+from isol8 import ExecutionResult, Isol8
 
 LIMIT = "128m"
 ALLOC_BYTES = 4 << 30
@@ -160,14 +160,14 @@ class Kill:
             time.sleep(1.0)
             return self._record("zygote after idle", lambda: engine.execute(ALLOCATE))
 
-    def _record(self, name: str, call: Callable[[], object]) -> int:
+    def _record(self, name: str, call: Callable[[], ExecutionResult]) -> int:
         ns, result = h.timed(call)
-        usage = result.resource_usage  # type: ignore[attr-defined]
-        if result.exit_code != 137 or not usage.oom:  # type: ignore[attr-defined]
-            self.failures.append(f"{name}: exit {result.exit_code}, oom {usage.oom}, "  # type: ignore[attr-defined]
-                                 f"stdout {result.stdout[:80]!r}")  # type: ignore[attr-defined]
+        usage = result.resource_usage
+        if result.exit_code != 137 or not usage.oom:
+            self.failures.append(f"{name}: exit {result.exit_code}, oom {usage.oom}, "
+                                 f"stdout {result.stdout[:80]!r}")
         self.peaks_mb[name].append(usage.peak_memory_mb or 0.0)
-        self.durations_ms[name].append(result.duration_ms)  # type: ignore[attr-defined]
+        self.durations_ms[name].append(result.duration_ms)
         return ns
 
     def clear(self) -> None:

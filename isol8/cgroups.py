@@ -1,10 +1,12 @@
 """cgroup v2 and v1 drivers: the engine's own cgroups and one leaf per sandbox.
 
 isol8 only ever creates, changes and removes cgroups it created itself, and never moves a
-process other than the sandbox init it spawns. Each engine owns one directory per
+process other than the sandbox init it spawns, and the supervisor itself out of a delegated
+cgroup it has to itself (isol8.delegation). Each engine owns one directory per
 hierarchy, named after its owner (``isol8-<boot id>-<pid>-<start time>-<n>``), directly under
-the base cgroup: the supervisor's own cgroup, or ``cgroup_parent`` (``ISOL8_CGROUP_PARENT``)
-for a delegated subtree prepared the systemd way. A sandbox gets a leaf ``sb-<n>`` in it.
+the base cgroup: the supervisor's own cgroup (the delegated one it left for a leaf), or
+``cgroup_parent`` (``ISOL8_CGROUP_PARENT``) for a delegated subtree prepared the systemd way.
+A sandbox gets a leaf ``sb-<n>`` in it.
 A new engine removes the directories of engines that are dead (their pid is gone, or runs
 something else, or the boot id differs) and never a live engine's, its own process's included.
 
@@ -22,6 +24,8 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
+
+from . import delegation
 
 CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
@@ -239,7 +243,9 @@ class EngineCgroups:
         self.v2_controllers: set[str] = set()
         self.v1_dirs: dict[str, str] = {}
         name = owner_name()
-        v2_base = cgroup_parent or (discovery.v2.own if discovery.v2 else None)
+        v2_base = cgroup_parent
+        if discovery.v2 and (cgroup_parent is None or _same_dir(cgroup_parent, discovery.v2.own)):
+            v2_base = delegation.engine_base(discovery.v2.own, named=cgroup_parent is not None)
         if v2_base:
             self.v2_dir = _make_dir(v2_base, name)
         if self.v2_dir:
@@ -315,6 +321,13 @@ class EngineCgroups:
             if directory:
                 _remove_tree(directory)
         self.v2_dir, self.v1_dirs, self.v2_controllers = None, {}, set()
+
+
+def _same_dir(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _make_dir(base: str, name: str) -> str | None:

@@ -34,6 +34,8 @@ _V1_NON_CONTROLLERS = {"rw", "ro", "clone_children", "noprefix", "xattr", "cpuse
                        "favordynmods"}
 # The v2 controllers isol8's limits need delegated (memory.max, pids.max).
 _V2_NEEDED = ("memory", "pids")
+# A scope of the user's systemd manager with a cgroup subtree of its own (isol8.delegation).
+DELEGATED_SCOPE = "systemd-run --user --scope -p Delegate=yes -- <command>"
 
 APPARMOR_INSTALL = (
     "install isol8's profile: copy packaging/apparmor/isol8-helper to "
@@ -218,13 +220,38 @@ def cgroup_v2_dir(mountinfo: str, proc_cgroup: str) -> str | None:
     return mount.point.rstrip("/") + rel if rel not in ("", "/") else mount.point
 
 
+def _v1_controllers(mounts: list[Mount]) -> list[str]:
+    return sorted({opt for m in mounts if m.fstype == "cgroup" for opt in m.options
+                   if opt not in _V1_NON_CONTROLLERS and "=" not in opt})
+
+
+def cgroup_layout(mountinfo: str) -> str:
+    """hybrid (v1 controllers beside a v2 tree), unified, legacy (v1 only) or absent."""
+    mounts = parse_mountinfo(mountinfo)
+    v2 = any(m.fstype == "cgroup2" for m in mounts)
+    v1 = bool(_v1_controllers(mounts))
+    return "hybrid" if v2 and v1 else "unified" if v2 else "legacy" if v1 else "absent"
+
+
+def delegation_offer(layout: str, euid: int, user_manager: bool,
+                     manager_controllers: str | None) -> str | None:
+    """The command that gives an unprivileged supervisor a delegated cgroup v2 subtree
+    here (isol8.delegation then claims it), or None: it needs a unified hierarchy, a systemd
+    user manager of this user, and memory among the controllers systemd gives that manager
+    (when its cgroup.controllers can be read)."""
+    if euid == 0 or layout != "unified" or not user_manager:
+        return None
+    if manager_controllers is not None and "memory" not in manager_controllers.split():
+        return None
+    return DELEGATED_SCOPE
+
+
 def check_cgroups(mountinfo: str, v2_dir: str | None, v2_controllers: str | None,
                   v2_writable: bool) -> Check:
     mounts = parse_mountinfo(mountinfo)
     v2 = [m for m in mounts if m.fstype == "cgroup2"]
-    v1 = sorted({opt for m in mounts if m.fstype == "cgroup" for opt in m.options
-                 if opt not in _V1_NON_CONTROLLERS and "=" not in opt})
-    layout = ("hybrid" if v2 and v1 else "unified" if v2 else "legacy" if v1 else "absent")
+    v1 = _v1_controllers(mounts)
+    layout = cgroup_layout(mountinfo)
     facts = [f"layout {layout}"]
     if v1:
         facts.append(f"v1 controllers {', '.join(v1)}")
@@ -247,8 +274,9 @@ def check_cgroups(mountinfo: str, v2_dir: str | None, v2_controllers: str | None
         fix = ("for those limits, boot with a unified cgroup v2 hierarchy "
                "(systemd.unified_cgroup_hierarchy=1 on the kernel command line)")
     else:
-        fix = ("for those limits, delegate memory and pids to isol8's cgroup: run it in a "
-               "unit or scope with Delegate=yes (systemd-run --user --scope -p Delegate=yes ...)")
+        fix = ("for those limits, delegate memory and pids to isol8's cgroup: run it alone in "
+               f"a unit or scope with Delegate=yes ({DELEGATED_SCOPE}); isol8 moves itself "
+               "into a leaf of it and makes its cgroups beside")
     return Check("cgroups", "warn", detail, fix)
 
 
@@ -334,8 +362,9 @@ def check_identity(euid: int, foreign_ids: bool) -> Check:
                  "sandbox a host uid of its own")
 
 
-def check_limits(enforced: dict[str, str | None] | None) -> Check:
-    """What the real sandbox run reported enforcing each limit (isol8.limits)."""
+def check_limits(enforced: dict[str, str | None] | None, offer: str | None = None) -> Check:
+    """What the real sandbox run reported enforcing each limit (isol8.limits); ``offer``:
+    the command that would give this user a delegated cgroup (delegation_offer)."""
     if enforced is None:
         return Check("limits", "warn", "unknown: the real sandbox did not run")
     from .limits import HARD
@@ -344,13 +373,19 @@ def check_limits(enforced: dict[str, str | None] | None) -> Check:
     soft = [c for c, b in enforced.items() if b not in HARD[c]]
     if not soft:
         return Check("limits", "ok", f"{listing}: all hard limits")
-    return Check("limits", "warn",
-                 f"{listing}; best effort for {', '.join(soft)} (the watchdog polls memory "
-                 "every 10 ms; the cpu rlimit is a CPU-seconds budget, not a rate); "
-                 "strict_limits=True refuses to run here",
+    detail = (f"{listing}; best effort for {', '.join(soft)} (the watchdog counts memory every "
+              "10 ms while it grows, and misses what README 'Limits' lists; the cpu rlimit is "
+              "a CPU-seconds budget, not a rate); strict_limits=True refuses to run here")
+    if offer:
+        return Check("limits", "warn", detail,
+                     "for hard limits without root, start isol8 (or the program that embeds "
+                     f"it) as the only process of a delegated scope: {offer}; isol8 moves "
+                     "itself into a leaf of it and uses cgroup v2 (or pass a delegated subtree "
+                     "as cgroup_parent / ISOL8_CGROUP_PARENT)")
+    return Check("limits", "warn", detail,
                  "for hard limits give isol8 a cgroup: run as root, or delegate a cgroup v2 "
                  "subtree with memory, pids and cpu enabled (systemd: Delegate=yes) and pass it "
-                 "as cgroup_parent / ISOL8_CGROUP_PARENT")
+                 "as cgroup_parent / ISOL8_CGROUP_PARENT, or start isol8 alone in it")
 
 
 def check_sandbox(error: str | None) -> Check:
@@ -375,6 +410,18 @@ def _libseccomp_version() -> str | None:
         return _native.version()
     except OSError:
         return None
+
+
+def _user_manager() -> bool:
+    """A systemd user manager runs for us: its private socket is in our runtime directory."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return os.path.exists(os.path.join(runtime, "systemd", "private"))
+
+
+def _manager_controllers() -> str | None:
+    uid = os.getuid()
+    return _read(f"/sys/fs/cgroup/user.slice/user-{uid}.slice/user@{uid}.service/"
+                 "cgroup.controllers")
 
 
 def _probe() -> tuple[str | None, dict[str, str | None] | None]:
@@ -425,7 +472,8 @@ def gather() -> list[Check]:
         check_container(markers, mountinfo, status,
                         _read("/proc/self/attr/apparmor/current")),
         check_identity(euid, maps_foreign_ids()),
-        check_limits(enforced),
+        check_limits(enforced, delegation_offer(cgroup_layout(mountinfo), euid,
+                                                _user_manager(), _manager_controllers())),
         check_sandbox(error),
     ]
 

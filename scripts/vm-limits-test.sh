@@ -113,7 +113,7 @@ host() {
     write_smoke_test "$results/smoke_test.py"
     targets=("$results/smoke_test.py")
   else
-    for t in ${ISOL8_VM_TESTS:-tests/test_limits.py tests/test_pool.py tests/test_repl.py tests/test_coredump.py}; do
+    for t in ${ISOL8_VM_TESTS:-tests/test_limits.py tests/test_pool.py tests/test_repl.py tests/test_coredump.py tests/test_cgroup_delegation.py}; do
       [ -e "$stage/${t%%::*}" ] ||
         { echo "vm-limits-test: ${t%%::*} not found in $repo" >&2; exit 1; }
       targets+=("$stage/$t")

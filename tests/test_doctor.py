@@ -180,6 +180,33 @@ def test_limits_report_says_what_is_best_effort():
     assert doctor.check_limits(None).status == "warn"
 
 
+def test_delegation_offer_needs_unified_v2_and_a_user_manager_with_memory():
+    offer = doctor.delegation_offer("unified", 1000, True, "cpu memory pids\n")
+    assert offer == "systemd-run --user --scope -p Delegate=yes -- <command>"
+    assert doctor.delegation_offer("unified", 1000, True, None) == offer  # unreadable: offer
+    assert doctor.delegation_offer("hybrid", 1000, True, "cpu memory pids") is None
+    assert doctor.delegation_offer("unified", 0, True, "cpu memory pids") is None
+    assert doctor.delegation_offer("unified", 1000, False, "cpu memory pids") is None
+    assert doctor.delegation_offer("unified", 1000, True, "cpu pids") is None
+
+
+def test_limits_under_the_watchdog_offer_the_delegated_scope():
+    soft = {"memory": "watchdog", "pids": "rlimit", "cpu": "rlimit"}
+    check = doctor.check_limits(soft, doctor.DELEGATED_SCOPE)
+    assert check.status == "warn" and "memory by watchdog" in check.detail
+    assert "systemd-run --user --scope -p Delegate=yes -- <command>" in check.action
+    assert "leaf" in check.action and "ISOL8_CGROUP_PARENT" in check.action
+    assert "systemd-run" not in doctor.check_limits(soft).action  # nothing to offer here
+    hard = doctor.check_limits(dict.fromkeys(("memory", "pids", "cpu"), "cgroup2"),
+                               doctor.DELEGATED_SCOPE)
+    assert hard.status == "ok" and not hard.action
+
+
+def test_cgroup_layout():
+    assert doctor.cgroup_layout(HYBRID_MOUNTINFO) == "hybrid"
+    assert doctor.cgroup_layout(UNIFIED_MOUNTINFO) == "unified"
+
+
 def test_unified_delegated_cgroups_pass():
     v2_dir = doctor.cgroup_v2_dir(UNIFIED_MOUNTINFO, UNIFIED_CGROUP)
     assert v2_dir == ("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/"
@@ -192,7 +219,7 @@ def test_unified_delegated_cgroups_pass():
 def test_unified_undelegated_cgroups_warn_with_delegation():
     check = doctor.check_cgroups(UNIFIED_MOUNTINFO, "/sys/fs/cgroup/x", "cpu memory pids",
                                  v2_writable=False)
-    assert check.status == "warn" and "Delegate=yes" in check.action
+    assert check.status == "warn" and doctor.DELEGATED_SCOPE in check.action
 
 
 def test_legacy_cgroups():
