@@ -38,30 +38,52 @@
 #define IPPROTO_MPTCP 262
 #endif
 
-static int diag_fd = -1, protocols_fd = -1;
-static ino_t diag_ino; /* our own socket: the dump's replies queue in it */
-static long netlink_baseline; /* netlink sockets before any user process: ours */
+#define DUMP_SHARE 20               /* a dump waits 20 times what the last one cost */
+#define INET_MAX_AGE_NS 1000000000LL /* an inet dump stands in this long while quiet */
 
-/* Dumping tcp or udp walks the kernel's hash table, shared by every namespace and sized by
- * the host's memory: milliseconds, even for a namespace without a socket. The "sockets"
- * column of /proc/net/protocols, this namespace's count per protocol, says which to ask. */
+static int diag_fd = -1, protocols_fd = -1, sockstat_fd = -1;
+static ino_t diag_ino;           /* our own socket: the dump's replies queue in it */
+static long baseline = -1;       /* this namespace's sockets before any user process: ours */
+static long netlink_baseline;    /* the netlink ones among them */
+
+/* Which dumps to ask, and how often. "sockets: used" of /proc/net/sockstat (a cheap read)
+ * counts this namespace's sockets: none of the user's, no dump. Then /proc/net/protocols
+ * (dearer) gives the count per protocol. Dumping tcp or udp walks a hash table every
+ * namespace shares, sized by the host's memory: milliseconds, however few sockets are
+ * ours. So a dump waits DUMP_SHARE times its last cost (its CPU stays under 5%), and an
+ * inet dump stands in while the protocol's memory (that column: the kernel's count, for
+ * every namespace, of the pages its sockets hold) has not moved, for up to a second.
+ * Between dumps the last one's count stands. */
 static struct dump {
   const char *name;  /* its line in /proc/net/protocols */
   uint8_t family;
   uint16_t protocol; /* 0: unix or netlink; MPTCP needs the extended request below */
   int unsupported;   /* the kernel has no handler for it: not asked again */
-  long sockets;      /* this pass's count */
+  long sockets, memory;     /* this pass's columns (memory -1: not accounted) */
+  long dumped_memory;       /* the memory column at the last dump */
+  long long dumped_at, cost; /* when, and what it took (ns) */
+  uint64_t bytes;           /* what the last dump counted */
 } dumps[] = {
-    {"UNIX", AF_UNIX, 0, 0, 0},          {"TCP", AF_INET, IPPROTO_TCP, 0, 0},
-    {"TCPv6", AF_INET6, IPPROTO_TCP, 0, 0}, {"UDP", AF_INET, IPPROTO_UDP, 0, 0},
-    {"UDPv6", AF_INET6, IPPROTO_UDP, 0, 0}, {"UDP-Lite", AF_INET, IPPROTO_UDPLITE, 0, 0},
-    {"UDPLITEv6", AF_INET6, IPPROTO_UDPLITE, 0, 0}, {"MPTCP", AF_INET, IPPROTO_MPTCP, 0, 0},
-    {"MPTCPv6", AF_INET6, IPPROTO_MPTCP, 0, 0}, {"NETLINK", AF_NETLINK, 0, 0, 0},
+    {"UNIX", AF_UNIX, 0},          {"TCP", AF_INET, IPPROTO_TCP},
+    {"TCPv6", AF_INET6, IPPROTO_TCP}, {"UDP", AF_INET, IPPROTO_UDP},
+    {"UDPv6", AF_INET6, IPPROTO_UDP}, {"UDP-Lite", AF_INET, IPPROTO_UDPLITE},
+    {"UDPLITEv6", AF_INET6, IPPROTO_UDPLITE}, {"MPTCP", AF_INET, IPPROTO_MPTCP},
+    {"MPTCPv6", AF_INET6, IPPROTO_MPTCP}, {"NETLINK", AF_NETLINK, 0},
 };
 #define N_DUMPS (sizeof dumps / sizeof dumps[0])
 
-/* Each dump's socket count from /proc/net/protocols ("UNIX-STREAM" adds to "UNIX"); -1
- * when it cannot be read (then every dump is asked). */
+static long sockets_used(void) {
+  char buf[512];
+  long used;
+  ssize_t n = sockstat_fd < 0 ? -1 : pread(sockstat_fd, buf, sizeof buf - 1, 0);
+  if (n <= 0)
+    return -1;
+  buf[n] = '\0';
+  return sscanf(buf, "sockets: used %ld", &used) == 1 ? used : -1;
+}
+
+/* Each dump's columns from /proc/net/protocols ("UNIX-STREAM" adds to "UNIX"); -1 when it
+ * cannot be read (then every dump is asked). */
 static int count_sockets(void) {
   char buf[8192];
   ssize_t n = protocols_fd < 0 ? -1 : pread(protocols_fd, buf, sizeof buf - 1, 0);
@@ -72,14 +94,16 @@ static int count_sockets(void) {
     dumps[i].sockets = 0;
   for (char *line = strchr(buf, '\n'); line; line = strchr(line, '\n')) {
     char name[32];
-    long size, sockets;
-    if (sscanf(++line, "%31s %ld %ld", name, &size, &sockets) != 3)
+    long size, sockets, memory;
+    if (sscanf(++line, "%31s %ld %ld %ld", name, &size, &sockets, &memory) != 4)
       continue;
     if (strcmp(name, "UNIX-STREAM") == 0)
       name[4] = '\0';
     for (size_t i = 0; i < N_DUMPS; i++)
-      if (strcmp(name, dumps[i].name) == 0)
+      if (strcmp(name, dumps[i].name) == 0) {
         dumps[i].sockets += sockets;
+        dumps[i].memory = memory;
+      }
   }
   return 0;
 }
@@ -97,7 +121,10 @@ void sockmem_open(const struct config *cfg) {
       fstat(diag_fd, &st) < 0)
     fail("init", "setsockopt", "NETLINK_SOCK_DIAG");
   diag_ino = st.st_ino;
-  protocols_fd = open("/proc/net/protocols", O_RDONLY | O_CLOEXEC); /* of our namespace */
+  /* Both of our namespace (/proc/net follows the opener's). */
+  protocols_fd = open("/proc/net/protocols", O_RDONLY | O_CLOEXEC);
+  sockstat_fd = open("/proc/net/sockstat", O_RDONLY | O_CLOEXEC);
+  baseline = sockets_used();
   if (count_sockets() == 0)
     netlink_baseline = dumps[N_DUMPS - 1].sockets;
 }
@@ -222,17 +249,40 @@ static uint64_t dump_bytes(struct dump *d, uint32_t seq) {
   }
 }
 
+/* Whether d's last count can stand this pass. */
+static int recent_enough(const struct dump *d, long long now) {
+  if (now - d->dumped_at < DUMP_SHARE * d->cost)
+    return 1;
+  int inet = d->family == AF_INET || d->family == AF_INET6;
+  return inet && d->memory >= 0 && d->memory == d->dumped_memory &&
+         now - d->dumped_at < INET_MAX_AGE_NS;
+}
+
 uint64_t sockmem_bytes(void) {
   static uint32_t seq;
   if (diag_fd < 0)
+    return 0;
+  long used = sockets_used();
+  if (used >= 0 && used <= baseline)
     return 0;
   int counted = count_sockets() == 0;
   uint64_t total = 0;
   for (size_t i = 0; i < N_DUMPS; i++) {
     struct dump *d = &dumps[i];
     long mine = d->family == AF_NETLINK ? netlink_baseline : 0;
-    if (!d->unsupported && (!counted || d->sockets > mine))
-      total += dump_bytes(d, ++seq);
+    if (d->unsupported || (counted && d->sockets <= mine)) {
+      d->bytes = 0;
+      d->dumped_at = 0;
+      continue;
+    }
+    long long now = now_ns();
+    if (!recent_enough(d, now)) {
+      d->bytes = dump_bytes(d, ++seq);
+      d->dumped_at = now;
+      d->cost = now_ns() - now;
+      d->dumped_memory = d->memory;
+    }
+    total += d->bytes;
   }
   return total;
 }
