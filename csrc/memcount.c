@@ -154,9 +154,12 @@ uint64_t tmpfs_bytes(const struct config *cfg) {
   return total;
 }
 
-/* The Pss of pid's shared mappings of what is counted whole as an object: SysV segments,
- * memfds some process holds open, files of the watched tmpfs mounts. getline: a path (a
- * file name is the user's to choose) never splits a line. */
+/* The Pss of pid's mappings of what is counted whole as an object: SysV segments, memfds
+ * some process holds open, files of the watched tmpfs mounts (a program run from /sandbox
+ * maps its file). Of a private mapping, only the pages still the object's: its Pss but the
+ * copies written (Anonymous, their Rss: where forks share copies this takes out too little,
+ * never too much). getline: a path (a file name is the user's to choose) never splits a
+ * line. */
 static uint64_t object_mapped_pss(const char *pid, const struct config *cfg,
                                   const struct seen *memfds) {
   char path[300];
@@ -166,8 +169,8 @@ static uint64_t object_mapped_pss(const char *pid, const struct config *cfg,
     return 0;
   char *line = NULL;
   size_t cap = 0;
-  int object = 0;
-  uint64_t total = 0;
+  int object = 0, shared = 0;
+  uint64_t total = 0, pss = 0, copied = 0;
   while (getline(&line, &cap, f) > 0) {
     unsigned long start, end, offset, inode;
     unsigned major, minor;
@@ -175,16 +178,23 @@ static uint64_t object_mapped_pss(const char *pid, const struct config *cfg,
     int name = 0;
     if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu %n", &start, &end, perms, &offset, &major,
                &minor, &inode, &name) >= 7) {
+      if (object)
+        total += shared ? pss : pss > copied ? pss - copied : 0;
       dev_t dev = makedev(major, minor);
-      object = perms[3] == 's' &&
-               ((name && strncmp(line + name, "/SYSV", 5) == 0) ||
-                in_seen(memfds, dev, (ino_t)inode));
-      for (int i = 0; i < cfg->n_watch_paths && perms[3] == 's'; i++)
+      shared = perms[3] == 's';
+      object = (name && strncmp(line + name, "/SYSV", 5) == 0) ||
+               in_seen(memfds, dev, (ino_t)inode);
+      for (int i = 0; i < cfg->n_watch_paths; i++)
         object |= tmpfs_dev[i] && tmpfs_dev[i] == dev;
+      pss = copied = 0;
     } else if (object && strncmp(line, "Pss:", 4) == 0) {
-      total += strtoull(line + 4, NULL, 10) * 1024;
+      pss = strtoull(line + 4, NULL, 10) * 1024;
+    } else if (object && strncmp(line, "Anonymous:", 10) == 0) {
+      copied = strtoull(line + 10, NULL, 10) * 1024;
     }
   }
+  if (object)
+    total += shared ? pss : pss > copied ? pss - copied : 0;
   free(line);
   fclose(f);
   return total;

@@ -114,6 +114,26 @@ print(sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers))
     assert r.resource_usage.oom is False
 
 
+def test_a_file_in_the_sandbox_mapped_privately_counts_once():
+    """A program run from /sandbox maps its own file privately: the pages it has not written
+    are the file's, in the tmpfs count already, yet in Pss_Shmem too. 100 MiB read through
+    such a mapping under a 160 MiB limit was a false OOM at 204 MiB."""
+    with Isol8(memory_limit="160m") as eng:
+        r = run_py(eng, """
+import mmap, time
+with open('/sandbox/big', 'wb') as f:
+    for _ in range(100):
+        f.write(b'x' * (1 << 20))
+with open('/sandbox/big', 'rb') as f:
+    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # MAP_PRIVATE
+total = sum(m[offset] for offset in range(0, 100 << 20, 4096))
+time.sleep(1.0)
+print(total)
+""", timeout_ms=30_000 * SLOW)
+    assert (r.exit_code, r.stdout) == (0, str(120 * 25600)), (r.exit_code, r.stderr[-500:])
+    assert r.resource_usage.oom is False
+
+
 # --- socket buffers -------------------------------------------------------------------------
 
 # Eight processes each fill sockets, written and never read, until they hold 100 MiB or run
