@@ -16,7 +16,10 @@
 # Logs and junit XML stay in $ISOL8_VM_STAGE/results (the serial console is slow).
 #   ISOL8_VM_TESTS  pytest targets relative to the repo (default: the limits, and the warm pool
 #                   and REPL, whose sandboxes are placed, measured and torn down through cgroup v2
-#                   there: tests/test_limits.py tests/test_pool.py tests/test_repl.py)
+#                   there; crashes under pipe core patterns, which only a disposable kernel may
+#                   set; and a supervisor alone in a delegated cgroup: tests/test_limits.py
+#                   tests/test_pool.py tests/test_repl.py tests/test_coredump.py
+#                   tests/test_cgroup_delegation.py)
 #   ISOL8_VM_SMOKE=1  run the harness's own smoke test instead (VM, cgroup2 OOM, isol8 execute)
 set -euo pipefail
 USER_NAME=isol8-vm
