@@ -91,9 +91,9 @@ class Session:
                 self._discard(waiting)
         return self._start_cold(spec, out_w, err_w), None
 
-    def _start_cold(self, spec: RunSpec, out_w: int, err_w: int) -> int:
+    def _start_cold(self, spec: RunSpec, out_w: int, err_w: int, stdin_fd: int = -1) -> int:
         run_id = self.new_run_id()
-        self.sandbox.start_process(run_id, spec, out_w, err_w, final=False)
+        self.sandbox.start_process(run_id, spec, out_w, err_w, final=False, stdin_fd=stdin_fd)
         return run_id
 
     def _discard(self, dead: Interpreter) -> None:
@@ -137,17 +137,29 @@ class Session:
 
     def run(self, spec: RunSpec, *, deadline: float, max_output: int,
             owner: tuple[int, int] | None, secrets: list[bytes],
-            cancel_fd: int, zygote: bool = False) -> Generator[Chunk, None, RunOutcome]:
+            cancel_fd: int, zygote: bool = False, stdout: Sink | None = None,
+            stdin_fd: int = -1) -> Generator[Chunk, None, RunOutcome]:
+        """Run ``spec`` as a new process of the session, yielding its output as it comes.
+
+        ``stdout``: where its stdout goes instead of a buffer capped at ``max_output``
+        (a workspace's archive streams through, kept nowhere). ``stdin_fd``: an fd that
+        replaces ``spec.stdin``, closed here once the process has it (a writer on its other
+        end then sees EPIPE if the process dies); never with ``zygote``."""
+        assert stdin_fd < 0 or not zygote
         run_id, used = -1, None
-        outcome = RunOutcome(CappedOutput(max_output, Masker(secrets)),
+        kept = CappedOutput(max_output, Masker(secrets))
+        outcome = RunOutcome(stdout or kept,  # type: ignore[arg-type]
                              CappedOutput(max_output, Masker(secrets)))
-        pipes: dict[int, tuple[str, CappedOutput]] = {}
-        write_ends: list[int] = []
+        pipes: dict[int, tuple[str, Sink]] = {}
+        write_ends: list[int] = [stdin_fd] if stdin_fd >= 0 else []
         ended = False
         try:
             with signals_deferred():
                 out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
-                run_id, used = self._launch(spec, out_w, err_w, zygote)
+                if stdin_fd >= 0:
+                    run_id = self._start_cold(spec, out_w, err_w, stdin_fd)
+                else:
+                    run_id, used = self._launch(spec, out_w, err_w, zygote)
             # Interruptible: a zygote still starting takes the run once it is ready.
             if used is not None and not used.took_run(deadline, cancel_fd):
                 with signals_deferred():  # it died before the code ran: the run starts cold

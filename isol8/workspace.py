@@ -41,11 +41,9 @@ from collections.abc import Generator, Iterable
 
 from . import fdtree
 from .errors import InvalidRequest, Isol8Error
-from .output import CappedOutput
 from .policy import Mount
 from .runtimes import SANDBOX_HOME
-from .sandbox import (RunOutcome, RunSpec, close_all, drain, error_from_event, finish,
-                      signals_deferred, supervise)
+from .sandbox import RunOutcome, RunSpec, close_all, finish
 from .session import Session
 from .untar import Refused, extract
 
@@ -243,45 +241,22 @@ class _Handed:
 def _streamed(session: Session, spec: RunSpec, deadline: float,
               stdin: int = -1) -> Generator[bytes, None, RunOutcome]:
     """Run ``spec`` in the session, yielding its stdout as it arrives and keeping none of it
-    (``Session.run`` keeps what it yields, up to its cap: a whole workspace); ``stdin``, an
-    fd, is closed once the process has it. Closing the generator early kills the run."""
-    outcome = RunOutcome(_Handed(), CappedOutput(_STDERR_KEPT))  # type: ignore[arg-type]
-    pipes: dict = {}  # read end: (name, sink), as supervise() takes them
-    write_ends: list[int] = []
-    run_id = -1
+    (a whole workspace passes through); ``stdin``, an fd, is closed once the process has it.
+    Closing the generator early kills the run."""
+    run = session.run(spec, deadline=deadline, max_output=_STDERR_KEPT,
+                      owner=session.host.owner, secrets=[], cancel_fd=-1, stdout=_Handed(),
+                      stdin_fd=stdin)
     try:
-        with signals_deferred():
-            for name, sink in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
-                read_end, write_end = os.pipe2(os.O_CLOEXEC)
-                pipes[read_end] = (name, sink)
-                write_ends.append(write_end)
-            run_id = session.new_run_id()
-            session.sandbox.start_process(run_id, spec, write_ends[0], write_ends[1],
-                                          final=False, stdin_fd=stdin)
-            close_all(write_ends)
-            write_ends.clear()
-            if stdin >= 0:
-                os.close(stdin)
-                stdin = -1
-        for name, data in supervise(session.sandbox, outcome, pipes, deadline, session.cgroup,
-                                    -1, run_id):
+        while True:
+            try:
+                name, data = next(run)
+            except StopIteration as done:
+                outcome: RunOutcome = done.value
+                break
             if name == "stdout":
                 yield data
-        if outcome.ended_ns is not None:  # it exited: the rest of its output is in the pipes
-            run_id = -1
-            for fd, (name, sink) in pipes.items():
-                data = sink.feed(drain(fd))
-                if name == "stdout" and data:
-                    yield data
     finally:
-        with signals_deferred():
-            if run_id >= 0 and session.alive and not outcome.gone:
-                session.sandbox.kill_run(run_id)
-            close_all(write_ends + list(pipes) + ([stdin] if stdin >= 0 else []))
-    if outcome.gone or outcome.error is not None:
-        session.alive = False
-    if outcome.error is not None:
-        raise error_from_event(outcome.error)
+        run.close()
     if outcome.gone and not outcome.oom:
         raise Isol8Error("the sandbox ended during the copy")
     return outcome
