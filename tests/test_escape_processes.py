@@ -313,7 +313,13 @@ def attacks(pid):
         'sched_setaffinity': call('sched_setaffinity', pid, ctypes.sizeof(cpus), ptr(cpus)),
         'ioprio_set': call('ioprio_set', 1, pid, IDLE_CLASS),
     }}
-before = open('/proc/1/limits').read(), open('/proc/1/stat').read().rsplit(')', 1)[1].split()
+def init_state():
+    # what the attacks would change: limits, priority, nice, rt_priority, policy (stat fields
+    # 18, 19, 40, 41), cpus and io class; not the counters the init's own work moves
+    stat = open('/proc/1/stat').read().rsplit(')', 1)[1].split()
+    cpus = [l for l in open('/proc/1/status') if l.startswith('Cpus_allowed_list')]
+    return open('/proc/1/limits').read(), [stat[i] for i in (15, 16, 37, 38)], cpus
+before = init_state()
 out = {{'pid 1': attacks(1), 'pid 0x100000001': attacks(0x100000001)}}
 out['groups'] = {{
     'PRIO_PGRP 1': call('setpriority', 1, 1, 10), 'PRIO_PGRP 0': call('setpriority', 1, 0, 10),
@@ -346,9 +352,9 @@ out['libc self'] = [resource.getrlimit(resource.RLIMIT_NOFILE), os.getpriority(o
                     sorted(os.sched_getaffinity(0)) == sorted(mine)]
 sibling.kill(); sibling.wait()
 out['self'] = list(own.values())
-after = open('/proc/1/limits').read(), open('/proc/1/stat').read().rsplit(')', 1)[1].split()
+after = init_state()
 out['init unchanged'] = before == after
-out['init nice, policy'] = [after[1][16], after[1][38]]  # stat fields 19 and 41
+out['init nice, policy'] = [after[1][1], after[1][3]]  # stat fields 19 and 41
 print(json.dumps(out))
 """
 PID1_SYSCALLS = ("prlimit64", "setpriority", "sched_setscheduler", "sched_setparam",
