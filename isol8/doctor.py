@@ -295,6 +295,40 @@ def check_nftables(nft: str | None) -> Check:
                  "network namespace with only loopback, 'host' shares the host's")
 
 
+def listening_sockets(tcp: str, udp: str) -> int:
+    """TCP sockets in LISTEN (state 0A) and bound UDP sockets in /proc/net/{tcp,tcp6,udp,udp6}
+    text (concatenated): the services a sandbox with the host's network could reach."""
+    count = 0
+    for text, listening in ((tcp, "0A"), (udp, "07")):
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[0].endswith(":") and fields[3] == listening:
+                count += 1
+    return count
+
+
+def abstract_sockets(unix: str) -> list[str]:
+    """The abstract unix socket names (``@...``) in /proc/net/unix text, deduplicated."""
+    names = set()
+    for line in unix.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7].startswith("@"):
+            names.add(fields[7])
+    return sorted(names)
+
+
+def check_network(interfaces: list[str], listening: int, abstract: list[str]) -> Check:
+    """What ``network="host"`` would hand a sandbox here; ``none`` hands it nothing."""
+    others = [name for name in interfaces if name != "lo"]
+    shown = ", ".join(abstract[:3]) + (", ..." if len(abstract) > 3 else "")
+    return Check("network", "ok",
+                 "'none' (the default) gives each sandbox an empty network namespace with "
+                 "only its own lo; 'host' (only when asked for) shares this host's: "
+                 f"interfaces {', '.join(others) or 'none but lo'}, {listening} listening "
+                 f"TCP/UDP sockets (loopback services included), {len(abstract)} abstract unix "
+                 f"sockets{' (' + shown + ')' if abstract else ''}, and the whole internet")
+
+
 def container_markers(existing: Iterable[str], environ: Mapping[str, str],
                       init_cgroup: str) -> list[str]:
     """Why we believe we run in a container; no single marker is reliable on its own."""
@@ -469,6 +503,10 @@ def gather() -> list[Check]:
         check_cgroups(mountinfo, v2_dir, v2_controllers, v2_writable),
         check_overlayfs(_read("/proc/filesystems") or ""),
         check_nftables(nft),
+        check_network(sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net")
+                      else [],
+                      listening_sockets(_proc_net("tcp", "tcp6"), _proc_net("udp", "udp6")),
+                      abstract_sockets(_read("/proc/net/unix") or "")),
         check_container(markers, mountinfo, status,
                         _read("/proc/self/attr/apparmor/current")),
         check_identity(euid, maps_foreign_ids()),
@@ -490,6 +528,10 @@ def render(checks: list[Check]) -> str:
     lines.append("isol8 cannot run sandboxes on this host: fix the [fail] checks above."
                  if _blocked(checks) else "isol8 can run sandboxes on this host.")
     return "\n".join(lines)
+
+
+def _proc_net(*names: str) -> str:
+    return "".join(_read(f"/proc/net/{name}") or "" for name in names)
 
 
 def main() -> int:

@@ -405,3 +405,43 @@ def test_doctor_command_on_this_host():
     cgroups = re.search(r"^\[\w+\]\s+cgroups\n((?: {7}.*\n)+)", out, re.M)
     assert cgroups and f"layout {_cgroup_layout()}" in cgroups.group(1), out
     assert out.rstrip().endswith("isol8 can run sandboxes on this host.")
+
+
+# --- network: what 'host' would expose -------------------------------------------------------
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:D2F0 0100007F:0277 01 00000000:00000000 00:00000000 00000000  1000        0 2 1
+"""
+PROC_NET_UDP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  7: 3500007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 3 2 0 0
+"""
+PROC_NET_UNIX = """\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 20 @/tmp/dbus-x
+0000000000000000: 00000002 00000000 00010000 0001 01 21 @/tmp/dbus-x
+0000000000000000: 00000002 00000000 00010000 0001 01 22 /run/systemd/private
+0000000000000000: 00000003 00000000 00000000 0001 03 23
+"""
+
+
+def test_network_counts_what_host_mode_would_expose():
+    assert doctor.listening_sockets(PROC_NET_TCP, PROC_NET_UDP) == 2  # not the connected one
+    assert doctor.abstract_sockets(PROC_NET_UNIX) == ["@/tmp/dbus-x"]
+    check = doctor.check_network(["eth0", "lo"], 2, ["@/tmp/dbus-x"])
+    assert check.status == "ok"
+    assert "'none' (the default)" in check.detail and "interfaces eth0," in check.detail
+    assert "2 listening TCP/UDP sockets" in check.detail
+    assert "1 abstract unix sockets (@/tmp/dbus-x)" in check.detail
+
+
+def test_network_check_sees_this_hosts_own_listener():
+    import socket
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        before = doctor.listening_sockets(doctor._proc_net("tcp", "tcp6"), "")
+        server.listen(1)
+        after = doctor.listening_sockets(doctor._proc_net("tcp", "tcp6"), "")
+    assert after == before + 1

@@ -18,7 +18,7 @@ import pytest
 
 from isol8 import Isol8
 
-from conftest import run_py, run_sh
+from conftest import ATTEMPT_PY, run_py, run_sh
 
 
 def host_addresses() -> list[str]:
@@ -271,3 +271,21 @@ print(json.dumps(out))
     if server.ipv6:
         assert got["::1"] == "PING"
     assert server.connections == 0
+
+
+ICMP_PROBE = ATTEMPT_PY + """
+import json, socket
+kinds = {'ping4': (socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
+         'ping6': (socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6),
+         'raw4': (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+         'raw6': (socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)}
+out = {name: attempt(lambda k=k: socket.socket(*k).close()) for name, k in kinds.items()}
+print(json.dumps(out))
+"""
+
+
+def test_icmp_sockets_cannot_be_made(engine):
+    # no echo request can leave: ping sockets need the gid in the namespace's
+    # ping_group_range (a new namespace admits none), raw ones CAP_NET_RAW
+    got = json.loads(run_py(engine, ICMP_PROBE).stdout)
+    assert all(result in ("EACCES", "EPERM") for result in got.values()), got
