@@ -5,8 +5,8 @@
  *   in:  one config message ('C'), then exec requests ('X') carrying stdio fds by SCM_RIGHTS,
  *        kills ('K'), file reads ('R', the write end of a pipe with them) and pipes to drain
  *        ('D');
- *   out: one JSON object per message: {"event":"started"|"unmapped"|"ready"|"spawned"|"exit"|
- *        "error"|"oom"|"killed",...}.
+ *   out: one JSON object per message: {"event":"started"|"unmapped"|"listeners"|"ready"|
+ *        "spawned"|"exit"|"error"|"oom"|"killed",...}.
  * Every message is a type byte followed by records: u16 tag, u16 zero, u32 length, payload.
  * The wire format is defined once, in isol8/protocol.py; the tags below mirror it. */
 #ifndef ISOL8_HELPER_H
@@ -31,6 +31,7 @@
 #define MAX_READ_PATHS 256   /* paths of one read request (output_paths) */
 #define READ_CHUNK 65536     /* the largest chunk of a read stream */
 #define MAX_DRAINED 256      /* pipes of finished runs the init drains at once */
+#define MAX_LISTENERS 8      /* sockets of the capture record */
 
 /* Kinds of the fds that come with the config message. */
 enum { CGROUP_V2_DIR = 'D', CGROUP_PROCS = 'P' };
@@ -56,10 +57,17 @@ enum tag {
   T_EXEC_ID = 20, T_ARG = 21, T_ENV = 22, T_CWD = 23, T_FILE_PATH = 24, T_FINAL = 25,
   /* read request (with T_EXEC_ID and T_FILE_PATH) */
   T_READ_LIMIT = 27, /* u64: the most file bytes the stream carries in all */
+  /* config, with T_NEW_NETNS: local default routes on lo, and listeners made in the netns
+   * and handed to the supervisor ("listeners" event); 4 bytes per listener: u8 LISTEN_TCP
+   * or LISTEN_UDP, u8 LISTEN_ANY ([::], dual-stack) or LISTEN_LOOPBACK (127.0.0.1), u16
+   * port (0: the kernel picks one) */
+  T_CAPTURE = 28,
 };
 
 /* tmpfs flag bits in T_OP_TMPFS */
 enum { TMPFS_NOEXEC = 1, TMPFS_RDONLY_LATER = 2 };
+/* the bytes of a T_CAPTURE entry */
+enum { LISTEN_TCP = 'T', LISTEN_UDP = 'U', LISTEN_ANY = 'A', LISTEN_LOOPBACK = 'L' };
 /* flag bits in T_OP_BIND_HOST */
 enum { BIND_HOST_RDONLY = 1 };
 
@@ -114,6 +122,8 @@ struct config {
   uint64_t memory_watch;
   const char *watch_paths[MAX_WATCH_PATHS];
   int n_watch_paths;
+  const unsigned char *listeners; /* T_CAPTURE's entries, 4 bytes each; NULL: no capture */
+  int n_listeners;
 };
 
 /* wire.c */
@@ -125,6 +135,8 @@ int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
 ssize_t recv_message(int fd, unsigned char *buf, size_t cap, int *fds, int *nfds, int maxfds);
 void send_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void send_json_fd(int fd_to_pass, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void send_json_fds(const int *fds, int nfds, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 long long now_ns(void); /* CLOCK_MONOTONIC: comparable with the supervisor's */
 const char *json_str(const char *s); /* escapes into a rotating static buffer */
 __attribute__((noreturn)) void fail(const char *step, const char *syscall, const char *path);
@@ -146,6 +158,7 @@ void close_host_mounts(const struct config *cfg);
 
 /* net.c */
 void bring_up_loopback(void);
+void set_up_capture(const struct config *cfg); /* T_CAPTURE: routes, listeners, event */
 
 /* privs.c */
 void lock_securebits(void);

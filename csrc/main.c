@@ -184,6 +184,10 @@ static void child_setup(int sync_fd) {
   if (cfg.new_netns) {
     current_step = "network";
     bring_up_loopback();
+    /* Before the capability drop: binding 53, 80 and 443 needs CAP_NET_BIND_SERVICE, and
+     * the routes CAP_NET_ADMIN, over this netns. Before seccomp, which refuses socket(). */
+    if (cfg.listeners)
+      set_up_capture(&cfg);
   }
 
   current_step = "privileges";

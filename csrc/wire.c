@@ -129,6 +129,19 @@ static int parse_op(const struct record *rec, struct op *op) {
   return -1;
 }
 
+/* T_CAPTURE: 1 to MAX_LISTENERS entries of known kinds. */
+static int parse_capture(const struct record *rec, struct config *cfg) {
+  if (cfg->listeners || rec->len == 0 || rec->len % 4 || rec->len / 4 > MAX_LISTENERS)
+    return -1;
+  for (uint32_t i = 0; i < rec->len; i += 4)
+    if ((rec->data[i] != LISTEN_TCP && rec->data[i] != LISTEN_UDP) ||
+        (rec->data[i + 1] != LISTEN_ANY && rec->data[i + 1] != LISTEN_LOOPBACK))
+      return -1;
+  cfg->listeners = rec->data;
+  cfg->n_listeners = (int)(rec->len / 4);
+  return 0;
+}
+
 /* The config's fds are matched to the kinds listed in T_CGROUP_FDS, in order; any other fd,
  * or a count that differs, is an error. */
 static int parse_cgroup_fds(const struct record *rec, const int *fds, int nfds,
@@ -201,6 +214,10 @@ int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
           !(cfg->watch_paths[cfg->n_watch_paths++] = record_str(&rec)))
         return -1;
       break;
+    case T_CAPTURE:
+      if (parse_capture(&rec, cfg))
+        return -1;
+      break;
     case T_RLIMIT:
       if (cfg->n_rlimits == MAX_RLIMITS || rec.len != 20)
         return -1;
@@ -218,7 +235,7 @@ int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
     }
   }
   if (rc < 0 || cfg->host_uid == (uint32_t)-1 || cfg->host_gid == (uint32_t)-1 ||
-      !cfg->staging || (!saw_fds && nfds > 0))
+      !cfg->staging || (!saw_fds && nfds > 0) || (cfg->listeners && !cfg->new_netns))
     return -1;
   return 0;
 }
@@ -257,21 +274,21 @@ ssize_t recv_message(int fd, unsigned char *buf, size_t cap, int *fds, int *nfds
   return n;
 }
 
-static void send_buf(int fd_to_pass, const char *text, size_t len) {
+static void send_buf(const int *fds, int nfds, const char *text, size_t len) {
   struct iovec iov = {(void *)text, len};
   union {
-    char buf[CMSG_SPACE(sizeof(int))];
+    char buf[CMSG_SPACE(sizeof(int) * MAX_LISTENERS)];
     struct cmsghdr align;
   } u;
   struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-  if (fd_to_pass >= 0) {
+  if (nfds > 0) {
     msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof u.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
   }
   /* MSG_NOSIGNAL: a supervisor that went away must not kill us with SIGPIPE mid-report;
    * the next poll() sees the hang-up and we exit cleanly. */
@@ -279,25 +296,33 @@ static void send_buf(int fd_to_pass, const char *text, size_t len) {
     ;
 }
 
-static void vsend(int fd_to_pass, const char *fmt, va_list ap) {
+static void vsend(const int *fds, int nfds, const char *fmt, va_list ap) {
   char text[4096];
   int n = vsnprintf(text, sizeof text, fmt, ap);
   if (n < 0)
     return;
-  send_buf(fd_to_pass, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
+  send_buf(fds, nfds, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
 }
 
 void send_json(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsend(-1, fmt, ap);
+  vsend(NULL, 0, fmt, ap);
   va_end(ap);
 }
 
 void send_json_fd(int fd_to_pass, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsend(fd_to_pass, fmt, ap);
+  vsend(&fd_to_pass, fd_to_pass >= 0, fmt, ap);
+  va_end(ap);
+}
+
+/* At most MAX_LISTENERS fds, all in one SCM_RIGHTS message with the event. */
+void send_json_fds(const int *fds, int nfds, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsend(fds, nfds > MAX_LISTENERS ? MAX_LISTENERS : nfds, fmt, ap);
   va_end(ap);
 }
 

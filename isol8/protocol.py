@@ -10,9 +10,11 @@ uid with user code, so every event is size-capped, type-checked and rejected whe
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal
 
 MSG_CONFIG = b"C"
 MSG_EXEC = b"X"
@@ -25,6 +27,7 @@ MAX_EXEC_FDS = 3 + MAX_FILES
 MAX_ARGS = 4096  # argv entries, and env entries, of one exec request
 MAX_READ_PATHS = 256  # paths of one read request
 READ_CHUNK = 1 << 16  # the largest chunk of a read stream
+MAX_LISTENERS = 8  # sockets of one capture record
 
 
 class Tag(IntEnum):
@@ -55,6 +58,7 @@ class Tag(IntEnum):
     FINAL = 25
     OP_BIND_HOST = 26
     READ_LIMIT = 27
+    CAPTURE = 28
 
 
 TMPFS_NOEXEC = 1
@@ -185,6 +189,26 @@ MountOp = (BindRO | BindDev | Tmpfs | Dir | File | Symlink | Proc | Devpts | Rea
 
 
 @dataclass(frozen=True, slots=True)
+class Listen:
+    """A listening socket the helper creates inside the sandbox's new network namespace,
+    while it still holds CAP_NET_BIND_SERVICE there, and hands to the supervisor. TCP is
+    listening (backlog 512), every socket is nonblocking and close-on-exec. ``loopback``:
+    on 127.0.0.1 only; otherwise on the dual-stack wildcard ``[::]`` (``0.0.0.0`` when the
+    kernel has no IPv6). ``port`` 0: the kernel picks one (the "listeners" event says which).
+    """
+
+    proto: Literal["tcp", "udp"]
+    port: int
+    loopback: bool = False
+
+    def encode(self) -> bytes:
+        if self.proto not in ("tcp", "udp") or not 0 <= self.port <= 0xFFFF:
+            raise ProtocolError(f"bad listener {self}")
+        return struct.pack("<BBH", ord("T" if self.proto == "tcp" else "U"),
+                           ord("L" if self.loopback else "A"), self.port)
+
+
+@dataclass(frozen=True, slots=True)
 class HelperConfig:
     """Everything about a sandbox except the host ids, which change per sandbox as root."""
 
@@ -195,6 +219,9 @@ class HelperConfig:
     staging_dir: str = "/tmp"
     memory_watch: int = 0  # bytes; 0: no watchdog (a memory cgroup enforces the limit)
     watch_paths: tuple[str, ...] = ()
+    # network="filtered" (issue 10): local default routes on lo, so that every address is
+    # this namespace's own, and these listeners; needs new_netns
+    capture: tuple[Listen, ...] = ()
 
 
 def encode_config_body(cfg: HelperConfig) -> bytes:
@@ -209,6 +236,11 @@ def encode_config_body(cfg: HelperConfig) -> bytes:
     if cfg.memory_watch:
         parts.append(record(Tag.MEMORY_WATCH, struct.pack("<Q", cfg.memory_watch)))
         parts += [record(Tag.WATCH_PATH, cstr(path)) for path in cfg.watch_paths]
+    if cfg.capture:
+        if not cfg.new_netns or len(cfg.capture) > MAX_LISTENERS:
+            raise ProtocolError(f"capture needs a new network namespace and at most "
+                                f"{MAX_LISTENERS} listeners")
+        parts.append(record(Tag.CAPTURE, b"".join(lst.encode() for lst in cfg.capture)))
     return b"".join(parts)
 
 
@@ -359,6 +391,9 @@ _EVENT_FIELDS: dict[str, dict[str, type]] = {
     # (reason: the errno name, EINVAL for overlayfs), or it is read-write in a sandbox
     # without a seccomp filter (nothing would refuse a setuid file on the host)
     "unmapped": {"target": str, "reason": str},
+    # the capture's sockets, passed with it in the order of the config (see parse_listeners);
+    # ipv6: false when the kernel has none (IPv4 sockets, no ::/0 route)
+    "listeners": {"kinds": str, "ipv6": bool},
 }
 _OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
     "exit": {"code": int, "signal": int, "cpu_us": int, "peak": int},
@@ -390,3 +425,31 @@ def parse_event(data: bytes) -> dict[str, object]:
     if kind == "exit" and ("code" in event) == ("signal" in event):
         raise ProtocolError("exit event needs exactly one of code and signal")
     return event
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One socket of a "listeners" event: ``host`` is ``[::]``, ``0.0.0.0`` or
+    ``127.0.0.1``, ``port`` the one it is bound to."""
+
+    proto: Literal["tcp", "udp"]
+    host: str
+    port: int
+
+
+_LISTENER = re.compile(r"(tcp|udp):(\[::\]|0\.0\.0\.0|127\.0\.0\.1):([1-9][0-9]{0,4})")
+
+
+def parse_listeners(event: dict[str, object], nfds: int) -> list[Listener]:
+    """The "kinds" of a "listeners" event, one per fd that came with it: each must be
+    ``proto:host:port`` and there must be exactly ``nfds``, at most MAX_LISTENERS."""
+    kinds = str(event["kinds"]).split(",")
+    if not 0 < nfds <= MAX_LISTENERS or len(kinds) != nfds:
+        raise ProtocolError(f"listeners event names {len(kinds)} sockets and carries {nfds}")
+    out = []
+    for kind in kinds:
+        match = _LISTENER.fullmatch(kind)
+        if match is None or int(match[3]) > 0xFFFF:
+            raise ProtocolError(f"bad listener {kind[:40]!r}")
+        out.append(Listener(match[1], match[2], int(match[3])))  # type: ignore[arg-type]
+    return out

@@ -67,7 +67,14 @@ class RunOutcome:
 
 
 class Sandbox:
-    """A running helper and the sandbox behind it."""
+    """A running helper and the sandbox behind it.
+
+    ``listeners``: with a capture record in the config (``protocol.Listen``), the sockets
+    the helper made inside the sandbox's network namespace, in the config's order, once
+    their event has been received; the filtered-network proxy (issue 10) serves them.
+    ``destroy()`` closes them: a socket holds its namespace alive (``sk_alloc`` takes a
+    reference on it).
+    """
 
     def __init__(self, config: bytes, config_fds: list[int]) -> None:
         helper = helper_path()
@@ -76,6 +83,7 @@ class Sandbox:
                              "reinstall the package (pip install .) or run 'make build'")
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._pidfd = -1
+        self.listeners: list[tuple[protocol.Listener, socket.socket]] = []
         fd = theirs.fileno()
         try:
             if fd == CONTROL_FD:  # dup2(3, 3) would leave FD_CLOEXEC set
@@ -149,8 +157,37 @@ class Sandbox:
             self._pidfd = fds.pop()
         elif event["event"] == "unmapped":
             warn_unmapped(event)
+        elif event["event"] == "listeners":
+            self._adopt_listeners(event, fds)
+            fds = []
         close_all(fds)
         return event
+
+    def _adopt_listeners(self, event: dict[str, object], fds: list[int]) -> None:
+        """Keep the sockets of a "listeners" event; anything unexpected (a second event, a
+        socket of another kind than announced) is refused and its fds closed."""
+        try:
+            if self.listeners or not self._alive:
+                raise protocol.ProtocolError("unexpected listeners event")
+            kinds = protocol.parse_listeners(event, len(fds))
+        except protocol.ProtocolError:
+            close_all(fds)
+            raise
+        adopted = []
+        try:
+            for kind in kinds:
+                sock = socket.socket(fileno=fds[0])  # family and type come from the fd
+                fds.pop(0)
+                adopted.append((kind, sock))
+                wanted = socket.SOCK_STREAM if kind.proto == "tcp" else socket.SOCK_DGRAM
+                if sock.type != wanted:
+                    raise protocol.ProtocolError(f"listener {kind} is not a {kind.proto} socket")
+        except BaseException:
+            for _, sock in adopted:
+                sock.close()
+            close_all(fds)
+            raise
+        self.listeners = adopted
 
     def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int, *,
                       final: bool, stdin_fd: int = -1) -> None:
@@ -228,6 +265,9 @@ class Sandbox:
                 pass
             os.close(self._pidfd)
             self._pidfd = -1
+        for _, sock in self.listeners:
+            sock.close()
+        self.listeners = []
         self._sock.close()
         try:
             os.waitpid(self.pid, 0)
