@@ -401,15 +401,18 @@ def to_origin_form(head: RequestHead, upstream: Upstream) -> bytes:
     """The head to send upstream: origin-form target, hop-by-hop fields removed (those in
     :data:`HOP_BY_HOP` and those the Connection header lists), a Host header that names
     ``upstream`` if the client sent none (HTTP/1.0). The proxy adds its own Connection
-    field if it wants one. ``upstream`` is :func:`upstream_of`'s answer for ``head``."""
+    field if it wants one. ``upstream`` is :func:`upstream_of`'s answer for ``head``;
+    a CONNECT has no origin-form (its tunnel carries the client's bytes unchanged), so
+    passing one is a ValueError."""
+    if upstream.path is None:
+        raise ValueError("a CONNECT request has no origin-form")
     listed = {
         token.strip(_OWS).lower()
         for value in head.get_all(b"connection")
         for token in value.split(b",")
     }
     drop = (HOP_BY_HOP | listed) - _END_TO_END
-    path = upstream.path if upstream.path is not None else "/"
-    out = [head.method + b" " + path.encode("ascii") + b" " + head.version]
+    out = [head.method + b" " + upstream.path.encode("ascii") + b" " + head.version]
     if not head.get_all(b"host"):
         host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
         if upstream.port != 80:
