@@ -15,6 +15,9 @@ Fake ranges (``reference/transparent-capture.md`` §5, §8):
   global ID of RFC 4193 avoids clashes when sites merge; the sandbox netns has no interface
   but ``lo`` and merges with nothing. A ULA destination has a lower RFC 6724 precedence than
   IPv4, so getaddrinfo() still sorts the A answer (the path verified end to end) first.
+  The reference answered AAAA with NODATA; faking it too serves clients that resolve IPv6
+  only, and the dual-stack listeners and ``local ::/0`` route capture IPv6 (§5 verified
+  ``curl http://[2001:db8::5]/``). ``FakeIPPool(v6=None)`` restores NODATA.
 
 Answers (decided per RFC, each because of what stub resolvers do):
 
