@@ -133,8 +133,11 @@ class Sandbox:
         # them): so one retry.
         for _ in range(2):
             try:
+                # MSG_CMSG_CLOEXEC: received fds are close-on-exec from the start, with no
+                # window for a thread's fork+exec to inherit them (SCM_RIGHTS drops the flag)
                 data, ancdata, _, _ = self._sock.recvmsg(protocol.MAX_EVENT + 1,
-                                                         _RECV_ANCILLARY)
+                                                         _RECV_ANCILLARY,
+                                                         socket.MSG_CMSG_CLOEXEC)
                 break
             except ConnectionResetError:
                 continue
