@@ -24,10 +24,9 @@ from typing import Literal, Union
 
 from ..errors import InvalidRequest
 
-try:  # the stdlib's own regex parser, to inspect a pattern's structure (renamed in 3.11)
-    from re import _parser as _sre_parse  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
+# The stdlib's own regex parser (private, but the only way to see a pattern's structure
+# without a second regex engine); ``sre_parse`` before 3.11, which isol8 does not support.
+from re import _parser as _sre_parse  # type: ignore[attr-defined]
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -321,9 +320,9 @@ def address_refusal(ip: str | IPAddress) -> str | None:
     if int(ip) <= 1:  # :: and ::1 are themselves, not IPv4-compatible 0.0.0.0 / 0.0.0.1
         return "unspecified address" if int(ip) == 0 else "loopback ::1"
     for form, inner in _embedded_ipv4(ip):
-        why = _ipv4_refusal(inner)
-        if why is not None:
-            return f"{form} form of {inner}: {why}"
+        inner_why = _ipv4_refusal(inner)
+        if inner_why is not None:
+            return f"{form} form of {inner}: {inner_why}"
     for net6, why in _IPV6_REFUSED:
         if ip in net6:
             return why
@@ -389,7 +388,9 @@ def _patterns(key: str, value: object) -> tuple[tuple[str, re.Pattern[str]], ...
             f"network_filter[{key!r}] must be a list of regex strings, not {type(value).__name__}"
         )
     if len(value) > MAX_PATTERNS:
-        raise InvalidRequest(f"network_filter[{key!r}] has {len(value)} patterns, over {MAX_PATTERNS}")
+        raise InvalidRequest(
+            f"network_filter[{key!r}] has {len(value)} patterns, over {MAX_PATTERNS}"
+        )
     compiled = []
     for i, pattern in enumerate(value):
         where = f"network_filter[{key!r}][{i}]"
@@ -398,10 +399,13 @@ def _patterns(key: str, value: object) -> tuple[tuple[str, re.Pattern[str]], ...
         if not pattern:
             raise InvalidRequest(f"{where} is empty (it would match every host)")
         if len(pattern) > MAX_PATTERN_LENGTH:
-            raise InvalidRequest(f"{where} is {len(pattern)} characters long, over {MAX_PATTERN_LENGTH}")
+            raise InvalidRequest(
+                f"{where} is {len(pattern)} characters long, over {MAX_PATTERN_LENGTH}"
+            )
         if not pattern.isascii():
             raise InvalidRequest(
-                f"{where} {pattern!r} is not ASCII: hostnames are matched in their IDNA form (xn--...)"
+                f"{where} {pattern!r} is not ASCII: "
+                "hostnames are matched in their IDNA form (xn--...)"
             )
         try:
             regex = re.compile(pattern, re.IGNORECASE | re.ASCII)
@@ -421,7 +425,9 @@ def parse_pin_address(value: str, where: str = "address") -> Pin:
     (``[::1]:8080``), as in URLs, since ``::1:8080`` is itself an IPv6 address. Only strict
     literals: a pin is configuration, so ``0x7f.1`` is a typo to report, not a form to guess."""
     if not isinstance(value, str):
-        raise InvalidRequest(f"{where} must be a string \"address\" or \"address:port\", not {type(value).__name__}")
+        raise InvalidRequest(
+            f'{where} must be a string "address" or "address:port", not {type(value).__name__}'
+        )
     port_text: str | None = None
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
@@ -451,7 +457,10 @@ def _pins(value: object) -> Mapping[str, Pin]:
     if value is None:
         return types.MappingProxyType({})
     if not isinstance(value, Mapping):
-        raise InvalidRequest(f"network_filter['hosts'] must be a mapping of name to address, not {type(value).__name__}")
+        raise InvalidRequest(
+            "network_filter['hosts'] must be a mapping of name to address, "
+            f"not {type(value).__name__}"
+        )
     if len(value) > MAX_PINS:
         raise InvalidRequest(f"network_filter['hosts'] has {len(value)} entries, over {MAX_PINS}")
     pins: dict[str, Pin] = {}
@@ -494,13 +503,16 @@ class NetworkFilter:
         unknown = sorted(str(k) for k in options if k not in KNOWN_KEYS)
         if unknown:
             raise InvalidRequest(
-                f"network_filter: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_KEYS)}"
+                f"network_filter: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(KNOWN_KEYS)}"
             )
         allow = _patterns("whitelist", options.get("whitelist"))
         deny = _patterns("blacklist", options.get("blacklist"))
         allow_private = options.get("allow_private", False)
         if not isinstance(allow_private, bool):
-            raise InvalidRequest(f"network_filter['allow_private'] must be true or false, not {allow_private!r}")
+            raise InvalidRequest(
+                f"network_filter['allow_private'] must be true or false, not {allow_private!r}"
+            )
         max_connections = options.get("max_connections", DEFAULT_MAX_CONNECTIONS)
         if (
             isinstance(max_connections, bool)
@@ -508,19 +520,22 @@ class NetworkFilter:
             or not 1 <= max_connections <= MAX_CONNECTIONS_CAP
         ):
             raise InvalidRequest(
-                f"network_filter['max_connections'] must be an integer from 1 to {MAX_CONNECTIONS_CAP}, "
+                "network_filter['max_connections'] must be an integer "
+                f"from 1 to {MAX_CONNECTIONS_CAP}, "
                 f"not {max_connections!r}"
             )
         capture = options.get("capture", "web")
         if capture not in ("web", "all"):
-            raise InvalidRequest(f"network_filter['capture'] must be \"web\" or \"all\", not {capture!r}")
+            raise InvalidRequest(
+                f'network_filter[\'capture\'] must be "web" or "all", not {capture!r}'
+            )
         return cls(
             whitelist=tuple(p for p, _ in allow),
             blacklist=tuple(p for p, _ in deny),
             allow_private=allow_private,
             hosts=_pins(options.get("hosts")),
             max_connections=max_connections,
-            capture=capture,  # type: ignore[arg-type]
+            capture=capture,
             _allow=allow,
             _deny=deny,
         )
