@@ -430,7 +430,8 @@ def to_origin_form(head: RequestHead, upstream: Upstream) -> bytes:
 @dataclass(frozen=True)
 class ClientHello:
     """What a ClientHello asks for. With ECH (RFC 9849) ``sni`` is the outer, public name:
-    the only one a passive reader can see, and the one the connection is routed by."""
+    the only one a passive reader can see, and the one the connection is routed by.
+    ALPN names are decoded as Latin-1: any byte string (GREASE values too) round-trips."""
 
     sni: str | None
     alpn: list[str] = field(default_factory=list)
