@@ -39,7 +39,9 @@ from isol8.network.sniff import (
 # HTTP request heads
 # ---------------------------------------------------------------------------------------
 
-SIMPLE = b"GET http://example.com/a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+SIMPLE = (
+    b"GET http://example.com/a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+)
 
 
 def head(data: bytes) -> RequestHead:
@@ -65,7 +67,11 @@ def feed_bytewise(reader: RequestHeadReader | ClientHelloReader, data: bytes) ->
 
 def test_simple_head() -> None:
     h = head(SIMPLE)
-    assert (h.method, h.target, h.version) == (b"GET", b"http://example.com/a?b=1", b"HTTP/1.1")
+    assert (h.method, h.target, h.version) == (
+        b"GET",
+        b"http://example.com/a?b=1",
+        b"HTTP/1.1",
+    )
     assert h.headers == [(b"Host", b"example.com"), (b"Accept", b"*/*")]
     assert h.length == len(SIMPLE)
     assert h.content_length is None and not h.chunked
@@ -98,7 +104,10 @@ def test_pipelined_requests_keep_the_rest() -> None:
 
 
 def test_framing_values() -> None:
-    assert head(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").content_length == 0
+    assert (
+        head(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").content_length
+        == 0
+    )
     h = head(b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n")
     assert h.chunked and h.content_length is None
 
@@ -135,24 +144,54 @@ def test_framing_values() -> None:
         (b"GET / HTTP/2.0\r\n\r\n", 505),
         (b"GET / HTTP/0.9\r\n\r\n", 505),
         # Framing: where request smuggling lives.
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            400,
+        ),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456789\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456789\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            400,
+        ),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            400,
+        ),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
         (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
     ],
 )
 def test_refusals(data: bytes, status: int) -> None:
@@ -173,13 +212,15 @@ def test_request_line_bound() -> None:
         prefix, suffix = b"GET /", b" HTTP/1.1\r\n"
         return prefix + b"a" * (n - len(prefix) - len(suffix)) + suffix
 
-    assert isinstance(parse_request_head(line(MAX_REQUEST_LINE) + b"Host: a\r\n\r\n"), RequestHead)
+    assert isinstance(
+        parse_request_head(line(MAX_REQUEST_LINE) + b"Host: a\r\n\r\n"), RequestHead
+    )
     assert refused(line(MAX_REQUEST_LINE + 1) + b"Host: a\r\n\r\n").status == 414
     # Without waiting for the line to end.
     assert refused(b"GET /" + b"a" * MAX_REQUEST_LINE).status == 414
-    assert feed_bytewise(RequestHeadReader(), b"GET /" + b"a" * MAX_REQUEST_LINE) == HttpError(
-        414, "request line longer than 8 KiB"
-    )
+    assert feed_bytewise(
+        RequestHeadReader(), b"GET /" + b"a" * MAX_REQUEST_LINE
+    ) == HttpError(414, "request line longer than 8 KiB")
 
 
 def test_head_size_bound() -> None:
@@ -204,7 +245,10 @@ def test_header_count_bound() -> None:
     fields = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS - 1))
     ok = b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n"
     assert len(head(ok).headers) == MAX_HEADERS
-    assert refused(b"GET / HTTP/1.1\r\nHost: a\r\nY: 1\r\n" + fields + b"\r\n").status == 431
+    assert (
+        refused(b"GET / HTTP/1.1\r\nHost: a\r\nY: 1\r\n" + fields + b"\r\n").status
+        == 431
+    )
 
 
 def test_slow_drip_costs_linear_time() -> None:
@@ -227,25 +271,52 @@ def test_slow_drip_costs_linear_time() -> None:
     ("data", "expected"),
     [
         (SIMPLE, Upstream("example.com", 80, "/a?b=1")),
-        (b"GET http://Example.COM.:8080 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n",
-         Upstream("example.com", 8080, "/")),
-        (b"GET http://a.test?q HTTP/1.1\r\nHost: a.test:80\r\n\r\n", Upstream("a.test", 80, "/?q")),
+        (
+            b"GET http://Example.COM.:8080 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n",
+            Upstream("example.com", 8080, "/"),
+        ),
+        (
+            b"GET http://a.test?q HTTP/1.1\r\nHost: a.test:80\r\n\r\n",
+            Upstream("a.test", 80, "/?q"),
+        ),
         (b"GET HTTP://a.test/ HTTP/1.0\r\n\r\n", Upstream("a.test", 80, "/")),
-        (b"GET http://a.test:/ HTTP/1.1\r\nHost: a.test\r\n\r\n", Upstream("a.test", 80, "/")),
-        (b"GET http://10.0.0.1:81/x HTTP/1.1\r\nHost: 10.0.0.1:81\r\n\r\n",
-         Upstream("10.0.0.1", 81, "/x")),
-        (b"GET http://[::FFFF:127.0.0.1]/ HTTP/1.1\r\nHost: [::ffff:7f00:1]\r\n\r\n",
-         Upstream("::ffff:7f00:1", 80, "/")),
-        (b"GET http://my_host.test/ HTTP/1.1\r\nHost: my_host.test\r\n\r\n",
-         Upstream("my_host.test", 80, "/")),
-        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-         Upstream("example.com", 443, None)),
-        (b"CONNECT Example.com.:443 HTTP/1.1\r\nHost: example.com\r\n\r\n",
-         Upstream("example.com", 443, None)),
-        (b"CONNECT [2001:db8::1]:8443 HTTP/1.1\r\n\r\n", Upstream("2001:db8::1", 8443, None)),
+        (
+            b"GET http://a.test:/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            Upstream("a.test", 80, "/"),
+        ),
+        (
+            b"GET http://10.0.0.1:81/x HTTP/1.1\r\nHost: 10.0.0.1:81\r\n\r\n",
+            Upstream("10.0.0.1", 81, "/x"),
+        ),
+        (
+            b"GET http://[::FFFF:127.0.0.1]/ HTTP/1.1\r\nHost: [::ffff:7f00:1]\r\n\r\n",
+            Upstream("::ffff:7f00:1", 80, "/"),
+        ),
+        (
+            b"GET http://my_host.test/ HTTP/1.1\r\nHost: my_host.test\r\n\r\n",
+            Upstream("my_host.test", 80, "/"),
+        ),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            Upstream("example.com", 443, None),
+        ),
+        (
+            b"CONNECT Example.com.:443 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            Upstream("example.com", 443, None),
+        ),
+        (
+            b"CONNECT [2001:db8::1]:8443 HTTP/1.1\r\n\r\n",
+            Upstream("2001:db8::1", 8443, None),
+        ),
         (b"CONNECT 1.2.3.4:443 HTTP/1.1\r\n\r\n", Upstream("1.2.3.4", 443, None)),
-        (b"GET /p?q HTTP/1.1\r\nHost: Site.test\r\n\r\n", Upstream("site.test", 80, "/p?q")),
-        (b"GET / HTTP/1.1\r\nHost: site.test:8080\r\n\r\n", Upstream("site.test", 8080, "/")),
+        (
+            b"GET /p?q HTTP/1.1\r\nHost: Site.test\r\n\r\n",
+            Upstream("site.test", 80, "/p?q"),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: site.test:8080\r\n\r\n",
+            Upstream("site.test", 8080, "/"),
+        ),
         (b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n", Upstream("::1", 80, "/")),
     ],
 )
@@ -318,8 +389,20 @@ def test_upstream_refusals(data: bytes, status: int) -> None:
 def test_hostname_normalization() -> None:
     assert normalize_hostname("WWW.Example.COM.") == "www.example.com"
     assert normalize_hostname("a" * 63 + ".test") is not None
-    assert normalize_hostname(".".join(["a" * 63] * 3) + "." + "b" * 61) is not None  # 253
-    for bad in ["", ".", "a..b", "ü.test", "a b", "a.test..", "*.test", "1.2.3.4", "x.123"]:
+    assert (
+        normalize_hostname(".".join(["a" * 63] * 3) + "." + "b" * 61) is not None
+    )  # 253
+    for bad in [
+        "",
+        ".",
+        "a..b",
+        "ü.test",
+        "a b",
+        "a.test..",
+        "*.test",
+        "1.2.3.4",
+        "x.123",
+    ]:
         assert normalize_hostname(bad) is None, bad
 
 
@@ -352,7 +435,10 @@ def test_to_origin_form_adds_host_for_http10() -> None:
     h = head(b"GET http://[::1]:81/ HTTP/1.0\r\nTransfer-Encoding-X: 1\r\n\r\n")
     up = upstream_of(h)
     assert isinstance(up, Upstream)
-    assert to_origin_form(h, up) == b"GET / HTTP/1.0\r\nHost: [::1]:81\r\nTransfer-Encoding-X: 1\r\n\r\n"
+    assert (
+        to_origin_form(h, up)
+        == b"GET / HTTP/1.0\r\nHost: [::1]:81\r\nTransfer-Encoding-X: 1\r\n\r\n"
+    )
     h = head(b"GET http://a.test/ HTTP/1.0\r\n\r\n")
     up = upstream_of(h)
     assert isinstance(up, Upstream)
@@ -368,7 +454,9 @@ def test_to_origin_form_refuses_connect() -> None:
 
 
 def test_to_origin_form_keeps_chunked() -> None:
-    h = head(b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n")
+    h = head(
+        b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n"
+    )
     up = upstream_of(h)
     assert isinstance(up, Upstream)
     assert head(to_origin_form(h, up)).chunked
@@ -397,8 +485,11 @@ def alpn_ext(*protos: bytes) -> bytes:
     return ext(16, u16(len(entries)) + entries)
 
 
-def hello_body(extensions: bytes | None, session_id: bytes = b"\x00" * 32,
-               suites: bytes = b"\x13\x01\x13\x02") -> bytes:
+def hello_body(
+    extensions: bytes | None,
+    session_id: bytes = b"\x00" * 32,
+    suites: bytes = b"\x13\x01\x13\x02",
+) -> bytes:
     body = b"\x03\x03" + b"\x11" * 32 + bytes([len(session_id)]) + session_id
     body += u16(len(suites)) + suites + b"\x01\x00"
     if extensions is not None:
@@ -422,12 +513,21 @@ def hello(extensions: bytes | None, size: int = 2**14, **kw: bytes) -> bytes:
 
 
 GREASE = ext(0x0A0A, b"") + ext(0xFE0D, bytes(range(200)))  # ECH payload is opaque here
-BASIC = hello(GREASE + sni_ext(b"API.Example.test.") + alpn_ext(b"\x1a\x1a", b"h2") + ext(0x1A1A, b"\x00"))
+BASIC = hello(
+    GREASE
+    + sni_ext(b"API.Example.test.")
+    + alpn_ext(b"\x1a\x1a", b"h2")
+    + ext(0x1A1A, b"\x00")
+)
 
 
 def test_handmade_hello() -> None:
-    assert parse_client_hello(BASIC) == ClientHello("api.example.test", ["\x1a\x1a", "h2"])
-    assert parse_client_hello(hello(alpn_ext(b"http/1.1"))) == ClientHello(None, ["http/1.1"])
+    assert parse_client_hello(BASIC) == ClientHello(
+        "api.example.test", ["\x1a\x1a", "h2"]
+    )
+    assert parse_client_hello(hello(alpn_ext(b"http/1.1"))) == ClientHello(
+        None, ["http/1.1"]
+    )
     assert parse_client_hello(hello(b"")) == ClientHello(None, [])
     assert parse_client_hello(hello(None)) == ClientHello(None, [])
 
@@ -481,7 +581,9 @@ def test_stdlib_client_hello() -> None:
 
 def test_stdlib_client_hello_without_sni() -> None:
     # OpenSSL leaves SNI out for an IP literal, as RFC 6066 §3 requires.
-    assert parse_client_hello(real_client_hello("127.0.0.1", None)) == ClientHello(None, [])
+    assert parse_client_hello(real_client_hello("127.0.0.1", None)) == ClientHello(
+        None, []
+    )
 
 
 @pytest.mark.parametrize(
@@ -526,7 +628,9 @@ def test_record_layer_refusals() -> None:
     mixed = records(msg[:10]) + records(b"\x01", ctype=21) + records(msg[10:])
     assert isinstance(parse_client_hello(mixed), Malformed)
     # Zero-length and oversized records (RFC 8446 §5.1).
-    assert isinstance(parse_client_hello(b"\x16\x03\x01\x00\x00" + records(msg)), Malformed)
+    assert isinstance(
+        parse_client_hello(b"\x16\x03\x01\x00\x00" + records(msg)), Malformed
+    )
     assert isinstance(parse_client_hello(b"\x16\x03\x01\x40\x01"), Malformed)
     # A hello declared larger than 64 KiB is refused at its first bytes, not buffered.
     huge = b"\x01" + (MAX_CLIENT_HELLO + 1).to_bytes(3, "big")
@@ -538,7 +642,9 @@ def test_record_layer_refusals() -> None:
     assert parse_client_hello(records(handshake(body))) == ClientHello("a.test", [])
     # Dripping one byte per record is cut off.
     assert isinstance(parse_client_hello(records(msg, size=1)), Malformed)
-    assert parse_client_hello(records(msg, size=len(msg) // 60 + 1)) == ClientHello("a.test", [])
+    assert parse_client_hello(records(msg, size=len(msg) // 60 + 1)) == ClientHello(
+        "a.test", []
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -554,7 +660,9 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         if op == 0 and b:
             b[min(i, len(b) - 1)] = rng.randrange(256)
         elif op == 1:
-            b[i:i] = bytes([rng.choice([0, 9, 10, 13, 32, 44, 58, 127, 255, rng.randrange(256)])])
+            b[i:i] = bytes(
+                [rng.choice([0, 9, 10, 13, 32, 44, 58, 127, 255, rng.randrange(256)])]
+            )
         elif op == 2:
             del b[i : i + rng.randint(1, 8)]
         elif op == 3:
@@ -569,7 +677,9 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(b)
 
 
-def chunked_feed(rng: random.Random, reader: RequestHeadReader | ClientHelloReader, data: bytes) -> object:
+def chunked_feed(
+    rng: random.Random, reader: RequestHeadReader | ClientHelloReader, data: bytes
+) -> object:
     result: object = NEED_MORE
     pos = 0
     while pos < len(data) and result is NEED_MORE:
@@ -619,7 +729,10 @@ def test_fuzz_request_heads() -> None:
             out = to_origin_form(one, up)
             again = parse_request_head(out)
             assert isinstance(again, RequestHead), out
-            assert (again.content_length, again.chunked) == (one.content_length, one.chunked)
+            assert (again.content_length, again.chunked) == (
+                one.content_length,
+                one.chunked,
+            )
             assert upstream_of(again, default_port=up.port) == up
 
 

@@ -203,7 +203,11 @@ def _parse(lines: list[bytes], length: int) -> RequestHead | HttpError:
 
 
 def _framing(
-    method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]], length: int
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    headers: list[tuple[bytes, bytes]],
+    length: int,
 ) -> RequestHead | HttpError:
     """RFC 9112 §6: exactly one way to find the body's end, or a refusal."""
     lengths = [v for n, v in headers if n.lower() == b"content-length"]
@@ -231,7 +235,9 @@ def _framing(
         if items != [b"chunked"]:
             return HttpError(501, "Transfer-Encoding other than a single chunked")
         chunked = True
-    return RequestHead(method, target, version, headers, length, content_length, chunked)
+    return RequestHead(
+        method, target, version, headers, length, content_length, chunked
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,7 +248,8 @@ def _framing(
 @dataclass(frozen=True)
 class Upstream:
     """Where a request goes. ``host`` is a normalized hostname or a canonical IP literal
-    (no brackets); ``path`` (path and query) is for the network log, None for CONNECT."""
+    (no brackets); ``path`` (path and query) is for the network log, None for CONNECT.
+    """
 
     host: str
     port: int
@@ -306,14 +313,19 @@ def _authority(raw: bytes) -> tuple[str, int | None] | None:
     if colon > raw.rfind(b"]"):
         host_part, port_part = raw[:colon], raw[colon + 1 :]
         if port_part:
-            if not re.fullmatch(rb"[0-9]{1,5}", port_part) or not 0 < int(port_part) < 65536:
+            if (
+                not re.fullmatch(rb"[0-9]{1,5}", port_part)
+                or not 0 < int(port_part) < 65536
+            ):
                 return None
             port = int(port_part)
     host = _host(host_part)
     return None if host is None else (host, port)
 
 
-def _one_host_header(head: RequestHead, required: bool) -> tuple[str, int | None] | None | HttpError:
+def _one_host_header(
+    head: RequestHead, required: bool
+) -> tuple[str, int | None] | None | HttpError:
     hosts = head.get_all(b"host")
     if len(hosts) > 1:
         return HttpError(400, "more than one Host header")
@@ -356,12 +368,16 @@ def upstream_of(head: RequestHead, default_port: int = 80) -> Upstream | HttpErr
         return Upstream(host_hdr[0], port, target.decode("ascii"))
     scheme, sep, rest = target.partition(b"://")
     if not sep or not _TOKEN.match(scheme):
-        return HttpError(400, "request target is neither origin-form nor an absolute URI")
+        return HttpError(
+            400, "request target is neither origin-form nor an absolute URI"
+        )
     if scheme.lower() != b"http":
         return HttpError(501, "only http:// URIs are proxied; use CONNECT for TLS")
     if b"#" in rest:
         return HttpError(400, "fragment in the request target")
-    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    end = min(
+        (i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest)
+    )
     authority = _authority(rest[:end])
     if authority is None:
         return HttpError(400, "invalid authority in the request URI")
@@ -431,7 +447,8 @@ def to_origin_form(head: RequestHead, upstream: Upstream) -> bytes:
 class ClientHello:
     """What a ClientHello asks for. With ECH (RFC 9849) ``sni`` is the outer, public name:
     the only one a passive reader can see, and the one the connection is routed by.
-    ALPN names are decoded as Latin-1: any byte string (GREASE values too) round-trips."""
+    ALPN names are decoded as Latin-1: any byte string (GREASE values too) round-trips.
+    """
 
     sni: str | None
     alpn: list[str] = field(default_factory=list)
@@ -505,7 +522,9 @@ class ClientHelloReader:
                 return NEED_MORE
             self._records += 1
             if self._records > _MAX_RECORDS:
-                return Malformed(f"ClientHello spread over more than {_MAX_RECORDS} records")
+                return Malformed(
+                    f"ClientHello spread over more than {_MAX_RECORDS} records"
+                )
             self._msg += raw[self._pos + 5 : self._pos + 5 + rlen]
             self._pos += 5 + rlen
             # Drop consumed bytes so the buffer stays within one record plus a header.
