@@ -270,3 +270,34 @@ def test_listener_events_parse():
         Listener("tcp", "127.0.0.1", 40000)]
     with pytest.raises(ProtocolError):
         protocol.parse_event(b'{"event":"listeners","kinds":"tcp:[::]:80","ipv6":1}')
+
+
+def test_the_sandbox_cannot_undo_the_capture(captured):
+    """Taking lo down or deleting the local routes needs CAP_NET_ADMIN over the netns,
+    which the sandbox never has; capture works the same afterwards."""
+    got: dict[str, object] = {}
+    thread = serve_once(listener(captured, "tcp", 443), got)
+    result = run_py(captured, ATTEMPT_PY + f"""
+import fcntl, socket, struct
+def lo_down():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", 0))  # SIOCSIFFLAGS: not up
+def delete_route():
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+    # RTM_DELROUTE, NLM_F_REQUEST|NLM_F_ACK: local 0.0.0.0/0 in table local
+    rtm = struct.pack("BBBBBBBBI", socket.AF_INET, 0, 0, 0, 255, 4, 254, 2, 0)
+    nl.send(struct.pack("IHHII", 16 + len(rtm), 25, 5, 1, 0) + rtm)
+    ack = nl.recv(4096)
+    code = struct.unpack_from("i", ack, 16)[0]
+    if code:
+        raise OSError(-code, "RTM_DELROUTE")
+print(attempt(lo_down), attempt(delete_route))
+s = socket.create_connection(({TEST_NET!r}, 443), timeout=10)
+s.sendall(b"still")
+print(s.recv(100).decode())
+""")
+    thread.join(10)
+    assert result.exit_code == 0, result.stderr
+    refused, after = result.stdout.strip().split("\n")
+    assert all(err in ("EPERM", "EACCES") for err in refused.split()), refused
+    assert after == "pong"
