@@ -97,6 +97,12 @@ cleanup() {  # end the machine's processes, then remove the root (never with mou
     echo "fresh-machine: mounts under $ROOT on the host; not removing it" >&2
     return 1
   fi
+  # The VM stage's logs outlive the root (its console is slow; they say what a timeout hit).
+  if [ -d "$ROOT/var/tmp/isol8-vm/results" ]; then
+    rm -rf "$ROOT.vm-results"
+    cp -r "$ROOT/var/tmp/isol8-vm/results" "$ROOT.vm-results" 2>/dev/null &&
+      echo "fresh-machine: the VM stage's logs are kept in $ROOT.vm-results" >&2
+  fi
   rm -rf --one-file-system "$ROOT" "$ROOT.bootstrap.log" "$ROOT.mntns"
 }
 

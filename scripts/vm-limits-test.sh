@@ -132,7 +132,7 @@ host() {
   echo "== VM stage: cgroup v2 limits in a TCG VM, as root then as delegated user $USER_NAME"
   local rc=0 name
   (cd "$stage" && "$repo/scripts/tcgvm.sh" run --results "$results" --mem 2G --cpus 2 \
-    --timeout "${ISOL8_VM_TIMEOUT:-600}" -- \
+    --timeout "${ISOL8_VM_TIMEOUT:-1200}" -- \
     /bin/bash "$repo/scripts/vm-limits-test.sh" --guest "$stage" "$results" "${targets[@]}") ||
     rc=$?
   for name in root user; do
