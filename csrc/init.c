@@ -358,17 +358,46 @@ static int descendants(pid_t pid, pid_t *out, int n, int max) {
   return n;
 }
 
+/* Whether pid still runs: a zombie has finished exiting (its memory is freed and its
+ * command line reads empty), so it no longer counts. */
+static int still_running(pid_t pid) {
+  char path[64], stat[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = read(fd, stat, sizeof stat - 1);
+  close(fd);
+  if (n <= 0)
+    return 0;
+  stat[n] = 0;
+  char *end = strrchr(stat, ')'); /* the command name may itself hold ") " */
+  return end && end[1] == ' ' && end[2] != 'Z' && end[2] != 'X';
+}
+
 /* A persistent run's tree: everything under its leader. The leader is a subreaper, so
- * orphans (setsid and double-fork daemons included) stay under it while it lives; kill
- * them until none is left (a fork racing the kill is caught next round), then the leader. */
+ * orphans (setsid and double-fork daemons included) stay under it while it lives; it is
+ * stopped first, since its own child's death would otherwise let it exit mid-kill and pass
+ * the rest of the tree to pid 1, out of reach. SIGKILL only queues a death: a process goes
+ * on until the scheduler runs its exit, so kill every descendant still running, round after
+ * round (a fork racing the kill is caught by the next), until none is, and only then the
+ * leader, whose exit the supervisor reports: a timeout's result must not arrive while the
+ * run's processes still exist. A process stuck in uninterruptible sleep is given up to
+ * about a second; it is already doomed. */
 static void kill_tree(pid_t leader) {
   static pid_t found[4096];
-  for (int round = 0; round < 100; round++) {
-    int n = descendants(leader, found, 0, 4096);
-    if (n == 0)
-      break;
+  kill(leader, SIGSTOP);
+  for (int round = 0; round < 1000; round++) {
+    int n = descendants(leader, found, 0, 4096), running = 0;
     for (int i = 0; i < n; i++)
-      kill(found[i], SIGKILL);
+      if (still_running(found[i])) {
+        kill(found[i], SIGKILL);
+        running++;
+      }
+    if (running == 0)
+      break;
+    if (round > 0)
+      usleep(1000);
   }
   kill(leader, SIGKILL);
 }

@@ -66,6 +66,17 @@ def test_a_timeout_kills_that_runs_tree_only(session):
     assert r.stdout == "1"
 
 
+def test_a_timeout_kills_a_tree_that_keeps_forking_daemons(session):
+    """The leader must not exit mid-kill and hand the rest of the tree to pid 1: a run that
+    spawns setsid daemons without pause loses every one of them at its timeout."""
+    doomed = "2236.0679"
+    with watching_host(doomed, no_children=False):
+        r = session.execute(
+            cmd=f"while :; do (setsid sleep {doomed} &); done", timeout_ms=700)
+        assert r.exit_code == 137
+    assert session.execute(cmd=f"pgrep -c -f 'sleep {doomed}'").stdout == "0"
+
+
 def test_nothing_is_left_after_stop():
     marker = "2718.2818"
     eng = Isol8(mode="persistent")
