@@ -32,6 +32,7 @@
 #define READ_CHUNK 65536     /* the largest chunk of a read stream */
 #define MAX_DRAINED 256      /* pipes of finished runs the init drains at once */
 #define MAX_LISTENERS 8      /* sockets of the capture record */
+#define MAX_NFT 16384        /* bytes of the T_NFT batch */
 
 /* Kinds of the fds that come with the config message. */
 enum { CGROUP_V2_DIR = 'D', CGROUP_PROCS = 'P' };
@@ -62,6 +63,10 @@ enum tag {
    * or LISTEN_UDP, u8 LISTEN_ANY ([::], dual-stack) or LISTEN_LOOPBACK (127.0.0.1), u16
    * port (0: the kernel picks one) */
   T_CAPTURE = 28,
+  /* config, with T_CAPTURE: an nfnetlink batch (isol8/network/nft.py) sent as it is to the
+   * netns's NETLINK_NETFILTER socket after the routes; BATCH_BEGIN first, BATCH_END last,
+   * and NLM_F_ACK on the message before BATCH_END only (net.c waits for that ack) */
+  T_NFT = 29,
 };
 
 /* tmpfs flag bits in T_OP_TMPFS */
@@ -124,6 +129,9 @@ struct config {
   int n_watch_paths;
   const unsigned char *listeners; /* T_CAPTURE's entries, 4 bytes each; NULL: no capture */
   int n_listeners;
+  const unsigned char *nft; /* T_NFT's batch; NULL: none */
+  uint32_t nft_len;
+  uint32_t nft_ack_seq; /* the sequence number of its one message with NLM_F_ACK */
 };
 
 /* wire.c */
@@ -158,7 +166,7 @@ void close_host_mounts(const struct config *cfg);
 
 /* net.c */
 void bring_up_loopback(void);
-void set_up_capture(const struct config *cfg); /* T_CAPTURE: routes, listeners, event */
+void set_up_capture(const struct config *cfg); /* T_CAPTURE: routes, T_NFT, listeners, event */
 
 /* privs.c */
 void lock_securebits(void);

@@ -1,9 +1,12 @@
 /* Network namespace: bring up lo with one ioctl; for filtered networking (issue 10), make
- * every address local to lo and create the listeners the supervisor serves. No netlink
- * library and no `ip` binary: three rtnetlink messages are all it takes. */
+ * every address local to lo, load the supervisor's nftables batch and create the listeners
+ * the supervisor serves. No netlink library, no `ip` or `nft` binary: rtnetlink messages
+ * for the routes, and the batch sent as it came (isol8/network/nft.py builds it). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nf_tables.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
@@ -86,6 +89,76 @@ static void add_local_route(int nl, unsigned char family, const char *what) {
     fail_errno(-err->error, "network", "RTM_NEWROUTE", what);
 }
 
+/* The name of the batch message with sequence number seq, for an error report. */
+static const char *nft_message_name(const struct config *cfg, uint32_t seq) {
+  for (const unsigned char *p = cfg->nft; p < cfg->nft + cfg->nft_len;) {
+    struct nlmsghdr h;
+    memcpy(&h, p, sizeof h); /* wire.c checked the framing */
+    if (h.nlmsg_seq == seq) {
+      if (h.nlmsg_type == NFNL_MSG_BATCH_BEGIN)
+        return "nftables commit"; /* the kernel answers a failed commit on BATCH_BEGIN */
+      switch (h.nlmsg_type & 0xff) {
+      case NFT_MSG_NEWTABLE:
+        return "NFT_MSG_NEWTABLE";
+      case NFT_MSG_NEWCHAIN:
+        return "NFT_MSG_NEWCHAIN";
+      case NFT_MSG_NEWRULE:
+        return "NFT_MSG_NEWRULE";
+      }
+      return "nftables message";
+    }
+    p += NLMSG_ALIGN(h.nlmsg_len);
+  }
+  return "nftables answer"; /* a sequence number the batch does not have */
+}
+
+/* Replay the T_NFT batch: nfnetlink runs it inside this sendto(), so its verdict is already
+ * queued when the call returns (nft relies on the same). The first answer decides: an error
+ * (a message's, or the commit's) or the ack of the batch's last message, which nfnetlink
+ * queues during the batch and delivers only after a successful commit. Returns 0 when this
+ * kernel has no nftables: no NETLINK_NETFILTER protocol (EPROTONOSUPPORT; EAFNOSUPPORT
+ * without netlink), or no nf_tables subsystem behind it (EOPNOTSUPP on BATCH_BEGIN, from
+ * nfnetlink_rcv_batch); any other failure ends the setup. */
+static int load_nftables(const struct config *cfg) {
+  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  if (nl < 0) {
+    if (errno == EPROTONOSUPPORT || errno == EAFNOSUPPORT)
+      return 0;
+    fail("network", "socket", "NETLINK_NETFILTER");
+  }
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  ssize_t n = sendto(nl, cfg->nft, cfg->nft_len, 0, (struct sockaddr *)&kernel, sizeof kernel);
+  if (n < 0)
+    fail("network", "sendto(NETLINK_NETFILTER)", "nftables batch");
+  if ((size_t)n != cfg->nft_len)
+    fail_errno(EPROTO, "network", "sendto(NETLINK_NETFILTER)", "nftables batch");
+  /* An error answer carries the failing message after it; only the head is read. */
+  union {
+    char buf[1024];
+    struct nlmsghdr align;
+  } u;
+  do
+    n = recv(nl, u.buf, sizeof u.buf, MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN)
+    fail_errno(EPROTO, "network", "recv(NETLINK_NETFILTER)", "nftables: no answer");
+  if (n < 0)
+    fail("network", "recv(NETLINK_NETFILTER)", "nftables batch");
+  struct nlmsghdr *h = &u.align;
+  if ((size_t)n < NLMSG_LENGTH(sizeof(struct nlmsgerr)) || h->nlmsg_type != NLMSG_ERROR ||
+      h->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr)))
+    fail_errno(EPROTO, "network", "recv(NETLINK_NETFILTER)", "nftables answer");
+  const struct nlmsgerr *err = NLMSG_DATA(h);
+  close(nl);
+  if (err->error == -EOPNOTSUPP && err->msg.nlmsg_type == NFNL_MSG_BATCH_BEGIN)
+    return 0;
+  if (err->error)
+    fail_errno(-err->error, "network", nft_message_name(cfg, h->nlmsg_seq), "nftables batch");
+  if (h->nlmsg_seq != cfg->nft_ack_seq)
+    fail_errno(EPROTO, "network", nft_message_name(cfg, h->nlmsg_seq), "nftables batch");
+  return 1;
+}
+
 /* One listener of the config's capture record (see helper.h); its description goes into
  * the event's "kinds" at *o. The wildcard is dual-stack [::] (IPV6_V6ONLY=0, so one socket
  * takes IPv4-mapped and IPv6 connections alike), 0.0.0.0 without IPv6. No SO_REUSEADDR:
@@ -149,6 +222,7 @@ void set_up_capture(const struct config *cfg) {
   if (ipv6)
     add_local_route(nl, AF_INET6, "::/0");
   close(nl);
+  int nft = cfg->nft ? load_nftables(cfg) : -1;
 
   int fds[MAX_LISTENERS];
   char kinds[MAX_LISTENERS * 32], *o = kinds, *end = kinds + sizeof kinds;
@@ -158,8 +232,11 @@ void set_up_capture(const struct config *cfg) {
     fds[i] = open_listener(cfg->listeners + 4 * i, ipv6, &o, end);
   }
   *o = '\0';
-  send_json_fds(fds, cfg->n_listeners, "{\"event\":\"listeners\",\"kinds\":\"%s\",\"ipv6\":%s}",
-                kinds, ipv6 ? "true" : "false");
+  /* "nft" only with a batch: whether its rules are in place or this kernel has no nftables */
+  send_json_fds(fds, cfg->n_listeners,
+                "{\"event\":\"listeners\",\"kinds\":\"%s\",\"ipv6\":%s%s}", kinds,
+                ipv6 ? "true" : "false",
+                nft < 0 ? "" : nft ? ",\"nft\":true" : ",\"nft\":false");
   for (int i = 0; i < cfg->n_listeners; i++)
     close(fds[i]);
 }

@@ -3,6 +3,8 @@
  * message, a string without its NUL or an unknown tag is an error, never a guess. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -142,6 +144,41 @@ static int parse_capture(const struct record *rec, struct config *cfg) {
   return 0;
 }
 
+/* T_NFT: whole netlink messages, each with its nfgenmsg, from BATCH_BEGIN to BATCH_END, and
+ * NLM_F_ACK on the last one in between only. The kernel judges what they say; the framing is
+ * checked here because net.c relies on it to know which answer means success. */
+static int parse_nft(const struct record *rec, struct config *cfg) {
+  if (cfg->nft || rec->len > MAX_NFT)
+    return -1;
+  const unsigned char *p = rec->data, *end = rec->data + rec->len;
+  int count = 0, acks = 0, acked = -1;
+  while (p < end) {
+    struct nlmsghdr h;
+    if ((size_t)(end - p) < NLMSG_HDRLEN)
+      return -1;
+    memcpy(&h, p, sizeof h);
+    if (h.nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg)) ||
+        NLMSG_ALIGN(h.nlmsg_len) > (size_t)(end - p) || !(h.nlmsg_flags & NLM_F_REQUEST))
+      return -1;
+    p += NLMSG_ALIGN(h.nlmsg_len);
+    /* BATCH_BEGIN exactly first, BATCH_END exactly last */
+    if ((count == 0) != (h.nlmsg_type == NFNL_MSG_BATCH_BEGIN) ||
+        (p == end) != (h.nlmsg_type == NFNL_MSG_BATCH_END))
+      return -1;
+    if (h.nlmsg_flags & NLM_F_ACK) {
+      acks++;
+      acked = count;
+      cfg->nft_ack_seq = h.nlmsg_seq;
+    }
+    count++;
+  }
+  if (count < 3 || acks != 1 || acked != count - 2)
+    return -1;
+  cfg->nft = rec->data;
+  cfg->nft_len = rec->len;
+  return 0;
+}
+
 /* The config's fds are matched to the kinds listed in T_CGROUP_FDS, in order; any other fd,
  * or a count that differs, is an error. */
 static int parse_cgroup_fds(const struct record *rec, const int *fds, int nfds,
@@ -218,6 +255,10 @@ int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
       if (parse_capture(&rec, cfg))
         return -1;
       break;
+    case T_NFT:
+      if (parse_nft(&rec, cfg))
+        return -1;
+      break;
     case T_RLIMIT:
       if (cfg->n_rlimits == MAX_RLIMITS || rec.len != 20)
         return -1;
@@ -235,7 +276,8 @@ int parse_config(const unsigned char *buf, size_t len, const int *fds, int nfds,
     }
   }
   if (rc < 0 || cfg->host_uid == (uint32_t)-1 || cfg->host_gid == (uint32_t)-1 ||
-      !cfg->staging || (!saw_fds && nfds > 0) || (cfg->listeners && !cfg->new_netns))
+      !cfg->staging || (!saw_fds && nfds > 0) || (cfg->listeners && !cfg->new_netns) ||
+      (cfg->nft && !cfg->listeners))
     return -1;
   return 0;
 }

@@ -28,6 +28,7 @@ MAX_ARGS = 4096  # argv entries, and env entries, of one exec request
 MAX_READ_PATHS = 256  # paths of one read request
 READ_CHUNK = 1 << 16  # the largest chunk of a read stream
 MAX_LISTENERS = 8  # sockets of one capture record
+MAX_NFT = 16384  # bytes of the nftables batch (isol8.network.nft's are 1.5 and 3.2 KiB)
 
 
 class Tag(IntEnum):
@@ -59,6 +60,7 @@ class Tag(IntEnum):
     OP_BIND_HOST = 26
     READ_LIMIT = 27
     CAPTURE = 28
+    NFT = 29
 
 
 TMPFS_NOEXEC = 1
@@ -222,6 +224,9 @@ class HelperConfig:
     # network="filtered" (issue 10): local default routes on lo, so that every address is
     # this namespace's own, and these listeners; needs new_netns
     capture: tuple[Listen, ...] = ()
+    # an nfnetlink batch (isol8.network.nft.batch) the helper replays in the sandbox's netns
+    # after the capture's routes, before the capability drop; needs capture
+    nft: bytes = b""
 
 
 def encode_config_body(cfg: HelperConfig) -> bytes:
@@ -241,6 +246,10 @@ def encode_config_body(cfg: HelperConfig) -> bytes:
             raise ProtocolError(f"capture needs a new network namespace and at most "
                                 f"{MAX_LISTENERS} listeners")
         parts.append(record(Tag.CAPTURE, b"".join(lst.encode() for lst in cfg.capture)))
+    if cfg.nft:
+        if not cfg.capture or len(cfg.nft) > MAX_NFT:
+            raise ProtocolError(f"an nftables batch needs capture and at most {MAX_NFT} bytes")
+        parts.append(record(Tag.NFT, cfg.nft))
     return b"".join(parts)
 
 
@@ -399,6 +408,10 @@ _OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
     "exit": {"code": int, "signal": int, "cpu_us": int, "peak": int},
     "error": {"id": int},
     "oom": {"id": int},  # a persistent sandbox's run killed by the watchdog
+    # with an NFT record: true, the ruleset is in place; false, this kernel has no nftables
+    # (no NETLINK_NETFILTER, or no nf_tables behind it), so UDP elsewhere than 53 reaches
+    # nobody rather than being rejected, and no other TCP port is captured
+    "listeners": {"nft": bool},
 }
 
 
