@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import math
@@ -19,6 +20,8 @@ import os
 import random
 import socket
 import struct
+import subprocess
+import sys
 import termios
 import threading
 import time
@@ -218,24 +221,6 @@ class Flood:
     def end(self) -> None:
         self.stop.set()
         self.peer.result()
-
-
-def drain(sock: socket.socket, stop: threading.Event) -> int:
-    """Reads as fast as possible until EOF, an error or ``stop``; returns the byte count."""
-    sock.settimeout(0.1)
-    buf = bytearray(MiB)
-    total = 0
-    while not stop.is_set():
-        try:
-            n = sock.recv_into(buf)
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-        if not n:
-            break
-        total += n
-    return total
 
 
 async def until_stalled(flood: Flood, timeout: float = 10) -> None:
@@ -442,6 +427,40 @@ def test_backpressure_bounds_what_the_relay_holds(rigs, direction):
     asyncio.run(main())
 
 
+# The flood's two ends run in their own processes: in threads of this one, they would share
+# the GIL with the loop and could never outrun the relay, so a relay without a per-wake
+# budget would look fair.
+FLOOD_SEND = """
+import os, sys
+chunk = bytes(1 << 20)
+try:
+    while True:
+        os.write(int(sys.argv[1]), chunk)
+except OSError:
+    pass
+"""
+FLOOD_SINK = """
+import os, sys
+try:
+    while os.read(int(sys.argv[1]), 1 << 20):
+        pass
+except OSError:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def process_on(sock: socket.socket, code: str) -> Iterator[None]:
+    """``code`` runs in a child process on a copy of ``sock`` (argv[1]) until the block ends."""
+    fd = sock.fileno()
+    proc = subprocess.Popen([sys.executable, "-c", code, str(fd)], pass_fds=[fd])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_flooded_and_a_stalled_relay_do_not_slow_another(rigs):
     """One relay carries a flood at full speed, one is stalled by a reader that never reads;
     small round trips through a third relay on the same loop stay quick. Without a per-wake
@@ -467,25 +486,22 @@ def test_a_flooded_and_a_stalled_relay_do_not_slow_another(rigs):
     async def main() -> None:
         before = fd_count()
         tasks = [asyncio.ensure_future(run_relay(r, fds=False)) for r in (flooded, stalled, quiet)]
-        stop = threading.Event()
-        flood = Flood(flooded.app)
-        sink = Peer(drain, flooded.srv, stop)
         stall = Flood(stalled.srv)
         await until_stalled(stall)
-        moved = flooded.count.up
-        echo_peer = Peer(echo)
-        pinger = Peer(ping)
-        while pinger.is_alive():
-            await asyncio.sleep(0.05)
-        took = pinger.result()
-        echo_peer.result()
-        assert flooded.count.up - moved > 10 * MiB, "the flood was not flowing meanwhile"
-        assert took < 3, f"{rounds} round trips took {took:.2f} s next to a flood"
+        with process_on(flooded.app, FLOOD_SEND), process_on(flooded.srv, FLOOD_SINK):
+            await asyncio.sleep(0.3)  # the flood is up to speed
+            moved = flooded.count.up
+            echo_peer = Peer(echo)
+            pinger = Peer(ping)
+            while pinger.is_alive():
+                await asyncio.sleep(0.05)
+            took = pinger.result()
+            echo_peer.result()
+            moved = flooded.count.up - moved
+        assert moved > 10 * MiB, "the flood was not flowing meanwhile"
+        assert took < 2, f"{rounds} round trips took {took:.2f} s next to a flood"
         await tasks[2]
-        flood.end()
         stall.end()
-        stop.set()
-        sink.result()
         for task in tasks[:2]:
             task.cancel()
         await asyncio.gather(*tasks[:2], return_exceptions=True)
