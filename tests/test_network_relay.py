@@ -387,6 +387,46 @@ def test_urgent_data_does_not_make_the_loop_spin(rigs):
     assert rig.count.up == 6
 
 
+# Run in a child process: the supervisor of an application that restored SIGPIPE's default
+# action (as CLI tools do so that `prog | head` exits quietly). The app reset its connection
+# and the proxy already read the error (getsockopt(SO_ERROR) consumes it, socket(7)), so the
+# relay's next write into that socket fails with EPIPE, and splice(2) raises SIGPIPE with it.
+SIGPIPE_CHILD = """
+import asyncio, signal, socket, struct, sys
+from isol8.network.relay import ByteCount, relay
+
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def pair():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname())
+        return near, listener.accept()[0]
+
+
+app, rc = pair()
+ru, srv = pair()
+srv.sendall(b"x" * 100000)
+app.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+app.close()
+while not rc.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+    pass  # until the reset has arrived, and its error is consumed
+rc.setblocking(False)
+ru.setblocking(False)
+asyncio.run(relay(rc, ru, ByteCount(), idle_timeout=5))
+print("survived")
+"""
+
+
+def test_a_write_into_a_reset_socket_does_not_kill_the_supervisor():
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(relay_mod.__file__)))
+    env = {**os.environ, "PYTHONPATH": package_root}
+    child = subprocess.run(
+        [sys.executable, "-c", SIGPIPE_CHILD], env=env, capture_output=True, text=True, timeout=20
+    )
+    assert (child.returncode, child.stdout) == (0, "survived\n"), child.stderr
+
+
 # -- backpressure and fairness ------------------------------------------------------------------
 
 

@@ -27,6 +27,12 @@ serves every filtered sandbox at once. Why it is built this way:
   splices nothing into an empty pipe therefore does one ``recv()``, which steps over the mark
   (``tcp_recvmsg`` skips the urgent byte without ``SO_OOBINLINE``, as any recv()-based relay
   does), and puts what it read into the pipe.
+* **SIGPIPE.** splice(2) has no ``MSG_NOSIGNAL``: writing into a socket the peer reset sends
+  SIGPIPE to the writing thread (``sk_stream_error``), which kills the supervisor if the
+  embedding application restored its default action (Python ignores it at startup, many CLI
+  tools undo that). The relay blocks SIGPIPE in its loop's thread, so a hostile sandbox gets
+  EPIPE at worst; the signal stays pending on that thread, never delivered (a forked child
+  starts with no pending signal, and isol8's helper clears the inherited mask, csrc/main.c).
 * **Ends.** EOF on one side (splice returns 0) becomes ``shutdown(SHUT_WR)`` on the other once
   the pipe is drained (a half-close, RFC 9293 §3.6: the other direction goes on); any error
   on either socket ends both directions (a reset discards the peer's unread data anyway); no
@@ -48,6 +54,7 @@ import asyncio
 import errno
 import fcntl
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -99,6 +106,7 @@ async def relay(
         raise ValueError("relay: client and upstream are the same socket")
     if not idle_timeout > 0:  # also refuses NaN
         raise ValueError(f"relay: idle_timeout must be positive seconds, got {idle_timeout!r}")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})  # see the module docstring
     conversation = _Conversation(asyncio.get_running_loop(), count, idle_timeout)
     try:
         conversation.start(client, upstream)
@@ -233,19 +241,16 @@ class _Direction:
 
     def _wake(self, *, readable: bool) -> None:
         try:
-            moved = self._transfer(readable)
+            if self._transfer(readable):
+                self.conv.last_active = self.loop.time()
+            if self.ended:
+                self.conv.direction_ended()
+            if not self.conv.closed:
+                self.update_interest()
         except OSError:  # reset, EPIPE, ETIMEDOUT...: the peer's doing; the conversation is over
             self.conv.end()
-            return
         except Exception as e:  # a bug: surface it from relay(), not in the loop's log
             self.conv.end(e)
-            return
-        if moved:
-            self.conv.last_active = self.loop.time()
-        if self.ended:
-            self.conv.direction_ended()
-        if not self.conv.closed:
-            self.update_interest()
 
     def _transfer(self, readable: bool) -> bool:
         """Fills and drains the pipe until neither moves or the budget is spent; returns
