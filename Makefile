@@ -44,6 +44,7 @@ bench: setup
 	$(VPY) benchmarks/streaming_latency.py
 	$(VPY) benchmarks/persistent.py
 	$(VPY) benchmarks/warm_pool.py
+	$(VPY) benchmarks/network_filtered.py
 
 clean:
 	$(MAKE) -C csrc clean
