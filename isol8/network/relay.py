@@ -7,8 +7,11 @@ serves every filtered sandbox at once. Why it is built this way:
 * **splice through a pipe per direction.** ``socket -> pipe -> socket`` moves page references
   inside the kernel (``tcp_splice_read`` fills the pipe, ``splice_to_socket`` sends from it),
   so the bytes never enter Python's heap and each wake-up costs two syscalls however much it
-  moves. A plain asyncio relay reached about 45% of a direct loopback download here, this one
-  60-70% (``benchmarks/relay_throughput.py``).
+  moves. ``benchmarks/relay_throughput.py`` (server, relay and client in three processes on
+  this 2-core machine) measures a 100 MB download through it at 0.52-0.64 of a direct one's
+  rate, through an asyncio streams relay at 0.20-0.37. The relay then spends about as much
+  CPU as the client or the server (a second connection's TCP work, no copies): the gap to a
+  direct download is a third busy process on two cores, more than the relay's own cost.
 * **Backpressure is the pipe.** A direction reads from its source only while its pipe has
   room and writes only while the pipe holds bytes; a full pipe stops reading, so the peer's
   socket buffers fill and TCP flow control stalls the sender. What the supervisor holds per
@@ -99,7 +102,9 @@ async def relay(
 
     Both sockets must be nonblocking TCP sockets not owned by an asyncio transport (the relay
     registers its own reader and writer on them). A socket error ends the relay normally: it
-    is the peer's doing, not the caller's, and must not disturb other connections."""
+    is the peer's doing, not the caller's, and must not disturb other connections. SIGPIPE
+    stays blocked in the calling thread (see the module docstring): call it on the
+    supervisor's own loop thread."""
     _check_socket(client, "client")
     _check_socket(upstream, "upstream")
     if client.fileno() == upstream.fileno():
@@ -310,8 +315,8 @@ class _Direction:
         retries at once); then reading stops until the writer drains some.
 
         Growing only now is deliberate: a pipe that fills while its destination lags is a bulk
-        transfer, and a bigger pipe means fewer, larger splices (1 MiB moves 100 MB about a
-        third faster than the default 64 KiB here). Pipe sizes count against the user's
+        transfer, and a bigger pipe means fewer, larger splices (1 MiB costs the relay about a
+        fifth less CPU per byte than the default 64 KiB here). Pipe sizes count against the user's
         pipe-user-pages-soft whether or not they hold data, so the many small
         request/response conversations keep the default pipe."""
         if self.may_grow:
