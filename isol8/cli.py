@@ -54,8 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tmp-size", help="size of the /tmp tmpfs (default 256m)")
     ex.add_argument("--tmp-exec", action="store_true",
                     help="allow running programs from /tmp (noexec by default, as upstream)")
-    ex.add_argument("--net", choices=("none", "host"), default="none",
-                    help="network mode (default none)")
+    ex.add_argument("--net", choices=("none", "host", "filtered"), default="none",
+                    help="network mode (default none); filtered: HTTP(S) by hostname policy")
+    ex.add_argument("--allow", action="append", default=[], metavar="REGEX",
+                    help="filtered: a hostname regex to allow (repeatable; none: every "
+                         "public host)")
+    ex.add_argument("--deny", action="append", default=[], metavar="REGEX",
+                    help="filtered: a hostname regex to deny; deny wins (repeatable)")
+    ex.add_argument("--pin", action="append", type=_env_pair, default=[],
+                    metavar="NAME=ADDR[:PORT]",
+                    help="filtered: send NAME to this address, like curl --resolve "
+                         "(repeatable)")
+    ex.add_argument("--allow-private", action="store_true",
+                    help="filtered: let names reach private and loopback addresses")
+    ex.add_argument("--log-network", action="store_true",
+                    help="filtered: print each request the proxy saw (implies --no-stream)")
     ex.add_argument("--memory", help="memory limit (default 512m)")
     ex.add_argument("--cpu", type=float, help="CPU limit in cores (default 1.0)")
     ex.add_argument("--pids-limit", type=int, help="process limit (default 64)")
@@ -115,6 +128,12 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                   "tmp_exec": args.tmp_exec}
     if args.persistent:
         options["mode"] = "persistent"
+    if args.allow or args.deny or args.pin or args.allow_private:
+        options["network_filter"] = {"whitelist": args.allow, "blacklist": args.deny,
+                                     "hosts": dict(args.pin),
+                                     "allow_private": args.allow_private}
+    if args.log_network:
+        options["log_network"] = True
     renamed = {"max_output": "max_output_size", "memory": "memory_limit", "cpu": "cpu_limit"}
     for name in ("max_output", "sandbox_size", "tmp_size", "memory", "cpu", "pids_limit"):
         value = getattr(args, name)
@@ -125,7 +144,7 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                    stdin=args.stdin, workdir=args.workdir, files=files,
                    setup_script=_setup_script(args.setup, parser))
     with Isol8(**options) as engine:  # stop() on the way out, also in persistent mode
-        if not (args.json or args.no_stream or args.out):
+        if not (args.json or args.no_stream or args.out or args.log_network):
             return _stream(engine.execute_stream(code, **request))
         result = engine.execute(code, **request)
     if args.out:
@@ -139,6 +158,10 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(result.stderr, file=sys.stderr)
     if not args.json:
         _explain_limits(result.resource_usage.limits_reached)
+        for entry in result.network_logs or []:
+            print(f"isol8: network: {entry.action} {entry.method} {entry.host}"
+                  f"{entry.path or ''} ({entry.duration_ms} ms)"
+                  + (f": {entry.reason}" if entry.action == "BLOCK" else ""), file=sys.stderr)
     return result.exit_code
 
 

@@ -32,6 +32,7 @@ from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import (RunOutcome, RunSpec, finish, signals_deferred, stream_ephemeral,
                       stream_once)
 from .interpreter import zygote_can_run
+from .network.filtered import RESOLV_CONF, FilteredNetwork
 from .repl import Repl
 from .session import Session
 from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status, in_phase,
@@ -98,6 +99,11 @@ class Isol8:
         self._lock = threading.Lock()
         self._session: Session | None = None  # persistent mode's one sandbox
         self._session_lock = threading.Lock()  # serializes its runs
+        opts = self.options
+        self._filtered = (FilteredNetwork(opts.network_filter)
+                          if opts.network_filter is not None else None)
+        # What serves a filtered sandbox's listeners (see Sandbox): None in other modes.
+        self._network = self._filtered.serve if self._filtered is not None else None
 
     def __enter__(self) -> "Isol8":
         self.start()
@@ -136,7 +142,8 @@ class Isol8:
         host, sandbox_cgroups, config = self._claim(self.options.timeout_ms)
         try:
             return pool.Pooled(config, host, sandbox_cgroups,
-                               get_runtime("python").binary if kind == "python" else None)
+                               get_runtime("python").binary if kind == "python" else None,
+                               self._network)
         except BaseException:
             self._release(host, sandbox_cgroups)
             raise
@@ -145,8 +152,10 @@ class Isol8:
         opts = self.options
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
         sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
-        mounts = images.host_plan(sizes, host_network=opts.network == "host",
-                                  tmp_exec=opts.tmp_exec, mounts=opts.mounts)
+        filtered = self._filtered
+        mounts = images.host_plan(
+            sizes, host_network=opts.network == "host", tmp_exec=opts.tmp_exec,
+            mounts=opts.mounts, resolv_conf=RESOLV_CONF if filtered else b"")
         nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
         engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
                                                limits.v1_wanted(nproc_applies))
@@ -157,12 +166,16 @@ class Isol8:
             raise
         watchdog = enforced["memory"] == "watchdog"
         self._config_body = encode_config_body(HelperConfig(
-            hostname=etc.HOSTNAME, new_netns=opts.network == "none",
+            hostname=etc.HOSTNAME, new_netns=opts.network != "host",
+            capture=filtered.listens if filtered else (),
+            nft=filtered.nft if filtered else b"",
             seccomp_filters=policy.filters, mounts=mounts,
             memory_watch=opts.limits.memory if watchdog else 0,
             watch_paths=images.WRITABLE_TMPFS if watchdog else (),
         ))
         self._enforced = enforced
+        if filtered:
+            filtered.start()  # the proxies' loop runs until stop()
         # No file can outgrow its tmpfs, which answers ENOSPC; RLIMIT_FSIZE sits one page
         # above the largest, so it only backs that up and never fires first.
         self._max_file = max(opts.sandbox_size, opts.tmp_size, images.SHM_SIZE) + 4096
@@ -190,6 +203,8 @@ class Isol8:
                     self._pool = None
                 if self._finalizer is not None:
                     self._finalizer()
+                if self._config_body is not None and self._filtered is not None:
+                    self._filtered.stop()
                 self._config_body, self._cgroups, self._finalizer = None, None, None
 
     def put_file(self, path: str, content: str | bytes) -> None:
@@ -362,7 +377,8 @@ class Isol8:
                 host, sandbox_cgroups, config = self._claim(timeout)
             outcome = yield from in_phase("code", stream_ephemeral(
                 config, spec, deadline=deadline, max_output=max_output, owner=host.owner,
-                cgroup=sandbox_cgroups, secrets=secrets, cancel_fd=cancel_fd))
+                cgroup=sandbox_cgroups, secrets=secrets, cancel_fd=cancel_fd,
+                network=self._network))
             usage = sandbox_cgroups.usage() if sandbox_cgroups else cgroups.Usage()
         finally:
             with signals_deferred():
@@ -473,7 +489,8 @@ class Isol8:
         with signals_deferred():
             host, sandbox_cgroups, config = self._claim(timeout_ms, oom_group=not persistent)
             try:
-                return Session(config, host, sandbox_cgroups, None, persistent=persistent)
+                return Session(config, host, sandbox_cgroups, None, persistent=persistent,
+                               network=self._network)
             except BaseException:
                 self._release(host, sandbox_cgroups)
                 raise
@@ -526,6 +543,7 @@ class Isol8:
                   else (outcome.cpu_us or 0) // 1000)
         peak = usage.peak_bytes if usage.peak_bytes is not None else outcome.peak_bytes
         peak_mb = round(peak / (1 << 20), 2) if peak is not None else None
+        net = outcome.network
         return ExecutionResult(
             stdout=outcome.stdout.text(),
             stderr=stderr,
@@ -539,8 +557,11 @@ class Isol8:
             resource_usage=ResourceUsage(
                 cpu_time_ms=cpu_ms, cpu_percent=round(100 * cpu_ms / max(duration_ms, 1), 1),
                 memory_mb=peak_mb, peak_memory_mb=peak_mb, oom=oom,
-                enforced=dict(self._enforced), limits_reached=reached),
+                enforced=dict(self._enforced), limits_reached=reached,
+                network_bytes_in=net.bytes_in if net else 0,
+                network_bytes_out=net.bytes_out if net else 0),
             files=files,
+            network_logs=list(net.logs) if net and self.options.log_network else None,
         )
 
     def _stages(self, request: ExecutionRequest) -> tuple[Stages, str]:
@@ -554,6 +575,8 @@ class Isol8:
             raise InvalidRequest(_MISSING)
         # Upstream's order: the base set, then secrets, then the request's env.
         full_env = base_env()
+        if self._filtered is not None:
+            full_env.update(self._filtered.env())
         full_env.update(self.options.secrets)
         full_env.update(env_mapping(request.env, "env"))
         stdin = request.stdin

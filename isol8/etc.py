@@ -127,8 +127,11 @@ _FALLBACKS = {"services": SERVICES, "protocols": PROTOCOLS}
 _RESOLVER = ("resolv.conf", "hosts")
 
 
-def etc_plan(*, host_network: bool, host_etc: str = "/etc") -> list[MountOp]:
+def etc_plan(*, host_network: bool, host_etc: str = "/etc",
+             resolv_conf: bytes = b"") -> list[MountOp]:
     """The ops that build ``/etc`` in the new root, which turns read-only after setup.
+    ``resolv_conf``: the sandbox's own resolver file when it has its own network (filtered
+    mode points it at the supervisor's DNS); empty, nothing resolves.
 
     ``host_etc`` is where the host's tables are read from (a test points it elsewhere to
     exercise the fallbacks); inside the sandbox they always land under ``/etc``."""
@@ -150,7 +153,7 @@ def etc_plan(*, host_network: bool, host_etc: str = "/etc") -> list[MountOp]:
         ops += [_copy_or_empty(os.path.join(host_etc, name), "/etc/" + name)
                 for name in _RESOLVER]
     else:
-        ops += [File("/etc/hosts", HOSTS), File("/etc/resolv.conf", b"")]
+        ops += [File("/etc/hosts", HOSTS), File("/etc/resolv.conf", resolv_conf)]
     return ops
 
 

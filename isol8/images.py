@@ -44,7 +44,7 @@ def inode_cap(size: int) -> int:
 
 
 def host_plan(sizes: TmpfsSizes, *, host_network: bool, tmp_exec: bool = False,
-              mounts: Iterable[Mount] = ()) -> tuple[MountOp, ...]:
+              mounts: Iterable[Mount] = (), resolv_conf: bytes = b"") -> tuple[MountOp, ...]:
     """The mount plan of the ``host`` root filesystem, in the order the helper runs it.
 
     ``mounts`` (the engine option, validated by isol8.policy) come last: their mount points
@@ -59,7 +59,7 @@ def host_plan(sizes: TmpfsSizes, *, host_network: bool, tmp_exec: bool = False,
         elif os.path.isdir(path):
             ops.append(BindRO(path, path))
 
-    ops += etc_plan(host_network=host_network)
+    ops += etc_plan(host_network=host_network, resolv_conf=resolv_conf)
 
     ops += [
         Tmpfs(SANDBOX_HOME, sizes.sandbox, inode_cap(sizes.sandbox), mode=0o755),

@@ -15,8 +15,9 @@ from .errors import InvalidRequest
 from .identity import (DEFAULT_UID_RANGE, LEASE_DIR, default_uid_range, maps_foreign_ids,
                        validate_uid_range)
 from .limits import Limits
+from .network.rules import NetworkFilter
 
-NETWORK_MODES = ("none", "host")
+NETWORK_MODES = ("none", "host", "filtered")
 MODES = ("ephemeral", "persistent")
 SECCOMP_MODES = ("strict", "unconfined")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)b?$", re.IGNORECASE)
@@ -284,6 +285,8 @@ class EngineOptions:
     cgroup_parent: str | None = None
     secrets: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
+    network_filter: NetworkFilter | None = None  # network="filtered" only
+    log_network: bool = False
 
     @classmethod
     def build(cls, *, mode: str = "ephemeral", network: str = "none", timeout_ms: int = 30_000,
@@ -294,10 +297,15 @@ class EngineOptions:
               strict_limits: bool = False,
               cgroup_parent: str | None = None,
               secrets: dict[str, str] | None = None,
-              mounts: object = None) -> "EngineOptions":
+              mounts: object = None, network_filter: object = None,
+              log_network: bool = False) -> "EngineOptions":
         parent = cgroup_parent or os.environ.get("ISOL8_CGROUP_PARENT") or None
         if parent is not None and not os.path.isabs(parent):
             raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
+        network = choice(network, NETWORK_MODES, "network")
+        if network_filter is not None and network != "filtered":
+            raise InvalidRequest(f"network_filter: needs network='filtered' (network is "
+                                 f"{network!r}, which it would not restrict)")
         return cls(
             mode=choice(mode, MODES, "mode"),
             limits=Limits(memory=parse_size(memory_limit, "memory_limit"),
@@ -306,7 +314,10 @@ class EngineOptions:
                           strict=bool(strict_limits)),
             cgroup_parent=parent,
             secrets=tuple(env_mapping(secrets, "secrets").items()),
-            network=choice(network, NETWORK_MODES, "network"),
+            network=network,
+            network_filter=(NetworkFilter.from_options(network_filter)  # type: ignore[arg-type]
+                            if network == "filtered" else None),
+            log_network=boolean(log_network, "log_network"),
             timeout_ms=positive_int(timeout_ms, "timeout_ms"),
             max_output_size=positive_int(max_output_size, "max_output_size"),
             sandbox_size=parse_size(sandbox_size, "sandbox_size"),

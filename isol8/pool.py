@@ -23,7 +23,7 @@ from .errors import InvalidRequest, Isol8Error
 from .identity import HostIdentity
 from .interpreter import Interpreter, send_code, start_interpreter
 from .runtimes import get_runtime
-from .sandbox import RunSpec, Sandbox, error_from_event, signals_deferred
+from .sandbox import NetworkHook, RunSpec, Sandbox, error_from_event, signals_deferred
 
 _READY_TIMEOUT = 10.0
 # A ready zygote takes a run within microseconds. The wait runs with signals deferred
@@ -38,15 +38,15 @@ class Pooled:
     """One ready sandbox; ``python`` is the interpreter to hold ready, or None."""
 
     def __init__(self, config: bytes, host: HostIdentity, cgroup: SandboxCgroups | None,
-                 python: str | None) -> None:
+                 python: str | None, network: NetworkHook | None = None) -> None:
         self.host, self.cgroup = host, cgroup
         self.kind = "python" if python is not None else "plain"
         self.pool: WarmPool | None = None  # the pool it was taken from
         self.zygote: Interpreter | None = None
         # Kept, with the cgroup's placement fds, for a cold start should the zygote die
         # before its run (see launch); destroy() closes them.
-        self._config = config
-        self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
+        self._config, self._network = config, network
+        self.sandbox = Sandbox(config, cgroup.fds if cgroup else [], network)
         self.baseline_cpu_ns = 0
         try:
             self._await({"started", "ready"})  # "started" brings the pidfd
@@ -102,7 +102,8 @@ class Pooled:
             self.sandbox.destroy()
             self.zygote.close()
             self.zygote = None
-            self.sandbox = Sandbox(self._config, self.cgroup.fds if self.cgroup else [])
+            self.sandbox = Sandbox(self._config, self.cgroup.fds if self.cgroup else [],
+                                   self._network)
         self.sandbox.start_process(_RUN_ID, spec, stdout_w, stderr_w, final=True)
         return self.sandbox
 

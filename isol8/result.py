@@ -44,6 +44,30 @@ class ResourceUsage:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkLog:
+    """One request as upstream's ``networkLogs`` has it (``durationMs`` on the wire): TLS
+    and other tunnels have method ``CONNECT`` and path None."""
+
+    timestamp: str
+    method: str
+    host: str
+    path: str | None
+    action: str  # "ALLOW" or "BLOCK"
+    duration_ms: int
+    reason: str = ""  # the rule that decided, or why it failed
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "timestamp": self.timestamp,
+            "method": self.method,
+            "host": self.host,
+            "path": self.path,
+            "action": self.action,
+            "durationMs": self.duration_ms,
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExecutionResult:
     stdout: str
@@ -56,6 +80,7 @@ class ExecutionResult:
     timestamp: str
     resource_usage: ResourceUsage
     files: dict[str, str] | None = None  # output_paths: {path: base64}
+    network_logs: list[NetworkLog] | None = None  # log_network=True, filtered mode
 
     def to_dict(self) -> dict[str, object]:
         """The camelCase wire form of upstream's ``ExecutionResult``."""
@@ -72,6 +97,8 @@ class ExecutionResult:
         }
         if self.files is not None:
             wire["files"] = dict(self.files)
+        if self.network_logs:  # upstream: an empty list is left out
+            wire["networkLogs"] = [entry.to_dict() for entry in self.network_logs]
         return wire
 
 

@@ -22,7 +22,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Generator
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from dataclasses import dataclass, field
 
 from . import protocol
@@ -62,6 +62,7 @@ class RunOutcome:
     lost: bool = False  # a REPL's interpreter hung up: its state is gone
     gone: bool = False  # the whole sandbox ended (its init exited or was killed)
     cpu_us: int | None = None  # the init's rusage of every process it reaped
+    network: Any = None  # network="filtered": the run's proxy usage (network.NetworkUsage)
     peak_bytes: int | None = None  # the init's watchdog peak (or the largest maxrss)
     error: dict[str, object] | None = field(default=None)
 
@@ -73,10 +74,12 @@ class Sandbox:
     the helper made inside the sandbox's network namespace, in the config's order, once
     their event has been received; the filtered-network proxy (issue 10) serves them.
     ``destroy()`` closes them: a socket holds its namespace alive (``sk_alloc`` takes a
-    reference on it).
+    reference on it). ``network``, when given, is called with them as they arrive and
+    returns what serves them (``network.ProxyHandle``): stopped before they are closed.
     """
 
-    def __init__(self, config: bytes, config_fds: list[int]) -> None:
+    def __init__(self, config: bytes, config_fds: list[int],
+                 network: NetworkHook | None = None) -> None:
         helper = helper_path()
         if not os.access(helper, os.X_OK):
             raise Isol8Error(f"the isol8 helper is missing at {helper}: "
@@ -84,6 +87,8 @@ class Sandbox:
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._pidfd = -1
         self.listeners: list[tuple[protocol.Listener, socket.socket]] = []
+        self._network = network
+        self.proxy: ServedNetwork | None = None
         fd = theirs.fileno()
         try:
             if fd == CONTROL_FD:  # dup2(3, 3) would leave FD_CLOEXEC set
@@ -191,6 +196,12 @@ class Sandbox:
             close_all(fds)
             raise
         self.listeners = adopted
+        if self._network is not None:
+            self.proxy = self._network(adopted)
+
+    def network_usage(self) -> Any:
+        """What the sandbox did through its proxy since the last call, or None without one."""
+        return self.proxy.take() if self.proxy is not None else None
 
     def start_process(self, run_id: int, spec: RunSpec, stdout_w: int, stderr_w: int, *,
                       final: bool, stdin_fd: int = -1) -> None:
@@ -268,6 +279,8 @@ class Sandbox:
                 pass
             os.close(self._pidfd)
             self._pidfd = -1
+        if self.proxy is not None:
+            self.proxy.close()  # before its sockets go: it is still serving them
         for _, sock in self.listeners:
             sock.close()
         self.listeners = []
@@ -302,6 +315,17 @@ def close_all(fds: list[int]) -> None:
 Chunk = tuple[str, bytes]  # ("stdout" or "stderr", bytes masked and within the cap)
 
 
+class ServedNetwork(Protocol):
+    """What serves a sandbox's listeners (``network.ProxyHandle``)."""
+
+    def take(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+NetworkHook = Callable[[list[tuple[protocol.Listener, socket.socket]]], ServedNetwork]
+
+
 class Sink(Protocol):
     """Where a pipe's data goes (``CappedOutput``, ``protocol.FileStream``): ``feed`` and
     ``end`` return what to pass on."""
@@ -334,7 +358,8 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
                      owner: tuple[int, int] | None = None,
                      cgroup: SandboxCgroups | None = None,
                      secrets: list[bytes] | None = None,
-                     cancel_fd: int = -1) -> Generator[Chunk, None, RunOutcome]:
+                     cancel_fd: int = -1,
+                     network: NetworkHook | None = None) -> Generator[Chunk, None, RunOutcome]:
     """Run one process in a fresh sandbox, yielding its output as it arrives, then destroy
     the sandbox, whatever happens (closing the generator early kills the run).
 
@@ -342,10 +367,11 @@ def stream_ephemeral(config: bytes, spec: RunSpec, *, deadline: float, max_outpu
     pipes are given to it, or reopening them through ``/dev/stdout`` inside would fail (a
     pipe is 0600, and host root is unmapped inside). ``cgroup``: the sandbox's leaves,
     whose fds travel with the config and whose OOM reports end the run (the caller reads
-    and removes them afterwards). The rest is ``stream_once``'s.
+    and removes them afterwards). ``network`` serves the sandbox's listeners (``Sandbox``).
+    The rest is ``stream_once``'s.
     """
     def launch(out_w: int, err_w: int) -> Sandbox:
-        sandbox = Sandbox(config, cgroup.fds if cgroup else [])
+        sandbox = Sandbox(config, cgroup.fds if cgroup else [], network)
         try:
             if cgroup:
                 cgroup.close_fds()
@@ -391,6 +417,7 @@ def stream_once(launch: Callable[[int, int], Sandbox], *, deadline: float, max_o
         finally:
             with signals_deferred():
                 sandbox.destroy()
+                outcome.network = sandbox.network_usage()
         # Every writer is dead now: what is left in the pipes is read to EOF, capped.
         yield from flush_pipes(pipes)
     finally:

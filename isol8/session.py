@@ -30,7 +30,8 @@ from .errors import Isol8Error
 from .identity import HostIdentity
 from .interpreter import Interpreter, send_code
 from .output import CappedOutput
-from .sandbox import (Chunk, RunOutcome, RunSpec, Sandbox, Sink, close_all, error_from_event,
+from .sandbox import (Chunk, NetworkHook, RunOutcome, RunSpec, Sandbox, Sink, close_all,
+                      error_from_event,
                       finish, flush_pipes, is_start_failure, open_pipes, signals_deferred,
                       supervise)
 from .secrets import Masker
@@ -48,10 +49,11 @@ class Session:
     (setup script, output_paths) is not: nothing of the user's has to outlive its code."""
 
     def __init__(self, config: bytes, host: HostIdentity, cgroup: SandboxCgroups | None,
-                 runtime: str | None, *, persistent: bool = True) -> None:
+                 runtime: str | None, *, persistent: bool = True,
+                 network: NetworkHook | None = None) -> None:
         self.host, self.cgroup, self.runtime = host, cgroup, runtime
         self.persistent = persistent
-        self.sandbox = Sandbox(config, cgroup.fds if cgroup else [])
+        self.sandbox = Sandbox(config, cgroup.fds if cgroup else [], network)
         if cgroup:
             cgroup.close_fds()
         self.alive = True
@@ -153,6 +155,7 @@ class Session:
         pipes: dict[int, tuple[str, Sink]] = {}
         write_ends: list[int] = [stdin_fd] if stdin_fd >= 0 else []
         ended = False
+        self.sandbox.network_usage()  # what went before (background processes) is not its
         try:
             with signals_deferred():
                 out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
@@ -182,6 +185,7 @@ class Session:
                 outcome.timed_out, outcome.cancelled = timed_out, cancelled
                 outcome.oom = outcome.oom or oom
             ended = True
+            outcome.network = self.sandbox.network_usage()
             # The program is done: what it wrote is in the pipes (later writes are not its).
             yield from flush_pipes(pipes)
         finally:

@@ -15,6 +15,9 @@
 #                                            /etc is compared with
 #                            fontconfig      fc-match (with the font it depends on), for the
 #                                            sandbox's view of the host's fonts
+#                            python3-requests the HTTP client agents use most, fetched through
+#                                            the filtered network's proxy
+#                            openssl         the test certificate of the TLS pass-through tests
 #   system-deps.sh [--test] PKG...   and these too (the benchmark adds bubblewrap)
 # As root it runs apt-get with its output in $ISOL8_APT_LOG (default
 # /var/log/isol8-system-deps.log), printed whole if apt-get fails; on success one line says what
@@ -25,7 +28,7 @@ set -euo pipefail
 need=(gcc libc6-dev python3-venv libseccomp2)
 args=("$@")
 if [ "${1:-}" = --test ]; then
-  need+=(nodejs mount procps git passwd netbase fontconfig)
+  need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl)
   shift
 fi
 need+=("$@")

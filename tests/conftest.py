@@ -91,6 +91,50 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+# Traffic stays on this machine. Every proxy of this process resolves names from this table
+# only (never the system resolver) and connects only to loopback: a destination anywhere else
+# is recorded and refused, and the test that caused it fails, even if the SSRF guard under
+# test were broken.
+RESOLVE_TABLE: dict[str, list[str]] = {
+    "private.test": ["10.0.0.5"],
+    "metadata.test": ["169.254.169.254"],
+    "mapped.test": ["::ffff:127.0.0.1"],
+    "loopback.test": ["127.0.0.1"],
+    "public.test": ["203.0.113.80"],  # TEST-NET-3: "public" to the guard, never dialled
+}
+OUTBOUND_VIOLATIONS: list[str] = []
+
+
+async def _table_resolver(host: str) -> list:
+    import ipaddress
+    if host not in RESOLVE_TABLE:
+        raise OSError(-2, "Name or service not known (test resolver table)")
+    return [ipaddress.ip_address(a) for a in RESOLVE_TABLE[host]]
+
+
+async def _loopback_connector(address, port: int):
+    from isol8.network.outbound import direct_connector
+    if not address.is_loopback:
+        OUTBOUND_VIOLATIONS.append(f"{address} port {port}")
+        raise ConnectionRefusedError(111, f"test connector: {address} is not loopback")
+    return await direct_connector(address, port)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _outbound_stays_local():
+    from isol8.network import outbound
+    previous = outbound.use(_table_resolver, _loopback_connector)
+    yield
+    outbound.use(*previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_outbound_violation():
+    yield
+    violations, OUTBOUND_VIOLATIONS[:] = list(OUTBOUND_VIOLATIONS), []
+    assert not violations, f"the proxy tried to connect outside loopback: {violations}"
+
+
 @pytest.fixture(scope="session")
 def engine() -> Isol8:
     with Isol8() as eng:

@@ -445,3 +445,9 @@ def test_network_check_sees_this_hosts_own_listener():
         server.listen(1)
         after = doctor.listening_sockets(doctor._proc_net("tcp", "tcp6"), "")
     assert after == before + 1
+
+
+def test_nftables_is_the_kernels_netlink_not_the_nft_program():
+    present, absent = doctor.check_nftables(True), doctor.check_nftables(False)
+    assert present.status == "ok" and "not needed" in present.detail
+    assert absent.status == "warn" and "reaches nobody" in absent.detail

@@ -1,0 +1,123 @@
+"""The thread that serves every filtered sandbox's proxy, and the handle a sandbox keeps.
+
+The supervisor's own code is synchronous (a run is a poll loop on the helper's socket), so
+the proxies live on one asyncio loop in a thread of their own, shared by every engine of
+the process: a sandbox costs a few registered sockets, not a thread. The thread exists
+while an engine with ``network="filtered"`` is started (:func:`acquire` / :func:`release`),
+so nothing of it is left after the last ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ..protocol import Listener
+from .proxy import NetworkUsage, SandboxProxy
+from .rules import NetworkFilter
+
+T = TypeVar("T")
+_CALL_TIMEOUT = 30.0  # closing a proxy awaits its tasks' cancellation: milliseconds
+
+
+class _Service:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="isol8-network", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(_CALL_TIMEOUT)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+
+_lock = threading.Lock()
+_service: _Service | None = None
+_users = 0
+
+
+def acquire() -> None:
+    """An engine that serves filtered sandboxes starts: the loop runs from now on."""
+    global _service, _users
+    with _lock:
+        if _service is None:
+            _service = _Service()
+        _users += 1
+
+
+def release() -> None:
+    """That engine stopped: the last one out stops the loop and joins its thread."""
+    global _service, _users
+    with _lock:
+        _users -= 1
+        if _users > 0 or _service is None:
+            return
+        service, _service = _service, None
+    service.stop()
+
+
+def _running() -> _Service:
+    with _lock:
+        if _service is None:
+            raise RuntimeError("the network service is not running (engine not started)")
+        return _service
+
+
+class ProxyHandle:
+    """A sandbox's proxy, seen from the supervisor's thread. The sandbox owns the listening
+    sockets; :meth:`close` stops serving them (and ends every connection of the sandbox)
+    before their owner closes them."""
+
+    def __init__(
+        self, policy: NetworkFilter, listeners: list[tuple[Listener, socket.socket]]
+    ) -> None:
+        self._service = _running()
+        served: list[tuple[str, int, socket.socket]] = [
+            (kind.proto, kind.port, sock) for kind, sock in listeners
+        ]
+        self._proxy: SandboxProxy | None = self._service.call(_start(policy, served))
+        self._final: NetworkUsage | None = None
+
+    def take(self) -> NetworkUsage:
+        """What the sandbox did through the proxy since the last call (its run's share)."""
+        if self._proxy is None:
+            final, self._final = self._final or NetworkUsage(), None
+            return final
+        return self._service.call(_take(self._proxy))
+
+    def close(self) -> None:
+        """Stop serving; what the last run did stays for :meth:`take`."""
+        if self._proxy is None:
+            return
+        proxy, self._proxy = self._proxy, None
+        self._final = self._service.call(_close(proxy))
+
+
+async def _start(
+    policy: NetworkFilter, listeners: list[tuple[str, int, socket.socket]]
+) -> SandboxProxy:
+    proxy = SandboxProxy(policy)
+    proxy.start(listeners)
+    return proxy
+
+
+async def _take(proxy: SandboxProxy) -> NetworkUsage:
+    return proxy.take()
+
+
+async def _close(proxy: SandboxProxy) -> NetworkUsage:
+    await proxy.close()
+    return proxy.take()
