@@ -48,7 +48,10 @@ _MAX_FILE_READ = (64 << 20) * 4 // 3 + 4  # get_file: 64 MiB, base64-encoded
 class Isol8:
     """Runs untrusted code in rootless kernel sandboxes.
 
-    Options follow upstream's names and defaults: ``network`` ("none" or "host"),
+    Options follow upstream's names and defaults: ``network`` ("none", "host" or "filtered":
+    HTTP(S) through the supervisor's proxy, by ``network_filter={"whitelist": [...],
+    "blacklist": [...]}`` hostname regexes and isol8's keys, see isol8.network; with
+    ``log_network=True`` each result carries ``network_logs``),
     ``timeout_ms`` (30 s), ``max_output_size`` (1 MiB per stream), ``sandbox_size`` (512m
     tmpfs ``/sandbox``), ``tmp_size`` (256m noexec tmpfs ``/tmp``). ``seccomp="unconfined"``
     drops only the syscall filter (every namespace, capability and mount rule stays); it
