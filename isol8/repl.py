@@ -55,6 +55,7 @@ class Repl:
         pipes: dict[int, tuple[str, CappedOutput]] = {}
         write_ends: list[int] = []
         sent = ended = False
+        session.sandbox.network_usage()  # what went before the cell is not its own
         try:
             with signals_deferred():
                 out_w, err_w = open_pipes(outcome, owner, pipes, write_ends)
@@ -68,6 +69,7 @@ class Repl:
             if (outcome.timed_out or outcome.cancelled or outcome.oom) and not outcome.gone:
                 yield from self._interrupt(outcome, pipes)
             ended = True
+            outcome.network = session.sandbox.network_usage()
             yield from flush_pipes(pipes)
         finally:
             with signals_deferred():

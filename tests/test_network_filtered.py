@@ -417,3 +417,14 @@ def test_bad_filters_are_refused_clearly():
         Isol8(network_filter={"whitelist": ["x"]})
     with pytest.raises(InvalidRequest, match="unknown key"):
         Isol8(network="filtered", network_filter={"whitelsit": ["x"]})
+
+
+def test_repl_cells_have_their_own_logs(web):
+    fetch = ("import urllib.request\n"
+             "print(urllib.request.urlopen('http://good.test/cell{}').read().decode())")
+    with Isol8(mode="persistent", repl=True, network="filtered", network_filter=policy(web),
+               log_network=True) as eng:
+        first, second = (eng.execute(fetch.format(i)) for i in (1, 2))
+    assert [e.path for e in first.network_logs] == ["/cell1"], first.stderr
+    assert [e.path for e in second.network_logs] == ["/cell2"]
+    assert first.resource_usage.network_bytes_in > 0
