@@ -58,6 +58,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        size = int(self.headers["Content-Length"])
+        got = 0
+        while got < size:
+            got += len(self.rfile.read(min(65536, size - got)))
+        body = f"got {got}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -428,3 +439,15 @@ def test_repl_cells_have_their_own_logs(web):
     assert [e.path for e in first.network_logs] == ["/cell1"], first.stderr
     assert [e.path for e in second.network_logs] == ["/cell2"]
     assert first.resource_usage.network_bytes_in > 0
+
+
+def test_a_post_that_expects_100_continue_does_not_wait(filtered):
+    """curl holds a body it announced with Expect: 100-continue for a second unless a 100
+    comes: the proxy passes the upstream's 100 on instead of waiting for the body."""
+    r = filtered.execute(cmd="head -c 3000000 /dev/zero > /tmp/body; for i in 1 2; do "
+                         + CURL + "-H 'Expect: 100-continue' --data-binary @/tmp/body "
+                         "-w ' %{time_total}\\n' http://good.test/up; done")
+    words = r.stdout.split()  # "got N" (the body's line), then curl's time
+    assert words[0::3] == ["got", "got"] and words[1::3] == ["3000000"] * 2, r.stderr
+    assert all(float(t) < 0.9 for t in words[2::3]), words
+    assert [e.method for e in r.network_logs] == ["POST", "POST"]

@@ -49,6 +49,7 @@ KEEPALIVE_IDLE = 60.0  # between two requests on one connection
 RESPONSE_TIMEOUT = 120.0  # from the request to the upstream's response head
 IDLE_TIMEOUT = 300.0  # a tunnel or body with no byte either way
 HELLO_TIMEOUT = 10.0  # a ClientHello must arrive whole in this time
+CONTINUE_WAIT = 1.0  # for the upstream's 100 Continue before the body goes anyway
 DNS_TCP_IDLE = 10.0
 MAX_LOGS = 10_000  # per run; the rest are counted in ``logs_dropped``
 _CHUNK = 65536
@@ -378,54 +379,28 @@ class SandboxProxy:
         rule: str,
     ) -> bool:
         """One request and its response; True if both connections may carry the next."""
-        loop = asyncio.get_running_loop()
         method = head.method.decode("latin-1")
-        out = sniff.to_origin_form(head, target)
-        await self._send(upstream.sock, out, up=True)
+        await self._send(upstream.sock, sniff.to_origin_form(head, target), up=True)
         body = framing.BodyScanner(framing.request_framing(head))
-        await self._forward_body(conn, upstream.sock, body, pending, up=True)
-        # The response: interim 1xx heads pass through, then the final one.
-        while True:
-            reader = framing.ResponseHeadReader()
-            result = reader.feed(bytes(upstream.pending)) if upstream.pending else sniff.NEED_MORE
-            deadline = time.monotonic() + RESPONSE_TIMEOUT
-            while isinstance(result, sniff.NeedMore):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._log(
-                        method,
-                        target.host,
-                        target.path,
-                        False,
-                        started,
-                        "the upstream did not answer in time",
-                    )
-                    await self._refuse(conn, 504, "the upstream did not answer in time")
-                    return False
-                data = await asyncio.wait_for(loop.sock_recv(upstream.sock, _CHUNK), remaining)
-                if not data:
-                    self._log(
-                        method,
-                        target.host,
-                        target.path,
-                        False,
-                        started,
-                        "the upstream closed without answering",
-                    )
-                    await self._refuse(conn, 502, "the upstream closed without answering")
-                    return False
-                upstream.pending += data
-                result = reader.feed(data)
-            if isinstance(result, sniff.HttpError):
-                self._log(method, target.host, target.path, False, started, result.reason)
-                await self._refuse(conn, 502, result.reason)
-                return False
-            response = result
-            del upstream.pending[: response.length]
-            if 100 <= response.status < 200 and response.status != 101:
+        response: framing.ResponseHead | str | None = None
+        if not body.done and _expects_continue(head):
+            # RFC 9110 §10.1.1: the client holds its body until a 100 (curl for a second):
+            # pass the upstream's answer on as soon as it comes, or go on without it.
+            response = await self._response_head(upstream, CONTINUE_WAIT, soft=True)
+            if isinstance(response, framing.ResponseHead) and _interim(response):
                 await self._send(conn, _response_head(response, close=False), up=False)
-                continue
-            break
+                response = None
+        if response is None:
+            await self._forward_body(conn, upstream.sock, body, pending, up=True)
+            response = await self._response_head(upstream, RESPONSE_TIMEOUT)
+            while isinstance(response, framing.ResponseHead) and _interim(response):
+                await self._send(conn, _response_head(response, close=False), up=False)
+                response = await self._response_head(upstream, RESPONSE_TIMEOUT)
+        if not isinstance(response, framing.ResponseHead):
+            reason = response or "the upstream did not answer in time"
+            self._log(method, target.host, target.path, False, started, reason)
+            await self._refuse(conn, 502 if response else 504, reason)
+            return False
         self._log(method, target.host, target.path, True, started, rule)
         kind = framing.response_framing(response, head.method)
         if isinstance(kind, sniff.HttpError) or response.status == 101:
@@ -434,6 +409,7 @@ class SandboxProxy:
             return False
         keep = (
             kind.kind != "close"
+            and body.done  # answered before the body came: what follows may be the body
             and framing.keep_alive(head.version, head.headers)
             and framing.keep_alive(response.version, response.headers)
         )
@@ -441,6 +417,32 @@ class SandboxProxy:
         scanner = framing.BodyScanner(kind)
         await self._forward_body(upstream.sock, conn, scanner, upstream.pending, up=False)
         return keep and scanner.done
+
+    async def _response_head(
+        self, upstream: _Upstream, timeout: float, soft: bool = False
+    ) -> framing.ResponseHead | str | None:
+        """The upstream's next response head (interim 1xx ones included), why there is none,
+        or None when ``timeout`` passed: an error, unless ``soft`` (nothing came yet)."""
+        loop = asyncio.get_running_loop()
+        reader = framing.ResponseHeadReader()
+        result = reader.feed(bytes(upstream.pending)) if upstream.pending else sniff.NEED_MORE
+        deadline = time.monotonic() + timeout
+        while isinstance(result, sniff.NeedMore):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(upstream.sock, _CHUNK), remaining)
+            except asyncio.TimeoutError:
+                continue
+            if not data:
+                return "the upstream closed without answering"
+            upstream.pending += data
+            result = reader.feed(data)
+        if isinstance(result, sniff.HttpError):
+            return result.reason
+        del upstream.pending[: result.length]
+        return result
 
     async def _forward_body(
         self,
@@ -641,6 +643,15 @@ def _response_head(head: framing.ResponseHead, close: bool) -> bytes:
     if close:
         lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _interim(head: framing.ResponseHead) -> bool:
+    """1xx but 101, which framing refuses (the proxy never asks to switch protocols)."""
+    return head.status < 200 and head.status != 101
+
+
+def _expects_continue(head: sniff.RequestHead) -> bool:
+    return any(v.strip().lower() == b"100-continue" for v in head.get_all(b"expect"))
 
 
 def _norm(name: str) -> str:
