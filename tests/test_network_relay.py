@@ -352,15 +352,15 @@ def test_idle_timeout_counts_from_the_last_byte(rigs):
     rig = rigs()
 
     def trickle() -> None:
-        for _ in range(6):  # a byte every 0.1 s for 0.6 s: never idle for 0.3 s
+        for _ in range(8):  # a byte every 0.1 s for 0.8 s: never idle for 0.5 s
             rig.app.send(b"x")
             time.sleep(0.1)
 
     peer = Peer(trickle)
-    elapsed = asyncio.run(run_relay(rig, idle_timeout=0.3))
+    elapsed = asyncio.run(run_relay(rig, idle_timeout=0.5))
     peer.result()
-    assert 0.7 <= elapsed < 3  # the last byte at 0.5 s, then 0.3 s idle
-    assert rig.count.up == 6
+    assert 1.1 <= elapsed < 4  # the last byte at 0.7 s, then 0.5 s idle
+    assert rig.count.up == 8
 
 
 def test_urgent_data_does_not_make_the_loop_spin(rigs):
