@@ -9,8 +9,9 @@ round, so machine noise spreads evenly over them):
   direct    the client downloads from the server itself: the baseline
   splice    through isol8.network.relay.relay() in the relay process: the proxy's path
             after the request head (socket -> pipe -> socket, see relay.py)
-  streams   through a plain asyncio streams relay in the same process (read(64 KiB),
-            write, drain, write_eof): what the splice relay is measured against
+  streams   through a plain asyncio streams relay in the same process (read(256 KiB),
+            write, drain, write_eof, buffer limit 256 KiB): what the splice relay is
+            measured against
 
 The relay process connects the upstream for each accepted client and relays until both
 directions end. Throughput is the body size over the median time; the ratio is direct median
@@ -38,6 +39,9 @@ from isol8.network import relay as relay_mod
 MB = 1_000_000
 TARGET_RATIO = 0.6
 CHUNK = 1 << 20
+# The streams relay's reads and buffer limit: asyncio's own socket reads are 256 KiB
+# (selector_events.max_size); a smaller limit pauses reading every 128 KiB (2 x limit).
+STREAM_READ = 256 * 1024
 Address = tuple[str, int]
 
 
@@ -92,7 +96,7 @@ async def _relays(
 
     async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while data := await reader.read(65536):
+            while data := await reader.read(STREAM_READ):
                 writer.write(data)
                 await writer.drain()
             writer.write_eof()
@@ -100,14 +104,14 @@ async def _relays(
             pass
 
     async def streams_one(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        u_reader, u_writer = await asyncio.open_connection(*server)
+        u_reader, u_writer = await asyncio.open_connection(*server, limit=STREAM_READ)
         try:
             await asyncio.gather(copy(c_reader, u_writer), copy(u_reader, c_writer))
         finally:
             u_writer.close()
             c_writer.close()
 
-    streams = await asyncio.start_server(streams_one, sock=streams_sock)
+    streams = await asyncio.start_server(streams_one, sock=streams_sock, limit=STREAM_READ)
     async with streams:
         await accept_splice()
 
