@@ -140,9 +140,28 @@ def assert_unregistered(rig: Rig) -> None:
         assert not loop.remove_writer(sock.fileno()), "a writer was left on the loop"
 
 
+def loop_errors() -> list[dict[str, Any]]:
+    """What the running loop's exception handler receives from now on: an exception escaping
+    a relay callback lands there (logged, not raised), so each test checks it stays empty."""
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    if handler is not None:
+        return handler.errors  # type: ignore[attr-defined,no-any-return]
+    errors: list[dict[str, Any]] = []
+
+    def record(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        errors.append(context)
+
+    record.errors = errors  # type: ignore[attr-defined]
+    loop.set_exception_handler(record)
+    return errors
+
+
 async def run_relay(rig: Rig, timeout: float = 20, fds: bool = True, **kwargs: Any) -> float:
     """Runs the relay to its end; checks it cleaned up (its fds too unless ``fds`` is false:
-    another relay running alongside opens and closes its own); returns how long it took."""
+    another relay running alongside opens and closes its own) and that no callback raised;
+    returns how long it took."""
+    errors = loop_errors()
     before = fd_count()
     t0 = time.monotonic()
     await asyncio.wait_for(rig.relay(**kwargs), timeout)
@@ -150,6 +169,7 @@ async def run_relay(rig: Rig, timeout: float = 20, fds: bool = True, **kwargs: A
     assert_unregistered(rig)
     if fds:
         assert fd_count() == before, "the relay left an fd open"
+    assert not errors, f"a callback raised: {errors}"
     return elapsed
 
 
@@ -558,6 +578,7 @@ def test_cancellation_is_prompt_and_leaves_nothing(rigs):
     flood = Flood(rig.srv)  # the app never reads: the pipe is full, a writer is registered
 
     async def main() -> None:
+        errors = loop_errors()
         before = fd_count()
         task = asyncio.ensure_future(rig.relay())
         await until_stalled(flood)
@@ -569,6 +590,7 @@ def test_cancellation_is_prompt_and_leaves_nothing(rigs):
         assert time.monotonic() - t0 < 0.5
         assert_unregistered(rig)
         assert fd_count() == before
+        assert not errors
 
     asyncio.run(main())
     flood.end()
