@@ -184,9 +184,8 @@ def _curl_requests(url: str, n: int, parallel: bool, noproxy: bool) -> str:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.requests = args.requests
+    def __init__(self, requests: int) -> None:
+        self.requests = requests
         bulk, tiny = _listener(), _listener()
         self.bulk_port, self.tiny_port = bulk.getsockname()[1], tiny.getsockname()[1]
         ctx = multiprocessing.get_context("fork")  # before any engine: no thread to fork over
@@ -196,7 +195,6 @@ class Bench:
         tiny.close()
         self.previous = outbound.use(_no_resolver, _loopback_connector)
         self.engines: list[Isol8] = []
-        self.flows: dict[str, list[int]] = {}
 
     def engine(self, **kw: Any) -> Isol8:
         eng = Isol8(**kw)
@@ -367,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if rounds < 1 or args.requests < 1:
         parser.error("--rounds and --requests must be positive")
 
-    bench = Bench(args)
+    bench = Bench(args.requests)
     times: dict[str, dict[str, list[int]]] = {}
     failed: dict[str, str] = {}
     loads: list[tuple[float, float]] = []
