@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Relay throughput: a 100 MB loopback download, direct and through isol8's byte relay.
 
-Three processes, as in filtered mode: a server that sends the body, a relay process (one
+Three processes per download, as in filtered mode: a server that sends the body, a relay process (one
 asyncio loop, like the supervisor) and this process, the client, which times each download
 from connect() to EOF and checks its length. Rows, in the same rotation (order rotated per
 round, so machine noise spreads evenly over them):
@@ -12,6 +12,10 @@ round, so machine noise spreads evenly over them):
   streams   through a plain asyncio streams relay in the same process (read(256 KiB),
             write, drain, write_eof, buffer limit 256 KiB): what the splice relay is
             measured against
+  floor     through a blocking splice loop in a process of its own, one direction only
+            (upstream -> pipe -> client, 1 MiB pipe, no event loop, no Python between the
+            two splices but the loop): the kernel path any splice relay takes, so the
+            ceiling of the splice row on this machine
 
 The relay process connects the upstream for each accepted client and relays until both
 directions end. Throughput is the body size over the median time; the ratio is direct median
@@ -27,7 +31,9 @@ Target (issue 10): the splice relay's throughput >= 60% of the direct download's
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import multiprocessing
+import os
 import socket
 import statistics
 import sys
@@ -116,6 +122,23 @@ async def _relays(
         await accept_splice()
 
 
+def serve_floor(sock: socket.socket, server: Address) -> None:
+    """The floor process: blocking splice, download direction only, one connection at a
+    time."""
+    while True:
+        client, _ = sock.accept()
+        with client, socket.create_connection(server) as upstream:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, relay_mod.PIPE_SIZE)
+                while n := os.splice(upstream.fileno(), w, relay_mod.PIPE_SIZE):
+                    while n:
+                        n -= os.splice(r, client.fileno(), n)
+            finally:
+                os.close(r)
+                os.close(w)
+
+
 def download(address: Address, size: int, buf: bytearray) -> int:
     """One timed download: connect, recv_into to EOF; ns. The length must be ``size``."""
     view = memoryview(buf)
@@ -143,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.mb * MB
 
     ctx = multiprocessing.get_context("fork")  # no thread runs yet: fork is safe
-    server_sock, splice_sock, streams_sock = listener(), listener(), listener()
+    server_sock, splice_sock, streams_sock, floor_sock = (listener() for _ in range(4))
     server_addr = server_sock.getsockname()
     procs = [
         ctx.Process(target=serve_body, args=(server_sock, size), daemon=True),
@@ -152,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon=True,
             args=(splice_sock, streams_sock, server_addr, args.pipe_size),
         ),
+        ctx.Process(target=serve_floor, args=(floor_sock, server_addr), daemon=True),
     ]
     for proc in procs:
         proc.start()
@@ -159,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "direct": server_addr,
         "splice": splice_sock.getsockname(),
         "streams": streams_sock.getsockname(),
+        "floor": floor_sock.getsockname(),
     }
-    for sock in (server_sock, splice_sock, streams_sock):
+    for sock in (server_sock, splice_sock, streams_sock, floor_sock):
         sock.close()  # the children hold them
 
     buf = bytearray(CHUNK)
@@ -182,6 +207,7 @@ LABELS = {
     "direct": "direct download",
     "splice": "isol8 splice relay (separate process)",
     "streams": "asyncio streams relay (separate process)",
+    "floor": "blocking splice loop (separate process)",
 }
 
 
@@ -213,6 +239,12 @@ def report(times: dict[str, list[int]], size: int, args, load: tuple[float, floa
         )
     h.print_table(
         ("runner", "median MB/s", "best MB/s", "median ms", "throughput / direct (95% CI)"), rows
+    )
+    floor = statistics.median(times["floor"]) / statistics.median(times["splice"])
+    low, high = h.ratio_ci(times["floor"], times["splice"])
+    print(
+        f"\nsplice relay / blocking splice loop: {floor:.2f} (95% CI {low:.2f}-{high:.2f}): "
+        "1.00 would mean the event loop and the relay's bookkeeping cost nothing"
     )
     ratio = statistics.median(direct) / statistics.median(times["splice"])
     ok = ratio >= TARGET_RATIO
