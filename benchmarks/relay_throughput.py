@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Relay throughput: a 100 MB loopback download, direct and through isol8's byte relay.
 
-Three processes per download, as in filtered mode: a server that sends the body, a relay process (one
-asyncio loop, like the supervisor) and this process, the client, which times each download
-from connect() to EOF and checks its length. Rows, in the same rotation (order rotated per
+Three processes per download, as in filtered mode: a server that sends the body, a relay
+process (one asyncio loop, like the supervisor) and this process, the client, which times
+each download from connect() to EOF and checks its length. Rows, in the same rotation (order rotated per
 round, so machine noise spreads evenly over them):
 
   direct    the client downloads from the server itself: the baseline

@@ -101,9 +101,11 @@ async def relay(
     (the caller does). Cancellation (task.cancel()) stops it promptly and leaves no
     reader/writer registered on the loop and no pipe fd open.
 
-    Both sockets must be nonblocking TCP sockets not owned by an asyncio transport (the relay
-    registers its own reader and writer on them). A socket error ends the relay normally: it
-    is the peer's doing, not the caller's, and must not disturb other connections."""
+    Both sockets must be nonblocking TCP sockets (else ValueError) not owned by an asyncio
+    transport (the relay registers its own reader and writer on them; asyncio refuses with
+    RuntimeError). A socket error ends the relay normally: it is the peer's doing, not the
+    caller's, and must not disturb other connections. OSError escapes only when the relay
+    cannot start (pipe2: EMFILE, ENFILE), before any byte moved."""
     _check_socket(client, "client")
     _check_socket(upstream, "upstream")
     if client.fileno() == upstream.fileno():
@@ -210,9 +212,10 @@ class _Conversation:
 
 class _Direction:
     """``src -> pipe -> dst``. Invariants, kept after every wake-up: the reader on ``src`` is
-    registered iff the source has not ended and the pipe is not known to be full; the writer on
-    ``dst`` iff the pipe holds bytes. So each registered callback can make progress when the
-    kernel calls it, and a stalled side waits in epoll, not in a loop."""
+    registered iff the source has not ended and the pipe is not known to be full; the writer
+    on ``dst`` iff the pipe holds bytes (never more than ``capacity``). So each registered
+    callback can make progress when the kernel calls it, and a stalled side waits in epoll,
+    not in a loop."""
 
     def __init__(
         self, conv: _Conversation, src: socket.socket, dst: socket.socket, *, up: bool
@@ -299,7 +302,7 @@ class _Direction:
                         self.pending += n
                         took = True
                         if self.pending >= self.capacity:
-                            moved = self._pipe_full() or moved
+                            self._pipe_full()
             if self.pending:
                 try:
                     n = _splice_to_socket(self.pipe_r, self.dst_fd, self.pending)
@@ -328,8 +331,8 @@ class _Direction:
 
         Growing only now is deliberate: a pipe that fills while its destination lags is a bulk
         transfer, and a bigger pipe means fewer, larger splices (1 MiB costs the relay about a
-        fifth less CPU per byte than the default 64 KiB here). Pipe sizes count against the user's
-        pipe-user-pages-soft whether or not they hold data, so the many small
+        fifth less CPU per byte than the default 64 KiB here). Pipe sizes count against the
+        user's pipe-user-pages-soft whether or not they hold data, so the many small
         request/response conversations keep the default pipe."""
         if self.may_grow:
             self.may_grow = False
