@@ -3,8 +3,8 @@
 
 Three processes per download, as in filtered mode: a server that sends the body, a relay
 process (one asyncio loop, like the supervisor) and this process, the client, which times
-each download from connect() to EOF and checks its length. Rows, in the same rotation (order rotated per
-round, so machine noise spreads evenly over them):
+each download from connect() to EOF and checks its length. Rows, in the same rotation
+(order rotated per round, so machine noise spreads evenly over them):
 
   direct    the client downloads from the server itself: the baseline
   splice    through isol8.network.relay.relay() in the relay process: the proxy's path
@@ -25,7 +25,7 @@ Target (issue 10): the splice relay's throughput >= 60% of the direct download's
 
     python benchmarks/relay_throughput.py                 # median of 5 downloads per row
     python benchmarks/relay_throughput.py --quick         # 2 downloads: a smoke run
-    python benchmarks/relay_throughput.py --pipe-size 1048576   # another pipe size
+    python benchmarks/relay_throughput.py --pipe-size 65536     # another pipe size
 """
 
 from __future__ import annotations
