@@ -488,6 +488,54 @@ def test_backpressure_bounds_what_the_relay_holds(rigs, direction):
     asyncio.run(main())
 
 
+def open_fds() -> set[int]:
+    """This process's fds, without the one listdir() used for it (closed on return)."""
+    return {int(fd) for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")}
+
+
+def pipe_sizes(before: set[int]) -> list[int]:
+    """F_GETPIPE_SZ of each pipe fd opened since ``before``: the relay's pipes."""
+    return sorted(
+        fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        for fd in open_fds() - before
+        if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    )
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["granted", "refused"])
+def test_only_a_bulk_direction_grows_its_pipe_and_a_refusal_is_harmless(
+    rigs, monkeypatch, refused
+):
+    """A direction whose receiver lags grows its pipe to PIPE_SIZE; the idle direction keeps
+    the default one (pipe sizes count against the user's pipe-user-pages-soft). A size the
+    kernel refuses (here one it cannot round: EINVAL, root or not) leaves the default pipe,
+    and the relay goes on."""
+    if refused:
+        monkeypatch.setattr(relay_mod, "PIPE_SIZE", 1 << 40)
+    r, w = os.pipe()
+    default = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    os.close(r)
+    os.close(w)
+    rig = rigs()
+    flood = Flood(rig.srv)  # the app does not read yet
+
+    async def main() -> None:
+        fds = open_fds()
+        task = asyncio.ensure_future(run_relay(rig))
+        await until_stalled(flood)
+        grown = default if refused else relay_mod.PIPE_SIZE
+        assert pipe_sizes(fds) == sorted([default, default, grown, grown])
+        flood.end()
+        rig.srv.settimeout(None)
+        rig.srv.shutdown(socket.SHUT_WR)
+        got = Peer(recv_digest, rig.app)
+        rig.app.shutdown(socket.SHUT_WR)
+        await task
+        assert got.result()[0] == flood.sent == rig.count.down
+
+    asyncio.run(main())
+
+
 # The flood's two ends run in their own processes: in threads of this one, they would share
 # the GIL with the loop and could never outrun the relay, so a relay without a per-wake
 # budget would look fair.

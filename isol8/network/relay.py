@@ -54,7 +54,6 @@ EPERM (and new pipes get 8 KiB) and the relay keeps the pipe it has: slower, nev
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import os
 import signal
@@ -151,13 +150,12 @@ def _splice_to_socket(pipe_r: int, sock_fd: int, count: int) -> int:
 def _grow_pipe(w: int) -> int | None:
     """Resizes the pipe whose write end is ``w`` to PIPE_SIZE; its new capacity in bytes, or
     None when the kernel refuses (EPERM: over pipe-max-size or the user's
-    pipe-user-pages-soft; ENOMEM: no memory for the larger ring). The old pipe still works."""
+    pipe-user-pages-soft; ENOMEM; EINVAL: a size it cannot round). A refusal leaves the pipe
+    as it was, still working, so it never ends the conversation."""
     try:
         return fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError as e:
-        if e.errno in (errno.EPERM, errno.ENOMEM):
-            return None
-        raise
+    except OSError:
+        return None
 
 
 class _Conversation:
