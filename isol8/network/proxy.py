@@ -51,6 +51,7 @@ IDLE_TIMEOUT = 300.0  # a tunnel or body with no byte either way
 HELLO_TIMEOUT = 10.0  # a ClientHello must arrive whole in this time
 CONTINUE_WAIT = 1.0  # for the upstream's 100 Continue before the body goes anyway
 DNS_TCP_IDLE = 10.0
+ACCEPT_RETRY = 0.05  # after an accept() the supervisor could not serve (out of fds)
 MAX_LOGS = 10_000  # per run; the rest are counted in ``logs_dropped``
 _CHUNK = 65536
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST is 80 too
@@ -149,6 +150,12 @@ class SandboxProxy:
             await self._clients.acquire()
             try:
                 conn, _ = await loop.sock_accept(listener)
+            except OSError:
+                # EMFILE/ENFILE, ENOBUFS: the supervisor is out of something for a moment;
+                # the connection waits in the backlog and this listener keeps being served.
+                self._clients.release()
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
             except BaseException:
                 self._clients.release()
                 raise

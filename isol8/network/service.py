@@ -10,6 +10,7 @@ so nothing of it is left after the last ``stop()``.
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 import threading
 from collections.abc import Coroutine
@@ -23,8 +24,24 @@ T = TypeVar("T")
 _CALL_TIMEOUT = 30.0  # closing a proxy awaits its tasks' cancellation: milliseconds
 
 
+def _raise_open_files() -> None:
+    """Every proxied connection holds a socket and every relay four pipe ends in this
+    process: the soft RLIMIT_NOFILE (often 1024) would run out long before the hard one
+    (often 524288), so the soft limit goes up to the hard one, as servers do. Sandboxes do
+    not inherit it: the helper sets their own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = _OPEN_FILES_WANTED
+    if soft != resource.RLIM_INFINITY and soft < min(hard, _OPEN_FILES_WANTED):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, _OPEN_FILES_WANTED), hard))
+
+
+_OPEN_FILES_WANTED = 1 << 20
+
+
 class _Service:
     def __init__(self) -> None:
+        _raise_open_files()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="isol8-network", daemon=True)
         self.thread.start()
