@@ -75,7 +75,7 @@ class Sandbox:
     their event has been received; the filtered-network proxy (issue 10) serves them.
     ``destroy()`` closes them: a socket holds its namespace alive (``sk_alloc`` takes a
     reference on it). ``network``, when given, is called with them as they arrive and
-    returns what serves them (``network.ProxyHandle``): stopped before they are closed.
+    returns what serves them (``network.ProxyHandle``), which then owns and closes them.
     """
 
     def __init__(self, config: bytes, config_fds: list[int],
@@ -280,9 +280,10 @@ class Sandbox:
             os.close(self._pidfd)
             self._pidfd = -1
         if self.proxy is not None:
-            self.proxy.close()  # before its sockets go: it is still serving them
-        for _, sock in self.listeners:
-            sock.close()
+            self.proxy.close()  # it closes the listeners once it no longer serves them
+        else:
+            for _, sock in self.listeners:
+                sock.close()
         self.listeners = []
         self._sock.close()
         try:

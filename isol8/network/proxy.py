@@ -53,7 +53,8 @@ CONTINUE_WAIT = 1.0  # for the upstream's 100 Continue before the body goes anyw
 DNS_TCP_IDLE = 10.0
 ACCEPT_RETRY = 0.05  # after an accept() the supervisor could not serve (out of fds)
 MAX_LOGS = 10_000  # per run; the rest are counted in ``logs_dropped``
-_CHUNK = 65536
+_CHUNK = 65536  # a head's reads
+_BODY_CHUNK = 1 << 18  # a body's: fewer loop turns per byte (each costs Python)
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST is 80 too
 
 
@@ -76,7 +77,8 @@ class _Closed(Exception):
 
 
 class SandboxProxy:
-    """The proxy of one sandbox; all methods run on the network loop's thread."""
+    """The proxy of one sandbox; made anywhere, then used on the network loop's thread
+    (but :meth:`snapshot`)."""
 
     def __init__(self, policy: NetworkFilter) -> None:
         self.policy = policy
@@ -128,8 +130,15 @@ class SandboxProxy:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def snapshot(self) -> NetworkUsage:
+        """The usage as it stands, from any thread, resetting nothing (a closed proxy's)."""
+        usage = NetworkUsage(
+            list(self.usage.logs), self.count.down, self.count.up, self.usage.logs_dropped
+        )
+        return usage
+
     def take(self) -> NetworkUsage:
-        """This run's usage; the next run starts from zero."""
+        """This run's usage; the next run starts from zero. On the loop's thread."""
         usage, self.usage = self.usage, NetworkUsage()
         usage.bytes_in, usage.bytes_out = self.count.down, self.count.up
         self.count.down = self.count.up = 0
@@ -166,6 +175,9 @@ class SandboxProxy:
     ) -> None:
         try:
             conn.setblocking(False)
+            # Heads and bodies go out as separate writes: without this, Nagle holds the
+            # second for the client's delayed ACK, 40 ms per keep-alive request.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await handler(conn)
         except (_Closed, OSError, asyncio.TimeoutError, framing.FramingError):
             pass  # the connection ends; nothing else does
@@ -214,7 +226,7 @@ class SandboxProxy:
         loop = asyncio.get_running_loop()
         decoder = StreamDecoder()
         while True:
-            data = await asyncio.wait_for(loop.sock_recv(conn, 4096), DNS_TCP_IDLE)
+            data = await _recv(loop, conn, 4096, DNS_TCP_IDLE)
             if not data:
                 return
             try:
@@ -331,7 +343,7 @@ class SandboxProxy:
                 if fed:
                     await self._refuse(conn, 408, "the request head did not arrive in time")
                 raise _Closed
-            data = await asyncio.wait_for(loop.sock_recv(conn, _CHUNK), remaining)
+            data = await _recv(loop, conn, _CHUNK, remaining)
             if not data:
                 if fed:
                     raise _Closed
@@ -387,10 +399,12 @@ class SandboxProxy:
     ) -> bool:
         """One request and its response; True if both connections may carry the next."""
         method = head.method.decode("latin-1")
-        await self._send(upstream.sock, sniff.to_origin_form(head, target), up=True)
+        origin = sniff.to_origin_form(head, target)  # sent with the body's first bytes
         body = framing.BodyScanner(framing.request_framing(head))
         response: framing.ResponseHead | str | None = None
         if not body.done and _expects_continue(head):
+            await self._send(upstream.sock, origin, up=True)
+            origin = b""
             # RFC 9110 §10.1.1: the client holds its body until a 100 (curl for a second):
             # pass the upstream's answer on as soon as it comes, or go on without it.
             response = await self._response_head(upstream, CONTINUE_WAIT, soft=True)
@@ -398,7 +412,7 @@ class SandboxProxy:
                 await self._send(conn, _response_head(response, close=False), up=False)
                 response = None
         if response is None:
-            await self._forward_body(conn, upstream.sock, body, pending, up=True)
+            await self._forward_body(conn, upstream.sock, body, pending, up=True, head=origin)
             response = await self._response_head(upstream, RESPONSE_TIMEOUT)
             while isinstance(response, framing.ResponseHead) and _interim(response):
                 await self._send(conn, _response_head(response, close=False), up=False)
@@ -420,9 +434,16 @@ class SandboxProxy:
             and framing.keep_alive(head.version, head.headers)
             and framing.keep_alive(response.version, response.headers)
         )
-        await self._send(conn, _response_head(response, close=not keep), up=False)
         scanner = framing.BodyScanner(kind)
-        await self._forward_body(upstream.sock, conn, scanner, upstream.pending, up=False)
+        await self._forward_body(
+            upstream.sock,
+            conn,
+            scanner,
+            upstream.pending,
+            up=False,
+            head=_response_head(response, close=not keep),
+            until_close=kind.kind == "close",
+        )
         return keep and scanner.done
 
     async def _response_head(
@@ -439,7 +460,7 @@ class SandboxProxy:
             if remaining <= 0:
                 return None
             try:
-                data = await asyncio.wait_for(loop.sock_recv(upstream.sock, _CHUNK), remaining)
+                data = await _recv(loop, upstream.sock, _CHUNK, remaining)
             except asyncio.TimeoutError:
                 continue
             if not data:
@@ -458,21 +479,28 @@ class SandboxProxy:
         scanner: framing.BodyScanner,
         pending: bytearray,
         up: bool,
+        head: bytes = b"",
+        until_close: bool = False,
     ) -> None:
-        """Pass a body through as it arrives, no more of it in memory than one read."""
+        """Send ``head`` with the body's first bytes in one write, then the rest of the
+        body as it arrives, no more of it in memory than one read (``_BODY_CHUNK``).
+        ``until_close``: the body ends when ``src`` does (a close-delimited response)."""
         loop = asyncio.get_running_loop()
+        first = head
         if pending and not scanner.done:
             n = scanner.feed(pending)
-            await self._send(dst, bytes(pending[:n]), up=up)
+            first += bytes(pending[:n])
             del pending[:n]
+        await self._send(dst, first, up=up)
         while not scanner.done:
-            data = await asyncio.wait_for(loop.sock_recv(src, _CHUNK), IDLE_TIMEOUT)
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                data = await loop.sock_recv(src, _BODY_CHUNK)
             if not data:
-                if scanner.remaining is None and not up:  # close-delimited: this is its end
+                if until_close:
                     return
                 raise _Closed
             n = scanner.feed(data)
-            await self._send(dst, data[:n], up=up)
+            await self._send(dst, data[:n] if n < len(data) else data, up=up)
             if n < len(data):
                 pending += data[n:]
 
@@ -481,7 +509,8 @@ class SandboxProxy:
         proxy's own words, not counted."""
         if not data:
             return
-        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(sock, data), IDLE_TIMEOUT)
+        async with asyncio.timeout(IDLE_TIMEOUT):
+            await asyncio.get_running_loop().sock_sendall(sock, data)
         if up:
             self.count.up += len(data)
         elif up is not None:
@@ -537,7 +566,7 @@ class SandboxProxy:
             if remaining <= 0:
                 return "no TLS ClientHello in time", bytes(seen)
             try:
-                data = await asyncio.wait_for(loop.sock_recv(conn, _CHUNK), remaining)
+                data = await _recv(loop, conn, _CHUNK, remaining)
             except asyncio.TimeoutError:
                 return "no TLS ClientHello in time", bytes(seen)
             if not data:
@@ -650,6 +679,15 @@ def _response_head(head: framing.ResponseHead, close: bool) -> bytes:
     if close:
         lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _recv(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int, timeout: float
+) -> bytes:
+    """sock_recv with a deadline; ``asyncio.timeout`` rather than ``wait_for``, which
+    wraps each call in a task of its own (a keep-alive request makes several)."""
+    async with asyncio.timeout(timeout):
+        return await loop.sock_recv(sock, size)
 
 
 def _interim(head: framing.ResponseHead) -> bool:

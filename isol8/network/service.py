@@ -10,6 +10,7 @@ so nothing of it is left after the last ``stop()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import resource
 import socket
 import threading
@@ -43,6 +44,7 @@ class _Service:
     def __init__(self) -> None:
         _raise_open_files()
         self.loop = asyncio.new_event_loop()
+        self.closing: set[concurrent.futures.Future[None]] = set()
         self.thread = threading.Thread(target=self._run, name="isol8-network", daemon=True)
         self.thread.start()
 
@@ -56,7 +58,21 @@ class _Service:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(_CALL_TIMEOUT)
 
+    def close_later(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a proxy's close without waiting for it; :meth:`stop` waits for them all."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with _lock:
+            self.closing.add(future)
+        future.add_done_callback(self._closed)
+
+    def _closed(self, future: concurrent.futures.Future[None]) -> None:
+        with _lock:
+            self.closing.discard(future)
+
     def stop(self) -> None:
+        with _lock:
+            closing = list(self.closing)
+        concurrent.futures.wait(closing, timeout=_CALL_TIMEOUT)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
 
@@ -76,7 +92,8 @@ def acquire() -> None:
 
 
 def release() -> None:
-    """That engine stopped: the last one out stops the loop and joins its thread."""
+    """That engine stopped: the last one out stops the loop (once every proxy has finished
+    closing) and joins its thread."""
     global _service, _users
     with _lock:
         _users -= 1
@@ -94,47 +111,49 @@ def _running() -> _Service:
 
 
 class ProxyHandle:
-    """A sandbox's proxy, seen from the supervisor's thread. The sandbox owns the listening
-    sockets; :meth:`close` stops serving them (and ends every connection of the sandbox)
-    before their owner closes them."""
+    """A sandbox's proxy, seen from the supervisor's thread.
+
+    Neither starting nor closing waits for the loop's thread: a sandbox's setup and teardown
+    are on every run's critical path, and a hand-off costs up to a millisecond on a busy
+    machine. Connections that arrive first wait in the listen backlog (DNS datagrams in the
+    socket's queue). :meth:`close` hands the listening sockets to the proxy, which closes
+    them once it has stopped serving them."""
 
     def __init__(
         self, policy: NetworkFilter, listeners: list[tuple[Listener, socket.socket]]
     ) -> None:
         self._service = _running()
+        self._proxy = SandboxProxy(policy)
+        self._sockets = [sock for _, sock in listeners]
         served: list[tuple[str, int, socket.socket]] = [
             (kind.proto, kind.port, sock) for kind, sock in listeners
         ]
-        self._proxy: SandboxProxy | None = self._service.call(_start(policy, served))
-        self._final: NetworkUsage | None = None
+        self._service.loop.call_soon_threadsafe(self._proxy.start, served)
+        self._closed = False
 
     def take(self) -> NetworkUsage:
-        """What the sandbox did through the proxy since the last call (its run's share)."""
-        if self._proxy is None:
-            final, self._final = self._final or NetworkUsage(), None
-            return final
+        """What the sandbox did through the proxy since the last call (its run's share);
+        after :meth:`close`, all it did since the last call, read as it stands."""
+        if self._closed:
+            return self._proxy.snapshot()
         return self._service.call(_take(self._proxy))
 
     def close(self) -> None:
-        """Stop serving; what the last run did stays for :meth:`take`."""
-        if self._proxy is None:
+        """Stop serving and close the listening sockets, in the loop's own time."""
+        if self._closed:
             return
-        proxy, self._proxy = self._proxy, None
-        self._final = self._service.call(_close(proxy))
-
-
-async def _start(
-    policy: NetworkFilter, listeners: list[tuple[str, int, socket.socket]]
-) -> SandboxProxy:
-    proxy = SandboxProxy(policy)
-    proxy.start(listeners)
-    return proxy
+        self._closed = True
+        self._service.close_later(_close(self._proxy, self._sockets))
+        self._sockets = []
 
 
 async def _take(proxy: SandboxProxy) -> NetworkUsage:
     return proxy.take()
 
 
-async def _close(proxy: SandboxProxy) -> NetworkUsage:
-    await proxy.close()
-    return proxy.take()
+async def _close(proxy: SandboxProxy, sockets: list[socket.socket]) -> None:
+    try:
+        await proxy.close()
+    finally:
+        for sock in sockets:
+            sock.close()
