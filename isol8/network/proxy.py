@@ -34,7 +34,7 @@ from typing import Any
 
 from . import framing, outbound, sniff
 from .dns import FakeDNS, FakeIPPool, StreamDecoder, frame
-from .relay import ByteCount, relay
+from .relay import ByteCount, forward_exactly, relay
 from .rules import IPAddress, NetworkFilter, normalize_host, parse_literal
 from ..errors import InvalidRequest
 from ..result import NetworkLog
@@ -55,6 +55,7 @@ ACCEPT_RETRY = 0.05  # after an accept() the supervisor could not serve (out of 
 MAX_LOGS = 10_000  # per run; the rest are counted in ``logs_dropped``
 _CHUNK = 65536  # a head's reads
 _BODY_CHUNK = 1 << 18  # a body's: fewer loop turns per byte (each costs Python)
+_SPLICE_MIN = 1 << 16  # a Content-Length body this long is spliced, not read
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST is 80 too
 
 
@@ -402,6 +403,7 @@ class SandboxProxy:
         origin = sniff.to_origin_form(head, target)  # sent with the body's first bytes
         body = framing.BodyScanner(framing.request_framing(head))
         response: framing.ResponseHead | str | None = None
+        body_sent = body.done
         if not body.done and _expects_continue(head):
             await self._send(upstream.sock, origin, up=True)
             origin = b""
@@ -412,7 +414,9 @@ class SandboxProxy:
                 await self._send(conn, _response_head(response, close=False), up=False)
                 response = None
         if response is None:
-            await self._forward_body(conn, upstream.sock, body, pending, up=True, head=origin)
+            body_sent = await self._forward_body(
+                conn, upstream.sock, body, pending, up=True, head=origin
+            )
             response = await self._response_head(upstream, RESPONSE_TIMEOUT)
             while isinstance(response, framing.ResponseHead) and _interim(response):
                 await self._send(conn, _response_head(response, close=False), up=False)
@@ -430,21 +434,20 @@ class SandboxProxy:
             return False
         keep = (
             kind.kind != "close"
-            and body.done  # answered before the body came: what follows may be the body
+            and body_sent  # answered before the body came: what follows may be the body
             and framing.keep_alive(head.version, head.headers)
             and framing.keep_alive(response.version, response.headers)
         )
-        scanner = framing.BodyScanner(kind)
-        await self._forward_body(
+        sent = await self._forward_body(
             upstream.sock,
             conn,
-            scanner,
+            framing.BodyScanner(kind),
             upstream.pending,
             up=False,
             head=_response_head(response, close=not keep),
             until_close=kind.kind == "close",
         )
-        return keep and scanner.done
+        return keep and sent
 
     async def _response_head(
         self, upstream: _Upstream, timeout: float, soft: bool = False
@@ -481,10 +484,12 @@ class SandboxProxy:
         up: bool,
         head: bytes = b"",
         until_close: bool = False,
-    ) -> None:
+    ) -> bool:
         """Send ``head`` with the body's first bytes in one write, then the rest of the
-        body as it arrives, no more of it in memory than one read (``_BODY_CHUNK``).
-        ``until_close``: the body ends when ``src`` does (a close-delimited response)."""
+        body as it arrives; True once the whole body went. What remains of a Content-Length
+        body is spliced (``relay.forward_exactly``); others pass through Python, no more of
+        them in memory than one read (``_BODY_CHUNK``). ``until_close``: the body ends
+        when ``src`` does (a close-delimited response)."""
         loop = asyncio.get_running_loop()
         first = head
         if pending and not scanner.done:
@@ -492,17 +497,36 @@ class SandboxProxy:
             first += bytes(pending[:n])
             del pending[:n]
         await self._send(dst, first, up=up)
+        if scanner.remaining and scanner.remaining >= _SPLICE_MIN:
+            count = self._counter(up)
+            try:
+                await forward_exactly(
+                    src, dst, scanner.remaining, count, idle_timeout=IDLE_TIMEOUT
+                )
+            except EOFError:
+                raise _Closed from None
+            return True
         while not scanner.done:
             async with asyncio.timeout(IDLE_TIMEOUT):
                 data = await loop.sock_recv(src, _BODY_CHUNK)
             if not data:
                 if until_close:
-                    return
+                    return True
                 raise _Closed
             n = scanner.feed(data)
             await self._send(dst, data[:n] if n < len(data) else data, up=up)
             if n < len(data):
                 pending += data[n:]
+        return True
+
+    def _counter(self, up: bool) -> Callable[[int], None]:
+        def count(n: int) -> None:
+            if up:
+                self.count.up += n
+            else:
+                self.count.down += n
+
+        return count
 
     async def _send(self, sock: socket.socket, data: bytes, up: bool | None) -> None:
         """Send all of ``data``, counted as the run's traffic out (``up``) or in; None: the
