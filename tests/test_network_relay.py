@@ -675,3 +675,54 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(rigs):
     finally:
         for sock in (udp, blocking_app, blocking_rc):
             sock.close()
+
+
+# --- forward_exactly: one Content-Length body, spliced -------------------------------------
+
+
+def _forward(size: int, payload: bytes, shut: bool = False) -> tuple[int, bytes, bytes, int]:
+    """Send ``payload`` into a fresh pair, forward ``size`` bytes of it; return the count
+    delivered, what arrived, what is left unread in the source and fds leaked."""
+    app, rc = tcp_pair()
+    ru, srv = tcp_pair()
+    rc.setblocking(False)
+    ru.setblocking(False)
+    delivered = [0]
+    before = fd_count()
+    try:
+        sender = threading.Thread(target=lambda: (app.sendall(payload),
+                                                  shut and app.shutdown(socket.SHUT_WR)))
+        sender.start()
+        received = bytearray()
+        reader = threading.Thread(target=lambda: received.extend(
+            b"".join(iter(lambda: srv.recv(1 << 20), b""))))
+        reader.start()
+        try:
+            asyncio.run(asyncio.wait_for(relay_mod.forward_exactly(
+                rc, ru, size, lambda n: delivered.__setitem__(0, delivered[0] + n),
+                idle_timeout=5), 20))
+        finally:
+            ru.shutdown(socket.SHUT_WR)
+            reader.join()
+            sender.join()
+        rc.setblocking(True)
+        rc.settimeout(0.2)
+        try:
+            rest = rc.recv(1 << 20)
+        except TimeoutError:
+            rest = b""
+        return delivered[0], bytes(received), rest, fd_count() - before
+    finally:
+        for sock in (app, rc, ru, srv):
+            sock.close()
+
+
+def test_forward_exactly_moves_that_many_bytes_and_not_one_more():
+    body = os.urandom(3_000_000)
+    delivered, received, rest, leaked = _forward(len(body), body + b"NEXT REQUEST")
+    assert (delivered, received, rest, leaked) == (len(body), body, b"NEXT REQUEST", 0)
+
+
+def test_forward_exactly_refuses_a_body_cut_short():
+    with pytest.raises(EOFError):
+        _forward(1_000_000, b"x" * 1000, shut=True)
