@@ -45,6 +45,7 @@ bench: setup
 	$(VPY) benchmarks/persistent.py
 	$(VPY) benchmarks/warm_pool.py
 	$(VPY) benchmarks/network_filtered.py
+	$(VPY) benchmarks/relay_throughput.py
 
 clean:
 	$(MAKE) -C csrc clean

@@ -11,7 +11,7 @@ makes every outbound connection from its own namespace. What arrives where:
 - any address, TCP 443: TLS, passed through untouched, routed by the ClientHello's SNI;
 - any address, UDP and TCP 53: the fake-IP DNS (``dns.FakeDNS``), so a dialled address
   names the host it was resolved from;
-- ``127.0.0.1:8119`` (``capture="all"``): every other TCP port, redirected by nftables; the
+- port 8119 (``capture="all"``): every other TCP port, redirected there by nftables; the
   original destination is ``SO_ORIGINAL_DST``, the host the fake address's name.
 
 Every decision is logged (``NetworkLog``); refusals say which rule refused. Nothing here
@@ -284,14 +284,9 @@ class SandboxProxy:
                 decision = self.policy.decide(target.host)
                 if not decision.allowed:
                     self._log(method, target.host, target.path, False, started, decision.rule)
-                    await self._refuse(
-                        conn,
-                        403,
-                        f"{target.host} is blocked by the network " f"filter: {decision.rule}",
-                    )
-                    if framing.request_framing(head).kind != "none":
-                        return  # its body would be taken for the next request
-                    continue
+                    reason = f"{target.host} is blocked by the network filter: {decision.rule}"
+                    await self._refuse(conn, 403, reason)
+                    return  # as the answer says (Connection: close); a body is never read
                 key = (target.host, target.port)
                 if upstream is None or upstream.key != key:
                     if upstream is not None:
@@ -552,9 +547,8 @@ class SandboxProxy:
         decision = self.policy.decide(target.host)
         if not decision.allowed:
             self._log("CONNECT", target.host, None, False, started, decision.rule)
-            await self._refuse(
-                conn, 403, f"{target.host} is blocked by the network filter: " f"{decision.rule}"
-            )
+            reason = f"{target.host} is blocked by the network filter: {decision.rule}"
+            await self._refuse(conn, 403, reason)
             return
         opened = await self._open(target.host, target.port)
         if not isinstance(opened, _Upstream):
