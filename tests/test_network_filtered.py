@@ -453,3 +453,15 @@ def test_a_post_that_expects_100_continue_does_not_wait(filtered):
     assert words[0::3] == ["got", "got"] and words[1::3] == ["3000000"] * 2, r.stderr
     assert all(float(t) < 0.9 for t in words[2::3]), words
     assert [e.method for e in r.network_logs] == ["POST", "POST"]
+
+
+def test_a_head_that_never_finishes_gets_408(filtered, monkeypatch):
+    from isol8.network import proxy
+    monkeypatch.setattr(proxy, "HEAD_TIMEOUT", 0.5)
+    r = run_py(filtered, "import socket, time, urllib.request\n"
+                         "s = socket.create_connection(('127.0.0.1', 8118))\n"
+                         "s.sendall(b'GET http://good.test/ HTTP/1.1\\r\\nHost: go')\n"
+                         "print(urllib.request.urlopen('http://good.test/meanwhile').read().decode())\n"
+                         "s.settimeout(5)\n"
+                         "print(s.recv(100).split(b'\\r\\n')[0].decode())")
+    assert r.stdout.splitlines() == ["hello good.test /meanwhile", "HTTP/1.1 408 Request Timeout"]

@@ -334,12 +334,12 @@ class SandboxProxy:
         fed = len(pending)
         deadline = time.monotonic() + (HEAD_TIMEOUT if first else KEEPALIVE_IDLE)
         while isinstance(result, sniff.NeedMore):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if fed:
+            try:
+                data = await _recv(loop, conn, _CHUNK, max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                if fed:  # a head begun and never finished: slowloris, or a stuck client
                     await self._refuse(conn, 408, "the request head did not arrive in time")
-                raise _Closed
-            data = await _recv(loop, conn, _CHUNK, remaining)
+                raise _Closed from None
             if not data:
                 if fed:
                     raise _Closed
