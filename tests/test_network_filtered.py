@@ -461,7 +461,7 @@ def test_a_head_that_never_finishes_gets_408(filtered, monkeypatch):
     r = run_py(filtered, "import socket, time, urllib.request\n"
                          "s = socket.create_connection(('127.0.0.1', 8118))\n"
                          "s.sendall(b'GET http://good.test/ HTTP/1.1\\r\\nHost: go')\n"
-                         "print(urllib.request.urlopen('http://good.test/meanwhile').read().decode())\n"
+                         "print(urllib.request.urlopen('http://good.test/meanwhile').read().decode().strip())\n"
                          "s.settimeout(5)\n"
                          "print(s.recv(100).split(b'\\r\\n')[0].decode())")
     assert r.stdout.splitlines() == ["hello good.test /meanwhile", "HTTP/1.1 408 Request Timeout"]
