@@ -107,6 +107,9 @@ class Isol8:
                           if opts.network_filter is not None else None)
         # What serves a filtered sandbox's listeners (see Sandbox): None in other modes.
         self._network = self._filtered.serve if self._filtered is not None else None
+        # Bytes nothing counted: none with no network, unknown with the host's (upstream
+        # leaves them out then)
+        self._no_bytes = None if opts.network == "host" else 0
 
     def __enter__(self) -> "Isol8":
         self.start()
@@ -561,8 +564,8 @@ class Isol8:
                 cpu_time_ms=cpu_ms, cpu_percent=round(100 * cpu_ms / max(duration_ms, 1), 1),
                 memory_mb=peak_mb, peak_memory_mb=peak_mb, oom=oom,
                 enforced=dict(self._enforced), limits_reached=reached,
-                network_bytes_in=net.bytes_in if net else 0,
-                network_bytes_out=net.bytes_out if net else 0),
+                network_bytes_in=net.bytes_in if net else self._no_bytes,
+                network_bytes_out=net.bytes_out if net else self._no_bytes),
             files=files,
             network_logs=list(net.logs) if net and self.options.log_network else None,
         )

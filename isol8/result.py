@@ -26,12 +26,14 @@ class ResourceUsage:
     peak_memory_mb: float | None
     oom: bool
     enforced: dict[str, str | None]
-    network_bytes_in: int = 0
-    network_bytes_out: int = 0
+    # what the filtered proxy moved for the run; 0 without a network, None (left out of the
+    # wire form) with the host's, which nothing counts
+    network_bytes_in: int | None = 0
+    network_bytes_out: int | None = 0
     limits_reached: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        wire: dict[str, object] = {
             "cpuPercent": self.cpu_percent,
             "memoryMB": self.memory_mb,
             "peakMemoryMB": self.peak_memory_mb,
@@ -42,6 +44,9 @@ class ResourceUsage:
             "enforced": dict(self.enforced),
             "limitsReached": list(self.limits_reached),
         }
+        if self.network_bytes_in is None:
+            del wire["networkBytesIn"], wire["networkBytesOut"]
+        return wire
 
 
 @dataclass(frozen=True, slots=True)

@@ -465,3 +465,10 @@ def test_a_head_that_never_finishes_gets_408(filtered, monkeypatch):
                          "s.settimeout(5)\n"
                          "print(s.recv(100).split(b'\\r\\n')[0].decode())")
     assert r.stdout.splitlines() == ["hello good.test /meanwhile", "HTTP/1.1 408 Request Timeout"]
+
+
+def test_host_network_leaves_the_byte_counts_out():
+    with Isol8(network="host") as eng:
+        r = eng.execute(cmd="true")
+    assert r.resource_usage.network_bytes_in is None
+    assert "networkBytesIn" not in r.to_dict()["resourceUsage"]
