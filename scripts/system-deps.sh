@@ -18,6 +18,8 @@
 #                            python3-requests the HTTP client agents use most, fetched through
 #                                            the filtered network's proxy
 #                            openssl         the test certificate of the TLS pass-through tests
+#                            curl            the client most agents' shell commands use, through
+#                                            the filtered network's proxy and its capture
 #   system-deps.sh [--test] PKG...   and these too (the benchmark adds bubblewrap)
 # As root it runs apt-get with its output in $ISOL8_APT_LOG (default
 # /var/log/isol8-system-deps.log), printed whole if apt-get fails; on success one line says what
@@ -28,7 +30,7 @@ set -euo pipefail
 need=(gcc libc6-dev python3-venv libseccomp2)
 args=("$@")
 if [ "${1:-}" = --test ]; then
-  need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl)
+  need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl curl)
   shift
 fi
 need+=("$@")
