@@ -430,6 +430,7 @@ class SandboxProxy:
         keep = (
             kind.kind != "close"
             and body_sent  # answered before the body came: what follows may be the body
+            and head.version != b"HTTP/1.0"  # RFC 9112 §9.3: never with a 1.0 client
             and framing.keep_alive(head.version, head.headers)
             and framing.keep_alive(response.version, response.headers)
         )
