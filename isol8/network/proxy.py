@@ -626,14 +626,8 @@ class SandboxProxy:
         if ipaddress.ip_address(address).is_loopback:
             # The nat chain leaves loopback alone: this is a direct connection to the capture
             # port itself, not a redirected one, and it has no destination to be relayed to.
-            self._log(
-                "CONNECT",
-                address,
-                None,
-                False,
-                started,
-                "direct connection to the " "capture port",
-            )
+            reason = "direct connection to the capture port"
+            self._log("CONNECT", address, None, False, started, reason)
             return
         host = self._dialled_name(address) or _literal(address)
         await self._tunnel(conn, host, port, b"", started)
