@@ -472,3 +472,13 @@ def test_host_network_leaves_the_byte_counts_out():
         r = eng.execute(cmd="true")
     assert r.resource_usage.network_bytes_in is None
     assert "networkBytesIn" not in r.to_dict()["resourceUsage"]
+
+
+def test_large_bodies_are_spliced_and_the_connection_stays_in_step(filtered):
+    """A Content-Length body of 64 KiB or more goes through a pipe (relay.forward_exactly):
+    the next request and response on the same connection must start right after it."""
+    r = filtered.execute(cmd=CURL + "-o /dev/null -o /dev/null -o /dev/null "
+                         "-w '%{size_download} %{num_connects}\\n' http://good.test/big/3000000 "
+                         "http://good.test/big/100 http://good.test/big/200000")
+    assert r.stdout.splitlines() == ["3000000 1", "100 0", "200000 0"], r.stderr
+    assert [e.path for e in r.network_logs] == ["/big/3000000", "/big/100", "/big/200000"]
