@@ -166,6 +166,7 @@ void close_host_mounts(const struct config *cfg);
 
 /* net.c */
 void bring_up_loopback(void);
+void limit_conntrack(const struct config *cfg);
 void set_up_capture(const struct config *cfg); /* T_CAPTURE: routes, T_NFT, listeners, event */
 
 /* privs.c */

@@ -176,6 +176,10 @@ static void child_setup(int sync_fd) {
 
   current_step = "mounts";
   open_host_mounts(&cfg, 0); /* rootless (as root the parent did): before the staging mount */
+  if (cfg.new_netns && cfg.listeners) {
+    current_step = "network";
+    limit_conntrack(&cfg);
+  }
   current_step = "rootfs";
   build_root(&cfg); /* mounts, pivot_root, read-only root, max_user_namespaces=0 */
 

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netlink.h>
@@ -204,6 +205,55 @@ static int open_listener(const unsigned char *entry, int ipv6, char **o, char *e
   const char *host = family == AF_INET6 ? "[::]" : loopback ? "127.0.0.1" : "0.0.0.0";
   *o += snprintf(*o, (size_t)(end - *o), "%s:%s:%u", udp ? "udp" : "tcp", host, bound);
   return s;
+}
+
+/* A nat chain (capture="all") turns on connection tracking in this namespace, and its
+ * entries fill the host's one table (nf_conntrack_max cannot be set per namespace), untouched
+ * by the sandbox's memory limit. Entries end with the namespace, but until then a sandbox
+ * opening and closing connections, or spraying DNS from new ports, would leave each behind
+ * for minutes (TIME_WAIT 120 s, UDP 30 s). The timeouts are this namespace's own and its
+ * owner may set them: seconds, so that only live connections hold entries. Established ones
+ * keep the default, or an idle tunnel would lose its translation. */
+static const char *const short_conntrack[][2] = {
+    {"nf_conntrack_tcp_timeout_syn_sent", "5"},  {"nf_conntrack_tcp_timeout_syn_recv", "5"},
+    {"nf_conntrack_tcp_timeout_fin_wait", "5"},  {"nf_conntrack_tcp_timeout_close_wait", "5"},
+    {"nf_conntrack_tcp_timeout_last_ack", "5"},  {"nf_conntrack_tcp_timeout_time_wait", "2"},
+    {"nf_conntrack_tcp_timeout_close", "2"},     {"nf_conntrack_udp_timeout", "2"},
+    {"nf_conntrack_udp_timeout_stream", "5"},    {"nf_conntrack_icmp_timeout", "2"},
+    {"nf_conntrack_icmpv6_timeout", "2"},
+};
+
+static void shorten_conntrack(void) {
+  for (size_t i = 0; i < sizeof short_conntrack / sizeof *short_conntrack; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "/proc/sys/net/netfilter/%s", short_conntrack[i][0]);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+      continue; /* a protocol this kernel does not track (no IPv6) */
+    if (fd < 0)
+      fail("network", "open", path);
+    size_t len = strlen(short_conntrack[i][1]);
+    if (write(fd, short_conntrack[i][1], len) != (ssize_t)len)
+      fail("network", "write", path);
+    close(fd);
+  }
+}
+
+/* Whether the batch makes a nat chain: its NFTA_CHAIN_TYPE attribute says "nat". */
+static int batch_has_nat(const struct config *cfg) {
+  static const struct {
+    struct nlattr attr;
+    char type[4];
+  } nat = {{sizeof nat, NFTA_CHAIN_TYPE}, "nat"};
+  return memmem(cfg->nft, cfg->nft_len, &nat, sizeof nat) != NULL;
+}
+
+/* Before build_root(): the sandbox's /proc/sys is read-only by then, while the host's /proc,
+ * still mounted here, shows this namespace's own net sysctls (they follow the opener's
+ * netns). A kernel without conntrack has none of them: nothing to shorten. */
+void limit_conntrack(const struct config *cfg) {
+  if (cfg->nft && batch_has_nat(cfg))
+    shorten_conntrack();
 }
 
 void set_up_capture(const struct config *cfg) {

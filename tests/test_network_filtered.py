@@ -482,3 +482,14 @@ def test_large_bodies_are_spliced_and_the_connection_stays_in_step(filtered):
                          "http://good.test/big/100 http://good.test/big/200000")
     assert r.stdout.splitlines() == ["3000000 1", "100 0", "200000 0"], r.stderr
     assert [e.path for e in r.network_logs] == ["/big/3000000", "/big/100", "/big/200000"]
+
+
+@pytest.mark.parametrize("capture, time_wait", [("all", "2"), ("web", "120")])
+def test_capture_all_keeps_conntrack_entries_short(web, capture, time_wait):
+    """The nat chain of "all" turns on conntrack, whose table is the host's: closed
+    connections and DNS from fresh ports must not hold entries for minutes."""
+    with Isol8(network="filtered", network_filter=policy(web, capture=capture)) as eng:
+        r = eng.execute(cmd="cd /proc/sys/net/netfilter && cat "
+                            "nf_conntrack_tcp_timeout_time_wait nf_conntrack_udp_timeout "
+                            "nf_conntrack_tcp_timeout_established")
+    assert r.stdout.split() == [time_wait, "2" if capture == "all" else "30", "432000"]
