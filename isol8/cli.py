@@ -1,4 +1,4 @@
-"""The ``isol8`` command: ``exec`` (alias ``run``) and ``doctor``.
+"""The ``isol8`` command: ``exec`` (alias ``run``), ``doctor`` and ``serve``.
 
 argparse rather than click: the CLI is small, and a one-shot ``isol8 exec`` should not pay for
 an import it does not need (the standard library is enough here).
@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the output when the run ends instead of as it arrives")
 
     sub.add_parser("doctor", help="what this host supports, and what isol8 does about it")
+
+    sv = sub.add_parser("serve", help="serve upstream's HTTP API (needs isol8[server])")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default $ISOL8_PORT, $PORT or 3000)")
+    sv.add_argument("--key", help="the master API key (default $ISOL8_API_KEY; required)")
+    sv.add_argument("--config", metavar="FILE",
+                    help="server policy, TOML or JSON (default $ISOL8_CONFIG)")
     return parser
 
 
@@ -256,6 +263,32 @@ def _stream(events) -> int:
     return code
 
 
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Imported here: ``isol8 exec`` never pays for FastAPI."""
+    key = args.key or os.environ.get("ISOL8_API_KEY")
+    if not key:
+        parser.error("serve: a master key is required (--key or ISOL8_API_KEY)")
+    port = args.port if args.port is not None else \
+        os.environ.get("ISOL8_PORT") or os.environ.get("PORT") or 3000
+    try:
+        port = int(port)
+    except ValueError:
+        parser.error(f"serve: the port must be a number, got {port!r}")
+    if not 0 <= port <= 65535:
+        parser.error(f"serve: the port must be 0 to 65535, got {port}")
+    try:
+        from .server.policy import ServerPolicy
+        from .server.run import serve
+    except ImportError as exc:
+        print(f"isol8: serve needs the server extra (pip install 'isol8[server]'): {exc}",
+              file=sys.stderr)
+        return 1
+    config = args.config or os.environ.get("ISOL8_CONFIG")
+    policy = ServerPolicy.load(config) if config else ServerPolicy.default()
+    serve(host=args.host, port=port, api_key=key, policy=policy)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -264,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             from .doctor import main as doctor_main
 
             return doctor_main()
+        if args.command == "serve":
+            return _serve(args, parser)
         return _exec(args, parser)
     except SetupScriptFailed as exc:  # the code did not run: the script's own exit code
         print(f"isol8: {exc}", file=sys.stderr)

@@ -1,0 +1,54 @@
+"""The FastAPI application of ``isol8 serve``: routers per concern, upstream's JSON shapes.
+
+Blocking engine calls never run on the event loop: runs go through ``AsyncIsol8`` (a worker
+thread each, cancellable) and engine stops through ``asyncio.to_thread``. At shutdown (the
+lifespan's end, which uvicorn reaches on SIGTERM or SIGINT) every engine and session is
+stopped, so no sandbox outlives the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .. import __version__
+from . import errors
+from .engines import DEFAULT_MAX_ENGINES, EngineRegistry
+from .policy import ServerPolicy
+from .routes import execute, health, sessions
+
+# Worker threads for runs and stops: asyncio's default pool has min(32, cpus + 4), which on
+# a small host would queue runs behind a few long ones. Admission control (a concurrency
+# limit with 429) belongs in front of it.
+MAX_WORKERS = 64
+
+
+def create_app(api_key: str, policy: ServerPolicy | None = None, *,
+               max_engines: int = DEFAULT_MAX_ENGINES) -> FastAPI:
+    """The server's app; ``api_key`` is the master key (non-empty)."""
+    if not isinstance(api_key, str) or not api_key:
+        raise ValueError("create_app: api_key must be a non-empty string")
+    engines = EngineRegistry(max_engines)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="isol8-run")
+        asyncio.get_running_loop().set_default_executor(executor)
+        try:
+            yield
+        finally:
+            await engines.close()
+            executor.shutdown(wait=True)
+
+    app = FastAPI(title="isol8", version=__version__, lifespan=lifespan)
+    app.state.api_key = api_key.encode("utf-8", "surrogateescape")
+    app.state.policy = policy or ServerPolicy.default()
+    app.state.engines = engines
+    errors.install(app)
+    for module in (health, execute, sessions):
+        app.include_router(module.router)
+    return app

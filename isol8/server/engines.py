@@ -1,0 +1,169 @@
+"""The server's engines: one per distinct engine-option set, and one per session.
+
+Upstream's server builds a fresh engine for every ephemeral request and stops it afterwards,
+so its warm pool never serves anything (isol8-api.md §4.3). Here an ephemeral engine is keyed
+by its policed options (isol8.server.policy fills in every ceiling'd value, so equal runs
+give equal keys) and kept with its warm pool across requests; per-request fields (code,
+env, the request's timeout...) are not part of the key. Engines are bounded, least recently
+used out first, and an engine is only stopped once no request is using it.
+
+A session (``sessionId``) is a persistent engine of its own, keyed by (owner, id): the owner
+is the API key that created it, so another key cannot reach it (upstream shares sessions
+between every key). A later request with other engine options gets ``OptionsConflict``
+(409) naming the fields, instead of silently running with the session's first options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ..async_engine import AsyncIsol8
+from ..errors import Isol8Error
+from .wire import engine_kwargs
+
+DEFAULT_MAX_ENGINES = 4
+_log = logging.getLogger("isol8.server")
+
+
+class OptionsConflict(Isol8Error):
+    """A session was asked to run with engine options other than its own."""
+
+    def __init__(self, session_id: str, fields: list[str]) -> None:
+        super().__init__(f"session {session_id!r} was created with other options: "
+                         f"{', '.join(fields)} differ (start a new session to change them)")
+        self.fields = fields
+
+
+class ShuttingDown(Isol8Error):
+    """The server is stopping: no new engine or run."""
+
+
+@dataclass(slots=True)
+class _Engine:
+    engine: AsyncIsol8
+    users: int = 0
+
+
+@dataclass(slots=True)
+class Session:
+    engine: AsyncIsol8
+    options: Mapping[str, object]
+    last_accessed_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    active: int = 0
+
+    def to_dict(self, session_id: str) -> dict[str, object]:
+        """Upstream's ``GET /sessions`` entry."""
+        return {"id": session_id, "isActive": self.active > 0,
+                "lastAccessedAt": self.last_accessed_ms}
+
+
+def engine_key(options: Mapping[str, object]) -> str:
+    """The identity of an engine-option set: canonical JSON of the policed options."""
+    return json.dumps(options, sort_keys=True, separators=(",", ":"))
+
+
+class EngineRegistry:
+    """Every engine the server runs, and the only place that creates or stops one.
+
+    Its methods run on the event loop; engine construction is cheap (it validates options),
+    while ``stop()`` blocks and runs in a worker thread."""
+
+    def __init__(self, max_engines: int = DEFAULT_MAX_ENGINES) -> None:
+        self._max_engines = max_engines
+        self._engines: OrderedDict[str, _Engine] = OrderedDict()
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @asynccontextmanager
+    async def ephemeral(self, options: Mapping[str, object]) -> AsyncIterator[AsyncIsol8]:
+        """The shared engine for ``options``, held for the block."""
+        self._check_open()
+        key = engine_key(options)
+        entry = self._engines.get(key)
+        if entry is None:
+            entry = _Engine(AsyncIsol8(prewarm=True, **engine_kwargs(options)))
+            self._engines[key] = entry
+        self._engines.move_to_end(key)
+        entry.users += 1
+        try:
+            yield entry.engine
+        finally:
+            entry.users -= 1
+            self._evict()
+
+    def _evict(self) -> None:
+        """Stop the least recently used idle engines beyond the bound; busy ones stay until
+        they are idle (a stop under a run would pull its cgroups away)."""
+        excess = len(self._engines) - self._max_engines
+        for key in [k for k, e in self._engines.items() if e.users == 0][:max(excess, 0)]:
+            self._stop_later(self._engines.pop(key).engine)
+
+    def _stop_later(self, engine: AsyncIsol8) -> None:
+        """Stop an evicted engine off the request's path; ``close()`` waits for it."""
+        task = asyncio.get_running_loop().create_task(engine.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        self._stopping.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("stopping an evicted engine failed: %s", task.exception())
+
+    @asynccontextmanager
+    async def session(self, owner: str, session_id: str,
+                      options: Mapping[str, object]) -> AsyncIterator[AsyncIsol8]:
+        """The session's engine (created on first use), held for the block."""
+        self._check_open()
+        key = (owner, session_id)
+        session = self._sessions.get(key)
+        if session is None:
+            engine = AsyncIsol8(mode="persistent", **engine_kwargs(options))
+            session = self._sessions[key] = Session(engine, dict(options))
+        else:
+            differ = sorted(f"options.{name}" for name in set(session.options) | set(options)
+                            if session.options.get(name) != options.get(name))
+            if differ:
+                raise OptionsConflict(session_id, differ)
+        session.active += 1
+        session.last_accessed_ms = int(time.time() * 1000)
+        try:
+            yield session.engine
+        finally:
+            session.active -= 1
+            session.last_accessed_ms = int(time.time() * 1000)
+
+    def sessions(self, owner: str) -> list[dict[str, object]]:
+        """The owner's sessions, in upstream's shape; nobody else's."""
+        return [s.to_dict(sid) for (o, sid), s in self._sessions.items() if o == owner]
+
+    async def end_session(self, owner: str, session_id: str) -> None:
+        """Stop a session and its sandbox; idempotent (upstream answers ok for an unknown
+        id). A run in progress finishes first: the engine serializes them."""
+        session = self._sessions.pop((owner, session_id), None)
+        if session is not None:
+            await session.engine.stop()
+
+    async def close(self) -> None:
+        """Stop every engine and session: no sandbox outlives the server."""
+        self._closed = True
+        engines = [e.engine for e in self._engines.values()]
+        engines += [s.engine for s in self._sessions.values()]
+        self._engines.clear()
+        self._sessions.clear()
+        outcomes = await asyncio.gather(*(e.stop() for e in engines), *set(self._stopping),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                _log.error("stopping an engine failed: %s", outcome)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")

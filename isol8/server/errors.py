@@ -1,0 +1,75 @@
+"""Every error answer is upstream's ``{"error": message}`` with a meaningful status.
+
+Upstream answers any failure with 500, a client's own mistake included (isol8-api.md §8.3),
+and FastAPI's defaults would answer 422 ``{"detail": ...}``; both are replaced here, so a
+client can tell its error (4xx, naming the field) from the server's (5xx). ``type`` names
+the engine's exception class, for a remote client to raise the local engine's own type.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import InvalidRequest, Isol8Error, RuntimeNotAvailable, SessionLost, \
+    SetupScriptFailed
+from .engines import OptionsConflict, ShuttingDown
+from .wire import wire_message
+
+_log = logging.getLogger("isol8.server")
+
+
+class ApiError(Exception):
+    """An answer decided by the server itself (auth, a missing session...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error(status: int, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _engine_error(exc: Isol8Error) -> JSONResponse:
+    kind = {"type": type(exc).__name__}
+    if isinstance(exc, OptionsConflict):
+        return error(409, str(exc), fields=exc.fields, **kind)
+    if isinstance(exc, ShuttingDown):
+        return error(503, str(exc), **kind)
+    if isinstance(exc, SetupScriptFailed):  # the client's script failed: its outcome
+        return error(400, str(exc), exitCode=exc.exit_code, stdout=exc.stdout,
+                     stderr=exc.stderr, **kind)
+    if isinstance(exc, SessionLost):
+        return error(410, str(exc), **kind)
+    if isinstance(exc, (InvalidRequest, RuntimeNotAvailable)):
+        return error(400, wire_message(str(exc)), **kind)
+    _log.error("engine failure: %s", exc)  # the host's fault, not the request's
+    return error(500, str(exc), **kind)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every failure the ``{error}`` shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return error(exc.status, str(exc))
+
+    @app.exception_handler(Isol8Error)
+    async def _engine(request: Request, exc: Isol8Error) -> JSONResponse:
+        return _engine_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error(400, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)

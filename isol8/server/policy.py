@@ -1,0 +1,221 @@
+"""The server policy: what a remote client may ask of the engine.
+
+Upstream's server passes a client's ``options`` straight to its engine, so any client can
+turn on the host's network, drop seccomp, mount host paths or ask for all of the host's
+memory (isol8-api.md §4.3, §8.3). Here the operator sets ceilings and allowances; numeric
+options above a ceiling are clamped (and the response lists what was, in ``clamped``), and
+options that weaken isolation are refused with 400 naming the field unless allowed.
+
+Schema (TOML or JSON, every key optional; an unknown key is an error, since a misspelled
+allowance silently left at its default would hide the operator's intent)::
+
+    runtimes = ["python", "node", "bash"]     # allowed runtimes (default: all)
+    [ceilings]                                # upper bounds, wire names and syntax
+    timeoutMs = 300000
+    memoryLimit = "2g"
+    cpuLimit = 2.0
+    pidsLimit = 256
+    maxOutputSize = 16777216                  # or "16m"
+    sandboxSize = "2g"
+    tmpSize = "1g"
+    [network]
+    modes = ["none", "filtered"]              # "host" only if listed
+    allowPrivate = false                      # networkFilter.allowPrivate
+    pins = false                              # networkFilter.hosts
+    [allow]
+    seccompUnconfined = false                 # options.security.seccomp = "unconfined"
+
+Always refused in this version: ``mounts`` (no operator mount list yet),
+``readonlyRootFs: false``, ``persist``, ``debug``, ``image``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from ..errors import InvalidRequest
+from ..policy import NETWORK_MODES, parse_size
+from ..runtimes import RUNTIMES
+from .wire import ExecuteBody, WireError
+
+# The engine's defaults (isol8.policy.EngineOptions.build), in bytes where sizes: an absent
+# option takes them, so the ceiling must bound them too.
+ENGINE_DEFAULTS: dict[str, float | int] = {
+    "timeoutMs": 30_000, "memoryLimit": 512 << 20, "cpuLimit": 1.0, "pidsLimit": 64,
+    "maxOutputSize": 1 << 20, "sandboxSize": 512 << 20, "tmpSize": 256 << 20,
+}
+DEFAULT_CEILINGS: dict[str, float | int] = {
+    "timeoutMs": 300_000, "memoryLimit": 2 << 30, "cpuLimit": 2.0, "pidsLimit": 256,
+    "maxOutputSize": 16 << 20, "sandboxSize": 2 << 30, "tmpSize": 1 << 30,
+}
+_SIZES = ("memoryLimit", "maxOutputSize", "sandboxSize", "tmpSize")
+_ALWAYS_REFUSED = {
+    "mounts": lambda v: v not in ([], ()),
+    "readonlyRootFs": lambda v: v is False,
+    "persist": lambda v: v is True,
+    "debug": lambda v: v is True,
+    "image": lambda v: True,
+}
+_TOP_KEYS = ("runtimes", "ceilings", "network", "allow")
+
+
+@dataclass(frozen=True, slots=True)
+class Clamped:
+    """One value lowered to its ceiling: the wire path, what was asked, what applies."""
+
+    field: str
+    requested: object
+    applied: float | int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"field": self.field, "requested": self.requested, "applied": self.applied}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPolicy:
+    ceilings: Mapping[str, float | int] = field(default_factory=lambda: dict(DEFAULT_CEILINGS))
+    network_modes: tuple[str, ...] = ("none", "filtered")
+    allow_private: bool = False
+    pins: bool = False
+    seccomp_unconfined: bool = False
+    runtimes: tuple[str, ...] = tuple(RUNTIMES)
+
+    @classmethod
+    def default(cls) -> ServerPolicy:
+        return cls()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ServerPolicy:
+        """Read a policy file: JSON if it ends in ``.json``, else TOML. Errors name the file
+        and the key."""
+        name = os.fspath(path)
+        try:
+            with open(name, "rb") as fh:
+                data = json.load(fh) if name.endswith(".json") else tomllib.load(fh)
+        except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError too
+            raise InvalidRequest(f"{name}: {exc}") from None
+        try:
+            return cls.from_mapping(data)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{name}: {exc}") from None
+
+    @classmethod
+    def from_mapping(cls, data: object) -> ServerPolicy:
+        section = _section(data, "policy", _TOP_KEYS)
+        policy = cls()
+        ceilings = dict(policy.ceilings)
+        for name, value in _section(section.get("ceilings", {}), "ceilings",
+                                    tuple(DEFAULT_CEILINGS)).items():
+            ceilings[name] = _ceiling(name, value)
+        net = _section(section.get("network", {}), "network", ("modes", "allowPrivate", "pins"))
+        allow = _section(section.get("allow", {}), "allow", ("seccompUnconfined",))
+        return replace(
+            policy, ceilings=ceilings,
+            network_modes=_names(net.get("modes", list(policy.network_modes)),
+                                 "network.modes", NETWORK_MODES),
+            allow_private=_flag(net.get("allowPrivate", False), "network.allowPrivate"),
+            pins=_flag(net.get("pins", False), "network.pins"),
+            seccomp_unconfined=_flag(allow.get("seccompUnconfined", False),
+                                     "allow.seccompUnconfined"),
+            runtimes=_names(section.get("runtimes", list(policy.runtimes)), "runtimes",
+                            tuple(RUNTIMES)))
+
+    def apply(self, body: ExecuteBody) -> tuple[ExecuteBody, list[Clamped]]:
+        """The body this server will run: refused fields raise ``WireError`` (400), numeric
+        options are clamped to the ceilings and every ceiling'd option is filled in, so two
+        bodies that run alike have equal options (the engine key, isol8.server.engines)."""
+        options, request = dict(body.options), dict(body.request)
+        self._refuse(options, request)
+        clamped: list[Clamped] = []
+        for name, ceiling in self.ceilings.items():
+            requested = options.get(name)
+            value = (ENGINE_DEFAULTS[name] if requested is None
+                     else _wire_value(f"options.{name}", name, requested))
+            if value > ceiling:
+                value = ceiling
+                if requested is not None:
+                    clamped.append(Clamped(f"options.{name}", requested, ceiling))
+            options[name] = value
+        options.setdefault("network", "none")
+        timeout = request.get("timeoutMs")
+        if isinstance(timeout, int) and timeout > self.ceilings["timeoutMs"]:
+            request["timeoutMs"] = self.ceilings["timeoutMs"]
+            clamped.append(Clamped("request.timeoutMs", timeout, self.ceilings["timeoutMs"]))
+        return replace(body, options=options, request=request), clamped
+
+    def _refuse(self, options: Mapping[str, object], request: Mapping[str, object]) -> None:
+        for name, weakens in _ALWAYS_REFUSED.items():
+            if name in options and weakens(options[name]):
+                raise WireError(f"options.{name}", "not allowed by the server policy")
+        network = options.get("network", "none")
+        if network not in self.network_modes:
+            raise WireError("options.network", f"{network!r} is not allowed by the server "
+                            f"policy (allowed: {', '.join(self.network_modes)})")
+        if options.get("seccomp") == "unconfined" and not self.seccomp_unconfined:
+            raise WireError("options.security.seccomp",
+                            "'unconfined' is not allowed by the server policy")
+        net_filter = options.get("networkFilter")
+        if isinstance(net_filter, Mapping):
+            if net_filter.get("allowPrivate") is True and not self.allow_private:
+                raise WireError("options.networkFilter.allowPrivate",
+                                "not allowed by the server policy")
+            if net_filter.get("hosts") and not self.pins:
+                raise WireError("options.networkFilter.hosts",
+                                "pins are not allowed by the server policy")
+        runtime = request.get("runtime")
+        if isinstance(runtime, str) and runtime in RUNTIMES and runtime not in self.runtimes:
+            raise WireError("request.runtime", f"{runtime!r} is not allowed by the server "
+                            f"policy (allowed: {', '.join(self.runtimes)})")
+        if "cmd" in request and "bash" not in self.runtimes:
+            raise WireError("request.cmd", "shell commands (bash) are not allowed by the "
+                            "server policy")
+
+
+def _wire_value(path: str, name: str, value: object) -> float | int:
+    """A ceiling'd option as a number (sizes in bytes), for comparison and the engine key."""
+    if name in _SIZES:
+        try:
+            return parse_size(value, path)  # type: ignore[arg-type]
+        except InvalidRequest as exc:
+            raise WireError(path, str(exc).split(": ", 1)[1]) from None
+    return value  # type: ignore[return-value]  # wire.py checked the type
+
+
+def _ceiling(name: str, value: object) -> float | int:
+    path = f"ceilings.{name}"
+    if name in _SIZES:
+        return parse_size(value, path)  # type: ignore[arg-type]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidRequest(f"{path}: expected a positive number, got {value!r}")
+    if name != "cpuLimit" and not float(value).is_integer():
+        raise InvalidRequest(f"{path}: expected an integer, got {value!r}")
+    return value if name == "cpuLimit" else int(value)
+
+
+def _section(value: object, path: str, known: tuple[str, ...]) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{path}: expected a table/object, got {value!r}")
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise InvalidRequest(f"{path}: unknown key(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(known)})")
+    return value
+
+
+def _names(value: object, path: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{path}: expected a list of strings, got {value!r}")
+    for item in value:
+        if item not in known:
+            raise InvalidRequest(f"{path}: unknown {item!r} (known: {', '.join(known)})")
+    return tuple(dict.fromkeys(value))
+
+
+def _flag(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{path}: expected true or false, got {value!r}")
+    return value

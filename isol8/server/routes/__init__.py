@@ -1,0 +1,1 @@
+"""One router per concern; isol8.server.app includes them."""

@@ -1,0 +1,22 @@
+"""Run the server under uvicorn until SIGTERM or SIGINT.
+
+uvicorn turns either signal into a graceful shutdown: it stops accepting, lets running
+requests finish for ``GRACE_SECONDS`` and then cancels them (a cancelled ``AsyncIsol8`` run
+kills its sandbox), then runs the app's lifespan end, which stops every engine.
+"""
+
+from __future__ import annotations
+
+import uvicorn
+
+from .app import create_app
+from .policy import ServerPolicy
+
+GRACE_SECONDS = 30
+
+
+def serve(*, host: str, port: int, api_key: str, policy: ServerPolicy) -> None:
+    config = uvicorn.Config(create_app(api_key, policy), host=host, port=port,
+                            log_level="info", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACE_SECONDS)
+    uvicorn.Server(config).run()
