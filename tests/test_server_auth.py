@@ -290,6 +290,26 @@ def test_an_existing_world_readable_file_is_tightened(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_a_locked_database_does_not_stop_a_live_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writing (a second server, an admin tool) must not fail
+    authentication: only the lastUsedAt bookkeeping is skipped."""
+    monkeypatch.setattr("isol8.server.keystore.BUSY_TIMEOUT", 0.05)
+    path = tmp_path / "auth.db"
+    with KeyStore(path) as s:
+        info, key = s.create("ci", None)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            got = s.verify(key)
+            assert got is not None and got.id == info.id and got.last_used_at is None
+        finally:
+            other.close()
+        got = s.verify(key)
+        assert got is not None and got.last_used_at is not None
+
+
 def test_a_database_from_a_newer_isol8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "auth.db"
     KeyStore(path).close()

@@ -60,6 +60,8 @@ MAX_PRESENTED_LENGTH = 256
 #: ``lastUsedAt`` is written at most this often per key, so verifying is a read, not a write
 #: (SQLite serialises writers), on all but one request a minute.
 LAST_USED_RESOLUTION_MS = 60_000
+#: How long a statement waits for another process's write lock on a shared file.
+BUSY_TIMEOUT = 10.0
 _DISPLAY_PREFIX = 10  # upstream's keyPrefix: "isol8_" and 4 characters, then "..."
 
 #: Forward migrations, in order: index ``i`` takes ``user_version`` from ``i`` to ``i + 1``.
@@ -207,7 +209,7 @@ class KeyStore:
         self._lock = threading.Lock()
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _transaction).
         self._db = sqlite3.connect(
-            path, timeout=10.0, isolation_level=None, check_same_thread=False
+            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         self._db.row_factory = sqlite3.Row
         try:
@@ -344,12 +346,18 @@ class KeyStore:
                 return None
             last = row["last_used_at"]
             if last is None or now - last >= LAST_USED_RESOLUTION_MS:
-                self._db.execute(
-                    "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, row["id"])
-                )
-                row = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (row["id"],)
-                ).fetchone()
+                try:
+                    self._db.execute(
+                        "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, row["id"])
+                    )
+                except sqlite3.OperationalError:
+                    # Another process holds the write lock past the timeout: lastUsedAt is
+                    # bookkeeping, and a live key must not fail to authenticate over it.
+                    pass
+                else:
+                    row = self._db.execute(
+                        f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (row["id"],)
+                    ).fetchone()
         return KeyInfo._from_row(row)
 
     def revoke(self, key_id: object) -> bool:
