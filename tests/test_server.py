@@ -348,3 +348,12 @@ def test_shutdown_leaves_no_sandbox_and_no_child(sig):
         assert "Application shutdown complete" in srv.output
     assert alive(below) == set()
     assert set(child_pids()) <= before
+
+
+def test_exec_does_not_import_the_server_stack():
+    out = subprocess.run([sys.executable, "-c",
+                          "import sys; from isol8.cli import main; rc = main(['exec', '-e', "
+                          "'print(1)']); print(sorted(m for m in sys.modules if m.split('.')[0]"
+                          " in ('fastapi', 'uvicorn', 'starlette', 'pydantic')))"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout == "1\n[]\n", out.stderr
