@@ -357,3 +357,46 @@ def test_exec_does_not_import_the_server_stack():
                           " in ('fastapi', 'uvicorn', 'starlette', 'pydantic')))"],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout == "1\n[]\n", out.stderr
+
+
+# -- engines --------------------------------------------------------------------------------
+
+ARGV1 = "print(open('/proc/self/cmdline').read().split('\\0')[1])"  # '-c' in a pooled zygote
+
+
+def test_ephemeral_requests_share_an_engine_and_its_warm_pool(server):
+    """Upstream builds an engine per request, so its pool never serves one: here the second
+    request with the same options (in another spelling) is a pooled zygote's run."""
+    options = {"memoryLimit": "384m", "pidsLimit": 48}
+    assert server.execute("print(1)", **options)[0] == 200  # the engine starts its pool
+    for _ in range(50):
+        time.sleep(0.1)
+        status, body = server.execute(ARGV1, memoryLimit=384 << 20, pidsLimit=48)
+        assert status == 200, body
+        if body["stdout"] == "-c":
+            return
+    raise AssertionError("no request was served by the warm pool")
+
+
+def test_engines_are_bounded_least_recently_used_out():
+    import asyncio
+
+    from isol8.server.engines import EngineRegistry
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        registry = EngineRegistry(max_engines=1)
+        first_options = {"memoryLimit": 256 << 20, "network": "none"}
+        async with registry.ephemeral(first_options) as first:
+            assert (await first.execute("print(1)", runtime="python")).stdout == "1"
+            async with registry.ephemeral({"memoryLimit": 128 << 20}) as second:
+                await second.execute("print(2)", runtime="python")
+            await asyncio.gather(*set(registry._stopping))  # the eviction's stop
+            # The first is busy: over the bound, it stays; the idle second goes.
+            second_stopped = second._engine._config_body is None
+            first_running = first._engine._config_body is not None
+        await asyncio.sleep(0)
+        await registry.close()
+        return second_stopped, first_running, first._engine._config_body is None
+
+    second_stopped, first_running, first_stopped = asyncio.run(scenario())
+    assert (second_stopped, first_running, first_stopped) == (True, True, True)
