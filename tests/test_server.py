@@ -400,3 +400,36 @@ def test_engines_are_bounded_least_recently_used_out():
 
     second_stopped, first_running, first_stopped = asyncio.run(scenario())
     assert (second_stopped, first_running, first_stopped) == (True, True, True)
+
+
+# Every known field with every JSON kind of value: the answer is a 200 or a 4xx, never a 500.
+ODD_VALUES = [None, True, 0, -1, 1.5, 10**30, "", "x" * 300, "../..", "/etc/passwd",
+              [], ["a", 1], {}, {"a": 1}, {"type": "Buffer", "data": [300]}, float("nan")]
+
+
+def _odd_bodies() -> list[tuple[str, bytes]]:
+    from isol8.server.wire import FILTER_FIELDS, OPTION_FIELDS, REQUEST_FIELDS
+    base = {"request": {"code": "print(1)", "runtime": "python"}}
+    cases = []
+    for value in ODD_VALUES:
+        for name in [*REQUEST_FIELDS, "codeUrl", "installPackages"]:
+            cases.append((f"request.{name}", {**base, "request": {**base["request"],
+                                                                  name: value}}))
+        for name in OPTION_FIELDS:
+            cases.append((f"options.{name}", {**base, "options": {name: value}}))
+        for name in FILTER_FIELDS:
+            cases.append((f"networkFilter.{name}", {**base, "options": {
+                "network": "filtered", "networkFilter": {name: value}}}))
+        cases.append(("security.seccomp", {**base, "options": {"security": {"seccomp": value}}}))
+        cases.append(("sessionId", {**base, "sessionId": value}))
+    return [(where, json.dumps(body).encode()) for where, body in cases]
+
+
+def test_odd_values_never_give_a_server_error(strict_server):
+    failures = []
+    for where, raw in _odd_bodies():
+        status, body = strict_server.call("POST", "/execute", raw=raw)
+        if not (status == 200 or 400 <= status < 500) or ("error" not in body
+                                                           and status != 200):
+            failures.append((where, raw[:120], status, body))
+    assert failures == []

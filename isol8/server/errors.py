@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import InvalidRequest, Isol8Error, RuntimeNotAvailable, SessionLost, \
-    SetupScriptFailed
+from ..errors import InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotAvailable, \
+    SessionLost, SetupScriptFailed
 from .engines import OptionsConflict, ShuttingDown
 from .wire import wire_message
 
@@ -46,7 +46,9 @@ def _engine_error(exc: Isol8Error) -> JSONResponse:
                      stderr=exc.stderr, **kind)
     if isinstance(exc, SessionLost):
         return error(410, str(exc), **kind)
-    if isinstance(exc, (InvalidRequest, RuntimeNotAvailable)):
+    # ProcessStartFailed: the request's own process could not start (a file it could not
+    # write, a workdir name too long, the pids limit reached); the sandbox is fine.
+    if isinstance(exc, (InvalidRequest, RuntimeNotAvailable, ProcessStartFailed)):
         return error(400, wire_message(str(exc)), **kind)
     _log.error("engine failure: %s", exc)  # the host's fault, not the request's
     return error(500, str(exc), **kind)
