@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidRequest
@@ -53,7 +53,7 @@ DEFAULT_CEILINGS: dict[str, float | int] = {
     "maxOutputSize": 16 << 20, "sandboxSize": 2 << 30, "tmpSize": 1 << 30,
 }
 _SIZES = ("memoryLimit", "maxOutputSize", "sandboxSize", "tmpSize")
-_ALWAYS_REFUSED = {
+_ALWAYS_REFUSED: dict[str, Callable[[object], bool]] = {
     "mounts": lambda v: v not in ([], ()),
     "readonlyRootFs": lambda v: v is False,
     "persist": lambda v: v is True,

@@ -72,9 +72,7 @@ def _object(path: str, value: object) -> dict[str, Any]:
 
 
 def _string_map(path: str, value: object) -> dict[str, str]:
-    for key, item in _object(path, value).items():
-        _string(f"{path}.{key}", item)
-    return dict(value)  # type: ignore[call-overload]
+    return {key: _string(f"{path}.{key}", item) for key, item in _object(path, value).items()}
 
 
 def _string_list(path: str, value: object) -> list[str]:
@@ -215,10 +213,10 @@ def _options(raw: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-def engine_kwargs(options: Mapping[str, object]) -> dict[str, object]:
+def engine_kwargs(options: Mapping[str, object]) -> dict[str, Any]:
     """``Isol8(**...)`` keywords from checked (and policed) camelCase options. The engine
     validates network_filter's keys itself, so an unknown one is a 400, not a silent drop."""
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     for name, value in options.items():
         if name == "seccomp":
             kwargs["seccomp"] = value
