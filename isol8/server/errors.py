@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotAvailable, \
     SessionLost, SetupScriptFailed
+from ..limits import LimitsUnavailable
 from .engines import OptionsConflict, ShuttingDown
 from .wire import wire_message
 
@@ -48,7 +49,9 @@ def _engine_error(exc: Isol8Error) -> JSONResponse:
         return error(410, str(exc), **kind)
     # ProcessStartFailed: the request's own process could not start (a file it could not
     # write, a workdir name too long, the pids limit reached); the sandbox is fine.
-    if isinstance(exc, (InvalidRequest, RuntimeNotAvailable, ProcessStartFailed)):
+    # LimitsUnavailable: the client's strictLimits cannot be met on this host.
+    if isinstance(exc, (InvalidRequest, RuntimeNotAvailable, ProcessStartFailed,
+                        LimitsUnavailable)):
         return error(400, wire_message(str(exc)), **kind)
     _log.error("engine failure: %s", exc)  # the host's fault, not the request's
     return error(500, str(exc), **kind)
