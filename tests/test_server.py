@@ -359,6 +359,25 @@ def test_exec_does_not_import_the_server_stack():
     assert out.stdout == "1\n[]\n", out.stderr
 
 
+def test_shutdown_lets_a_running_execution_finish():
+    import threading
+    before = set(child_pids())
+    answers: list[tuple[int, dict]] = []
+    with running() as srv:
+        call = threading.Thread(target=lambda: answers.append(srv.execute(
+            "import time; time.sleep(2); print('finished')")))
+        call.start()
+        time.sleep(0.7)  # the run is in progress
+        below = srv.descendants()
+        assert below
+        srv.proc.send_signal(signal.SIGTERM)
+        call.join(30)
+        assert srv.stop() in (0, -signal.SIGTERM)
+    assert answers and answers[0][0] == 200 and answers[0][1]["stdout"] == "finished", answers
+    assert alive(below) == set()
+    assert set(child_pids()) <= before
+
+
 # -- engines --------------------------------------------------------------------------------
 
 ARGV1 = "print(open('/proc/self/cmdline').read().split('\\0')[1])"  # '-c' in a pooled zygote
