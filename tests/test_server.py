@@ -300,6 +300,32 @@ def test_no_key_refuses_to_start():
     assert out.returncode == 2 and "master key is required" in out.stderr
 
 
+def test_port_key_and_policy_from_the_environment(tmp_path):
+    """ISOL8_PORT (over PORT), ISOL8_API_KEY and ISOL8_CONFIG, as the flags would."""
+    config = tmp_path / "policy.json"
+    config.write_text('{"runtimes": ["bash"]}')
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "isol8", "serve"], env={
+        **os.environ, "ISOL8_PORT": str(port), "PORT": "1", "ISOL8_API_KEY": KEY,
+        "ISOL8_CONFIG": str(config)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        srv = Server.__new__(Server)
+        srv.url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if srv.call("GET", "/health", key=None)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        status, body = srv.execute("print(1)")
+        assert (status, body["error"].split(":")[0]) == (400, "request.runtime"), body
+        status, body = srv.call("POST", "/execute", {"request": {"cmd": "echo hi"}})
+        assert (status, body.get("stdout")) == (200, "hi"), body
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 # -- sessions -------------------------------------------------------------------------------
 
 def test_session_keeps_state_until_deleted(server):
