@@ -24,7 +24,17 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from isol8.network.sniff import MAX_HEAD, NEED_MORE, HttpError, NeedMore, RequestHead
+from isol8.network.sniff import (
+    _OWS,
+    _TOKEN,
+    _VERSION,
+    NEED_MORE,
+    HeadLines,
+    HttpError,
+    NeedMore,
+    RequestHead,
+    parse_field,
+)
 
 __all__ = [
     "MAX_RESPONSE_HEADERS",
@@ -52,13 +62,8 @@ MAX_CHUNK_LINE = 4 * 1024
 # The trailer section, its final CRLF included.
 MAX_TRAILERS = 64 * 1024
 
-_OWS = b" \t"
-# RFC 9110 §5.6.2: token = 1*tchar.
+# RFC 9110 §5.6.2: tchar, for the chunk extensions below (sniff has the token itself).
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_TOKEN = re.compile(_TCHAR + rb"+\Z")
-# RFC 9110 §5.5: field-value is VCHAR / obs-text with SP/HTAB inside; no other controls.
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])\Z")
 # RFC 9112 §4: HTTP-version SP 3DIGIT SP [reason-phrase], reason = *(HTAB / SP / VCHAR /
 # obs-text). The SP before an empty reason may be missing (see ResponseHeadReader).
 _STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\Z")
@@ -140,50 +145,15 @@ class ResponseHeadReader:
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._line_start = 0
-        self._scanned = 0  # bytes before this were searched for LF and bare CR already
-        self._lines: list[bytes] = []
+        self._lines = HeadLines("response", "status line", 502, 502, MAX_RESPONSE_HEADERS)
         self._result: NeedMore | ResponseHead | HttpError = NEED_MORE
 
     def feed(self, data: bytes) -> NeedMore | ResponseHead | HttpError:
         if self._result is not NEED_MORE:
             return self._result
-        room = MAX_HEAD - len(self._buf)
-        # Bytes past the head bound are never looked at (the caller keeps them anyway).
-        self._buf += data[: max(room, 0)]
-        self._result = self._scan(overflow=len(data) > room)
+        lines = self._lines.feed(data)
+        self._result = _parse_response(*lines) if isinstance(lines, tuple) else lines
         return self._result
-
-    def _scan(self, overflow: bool) -> NeedMore | ResponseHead | HttpError:
-        buf = self._buf
-        while True:
-            lf = buf.find(b"\n", max(self._line_start, self._scanned))
-            if lf < 0:
-                break
-            line = bytes(buf[self._line_start : lf + 1])
-            self._line_start = lf + 1
-            # A bare CR is looked for first: the check below finds it before its line's
-            # LF arrives, and the verdict must not depend on how the bytes were split.
-            content = line[:-2]
-            if b"\r" in content:
-                return HttpError(502, "bare CR in the response head")
-            if line[-2:] != b"\r\n":
-                return HttpError(502, "bare LF in the response head")
-            if not content:
-                if not self._lines:
-                    return HttpError(502, "empty line before the status line")
-                return _parse_response(self._lines, self._line_start)
-            self._lines.append(content)
-            if len(self._lines) > MAX_RESPONSE_HEADERS + 1:
-                return HttpError(502, f"more than {MAX_RESPONSE_HEADERS} response header fields")
-        # A CR must be followed by LF; the last byte's follower has not arrived yet.
-        if b"\r" in buf[max(self._line_start, self._scanned) : len(buf) - 1]:
-            return HttpError(502, "bare CR in the response head")
-        self._scanned = max(len(buf) - 1, 0)
-        if overflow or len(buf) >= MAX_HEAD:
-            return HttpError(502, "response head larger than 64 KiB")
-        return NEED_MORE
 
 
 def parse_response_head(data: bytes) -> NeedMore | ResponseHead | HttpError:
@@ -203,30 +173,11 @@ def _parse_response(lines: list[bytes], length: int) -> ResponseHead | HttpError
         return HttpError(502, f"status code {code} outside 100..599")
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
-        field = _field(line)
+        field = parse_field(line)
         if isinstance(field, str):
             return HttpError(502, f"{field} in the response head")
         headers.append(field)
     return ResponseHead(version, code, reason, headers, length)
-
-
-def _field(line: bytes) -> tuple[bytes, bytes] | str:
-    """A header or trailer field line (RFC 9112 §5), CRLF removed, or what is wrong."""
-    if line[:1] in (b" ", b"\t"):
-        # RFC 9112 §5.2: obs-fold must be refused (or replaced) outside message/http.
-        return "obsolete line folding"
-    name, colon, value = line.partition(b":")
-    if not colon:
-        return "a field line without a colon"
-    if name[-1:] in (b" ", b"\t"):
-        # RFC 9112 §5.1: whitespace between field name and colon MUST be rejected.
-        return "whitespace before a colon"
-    if not _TOKEN.match(name):
-        return "a field name that is not a token"
-    value = value.strip(_OWS)
-    if _BAD_VALUE.search(value):
-        return "a control character in a field value"
-    return name, value
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,7 +412,7 @@ class BodyScanner:
             return
         if b"\r" in content:
             raise FramingError("bare CR in the trailer section")
-        field = _field(content)
+        field = parse_field(content)
         if isinstance(field, str):
             raise FramingError(f"{field} in the trailer section")
 

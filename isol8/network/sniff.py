@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = [
+    "HeadLines",
+    "parse_field",
     "MAX_REQUEST_LINE",
     "MAX_HEAD",
     "MAX_HEADERS",
@@ -103,64 +105,116 @@ _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 _OWS = b" \t"
 
 
-class RequestHeadReader:
-    """Incremental request-head parser; one instance per request.
+class HeadLines:
+    """The line layer of an HTTP/1.1 head, request or response, fed incrementally.
 
     Lines must end in CRLF: a bare LF or bare CR is refused (RFC 9112 §2.2 allows a lenient
-    recipient to accept a bare LF, but a proxy that does while the upstream does not splits
-    the stream differently from it). Leading empty lines are refused too, for the same
-    reason. Each new LF is checked as it arrives, so a malformed head fails without waiting
-    for the 64 KiB bound.
+    recipient to accept a bare LF, but a proxy that does while the peer does not splits the
+    stream differently from it). Leading empty lines are refused too, for the same reason.
+    Each new LF is checked as it arrives, so a malformed head fails without waiting for the
+    64 KiB bound; a bare CR is looked for before its line's LF, so the verdict does not
+    depend on how the bytes were split. ``bad`` is the status of a malformed head, ``big``
+    of an oversized one; ``first_line_max`` bounds the first line (a request line: 414).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        noun: str,
+        first: str,
+        bad: int,
+        big: int,
+        max_fields: int,
+        first_line_max: int | None = None,
+    ) -> None:
+        self._noun, self._first, self._bad, self._big = noun, first, bad, big
+        self._max_fields, self._first_line_max = max_fields, first_line_max
         self._buf = bytearray()
         self._line_start = 0
         self._scanned = 0  # bytes before this were searched for LF and bare CR already
         self._lines: list[bytes] = []
-        self._result: NeedMore | RequestHead | HttpError = NEED_MORE
 
-    def feed(self, data: bytes) -> NeedMore | RequestHead | HttpError:
-        if self._result is not NEED_MORE:
-            return self._result
+    def feed(self, data: bytes) -> NeedMore | HttpError | tuple[list[bytes], int]:
+        """The head's lines (CRLF removed, the blank one excluded) and its length in the
+        stream fed so far, once the blank line has come."""
         room = MAX_HEAD - len(self._buf)
         # Bytes past the head bound are never looked at (the caller keeps them anyway).
         self._buf += data[: max(room, 0)]
-        self._result = self._scan(overflow=len(data) > room)
-        return self._result
+        return self._scan(overflow=len(data) > room)
 
-    def _scan(self, overflow: bool) -> NeedMore | RequestHead | HttpError:
-        buf = self._buf
+    def _too_long_first(self, length: int) -> HttpError | None:
+        if self._first_line_max is not None and not self._lines and length > self._first_line_max:
+            return HttpError(414, f"{self._first} longer than {self._first_line_max // 1024} KiB")
+        return None
+
+    def _scan(self, overflow: bool) -> NeedMore | HttpError | tuple[list[bytes], int]:
+        buf, noun = self._buf, self._noun
         while True:
             lf = buf.find(b"\n", max(self._line_start, self._scanned))
             if lf < 0:
                 break
             line = bytes(buf[self._line_start : lf + 1])
             self._line_start = lf + 1
-            if not self._lines and len(line) > MAX_REQUEST_LINE:
-                return HttpError(414, "request line longer than 8 KiB")
-            if len(line) < 2 or line[-2:-1] != b"\r":
-                return HttpError(400, "bare LF in request head")
+            long_first = self._too_long_first(len(line))
+            if long_first:
+                return long_first
             content = line[:-2]
             if b"\r" in content:
-                return HttpError(400, "bare CR in request head")
+                return HttpError(self._bad, f"bare CR in the {noun} head")
+            if line[-2:] != b"\r\n":
+                return HttpError(self._bad, f"bare LF in the {noun} head")
             if not content:
                 if not self._lines:
-                    return HttpError(400, "empty line before the request line")
-                return _parse(self._lines, self._line_start)
+                    return HttpError(self._bad, f"empty line before the {self._first}")
+                return self._lines, self._line_start
             self._lines.append(content)
-            if len(self._lines) > MAX_HEADERS + 1:
-                return HttpError(431, f"more than {MAX_HEADERS} header fields")
-        pending = len(buf) - self._line_start
-        if not self._lines and pending > MAX_REQUEST_LINE:
-            return HttpError(414, "request line longer than 8 KiB")
+            if len(self._lines) > self._max_fields + 1:
+                return HttpError(self._big, f"more than {self._max_fields} {noun} header fields")
+        long_first = self._too_long_first(len(buf) - self._line_start)
+        if long_first:
+            return long_first
         # A CR must be followed by LF; the last byte's follower has not arrived yet.
         if b"\r" in buf[max(self._line_start, self._scanned) : len(buf) - 1]:
-            return HttpError(400, "bare CR in request head")
+            return HttpError(self._bad, f"bare CR in the {noun} head")
         self._scanned = max(len(buf) - 1, 0)
         if overflow or len(buf) >= MAX_HEAD:
-            return HttpError(431, "request head larger than 64 KiB")
+            return HttpError(self._big, f"{noun} head larger than {MAX_HEAD // 1024} KiB")
         return NEED_MORE
+
+
+def parse_field(line: bytes) -> tuple[bytes, bytes] | str:
+    """A header or trailer field line (RFC 9112 §5), CRLF removed, or what is wrong."""
+    if line[:1] in (b" ", b"\t"):
+        # RFC 9112 §5.2: obs-fold must be refused (or replaced) outside message/http.
+        return "obsolete line folding"
+    name, colon, value = line.partition(b":")
+    if not colon:
+        return "a field line without a colon"
+    if name[-1:] in (b" ", b"\t"):
+        # RFC 9112 §5.1: whitespace between field name and colon MUST be rejected.
+        return "whitespace before a colon"
+    if not _TOKEN.match(name):
+        return "a field name that is not a token"
+    value = value.strip(_OWS)
+    if _BAD_VALUE.search(value):
+        return "a control character in a field value"
+    return name, value
+
+
+class RequestHeadReader:
+    """Incremental request-head parser; one instance per request. The line rules are
+    :class:`HeadLines`'; a request line is at most 8 KiB (414), a head 64 KiB and 100
+    fields (431)."""
+
+    def __init__(self) -> None:
+        self._lines = HeadLines("request", "request line", 400, 431, MAX_HEADERS, MAX_REQUEST_LINE)
+        self._result: NeedMore | RequestHead | HttpError = NEED_MORE
+
+    def feed(self, data: bytes) -> NeedMore | RequestHead | HttpError:
+        if self._result is not NEED_MORE:
+            return self._result
+        lines = self._lines.feed(data)
+        self._result = _parse(*lines) if isinstance(lines, tuple) else lines
+        return self._result
 
 
 def parse_request_head(data: bytes) -> NeedMore | RequestHead | HttpError:
@@ -184,21 +238,10 @@ def _parse(lines: list[bytes], length: int) -> RequestHead | HttpError:
         return HttpError(505, "only HTTP/1.x is supported")
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            # RFC 9112 §5.2: obs-fold must be refused (or replaced) by a server.
-            return HttpError(400, "obsolete line folding")
-        name, colon, value = line.partition(b":")
-        if not colon:
-            return HttpError(400, "header line without a colon")
-        if name[-1:] in (b" ", b"\t"):
-            # RFC 9112 §5.1: MUST reject whitespace between field name and colon.
-            return HttpError(400, "whitespace before the colon")
-        if not _TOKEN.match(name):
-            return HttpError(400, "header name is not a token")
-        value = value.strip(_OWS)
-        if _BAD_VALUE.search(value):
-            return HttpError(400, "control character in a header value")
-        headers.append((name, value))
+        field = parse_field(line)
+        if isinstance(field, str):
+            return HttpError(400, f"{field} in the request head")
+        headers.append(field)
     return _framing(method, target, version, headers, length)
 
 
@@ -235,9 +278,7 @@ def _framing(
         if items != [b"chunked"]:
             return HttpError(501, "Transfer-Encoding other than a single chunked")
         chunked = True
-    return RequestHead(
-        method, target, version, headers, length, content_length, chunked
-    )
+    return RequestHead(method, target, version, headers, length, content_length, chunked)
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,10 +354,7 @@ def _authority(raw: bytes) -> tuple[str, int | None] | None:
     if colon > raw.rfind(b"]"):
         host_part, port_part = raw[:colon], raw[colon + 1 :]
         if port_part:
-            if (
-                not re.fullmatch(rb"[0-9]{1,5}", port_part)
-                or not 0 < int(port_part) < 65536
-            ):
+            if not re.fullmatch(rb"[0-9]{1,5}", port_part) or not 0 < int(port_part) < 65536:
                 return None
             port = int(port_part)
     host = _host(host_part)
@@ -368,16 +406,12 @@ def upstream_of(head: RequestHead, default_port: int = 80) -> Upstream | HttpErr
         return Upstream(host_hdr[0], port, target.decode("ascii"))
     scheme, sep, rest = target.partition(b"://")
     if not sep or not _TOKEN.match(scheme):
-        return HttpError(
-            400, "request target is neither origin-form nor an absolute URI"
-        )
+        return HttpError(400, "request target is neither origin-form nor an absolute URI")
     if scheme.lower() != b"http":
         return HttpError(501, "only http:// URIs are proxied; use CONNECT for TLS")
     if b"#" in rest:
         return HttpError(400, "fragment in the request target")
-    end = min(
-        (i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest)
-    )
+    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
     authority = _authority(rest[:end])
     if authority is None:
         return HttpError(400, "invalid authority in the request URI")
@@ -522,9 +556,7 @@ class ClientHelloReader:
                 return NEED_MORE
             self._records += 1
             if self._records > _MAX_RECORDS:
-                return Malformed(
-                    f"ClientHello spread over more than {_MAX_RECORDS} records"
-                )
+                return Malformed(f"ClientHello spread over more than {_MAX_RECORDS} records")
             self._msg += raw[self._pos + 5 : self._pos + 5 + rlen]
             self._pos += 5 + rlen
             # Drop consumed bytes so the buffer stays within one record plus a header.
