@@ -443,9 +443,15 @@ def signals_deferred():
 
     Python runs signal handlers only in the main thread, between bytecodes; with the signal
     blocked, the handler (and the KeyboardInterrupt it raises) runs right after the block.
+
+    The mask is read first and blocked inside ``try``: a handler already due runs as the
+    blocking call returns, and its exception, raised before a ``try`` that follows it,
+    would leave every signal blocked in this thread for good (pytest-timeout's SIGALRM did,
+    and the next test's subprocess inherited the mask and could not be stopped).
     """
-    old = _signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    old = _signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
+        _signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         yield
     finally:
         _signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -7,6 +7,8 @@ kills its sandbox), then runs the app's lifespan end, which stops every engine.
 
 from __future__ import annotations
 
+import signal
+
 import uvicorn
 
 from .app import create_app
@@ -16,6 +18,9 @@ GRACE_SECONDS = 30
 
 
 def serve(*, host: str, port: int, api_key: str, policy: ServerPolicy) -> None:
+    # A signal mask is inherited across exec: a parent that started us with SIGTERM blocked
+    # would get a server that cannot be stopped gracefully.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
     config = uvicorn.Config(create_app(api_key, policy), host=host, port=port,
                             log_level="info", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACE_SECONDS)
