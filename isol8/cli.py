@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--key", help="the master API key (default $ISOL8_API_KEY; required)")
     sv.add_argument("--config", metavar="FILE",
                     help="server policy, TOML or JSON (default $ISOL8_CONFIG)")
+    sv.add_argument("--auth-db", metavar="PATH",
+                    help="SQLite file of API keys (created 0600); enables /auth/keys and "
+                         "/auth/login")
+    sv.add_argument("--audit", metavar="FILE",
+                    help="append one JSON line per execution to FILE")
     return parser
 
 
@@ -277,6 +282,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not 0 <= port <= 65535:
         parser.error(f"serve: the port must be 0 to 65535, got {port}")
     try:
+        from .server.audit import AuditLog
+        from .server.keystore import KeyStore
         from .server.policy import ServerPolicy
         from .server.run import serve
     except ImportError as exc:
@@ -285,7 +292,9 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     config = args.config or os.environ.get("ISOL8_CONFIG")
     policy = ServerPolicy.load(config) if config else ServerPolicy.default()
-    serve(host=args.host, port=port, api_key=key, policy=policy)
+    key_store = KeyStore(args.auth_db) if args.auth_db else None
+    serve(host=args.host, port=port, api_key=key, policy=policy, key_store=key_store,
+          audit=AuditLog(args.audit) if args.audit else None)
     return 0
 
 

@@ -17,9 +17,13 @@ from fastapi import FastAPI
 
 from .. import __version__
 from . import errors
+from .audit import AuditLog
+from .capacity import Capacity
 from .engines import DEFAULT_MAX_ENGINES, EngineRegistry
+from .keystore import KeyStore
+from .metrics import Metrics
 from .policy import ServerPolicy
-from .routes import execute, health, sessions
+from .routes import cleanup, execute, files, health, keys, metrics, sessions, stream
 
 # Worker threads for runs and stops: asyncio's default pool has min(32, cpus + 4), which on
 # a small host would queue runs behind a few long ones. Admission control (a concurrency
@@ -28,8 +32,10 @@ MAX_WORKERS = 64
 
 
 def create_app(api_key: str, policy: ServerPolicy | None = None, *,
-               max_engines: int = DEFAULT_MAX_ENGINES) -> FastAPI:
-    """The server's app; ``api_key`` is the master key (non-empty)."""
+               max_engines: int = DEFAULT_MAX_ENGINES, key_store: KeyStore | None = None,
+               audit: AuditLog | None = None) -> FastAPI:
+    """The server's app; ``api_key`` is the master key (non-empty). ``key_store`` enables
+    API keys (``/auth/*``); ``audit`` logs every execution. The app closes both."""
     if not isinstance(api_key, str) or not api_key:
         raise ValueError("create_app: api_key must be a non-empty string")
     engines = EngineRegistry(max_engines)
@@ -43,12 +49,19 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
         finally:
             await engines.close()
             executor.shutdown(wait=True)
+            app.state.audit.close()
+            if key_store is not None:
+                key_store.close()
 
     app = FastAPI(title="isol8", version=__version__, lifespan=lifespan)
     app.state.api_key = api_key.encode("utf-8", "surrogateescape")
-    app.state.policy = policy or ServerPolicy.default()
+    app.state.policy = policy = policy or ServerPolicy.default()
     app.state.engines = engines
+    app.state.keys = key_store
+    app.state.capacity = Capacity(policy)
+    app.state.metrics = Metrics()
+    app.state.audit = audit or AuditLog()
     errors.install(app)
-    for module in (health, execute, sessions):
+    for module in (health, execute, stream, sessions, files, cleanup, keys, metrics):
         app.include_router(module.router)
     return app

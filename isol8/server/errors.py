@@ -13,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from ..errors import InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotAvailable, \
@@ -30,6 +31,27 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's schema (OpenAPI): ``error`` always, a few fields sometimes."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str
+    type: str | None = None
+
+
+_MEANING = {400: "invalid request, naming the field", 401: "missing Authorization header",
+            403: "wrong key, or master key required", 404: "no such session, key or file",
+            409: "the session has other engine options", 410: "the session's sandbox is lost",
+            413: "body or code too large", 429: "over capacity; see Retry-After",
+            503: "the server is shutting down"}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """The error answers a route declares in the OpenAPI document, all ``{error}``."""
+    return {status: {"model": ErrorBody, "description": _MEANING[status]}
+            for status in statuses}
 
 
 def error(status: int, message: str, **extra: object) -> JSONResponse:

@@ -11,17 +11,19 @@ import signal
 
 import uvicorn
 
+from typing import Any
+
 from .app import create_app
-from .policy import ServerPolicy
 
 GRACE_SECONDS = 30
 
 
-def serve(*, host: str, port: int, api_key: str, policy: ServerPolicy) -> None:
+def serve(*, host: str, port: int, api_key: str, **app_options: Any) -> None:
+    """Serve until a signal; ``app_options`` are :func:`create_app`'s."""
     # A signal mask is inherited across exec: a parent that started us with SIGTERM blocked
     # would get a server that cannot be stopped gracefully.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
-    config = uvicorn.Config(create_app(api_key, policy), host=host, port=port,
+    config = uvicorn.Config(create_app(api_key, **app_options), host=host, port=port,
                             log_level="info", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACE_SECONDS)
     uvicorn.Server(config).run()

@@ -7,14 +7,12 @@ fields, and the errors must name the wire's field in upstream's ``{error}`` shap
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ...errors import SessionLost
 from ..auth import require_key
-from ..wire import WireError, parse_execute, request_kwargs
+from ..runs import decode, engine_for, finished, policed
+from ..wire import request_kwargs
 
 router = APIRouter()
 
@@ -22,23 +20,10 @@ router = APIRouter()
 @router.post("/execute")
 async def execute(request: Request, owner: str = Depends(require_key)) -> JSONResponse:
     state = request.app.state
-    try:
-        body = json.loads(await request.body())
-    except ValueError as exc:  # UnicodeDecodeError too
-        raise WireError("body", f"invalid JSON: {exc}") from None
-    parsed, clamped = state.policy.apply(parse_execute(body))
-    fields = request_kwargs(parsed.request)
-    if parsed.session_id is None:
-        async with state.engines.ephemeral(parsed.options) as engine:
-            result = await engine.execute(**fields)
-    else:
-        try:
-            async with state.engines.session(owner, parsed.session_id,
-                                             parsed.options) as engine:
-                result = await engine.execute(**fields)
-        except SessionLost:  # its sandbox is gone: the id starts afresh next time
-            await state.engines.end_session(owner, parsed.session_id)
-            raise
+    parsed, clamped = policed(state, decode(await request.body()))
+    async with engine_for(state, owner, parsed) as engine:
+        result = await engine.execute(**request_kwargs(parsed.request))
+    finished(state, owner, parsed, result)
     wire = result.to_dict()
     if clamped:  # isol8's addition; upstream's clients ignore it
         wire["clamped"] = [c.to_dict() for c in clamped]

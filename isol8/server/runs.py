@@ -1,0 +1,63 @@
+"""The path every execution takes through the server, whatever its transport.
+
+``POST /execute``, ``POST /execute/stream`` and ``GET /execute/ws`` differ only in how the
+request arrives and the output leaves; admission (capacity), the engine or session, and the
+accounting afterwards (metrics, audit) are the same and live here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import json
+
+from ..async_engine import AsyncIsol8
+from ..errors import SessionLost
+from ..result import ExecutionResult
+from .policy import Clamped
+from .wire import ExecuteBody, WireError, parse_execute
+
+
+def decode(raw: bytes | str) -> object:
+    """A request body or WebSocket message as JSON, or a 400 naming the body."""
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise WireError("body", f"invalid JSON: {exc}") from None
+
+
+def policed(state: Any, body: object) -> tuple[ExecuteBody, list[Clamped]]:
+    """An execute body checked field by field, then held to the server policy."""
+    return state.policy.apply(parse_execute(body))  # type: ignore[no-any-return]
+
+
+def mode_of(parsed: ExecuteBody) -> str:
+    return "ephemeral" if parsed.session_id is None else "persistent"
+
+
+@asynccontextmanager
+async def engine_for(state: Any, owner: str, parsed: ExecuteBody) -> AsyncIterator[AsyncIsol8]:
+    """An admitted run's engine: the shared one for its options, or the caller's session.
+
+    Admission comes first, so a request beyond capacity is answered (429) without touching
+    an engine; a session whose sandbox is lost is forgotten, so its id starts afresh."""
+    async with state.capacity.admit(owner, parsed):
+        if parsed.session_id is None:
+            async with state.engines.ephemeral(parsed.options) as engine:
+                yield engine
+            return
+        try:
+            async with state.engines.session(owner, parsed.session_id,
+                                             parsed.options) as engine:
+                yield engine
+        except SessionLost:
+            await state.engines.end_session(owner, parsed.session_id)
+            raise
+
+
+def finished(state: Any, owner: str, parsed: ExecuteBody, result: ExecutionResult) -> None:
+    """Account for a finished run: metrics and the audit log."""
+    state.metrics.run_result(result, mode_of(parsed))
+    state.audit.record(owner, parsed, result)
