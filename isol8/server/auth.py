@@ -29,3 +29,12 @@ def require_key(request: Request) -> str:
     if hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"), expected):
         return MASTER
     raise ApiError(403, "Invalid API key")
+
+
+def require_master(request: Request) -> str:
+    """The master key only (``/auth/*``, ``POST /cleanup``), as upstream's
+    ``requireMasterKey()``: any other valid key gets 403."""
+    owner = require_key(request)
+    if owner != MASTER:
+        raise ApiError(403, "Master key required for this operation")
+    return owner
