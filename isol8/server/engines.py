@@ -140,6 +140,43 @@ class EngineRegistry:
             session.active -= 1
             session.last_accessed_ms = int(time.time() * 1000)
 
+    @asynccontextmanager
+    async def existing_session(self, owner: str,
+                               session_id: str) -> AsyncIterator[AsyncIsol8 | None]:
+        """The owner's session's engine, held for the block as a run holds it, or None if
+        there is none: never creates one (``/file`` needs a session that already ran)."""
+        self._check_open()
+        session = self._sessions.get((owner, session_id))
+        if session is None:
+            yield None
+            return
+        session.active += 1
+        session.last_accessed_ms = int(time.time() * 1000)
+        try:
+            yield session.engine
+        finally:
+            session.active -= 1
+            session.last_accessed_ms = int(time.time() * 1000)
+
+    def counts(self) -> tuple[int, int]:
+        """(shared engines, sessions) alive, for the metrics' gauges."""
+        return len(self._engines), len(self._sessions)
+
+    async def clear(self) -> tuple[list[BaseException | None], list[BaseException | None]]:
+        """``POST /cleanup``: stop every session, whoever owns it, and every idle shared
+        engine (a busy one keeps its run's cgroups; it is evicted once idle, as ever). A
+        session's run in progress finishes first: its engine serializes them. Returns each
+        stop's exception or None, sessions then engines."""
+        self._check_open()
+        sessions = [s.engine for s in self._sessions.values()]
+        self._sessions.clear()
+        idle = [key for key, entry in self._engines.items() if entry.users == 0]
+        engines = [self._engines.pop(key).engine for key in idle]
+        outcomes = await asyncio.gather(*(e.stop() for e in sessions + engines),
+                                        return_exceptions=True)
+        errors = [o if isinstance(o, BaseException) else None for o in outcomes]
+        return errors[:len(sessions)], errors[len(sessions):]
+
     def sessions(self, owner: str) -> list[dict[str, object]]:
         """The owner's sessions, in upstream's shape; nobody else's."""
         return [s.to_dict(sid) for (o, sid), s in self._sessions.items() if o == owner]
