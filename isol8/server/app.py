@@ -64,4 +64,5 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
     errors.install(app)
     for module in (health, execute, stream, sessions, files, cleanup, keys, metrics):
         app.include_router(module.router)
+    metrics.install(app)  # the request counter and the gauges
     return app

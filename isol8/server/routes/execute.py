@@ -10,14 +10,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from .. import errors
 from ..auth import require_key
 from ..runs import decode, engine_for, finished, policed
+from ..schema import EXECUTE_REQUEST_BODY, ExecutionResultWire
 from ..wire import request_kwargs
 
 router = APIRouter()
 
 
-@router.post("/execute")
+@router.post("/execute", response_model=ExecutionResultWire, openapi_extra=EXECUTE_REQUEST_BODY,
+             responses=errors.responses(400, 401, 403, 409, 410, 413, 429, 503))
 async def execute(request: Request, owner: str = Depends(require_key)) -> JSONResponse:
     state = request.app.state
     parsed, clamped = policed(state, decode(await request.body()))
