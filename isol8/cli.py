@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "/auth/login")
     sv.add_argument("--audit", metavar="FILE",
                     help="append one JSON line per execution to FILE")
+    sv.add_argument("--audit-include-code", action="store_true",
+                    help="with --audit: put each run's code on its line (secrets masked)")
+    sv.add_argument("--audit-include-output", action="store_true",
+                    help="with --audit: put each run's stdout and stderr on its line")
     return parser
 
 
@@ -281,6 +285,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"serve: the port must be a number, got {port!r}")
     if not 0 <= port <= 65535:
         parser.error(f"serve: the port must be 0 to 65535, got {port}")
+    if (args.audit_include_code or args.audit_include_output) and not args.audit:
+        parser.error("serve: --audit-include-code and --audit-include-output need --audit")
     try:
         from .server.audit import AuditLog
         from .server.keystore import KeyStore
@@ -294,7 +300,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     policy = ServerPolicy.load(config) if config else ServerPolicy.default()
     key_store = KeyStore(args.auth_db) if args.auth_db else None
     serve(host=args.host, port=port, api_key=key, policy=policy, key_store=key_store,
-          audit=AuditLog(args.audit) if args.audit else None)
+          audit=AuditLog(args.audit, include_code=args.audit_include_code,
+                         include_output=args.audit_include_output) if args.audit else None)
     return 0
 
 

@@ -1,17 +1,265 @@
-"""The server's audit log (to be completed: JSON lines per execution)."""
+"""The server's audit log (``isol8 serve --audit FILE``): one JSON line per execution.
+
+A line has upstream's ``ExecutionAudit`` fields (isol8-api.md §5.10: ``executionId``,
+``userId``, ``timestamp``, ``runtime``, ``codeHash``, ``exitCode``, ``durationMs``,
+``resourceUsage``, ``securityEvents``, ``networkLogs``), plus ``sessionId`` and ``mode``; the
+code (``code`` or ``cmd``, and ``setupScript``) with ``include_code``, and ``stdout`` and
+``stderr`` with ``include_output`` (upstream's switches never put them on the record).
+``executionId`` is the result's own, so a line can be found from a response.
+
+The request's secrets never reach the file: every string written is masked as the engine
+masks output (``***``), code and network paths included, and ``codeHash`` is the hash of the
+masked code, since the hash of the real one would let anyone holding the log test guesses
+of a short secret offline. It equals upstream's ``sha256(code)`` whenever the code holds no
+secret. Env values, stdin, injected and fetched files are never written.
+
+``record`` runs on the event loop after every run, so it only queues the run (a few
+microseconds); one writer thread builds and appends the lines. Each line is one
+``write(2)`` to a file opened ``O_APPEND``, which appends atomically to a regular file
+(POSIX write(2): "the file offset shall be set to the end of the file prior to each write"
+and Linux holds the inode lock for the write), so lines stay whole even beside another
+process appending to the same file. A failing write is logged, never raised: an audit
+problem must not fail the request that was already served.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import TypeVar
+
+from ..errors import InvalidRequest
 from ..result import ExecutionResult
+from ..secrets import MASK
+from .runs import mode_of
 from .wire import ExecuteBody
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Runs queued for the writer, in number and in characters of code and output: beyond
+# either (a log file that stopped taking writes) runs are dropped and counted rather than
+# held in memory without bound. The writer does some 40,000 lines a second, far more than
+# sandboxes can finish, so neither is reached while the file takes writes.
+MAX_PENDING = 10_000
+MAX_PENDING_CHARS = 256 << 20
+CLOSE_TIMEOUT = 10.0
+_MASK = MASK.decode()
+
+# limits_reached names (isol8.limits.REACHED_ORDER) -> security event type and message.
+LIMIT_EVENTS = {
+    "pids": ("pids_limit", "a process or thread was refused at the pids limit"),
+    "memory": ("oom", "the run reached its memory limit"),
+    "output": ("output_truncated", "the output was cut at the output limit"),
+    "file_size": ("file_size_limit", "a process was killed writing past the file size limit"),
+    "timeout": ("timeout", "the run reached its time limit and was killed"),
+}
+
+
+class _Run:
+    """What one line is made of, taken on the caller's thread: the body's dicts are not
+    the writer's to read later."""
+
+    __slots__ = ("owner", "result", "at", "session_id", "mode", "code", "secrets", "size")
+
+    def __init__(self, owner: str, parsed: ExecuteBody, result: ExecutionResult,
+                 output: bool) -> None:
+        # Fetched files are never written, nor the output unless asked: not kept either.
+        self.result = replace(result, files=None, stdout=result.stdout if output else "",
+                              stderr=result.stderr if output else "")
+        self.owner, self.at = owner, time.time()
+        self.session_id, self.mode = parsed.session_id, mode_of(parsed)
+        request = parsed.request
+        self.code = {name: value for name in ("code", "cmd", "setupScript")
+                     if isinstance(value := request.get(name), str)}
+        secrets = parsed.options.get("secrets")
+        values = secrets.values() if isinstance(secrets, dict) else ()
+        self.secrets = sorted({v for v in values if isinstance(v, str) and v}, key=len,
+                              reverse=True)
+        self.size = (sum(map(len, self.code.values())) + len(self.result.stdout)
+                     + len(self.result.stderr))
 
 
 class AuditLog:
-    def __init__(self, path: str | None = None) -> None:
-        self.path = path
+    """Appends one JSON line per execution to ``path`` (no path: records nothing).
+
+    The file is created 0600, and an existing regular file with group or other bits is
+    tightened to 0600: with ``include_code`` it holds every tenant's code."""
+
+    def __init__(self, path: str | None = None, *, include_code: bool = False,
+                 include_output: bool = False) -> None:
+        self.path, self.include_code, self.include_output = path, include_code, include_output
+        self._fd = _open(path) if path is not None else None
+        self._queue: queue.Queue[_Run | None] = queue.Queue(MAX_PENDING)
+        self._dropped = self._failed = self._pending_chars = 0
+        self._pending_lock = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if self._fd is not None:
+            self._thread = threading.Thread(target=self._write_all, name="isol8-audit",
+                                            daemon=True)
+            self._thread.start()
 
     def record(self, owner: str, parsed: ExecuteBody, result: ExecutionResult) -> None:
-        return None
+        """Queue a finished run's line. Never raises."""
+        if self._fd is None or self._closed:
+            return
+        try:
+            run = _Run(owner, parsed, result, self.include_output)
+            with self._pending_lock:
+                if self._pending_chars + run.size > MAX_PENDING_CHARS:
+                    raise queue.Full
+                self._queue.put_nowait(run)
+                self._pending_chars += run.size
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.error("audit log %s: %d records dropped, its writes are not keeping up",
+                          self.path, self._dropped)
+        except Exception:  # a malformed body must not fail a request already served
+            log.exception("audit log %s: a record could not be queued", self.path)
 
     def close(self) -> None:
-        return None
+        """Write what is queued, then close the file. A writer stuck in ``write(2)`` past
+        ``CLOSE_TIMEOUT`` keeps the file open: closing it under the thread could let its
+        write land in whatever the descriptor number is reused for."""
+        if self._fd is None or self._closed:
+            return
+        self._closed = True
+        assert self._thread is not None
+        try:
+            self._queue.put(None, timeout=CLOSE_TIMEOUT)
+        except queue.Full:
+            pass
+        self._thread.join(CLOSE_TIMEOUT)
+        if self._thread.is_alive():
+            log.error("audit log %s: the writer did not finish; %d records may be lost",
+                      self.path, self._queue.qsize())
+            return
+        os.close(self._fd)
+        self._fd = None
+
+    def _write_all(self) -> None:
+        while (run := self._queue.get()) is not None:
+            with self._pending_lock:
+                self._pending_chars -= run.size
+            try:
+                data = self.line(run)
+            except Exception:
+                log.exception("audit log %s: a record could not be built", self.path)
+                continue
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            while data:  # a short write only after an error or a signal: finish the line
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            self._failed += 1
+            if self._failed == 1:
+                log.error("audit log %s: write failed: %s", self.path, exc.strerror or exc)
+            return
+        if self._failed:
+            log.error("audit log %s: writing again after %d lost records", self.path,
+                      self._failed)
+            self._failed = 0
+
+    def line(self, run: _Run) -> bytes:
+        """The run's JSON line (ASCII: a code's lone surrogates are escaped, not lost)."""
+        return (json.dumps(self.entry(run), separators=(",", ":")) + "\n").encode()
+
+    def entry(self, run: _Run) -> dict[str, object]:
+        result = run.result
+        code = _masked(run.code, run.secrets)
+        source = code.get("code", code.get("cmd", ""))
+        entry: dict[str, object] = {
+            "executionId": result.execution_id,
+            "userId": run.owner,
+            "timestamp": _iso(run.at),
+            "runtime": result.runtime,
+            "codeHash": hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest(),
+            "exitCode": result.exit_code,
+            "durationMs": result.duration_ms,
+            "resourceUsage": result.resource_usage.to_dict(),
+            "securityEvents": security_events(result, _iso(run.at)),
+            "sessionId": run.session_id,
+            "mode": run.mode,
+        }
+        if result.network_logs:
+            entry["networkLogs"] = [item.to_dict() for item in result.network_logs]
+        if self.include_code:
+            entry.update(code)
+        if self.include_output:
+            entry.update(stdout=result.stdout, stderr=result.stderr)
+        masked = _masked(entry, run.secrets)
+        masked["codeHash"] = entry["codeHash"]  # a hex digest: masking must not touch it
+        return masked
+
+
+def security_events(result: ExecutionResult, at: str) -> list[dict[str, object]]:
+    """Upstream's ``SecurityEvent`` shape (``type``, ``message``, ``details``?,
+    ``timestamp``): each limit the run reached, then each request the filter blocked."""
+    reached = list(result.resource_usage.limits_reached)
+    if result.resource_usage.oom and "memory" not in reached:
+        reached.append("memory")
+    if result.truncated and "output" not in reached:
+        reached.append("output")
+    events: list[dict[str, object]] = []
+    for name, (kind, message) in LIMIT_EVENTS.items():
+        if name in reached:
+            events.append({"type": kind, "message": message, "timestamp": at})
+    for entry in result.network_logs or ():
+        if entry.action == "BLOCK":
+            events.append({
+                "type": "network_blocked",
+                "message": f"{entry.method} {entry.host} blocked by the network filter",
+                "details": {"method": entry.method, "host": entry.host, "path": entry.path,
+                            "reason": entry.reason},
+                "timestamp": entry.timestamp})
+    return events
+
+
+def _masked(value: T, secrets: list[str]) -> T:
+    """Every string in ``value`` (nested dicts and lists) with each secret, longest first,
+    replaced by the mask: where one secret contains another, the whole of it goes."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, _MASK)  # type: ignore[assignment]
+        return value
+    if isinstance(value, dict):
+        return {key: _masked(item, secrets) for key, item in value.items()}  # type: ignore
+    if isinstance(value, list):
+        return [_masked(item, secrets) for item in value]  # type: ignore[return-value]
+    return value
+
+
+def _iso(at: float) -> str:
+    """ISO 8601 in UTC, as the engine writes a result's ``timestamp``."""
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _open(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise InvalidRequest(f"audit log {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        # Not a device such as /dev/stdout: its mode is the system's, not ours to change.
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError as exc:
+        os.close(fd)
+        raise InvalidRequest(f"audit log {path}: {exc.strerror}") from None
+    return fd
