@@ -311,7 +311,7 @@ class Isol8:
                 try:
                     phase, name, data = next(run)
                 except StopIteration as done:
-                    staged, usage, _ = done.value
+                    staged, usage, runtime_name = done.value
                     break
                 if name == "exit":  # the setup script succeeded
                     yield from tails(phase)
@@ -335,11 +335,11 @@ class Isol8:
         for name, sink in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
             if sink.truncated:
                 yield StreamEvent(type=name, data=truncation_marker(sink.total, sink.limit))
-        result = self._result(outcome, usage, "", started)
+        result = self._result(outcome, usage, runtime_name, started)
         if outcome.timed_out and not result.resource_usage.oom:
             yield StreamEvent(type="error", data="EXECUTION TIMED OUT")
         yield StreamEvent(type="exit", data=str(result.exit_code),
-                          limits_reached=result.resource_usage.limits_reached)
+                          limits_reached=result.resource_usage.limits_reached, result=result)
 
     def _run(self, request: ExecutionRequest, started: float, cancel_fd: int = -1,
              max_output: int | None = None, masked: bool = True,

@@ -116,12 +116,17 @@ class StreamEvent:
     last ``exit`` carries ``limits_reached`` as ``ResourceUsage`` has it; the wire form
     names it (``limitsReached``) only when it is not empty, so an ordinary stream keeps
     upstream's exact shape.
+
+    That last ``exit`` also carries the run's ``result`` (as ``execute()`` would have
+    returned it), so a caller that accounts for runs (the server's metrics and audit) needs
+    no second path; it is not part of the wire form, nor of equality.
     """
 
     type: str
     data: str
     phase: str = "code"
     limits_reached: list[str] = field(default_factory=list)
+    result: ExecutionResult | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, object]:
         wire: dict[str, object] = {"type": self.type, "data": self.data, "phase": self.phase}

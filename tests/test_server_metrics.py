@@ -1,15 +1,20 @@
 """The Prometheus exposition of ``isol8 serve`` (isol8.server.metrics): exact text, escaping,
-cumulative buckets, bounded labels, thread safety and render cost. Pure: no sandbox, no
-socket. Every exposition is also read back by a strict line-format checker written here, and
-by prometheus_client's own parser where that package happens to be installed."""
+cumulative buckets, bounded labels, thread safety and render cost, pure (no sandbox, no
+socket); then ``GET /metrics`` of a real server: the master key, the content type, requests
+counted by route template, runs, and gauges that agree with the processes really alive.
+Every exposition is also read back by a strict line-format checker written here, and by
+prometheus_client's own parser where that package happens to be installed."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -634,3 +639,112 @@ def test_render_is_fast_whatever_the_traffic():
         metrics.render()
         best = min(best, time.perf_counter() - start)
     assert best < 0.010, f"render took {best * 1000:.2f} ms"
+
+
+# --- GET /metrics of a real server ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server():
+    pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
+    from test_server import running
+
+    with running() as srv:
+        yield srv
+
+
+def scrape(srv, key: str | None = None) -> tuple[str, dict[str, dict[str, object]]]:
+    """(content type, families) of one scrape with the master key."""
+    from test_server import KEY
+
+    request = urllib.request.Request(srv.url + "/metrics")
+    request.add_header("Authorization", f"Bearer {key or KEY}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.headers["Content-Type"], parse(response.read().decode())
+
+
+def helpers_alive(srv) -> int:
+    """The server's sandbox helpers, counted from outside it."""
+    count = 0
+    for pid, _ in srv.descendants():
+        try:
+            count += Path(f"/proc/{pid}/comm").read_text().strip() == "isol8-helper"
+        except OSError:
+            pass
+    return count
+
+
+def test_metrics_needs_the_master_key(server):
+    """Its counts span every tenant: 401 without a key, 403 with a wrong one (an API key's
+    403 is in test_an_api_key_cannot_scrape)."""
+    from test_server import KEY
+
+    assert server.call("GET", "/metrics", key=None) == (401, {"error": "Missing Authorization header"})
+    assert server.call("GET", "/metrics", key=KEY + "x") == (403, {"error": "Invalid API key"})
+    content_type, families = scrape(server)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert families["isol8_sandboxes_alive"]["type"] == "gauge"
+
+
+def test_an_api_key_cannot_scrape(tmp_path):
+    pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
+    from test_server_files import AuthDbServer
+
+    srv = AuthDbServer(tmp_path / "auth.db")
+    try:
+        status, created = srv.call("POST", "/auth/keys", {"name": "tenant"})
+        assert status == 201, created
+        status, body = srv.call("GET", "/metrics", key=created["key"])
+        assert status == 403, body
+    finally:
+        srv.stop()
+
+
+def test_requests_count_by_route_template_never_by_url(server):
+    _, before = scrape(server)
+    secret = "sess-" + os.urandom(6).hex()
+    for _ in range(3):
+        assert server.call("DELETE", f"/session/{secret}") == (200, {"ok": True})
+    assert server.call("GET", f"/nope/{secret}")[0] == 404
+    assert server.call("POST", "/execute", raw=b"{")[0] == 400
+    assert server.call("GET", "/sessions", key=None)[0] == 401
+    _, after = scrape(server)
+
+    def delta(**labels: str) -> float:
+        old = before["isol8_http_requests_total"]["samples"]
+        key = ("isol8_http_requests_total", tuple(labels.items()))
+        return value(after, "isol8_http_requests_total", **labels) - old.get(key, 0)  # type: ignore[union-attr]
+
+    assert delta(route="/session/{id}", method="DELETE", code="2xx") == 3
+    assert delta(route="other", method="GET", code="4xx") == 1
+    assert delta(route="/execute", method="POST", code="4xx") == 1
+    assert delta(route="/sessions", method="GET", code="4xx") == 1
+    text = urllib.request.urlopen(urllib.request.Request(
+        server.url + "/metrics", headers={"Authorization": "Bearer " + _key()})).read()
+    assert secret.encode() not in text
+
+
+def _key() -> str:
+    from test_server import KEY
+
+    return KEY
+
+
+def test_runs_and_gauges_follow_the_server(server):
+    _, before = scrape(server)
+    ok = {"runtime": "python", "mode": "persistent", "outcome": "ok"}
+    runs = before["isol8_runs_total"]["samples"]
+    start = runs.get(("isol8_runs_total", tuple(ok.items())), 0)  # type: ignore[union-attr]
+    assert server.execute("print(1)", session="gauged")[0] == 200
+    assert server.execute("print(2)", session="gauged")[0] == 200
+    _, during = scrape(server)
+    assert value(during, "isol8_runs_total", **ok) == start + 2
+    assert value(during, "isol8_sessions_alive") >= 1
+    assert value(during, "isol8_sandboxes_alive") == helpers_alive(server) >= 1
+    assert server.call("POST", "/cleanup")[0] == 200
+    deadline = time.monotonic() + 10
+    while helpers_alive(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _, after = scrape(server)
+    assert value(after, "isol8_sessions_alive") == value(after, "isol8_engines_alive") == 0
+    assert value(after, "isol8_sandboxes_alive") == helpers_alive(server) == 0

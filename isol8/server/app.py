@@ -18,9 +18,10 @@ from fastapi import FastAPI
 from .. import __version__
 from . import errors
 from .audit import AuditLog
+from .bodylimit import BodyLimit
 from .capacity import Capacity
-from .engines import DEFAULT_MAX_ENGINES, EngineRegistry
-from .keystore import KeyStore
+from .engines import EngineRegistry
+from .keystore import KeyStore, MasterKey
 from .metrics import Metrics
 from .policy import ServerPolicy
 from .routes import cleanup, execute, files, health, keys, metrics, sessions, stream
@@ -32,13 +33,15 @@ MAX_WORKERS = 64
 
 
 def create_app(api_key: str, policy: ServerPolicy | None = None, *,
-               max_engines: int = DEFAULT_MAX_ENGINES, key_store: KeyStore | None = None,
+               max_engines: int | None = None, key_store: KeyStore | None = None,
                audit: AuditLog | None = None) -> FastAPI:
     """The server's app; ``api_key`` is the master key (non-empty). ``key_store`` enables
     API keys (``/auth/*``); ``audit`` logs every execution. The app closes both."""
     if not isinstance(api_key, str) or not api_key:
         raise ValueError("create_app: api_key must be a non-empty string")
-    engines = EngineRegistry(max_engines)
+    policy = policy or ServerPolicy.default()
+    capacity = Capacity(policy, recorder := Metrics())
+    engines = EngineRegistry(max_engines or policy.capacity.max_engines, capacity)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,15 +57,16 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
                 key_store.close()
 
     app = FastAPI(title="isol8", version=__version__, lifespan=lifespan)
-    app.state.api_key = api_key.encode("utf-8", "surrogateescape")
-    app.state.policy = policy = policy or ServerPolicy.default()
+    app.state.master = MasterKey(api_key)
+    app.state.policy = policy
     app.state.engines = engines
     app.state.keys = key_store
-    app.state.capacity = Capacity(policy)
-    app.state.metrics = Metrics()
+    app.state.capacity = capacity
+    app.state.metrics = recorder
     app.state.audit = audit or AuditLog()
     errors.install(app)
     for module in (health, execute, stream, sessions, files, cleanup, keys, metrics):
         app.include_router(module.router)
     metrics.install(app)  # the request counter and the gauges
+    app.add_middleware(BodyLimit, max_bytes=policy.capacity.max_body_size)
     return app

@@ -1,18 +1,363 @@
-"""Admission control for ``isol8 serve`` (to be completed: concurrency, host budget, 429)."""
+"""Admission control for ``isol8 serve``: how much runs at once, and what waits or is refused.
+
+Every execution passes ``Capacity.admit`` before it touches an engine (isol8.server.runs).
+It needs a concurrency slot and room in two host-wide budgets, summed over every live
+sandbox's *limits*: memory (``memoryLimit``) and tmpfs (``sandboxSize + tmpSize`` and the
+64 MiB ``/dev/shm``). What counts:
+
+* an ephemeral run: its own sandbox, for the run;
+* a session: its sandbox, from its first run until it ends (deleted, pruned after its idle
+  TTL, lost, or the server stops), since a persistent sandbox lives between runs; a later
+  run in it only needs a slot;
+* a shared engine's warm pool: its ready sandboxes, while the engine lives. Pools may take
+  at most half of each budget (an engine that finds no room runs cold, without a pool), and
+  a run that finds no room makes the registry stop idle engines to give their pools back.
+  A run served from a pool is counted twice (its pool's and its own): the budget errs on
+  the safe side.
+
+A request that does not fit waits in a FIFO queue (first come, first served, so a large
+request is not starved by small ones) for at most ``queueTimeoutMs``; a full queue or a
+wait that times out is a 429 with ``Retry-After`` naming what was short. On SIGTERM
+(``drain``) queued and new requests get 503, running ones may finish until the deadline,
+then are cancelled (which kills their sandboxes) and answered 503.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
-from .policy import ServerPolicy
-from .wire import ExecuteBody
+from starlette.exceptions import HTTPException
+
+from ..images import SHM_SIZE
+from ..pool import prewarm_kinds
+from .engines import ShuttingDown
+from .metrics import Metrics
+from .policy import ENGINE_DEFAULTS, ServerPolicy
+from .wire import ExecuteBody, WireError
+
+# The warm pool of a shared engine (prewarm=True, pool_size 1): one sandbox per kind.
+POOL_SANDBOXES = len(prewarm_kinds(True))
+_CODE_FIELDS = ("code", "cmd", "setupScript")
+_POLL_S = 0.05
+
+
+class OverCapacity(HTTPException):
+    """429: no room now; ``reason`` is one of isol8.server.metrics.REJECT_REASONS."""
+
+    def __init__(self, reason: str, message: str, retry_after_s: int) -> None:
+        super().__init__(429, message, headers={"Retry-After": str(retry_after_s)})
+        self.reason = reason
+
+
+class TooLarge(HTTPException):
+    """413: a body or a program over the server's limit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What a sandbox may take of each budget, in bytes."""
+
+    memory: int = 0
+    tmpfs: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.memory + other.memory, self.tmpfs + other.tmpfs)
+
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.memory - other.memory, self.tmpfs - other.tmpfs)
+
+    def times(self, n: int) -> Cost:
+        return Cost(self.memory * n, self.tmpfs * n)
+
+    def within(self, budget: Cost) -> bool:
+        return self.memory <= budget.memory and self.tmpfs <= budget.tmpfs
+
+
+def sandbox_cost(options: Mapping[str, object]) -> Cost:
+    """One sandbox of these (policed, so filled-in) options."""
+    def size(name: str) -> int:
+        return int(options.get(name, ENGINE_DEFAULTS[name]))  # type: ignore[call-overload]
+
+    return Cost(size("memoryLimit"), size("sandboxSize") + size("tmpSize") + SHM_SIZE)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    need: Cost
+    future: asyncio.Future[None]
+    granted: bool = False
+
+
+@dataclass(slots=True)
+class _Held:
+    """A session's place in the budget: pending while its first run is admitted, open once
+    the registry made it."""
+
+    cost: Cost
+    users: int = 0
+    opened: bool = False
+    reserved: bool = False
+
+
+@dataclass(slots=True)
+class _Usage:
+    running: int = 0
+    used: Cost = field(default_factory=Cost)  # runs, sessions and pools
+    pools: Cost = field(default_factory=Cost)
 
 
 class Capacity:
-    def __init__(self, policy: ServerPolicy) -> None:
-        self.policy = policy
+    """The server's one admission controller. Its methods run on the event loop."""
+
+    def __init__(self, policy: ServerPolicy, metrics: Metrics | None = None) -> None:
+        self.limits = policy.capacity
+        self.budget = Cost(self.limits.memory_budget, self.limits.tmpfs_budget)
+        self._metrics = metrics
+        self._usage = _Usage()
+        self._queue: deque[_Waiter] = deque()
+        self._sessions: dict[tuple[str, str], _Held] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._killed: set[asyncio.Task[object]] = set()
+        self.draining = False
+        # Set by the engine registry: stop idle engines so their pools give room back.
+        self.reclaim: Callable[[], None] | None = None
+
+    # -- what the metrics and tests read ------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return self._usage.running
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def used(self) -> Cost:
+        return self._usage.used
+
+    # -- admission ------------------------------------------------------------------------
 
     @asynccontextmanager
     async def admit(self, owner: str, parsed: ExecuteBody) -> AsyncIterator[None]:
-        yield
+        """Hold a slot (and the run's or new session's room) for the block; raises 413,
+        429 (``OverCapacity``) or 503 (``ShuttingDown``) instead of admitting."""
+        if self.draining:
+            raise ShuttingDown("the server is shutting down")
+        self._check_code(parsed.request)
+        cost = sandbox_cost(parsed.options)
+        self._check_budget(cost)
+        key = None if parsed.session_id is None else (owner, parsed.session_id)
+        need = cost
+        if key is not None:
+            held = self._sessions.get(key)
+            if held is None:
+                self._check_sessions(owner)
+                held = self._sessions[key] = _Held(cost)
+            elif held.reserved or held.users:
+                need = Cost()  # already counted, or being counted by its first run
+            held.users += 1
+        try:
+            await self._acquire(need)
+        except BaseException:
+            if key is not None:
+                self._unhold(key)
+            raise
+        if key is not None and need != Cost():
+            self._sessions[key].reserved = True  # the session's from now on
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task in self._killed:  # drain's deadline, not the client: answer 503
+                task.uncancel()
+                raise ShuttingDown("the server shut down before the run finished; it was "
+                                   "killed at the drain deadline") from None
+            raise
+        finally:
+            self._tasks.discard(task)
+            self._killed.discard(task)
+            self._usage.running -= 1
+            if key is None:
+                self._usage.used -= need
+            else:
+                self._unhold(key)
+            self._wake()
+
+    def _check_code(self, request: Mapping[str, object]) -> None:
+        for name in _CODE_FIELDS:
+            value = request.get(name)
+            if isinstance(value, str):
+                size = len(value.encode("utf-8", "surrogatepass"))
+                if size > self.limits.max_code_size:
+                    raise TooLarge(f"request.{name}: {size} bytes exceed the server's limit "
+                                   f"of {self.limits.max_code_size}")
+
+    def _check_budget(self, cost: Cost) -> None:
+        """A sandbox larger than a whole budget can never run here: no point retrying."""
+        if cost.memory > self.budget.memory:
+            raise WireError("options.memoryLimit", f"{cost.memory} bytes exceed the server's "
+                            f"whole memory budget ({self.budget.memory}); ask for less")
+        if cost.tmpfs > self.budget.tmpfs:
+            raise WireError("options.sandboxSize", f"sandboxSize + tmpSize + /dev/shm "
+                            f"({cost.tmpfs} bytes) exceed the server's whole tmpfs budget "
+                            f"({self.budget.tmpfs}); ask for less")
+
+    def _check_sessions(self, owner: str) -> None:
+        mine = sum(1 for o, _ in self._sessions if o == owner)
+        if mine >= self.limits.max_sessions_per_key:
+            raise self._reject("sessions", f"this key has {mine} sessions, the server's "
+                               "limit per key: end one (DELETE /session/{id}) or let an idle "
+                               f"one expire ({self.limits.session_ttl_ms} ms)")
+        if len(self._sessions) >= self.limits.max_sessions:
+            raise self._reject("sessions", f"the server holds {len(self._sessions)} sessions, "
+                               "its limit: retry later")
+
+    def _fits(self, need: Cost) -> bool:
+        return (self._usage.running < self.limits.max_concurrent
+                and (self._usage.used + need).within(self.budget))
+
+    def _short_of(self, need: Cost) -> str:
+        """What a request that does not fit lacks, as a REJECT_REASONS value."""
+        after = self._usage.used + need
+        if self._usage.running >= self.limits.max_concurrent:
+            return "queue"
+        if after.memory > self.budget.memory:
+            return "memory"
+        return "tmpfs" if after.tmpfs > self.budget.tmpfs else "queue"
+
+    def _reject(self, reason: str, message: str) -> OverCapacity:
+        if self._metrics is not None:
+            self._metrics.rejected(reason)
+        return OverCapacity(reason, message, self.limits.retry_after_s)
+
+    def _take(self, need: Cost) -> None:
+        self._usage.running += 1
+        self._usage.used += need
+
+    async def _acquire(self, need: Cost) -> None:
+        if not self._queue and self._fits(need):
+            self._take(need)
+            return
+        reason = self._short_of(need)
+        if len(self._queue) >= self.limits.max_queue:
+            raise self._reject(reason, f"over capacity ({_REASONS[reason]}) and "
+                               f"{len(self._queue)} requests already wait: retry later")
+        waiter = _Waiter(need, asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        self._wake()  # may reclaim pools for it
+        try:
+            async with asyncio.timeout(self.limits.queue_timeout_ms / 1000):
+                await waiter.future
+        except TimeoutError:
+            if not waiter.granted:
+                reason = self._short_of(need)
+                raise self._reject(reason, f"over capacity ({_REASONS[reason]}) for "
+                                   f"{self.limits.queue_timeout_ms} ms: retry later") from None
+        except BaseException:
+            if waiter.granted:  # granted as it was cancelled: give the room back
+                self._usage.running -= 1
+                self._usage.used -= need
+            raise
+        finally:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+                self._wake()
+
+    def _wake(self) -> None:
+        """Admit queued requests in order while the head fits."""
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():  # timed out or cancelled; its finally removes it too
+                self._queue.popleft()
+                continue
+            if not self._fits(head.need):
+                if (self.reclaim is not None and self._usage.pools != Cost()
+                        and self._usage.running < self.limits.max_concurrent):
+                    self.reclaim()
+                return
+            self._queue.popleft()
+            self._take(head.need)
+            head.granted = True
+            head.future.set_result(None)
+
+    def _unhold(self, key: tuple[str, str]) -> None:
+        held = self._sessions[key]
+        held.users -= 1
+        self._drop_if_unused(key, held)
+
+    def _drop_if_unused(self, key: tuple[str, str], held: _Held) -> None:
+        if held.users == 0 and not held.opened:
+            del self._sessions[key]
+            if held.reserved:
+                self._usage.used -= held.cost
+            self._wake()
+
+    # -- what the engine registry reports ------------------------------------------------
+
+    def session_opened(self, key: tuple[str, str], options: Mapping[str, object]) -> None:
+        """The registry made a session's sandbox: it stays counted until closed."""
+        held = self._sessions.setdefault(key, _Held(sandbox_cost(options)))
+        held.opened = True
+        if not held.reserved:  # pruned between its run's admission and now: count it anyway
+            held.reserved = True
+            self._usage.used += held.cost
+
+    def session_closed(self, key: tuple[str, str]) -> None:
+        held = self._sessions.get(key)
+        if held is not None:
+            held.opened = False
+            self._drop_if_unused(key, held)
+
+    def reserve_pool(self, options: Mapping[str, object]) -> Cost | None:
+        """Room for a new shared engine's warm pool, or None (the engine runs cold)."""
+        cost = sandbox_cost(options).times(POOL_SANDBOXES)
+        half = Cost(self.budget.memory // 2, self.budget.tmpfs // 2)
+        if not ((self._usage.pools + cost).within(half)
+                and (self._usage.used + cost).within(self.budget)):
+            return None
+        self._usage.pools += cost
+        self._usage.used += cost
+        return cost
+
+    def release_pool(self, cost: Cost) -> None:
+        self._usage.pools -= cost
+        self._usage.used -= cost
+        self._wake()
+
+    # -- drain ------------------------------------------------------------------------------
+
+    async def drain(self, deadline_s: float) -> None:
+        """SIGTERM: refuse new and queued work (503), let running executions finish until
+        ``deadline_s``, then kill the rest; returns once none is left."""
+        self.draining = True
+        for waiter in self._queue:
+            if not waiter.future.done():
+                waiter.future.set_exception(ShuttingDown("the server is shutting down"))
+        self._queue.clear()
+        until = time.monotonic() + deadline_s
+        while self._tasks and time.monotonic() < until:
+            await asyncio.sleep(_POLL_S)
+        self.kill()
+        while self._tasks:
+            await asyncio.sleep(_POLL_S)
+
+    def kill(self) -> None:
+        """Cancel every running execution (a cancelled run kills its sandbox)."""
+        for task in self._tasks - self._killed:
+            self._killed.add(task)
+            task.cancel()
+
+
+_REASONS = {"queue": "every execution slot is busy", "memory": "the memory budget is spent",
+            "tmpfs": "the tmpfs budget is spent", "sessions": "too many sessions"}

@@ -11,6 +11,11 @@ A session (``sessionId``) is a persistent engine of its own, keyed by (owner, id
 is the API key that created it, so another key cannot reach it (upstream shares sessions
 between every key). A later request with other engine options gets ``OptionsConflict``
 (409) naming the fields, instead of silently running with the session's first options.
+A session idle (no run, no file transfer) for the policy's ``sessionTtlMs`` is stopped.
+
+With a ``Capacity`` (isol8.server.capacity), every sandbox that outlives a request is in
+its budget: a session's from creation until it is stopped, a shared engine's warm pool
+while the engine lives (an engine with no room for one runs cold).
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..async_engine import AsyncIsol8
 from ..errors import Isol8Error
+from .policy import DEFAULT_MAX_ENGINES
 from .wire import engine_kwargs
 
-DEFAULT_MAX_ENGINES = 4
+if TYPE_CHECKING:
+    from .capacity import Capacity, Cost
+
+__all__ = ["DEFAULT_MAX_ENGINES", "EngineRegistry", "OptionsConflict", "ShuttingDown"]
 _log = logging.getLogger("isol8.server")
 
 
@@ -48,6 +58,7 @@ class ShuttingDown(Isol8Error):
 @dataclass(slots=True)
 class _Engine:
     engine: AsyncIsol8
+    pool: Cost | None = None  # its warm pool's room in the capacity's budget
     users: int = 0
 
 
@@ -57,6 +68,12 @@ class Session:
     options: Mapping[str, object]
     last_accessed_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     active: int = 0
+    # for the TTL: the wall clock above is upstream's field, and may jump
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_accessed_ms = int(time.time() * 1000)
+        self.idle_since = time.monotonic()
 
     def to_dict(self, session_id: str) -> dict[str, object]:
         """Upstream's ``GET /sessions`` entry."""
@@ -75,12 +92,17 @@ class EngineRegistry:
     Its methods run on the event loop; engine construction is cheap (it validates options),
     while ``stop()`` blocks and runs in a worker thread."""
 
-    def __init__(self, max_engines: int = DEFAULT_MAX_ENGINES) -> None:
+    def __init__(self, max_engines: int = DEFAULT_MAX_ENGINES,
+                 capacity: Capacity | None = None) -> None:
         self._max_engines = max_engines
+        self._capacity = capacity
         self._engines: OrderedDict[str, _Engine] = OrderedDict()
         self._sessions: dict[tuple[str, str], Session] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        self._pruner: asyncio.Task[None] | None = None
         self._closed = False
+        if capacity is not None:
+            capacity.reclaim = self._reclaim
 
     @asynccontextmanager
     async def ephemeral(self, options: Mapping[str, object]) -> AsyncIterator[AsyncIsol8]:
@@ -89,8 +111,15 @@ class EngineRegistry:
         key = engine_key(options)
         entry = self._engines.get(key)
         if entry is None:
-            entry = _Engine(AsyncIsol8(prewarm=True, **engine_kwargs(options)))
-            self._engines[key] = entry
+            pool = self._capacity.reserve_pool(options) if self._capacity else None
+            try:
+                engine = AsyncIsol8(prewarm=pool is not None or self._capacity is None,
+                                    **engine_kwargs(options))
+            except BaseException:
+                if pool is not None:
+                    self._capacity.release_pool(pool)  # type: ignore[union-attr]
+                raise
+            entry = self._engines[key] = _Engine(engine, pool)
         self._engines.move_to_end(key)
         entry.users += 1
         try:
@@ -104,13 +133,28 @@ class EngineRegistry:
         they are idle (a stop under a run would pull its cgroups away)."""
         excess = len(self._engines) - self._max_engines
         for key in [k for k, e in self._engines.items() if e.users == 0][:max(excess, 0)]:
-            self._stop_later(self._engines.pop(key).engine)
+            self._stop_later(self._engines.pop(key))
 
-    def _stop_later(self, engine: AsyncIsol8) -> None:
+    def _reclaim(self) -> None:
+        """The capacity's budget is short: stop the idle engines that hold a warm pool."""
+        for key in [k for k, e in self._engines.items() if e.users == 0 and e.pool]:
+            self._stop_later(self._engines.pop(key))
+
+    def _stop_later(self, entry: _Engine) -> None:
         """Stop an evicted engine off the request's path; ``close()`` waits for it."""
-        task = asyncio.get_running_loop().create_task(engine.stop())
+        task = asyncio.get_running_loop().create_task(self._stop_engine(entry))
         self._stopping.add(task)
         task.add_done_callback(self._stopped)
+
+    async def _stop_engine(self, entry: _Engine) -> None:
+        """Stop a shared engine; its pool's room is given back once its sandboxes are gone
+        (or the stop failed: they are then beyond reach)."""
+        try:
+            await entry.engine.stop()
+        finally:
+            if entry.pool is not None and self._capacity is not None:
+                self._capacity.release_pool(entry.pool)
+                entry.pool = None
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
         self._stopping.discard(task)
@@ -127,18 +171,21 @@ class EngineRegistry:
         if session is None:
             engine = AsyncIsol8(mode="persistent", **engine_kwargs(options))
             session = self._sessions[key] = Session(engine, dict(options))
+            if self._capacity is not None:
+                self._capacity.session_opened(key, options)
+                self._start_pruner()
         else:
             differ = sorted(f"options.{name}" for name in set(session.options) | set(options)
                             if session.options.get(name) != options.get(name))
             if differ:
                 raise OptionsConflict(session_id, differ)
         session.active += 1
-        session.last_accessed_ms = int(time.time() * 1000)
+        session.touch()
         try:
             yield session.engine
         finally:
             session.active -= 1
-            session.last_accessed_ms = int(time.time() * 1000)
+            session.touch()
 
     @asynccontextmanager
     async def existing_session(self, owner: str,
@@ -151,12 +198,12 @@ class EngineRegistry:
             yield None
             return
         session.active += 1
-        session.last_accessed_ms = int(time.time() * 1000)
+        session.touch()
         try:
             yield session.engine
         finally:
             session.active -= 1
-            session.last_accessed_ms = int(time.time() * 1000)
+            session.touch()
 
     def counts(self) -> tuple[int, int]:
         """(shared engines, sessions) alive, for the metrics' gauges."""
@@ -168,11 +215,12 @@ class EngineRegistry:
         session's run in progress finishes first: its engine serializes them. Returns each
         stop's exception or None, sessions then engines."""
         self._check_open()
-        sessions = [s.engine for s in self._sessions.values()]
+        sessions = list(self._sessions.items())
         self._sessions.clear()
         idle = [key for key, entry in self._engines.items() if entry.users == 0]
-        engines = [self._engines.pop(key).engine for key in idle]
-        outcomes = await asyncio.gather(*(e.stop() for e in sessions + engines),
+        engines = [self._engines.pop(key) for key in idle]
+        outcomes = await asyncio.gather(*(self._stop_session(*s) for s in sessions),
+                                        *(self._stop_engine(e) for e in engines),
                                         return_exceptions=True)
         errors = [o if isinstance(o, BaseException) else None for o in outcomes]
         return errors[:len(sessions)], errors[len(sessions):]
@@ -184,19 +232,52 @@ class EngineRegistry:
     async def end_session(self, owner: str, session_id: str) -> None:
         """Stop a session and its sandbox; idempotent (upstream answers ok for an unknown
         id). A run in progress finishes first: the engine serializes them."""
-        session = self._sessions.pop((owner, session_id), None)
+        key = (owner, session_id)
+        session = self._sessions.pop(key, None)
         if session is not None:
+            await self._stop_session(key, session)
+
+    async def _stop_session(self, key: tuple[str, str], session: Session) -> None:
+        """Stop a session already taken out of the registry (so nothing can start using
+        it in the meantime); its room in the budget is given back once it is stopped."""
+        try:
             await session.engine.stop()
+        finally:
+            if self._capacity is not None:
+                self._capacity.session_closed(key)
+
+    def _start_pruner(self) -> None:
+        if self._pruner is None:
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_idle())
+
+    async def _prune_idle(self) -> None:
+        """Stop sessions idle for the TTL; a session in use (a run, a file transfer) is
+        never idle. Checked a few times per TTL, so one lives at most 1.25 TTL idle."""
+        assert self._capacity is not None
+        ttl = self._capacity.limits.session_ttl_ms / 1000
+        while True:
+            await asyncio.sleep(min(max(ttl / 4, 0.05), 30.0))
+            now = time.monotonic()
+            idle = [(key, self._sessions.pop(key)) for key, s in list(self._sessions.items())
+                    if s.active == 0 and now - s.idle_since >= ttl]
+            outcomes = await asyncio.gather(*(self._stop_session(*i) for i in idle),
+                                            return_exceptions=True)
+            for (key, _), outcome in zip(idle, outcomes):
+                if isinstance(outcome, BaseException):
+                    _log.error("stopping idle session %r failed: %s", key[1], outcome)
 
     async def close(self) -> None:
         """Stop every engine and session: no sandbox outlives the server."""
         self._closed = True
-        engines = [e.engine for e in self._engines.values()]
-        engines += [s.engine for s in self._sessions.values()]
+        if self._pruner is not None:
+            self._pruner.cancel()
+        engines = list(self._engines.values())
+        sessions = list(self._sessions.items())
         self._engines.clear()
         self._sessions.clear()
-        outcomes = await asyncio.gather(*(e.stop() for e in engines), *set(self._stopping),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._stop_session(*s) for s in sessions),
+                                        *(self._stop_engine(e) for e in engines),
+                                        *set(self._stopping), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 _log.error("stopping an engine failed: %s", outcome)

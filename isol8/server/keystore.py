@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from ..errors import InvalidRequest
 
@@ -329,12 +329,7 @@ class KeyStore:
     def verify(self, plaintext: object) -> KeyInfo | None:
         """The key's info if ``plaintext`` is a live key, else ``None`` (unknown, revoked,
         expired, or not a key at all: this never raises on client input)."""
-        if (
-            not isinstance(plaintext, str)
-            or len(plaintext) > MAX_PRESENTED_LENGTH
-            or not plaintext.startswith(KEY_PREFIX)
-            or not plaintext.isascii()
-        ):
+        if not looks_like_key(plaintext):
             return None
         digest = _hash(plaintext)
         with self._lock:
@@ -411,6 +406,17 @@ def _expired(expires_at: int | None, now_ms: int) -> bool:
     return expires_at is not None and now_ms >= expires_at
 
 
+def looks_like_key(plaintext: object) -> TypeGuard[str]:
+    """Whether ``plaintext`` could be a key at all: a check without the database, so garbage
+    costs neither a hash of megabytes nor a wait for the store's lock."""
+    return (
+        isinstance(plaintext, str)
+        and len(plaintext) <= MAX_PRESENTED_LENGTH
+        and plaintext.startswith(KEY_PREFIX)
+        and plaintext.isascii()
+    )
+
+
 def bearer_token(header: str | None) -> str | None:
     """The credential in an ``Authorization`` header: upstream strips ``Bearer `` case-
     insensitively and takes a bare value as is. ``None`` (401) if absent or empty."""
@@ -439,6 +445,11 @@ class MasterKey:
             raise InvalidRequest(
                 "the master key must not have whitespace at its ends nor control characters"
             )
+        if not value.isascii():
+            # A header carries bytes, and clients disagree on how to encode other
+            # characters (curl sends the shell's UTF-8, fetch() Latin-1): such a key would
+            # work for some clients and not others.
+            raise InvalidRequest("the master key must be ASCII")
         self._digest = hashlib.sha256(value.encode("utf-8")).digest()
 
     def check(self, presented: str | None) -> Literal["missing", "wrong", "ok"]:

@@ -24,6 +24,23 @@ allowance silently left at its default would hide the operator's intent)::
     pins = false                              # networkFilter.hosts
     [allow]
     seccompUnconfined = false                 # options.security.seccomp = "unconfined"
+    [capacity]                                # admission control (isol8.server.capacity)
+    maxConcurrent = 4                         # executions at once (default 2 x usable cpus)
+    maxQueue = 16                             # waiting for room; beyond: 429 (default 4 x
+                                              # maxConcurrent; 0 answers 429 at once)
+    queueTimeoutMs = 10000                    # longest wait in the queue, then 429
+    retryAfterS = 1                           # the 429s' Retry-After
+    memoryBudget = "12g"                      # sum of memoryLimit over live sandboxes
+                                              # (default 3/4 of MemAvailable at start)
+    tmpfsBudget = "12g"                       # sum of sandboxSize + tmpSize + /dev/shm
+                                              # (default 3/4 of MemAvailable + SwapFree)
+    maxBodySize = "16m"                       # request body; beyond: 413
+    maxCodeSize = "1m"                        # request.code, cmd, setupScript; beyond: 413
+    maxSessions = 64                          # sessions alive, every key; beyond: 429
+    maxSessionsPerKey = 16                    # sessions alive per API key; beyond: 429
+    sessionTtlMs = 3600000                    # idle sessions stopped after this
+    drainTimeoutMs = 30000                    # SIGTERM: runs killed after this
+    maxEngines = 4                            # shared engines (option sets) kept
 
 Always refused in this version: ``mounts`` (no operator mount list yet),
 ``readonlyRootFs: false``, ``persist``, ``debug``, ``image``.
@@ -35,10 +52,10 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from ..errors import InvalidRequest
-from ..policy import NETWORK_MODES, parse_size
+from ..policy import NETWORK_MODES, parse_size, positive_int
 from ..runtimes import RUNTIMES
 from .wire import ExecuteBody, WireError
 
@@ -60,7 +77,8 @@ _ALWAYS_REFUSED: dict[str, Callable[[object], bool]] = {
     "debug": lambda v: v is True,
     "image": lambda v: True,
 }
-_TOP_KEYS = ("runtimes", "ceilings", "network", "allow")
+_TOP_KEYS = ("runtimes", "ceilings", "network", "allow", "capacity")
+DEFAULT_MAX_ENGINES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,80 @@ class Clamped:
         return {"field": self.field, "requested": self.requested, "applied": self.applied}
 
 
+def _meminfo(name: str) -> int:
+    """A /proc/meminfo line in bytes (0 if absent)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key == name:
+                    return int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPolicy:
+    """How much the server runs at once (isol8.server.capacity). Every field is a
+    ``[capacity]`` key of the policy file, in camelCase; sizes in bytes.
+
+    The defaults follow the host as the server starts. Budgets sum each sandbox's *limits*
+    (what it may take, not what it uses now), so a full server cannot drive the host into
+    its own OOM killer; MemAvailable is read once, since the sandboxes admitted later draw
+    it down themselves. tmpfs pages are memory (or swap) too: a write into /sandbox is
+    charged to the writer's memory cgroup, but the pages of a sandbox whose memory limit a
+    weaker backend enforces are not, hence a budget of their own."""
+
+    max_concurrent: int = 4
+    max_queue: int = 16
+    queue_timeout_ms: int = 10_000
+    retry_after_s: int = 1
+    memory_budget: int = 4 << 30
+    tmpfs_budget: int = 4 << 30
+    max_body_size: int = 16 << 20
+    max_code_size: int = 1 << 20
+    max_sessions: int = 64
+    max_sessions_per_key: int = 16
+    session_ttl_ms: int = 3_600_000
+    drain_timeout_ms: int = 30_000
+    max_engines: int = DEFAULT_MAX_ENGINES
+
+    @classmethod
+    def for_host(cls) -> CapacityPolicy:
+        cpus = len(os.sched_getaffinity(0))
+        available = _meminfo("MemAvailable") or 4 << 30  # no /proc/meminfo: assume 4 GiB
+        concurrent = max(2, 2 * cpus)
+        return cls(max_concurrent=concurrent, max_queue=4 * concurrent,
+                   memory_budget=available * 3 // 4,
+                   tmpfs_budget=(available + _meminfo("SwapFree")) * 3 // 4)
+
+    @classmethod
+    def from_mapping(cls, data: object) -> CapacityPolicy:
+        known = {_camel(f.name): f.name for f in fields(cls)}
+        section = _section(data, "capacity", tuple(known))
+        base = cls.for_host()
+        values: dict[str, int] = {}
+        for key, value in section.items():
+            path, name = f"capacity.{key}", known[key]
+            if name.endswith(("_budget", "_size")):
+                values[name] = parse_size(value, path)  # type: ignore[arg-type]
+            elif name == "max_queue":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise InvalidRequest(f"{path}: expected an integer >= 0, got {value!r}")
+                values[name] = value
+            else:
+                values[name] = positive_int(value, path)
+        if "max_concurrent" in values and "max_queue" not in values:
+            values["max_queue"] = 4 * values["max_concurrent"]
+        return replace(base, **values)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerPolicy:
     ceilings: Mapping[str, float | int] = field(default_factory=lambda: dict(DEFAULT_CEILINGS))
@@ -83,6 +175,7 @@ class ServerPolicy:
     pins: bool = False
     seccomp_unconfined: bool = False
     runtimes: tuple[str, ...] = tuple(RUNTIMES)
+    capacity: CapacityPolicy = field(default_factory=CapacityPolicy.for_host)
 
     @classmethod
     def default(cls) -> ServerPolicy:
@@ -121,6 +214,7 @@ class ServerPolicy:
             pins=_flag(net.get("pins", False), "network.pins"),
             seccomp_unconfined=_flag(allow.get("seccompUnconfined", False),
                                      "allow.seccompUnconfined"),
+            capacity=CapacityPolicy.from_mapping(section.get("capacity", {})),
             runtimes=_names(section.get("runtimes", list(policy.runtimes)), "runtimes",
                             tuple(RUNTIMES)))
 

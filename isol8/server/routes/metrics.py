@@ -127,10 +127,10 @@ def install(app: FastAPI) -> None:
         sandboxes_alive,
     )
     metrics.gauge_callback(
-        "isol8_engines",
-        "Shared engines (one per option set), each with" " its warm pool.",
+        "isol8_engines_alive",
+        "Shared engines (one per option set), each with its warm pool.",
         lambda: state.engines.counts()[0],
     )
     metrics.gauge_callback(
-        "isol8_sessions", "Sessions alive, of every key.", lambda: state.engines.counts()[1]
+        "isol8_sessions_alive", "Sessions alive, of every key.", lambda: state.engines.counts()[1]
     )
