@@ -40,7 +40,8 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
     if not isinstance(api_key, str) or not api_key:
         raise ValueError("create_app: api_key must be a non-empty string")
     policy = policy or ServerPolicy.default()
-    capacity = Capacity(policy, recorder := Metrics())
+    recorder = Metrics()
+    capacity = Capacity(policy, recorder)
     engines = EngineRegistry(max_engines or policy.capacity.max_engines, capacity)
 
     @asynccontextmanager
