@@ -1,4 +1,4 @@
-"""The ``isol8`` command: ``exec`` (alias ``run``), ``doctor`` and ``serve``.
+"""The ``isol8`` command: ``exec`` (alias ``run``), ``doctor``, ``serve`` and ``session``.
 
 argparse rather than click: the CLI is small, and a one-shot ``isol8 exec`` should not pay for
 an import it does not need (the standard library is enough here).
@@ -12,9 +12,18 @@ import os
 import secrets
 import shlex
 import sys
+import uuid
+from datetime import datetime, timezone
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .errors import Isol8Error, SetupScriptFailed
+from .result import StreamEvent
 from .runtimes import RUNTIMES, detect_runtime
+
+if TYPE_CHECKING:
+    from .client import RemoteIsol8
+    from .engine import Isol8
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -103,8 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the result in its wire form (implies --no-stream)")
     ex.add_argument("--no-stream", action="store_true",
                     help="print the output when the run ends instead of as it arrives")
+    _remote_arguments(ex, "run on this isol8 serve instead of locally (needs isol8[client])")
 
     sub.add_parser("doctor", help="what this host supports, and what isol8 does about it")
+
+    se = sub.add_parser("session", help="list or stop your sessions on an isol8 serve")
+    session_sub = se.add_subparsers(dest="session_command", required=True)
+    _remote_arguments(session_sub.add_parser("list", help="your sessions on the server"),
+                      required=True)
+    stop = session_sub.add_parser("stop", help="end a session and its sandbox")
+    stop.add_argument("id", help="the session id")
+    _remote_arguments(stop, required=True)
 
     sv = sub.add_parser("serve", help="serve upstream's HTTP API (needs isol8[server])")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -124,9 +142,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .engine import Isol8
+def _remote_arguments(parser: argparse.ArgumentParser, host_help: str = "the server's URL",
+                      *, required: bool = False) -> None:
+    parser.add_argument("--host", metavar="URL", required=required,
+                        help=f"{host_help}, e.g. http://127.0.0.1:3000")
+    parser.add_argument("--key", help="the server's API key (default $ISOL8_API_KEY)")
 
+
+def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser,
+            **options: object) -> "RemoteIsol8":
+    """The client for ``--host``; imported here: a local run never pays for httpx2."""
+    key = args.key or os.environ.get("ISOL8_API_KEY")
+    if not key:
+        parser.error("--host needs an API key: --key or ISOL8_API_KEY")
+    try:
+        from .client import RemoteIsol8
+    except ImportError as exc:
+        parser.error(f"--host needs the client extra (pip install 'isol8[client]'): {exc}")
+    return RemoteIsol8(host=args.host, api_key=key, **options)  # type: ignore[arg-type]
+
+
+def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser,
+            options: dict[str, object]) -> "Isol8 | RemoteIsol8":
+    """The local engine, or with ``--host`` the server's: the same calls and results. The
+    remote one is sent only the options set (the server's defaults are the engine's, and
+    its policy refuses some options, mounts say, even empty); ``--persistent`` runs in a
+    session of its own, ended with the run, as the local sandbox is."""
+    if args.host is None:
+        from .engine import Isol8
+
+        return Isol8(**options)  # type: ignore[arg-type]
+    remote = {name: value for name, value in options.items()
+              if value not in (False, [], {}) and name != "mode"}
+    session_id = f"isol8-cli-{uuid.uuid4().hex}" if options.get("mode") == "persistent" \
+        else None
+    return _remote(args, parser, session_id=session_id, **remote)
+
+
+def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     sources = [x for x in (args.file, args.code, args.cmd) if x is not None]
     if len(sources) != 1:
         parser.error("give exactly one of FILE, -e/--eval or --cmd")
@@ -159,7 +212,7 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     request = dict(runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout, env=dict(args.env),
                    stdin=args.stdin, workdir=args.workdir, files=files,
                    setup_script=_setup_script(args.setup, parser))
-    with Isol8(**options) as engine:  # stop() on the way out, also in persistent mode
+    with _engine(args, parser, options) as engine:  # stop() on the way out, also persistent
         if not (args.json or args.no_stream or args.out or args.log_network):
             return _stream(engine.execute_stream(code, **request))
         result = engine.execute(code, **request)
@@ -177,7 +230,8 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for entry in result.network_logs or []:
             print(f"isol8: network: {entry.action} {entry.method} {entry.host}"
                   f"{entry.path or ''} ({entry.duration_ms} ms)"
-                  + (f": {entry.reason}" if entry.action == "BLOCK" else ""), file=sys.stderr)
+                  + (f": {entry.reason}" if entry.action == "BLOCK" and entry.reason else ""),
+                  file=sys.stderr)
     return result.exit_code
 
 
@@ -256,7 +310,7 @@ def _local_files(root: str, parser: argparse.ArgumentParser) -> dict[str, bytes]
     return files
 
 
-def _stream(events) -> int:
+def _stream(events: Iterable[StreamEvent]) -> int:
     """Upstream's CLI default: output as it arrives, the exit code of the exit event."""
     code = 1
     for event in events:
@@ -270,6 +324,22 @@ def _stream(events) -> int:
             code = int(event.data)
             _explain_limits(event.limits_reached)
     return code
+
+
+def _session(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``isol8 session list`` and ``isol8 session stop ID``: the caller's key's sessions."""
+    client = _remote(args, parser)
+    try:
+        if args.session_command == "stop":
+            client.delete_session(args.id)
+            return 0
+        for info in client.list_sessions():
+            when = datetime.fromtimestamp(info.last_accessed_at / 1000, timezone.utc)
+            print(f"{info.id}\t{'active' if info.is_active else 'idle'}\t"
+                  f"{when.isoformat(timespec='seconds').replace('+00:00', 'Z')}")
+        return 0
+    finally:
+        client.stop()
 
 
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -315,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             return doctor_main()
         if args.command == "serve":
             return _serve(args, parser)
+        if args.command == "session":
+            return _session(args, parser)
         return _exec(args, parser)
     except SetupScriptFailed as exc:  # the code did not run: the script's own exit code
         print(f"isol8: {exc}", file=sys.stderr)
