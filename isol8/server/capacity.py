@@ -44,6 +44,9 @@ from .wire import ExecuteBody, WireError
 POOL_SANDBOXES = len(prewarm_kinds(True))
 _CODE_FIELDS = ("code", "cmd", "setupScript")
 _POLL_S = 0.05
+# A cancelled run returns once its sandbox is torn down, well within this; past it, the
+# shutdown goes on and the lifespan's stop of every engine ends what is left.
+_KILLED_WAIT_S = 30.0
 
 
 class OverCapacity(HTTPException):
@@ -129,6 +132,11 @@ class Capacity:
         self.draining = False
         # Set by the engine registry: stop idle engines so their pools give room back.
         self.reclaim: Callable[[], None] | None = None
+        if metrics is not None:
+            metrics.gauge_callback("isol8_queue_depth", "Executions waiting for capacity.",
+                                   lambda: len(self._queue))
+            metrics.gauge_callback("isol8_executions_running", "Executions admitted.",
+                                   lambda: self._usage.running)
 
     # -- what the metrics and tests read ------------------------------------------------
 
@@ -349,7 +357,8 @@ class Capacity:
         while self._tasks and time.monotonic() < until:
             await asyncio.sleep(_POLL_S)
         self.kill()
-        while self._tasks:
+        until = time.monotonic() + _KILLED_WAIT_S
+        while self._tasks and time.monotonic() < until:
             await asyncio.sleep(_POLL_S)
 
     def kill(self) -> None:
