@@ -664,13 +664,16 @@ def scrape(srv, key: str | None = None) -> tuple[str, dict[str, dict[str, object
 
 
 def helpers_alive(srv) -> int:
-    """The server's sandbox helpers, counted from outside it."""
+    """The server's sandbox helpers (its children named isol8-helper; the sandbox's own
+    processes below them may share the name), counted from outside it by a /proc scan."""
     count = 0
-    for pid, _ in srv.descendants():
+    for entry in os.listdir("/proc"):
         try:
-            count += Path(f"/proc/{pid}/comm").read_text().strip() == "isol8-helper"
+            stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
-            pass
+            continue
+        comm, rest = stat[stat.index("(") + 1 :].rsplit(")", 1)
+        count += comm == "isol8-helper" and int(rest.split()[1]) == srv.proc.pid
     return count
 
 
@@ -679,7 +682,10 @@ def test_metrics_needs_the_master_key(server):
     403 is in test_an_api_key_cannot_scrape)."""
     from test_server import KEY
 
-    assert server.call("GET", "/metrics", key=None) == (401, {"error": "Missing Authorization header"})
+    assert server.call("GET", "/metrics", key=None) == (
+        401,
+        {"error": "Missing Authorization header"},
+    )
     assert server.call("GET", "/metrics", key=KEY + "x") == (403, {"error": "Invalid API key"})
     content_type, families = scrape(server)
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
@@ -719,8 +725,11 @@ def test_requests_count_by_route_template_never_by_url(server):
     assert delta(route="other", method="GET", code="4xx") == 1
     assert delta(route="/execute", method="POST", code="4xx") == 1
     assert delta(route="/sessions", method="GET", code="4xx") == 1
-    text = urllib.request.urlopen(urllib.request.Request(
-        server.url + "/metrics", headers={"Authorization": "Bearer " + _key()})).read()
+    text = urllib.request.urlopen(
+        urllib.request.Request(
+            server.url + "/metrics", headers={"Authorization": "Bearer " + _key()}
+        )
+    ).read()
     assert secret.encode() not in text
 
 

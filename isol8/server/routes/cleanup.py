@@ -19,7 +19,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from .. import errors
 from ..auth import require_master
@@ -29,7 +29,7 @@ router = APIRouter()
 
 class CleanupBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    images: bool = False
+    images: StrictBool = False
 
 
 class Removal(BaseModel):
