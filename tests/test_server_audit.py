@@ -132,6 +132,19 @@ def test_a_line_has_upstreams_fields_and_nothing_of_the_run_by_default(plain):
         [], None, "ephemeral")
 
 
+def test_user_id_is_the_api_keys_id(tmp_path):
+    server = AuditServer(tmp_path / "keys.log", "--auth-db", str(tmp_path / "auth.db"))
+    try:
+        status, created = server.call("POST", "/auth/keys", {"name": "audited"})
+        assert status == 201, created
+        status, result = server.call("POST", "/execute", {"request": {
+            "code": "print(1)", "runtime": "python"}}, key=created["key"])
+        assert status == 200, result
+        assert server.record_of(result["executionId"])["userId"] == created["id"]
+    finally:
+        server.stop()
+
+
 def test_the_file_is_created_0600(plain):
     plain.run({"code": "print(1)", "runtime": "python"})
     assert stat.S_IMODE(plain.audit.stat().st_mode) == 0o600
