@@ -106,23 +106,26 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def rejected(srv: Server, reason: str) -> float:
-    status, _ = 0, None
-    req = urllib.request.Request(srv.url + "/metrics",
-                                 headers={"Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        text = resp.read().decode()
-    line = f'isol8_rejected_total{{reason="{reason}"}} '
-    return float(next(x for x in text.splitlines() if x.startswith(line))[len(line):])
-
-
-def queue_depth(srv: Server) -> float:
+def metric(srv: Server, series: str) -> float:
+    """One series' value from GET /metrics."""
     req = urllib.request.Request(srv.url + "/metrics",
                                  headers={"Authorization": f"Bearer {KEY}"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         text = resp.read().decode()
     return float(next(x for x in text.splitlines()
-                      if x.startswith("isol8_queue_depth "))[len("isol8_queue_depth "):])
+                      if x.startswith(series + " "))[len(series) + 1:])
+
+
+def rejected(srv: Server, reason: str) -> float:
+    return metric(srv, f'isol8_rejected_total{{reason="{reason}"}}')
+
+
+def queue_depth(srv: Server) -> float:
+    return metric(srv, "isol8_queue_depth")
+
+
+def reserved(srv: Server) -> int:
+    return int(metric(srv, "isol8_memory_reserved_bytes")) >> 20  # MiB
 
 
 # -- concurrency, queue, budget: 429 with Retry-After ---------------------------------------
@@ -194,6 +197,28 @@ def test_the_tmpfs_budget(tmp_path):
         assert rejected(srv, "tmpfs") == 1
         slow.join(30)
         assert out[0][0] == 200
+
+
+def test_sessions_and_warm_pools_hold_their_room_until_they_end(tmp_path):
+    """Budget 1g. A shared engine's warm pool (2 x 256m) is counted while the engine lives;
+    a session's sandbox from its first run until it ends; a request that finds no room
+    makes idle engines give their pools back."""
+    with serving(tmp_path, {"memoryBudget": "1g", "maxQueue": 0}) as srv:
+        assert reserved(srv) == 0
+        assert post(srv, run("print(1)", memoryLimit="256m"))[0] == 200
+        assert reserved(srv) == 512  # the engine's pool; the run's own room is given back
+        assert post(srv, run("print(1)", session="s", memoryLimit="256m"))[0] == 200
+        assert reserved(srv) == 768
+        assert post(srv, run("print(1)", session="s", memoryLimit="256m"))[0] == 200
+        assert reserved(srv) == 768  # a later run in it needs nothing more
+        # 300m: its engine finds no room for a pool (over half the budget with the first);
+        # the run itself does not fit beside the first pool and the session: the idle
+        # engine is stopped and its pool's room reclaimed
+        status, body, _ = post(srv, run("print(2)", memoryLimit="300m"))
+        assert status == 200, body
+        wait_for(lambda: reserved(srv) == 256)  # the session only
+        assert srv.call("DELETE", "/session/s")[0] == 200
+        assert reserved(srv) == 0
 
 
 # -- sizes: 413 ------------------------------------------------------------------------------

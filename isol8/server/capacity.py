@@ -87,7 +87,8 @@ class Cost:
 def sandbox_cost(options: Mapping[str, object]) -> Cost:
     """One sandbox of these (policed, so filled-in) options."""
     def size(name: str) -> int:
-        return int(options.get(name, ENGINE_DEFAULTS[name]))  # type: ignore[call-overload]
+        value = options.get(name, ENGINE_DEFAULTS[name])
+        return int(value) if isinstance(value, (int, float)) else 0  # policed: a number
 
     return Cost(size("memoryLimit"), size("sandboxSize") + size("tmpSize") + SHM_SIZE)
 
@@ -115,6 +116,7 @@ class _Usage:
     running: int = 0
     used: Cost = field(default_factory=Cost)  # runs, sessions and pools
     pools: Cost = field(default_factory=Cost)
+    releasing: Cost = field(default_factory=Cost)  # pools being stopped: room soon back
 
 
 class Capacity:
@@ -137,6 +139,12 @@ class Capacity:
                                    lambda: len(self._queue))
             metrics.gauge_callback("isol8_executions_running", "Executions admitted.",
                                    lambda: self._usage.running)
+            metrics.gauge_callback("isol8_memory_reserved_bytes", "The memory budget taken: "
+                                   "memory limits of live sandboxes and warm pools.",
+                                   lambda: self._usage.used.memory)
+            metrics.gauge_callback("isol8_tmpfs_reserved_bytes", "The tmpfs budget taken: "
+                                   "tmpfs sizes of live sandboxes and warm pools.",
+                                   lambda: self._usage.used.tmpfs)
 
     # -- what the metrics and tests read ------------------------------------------------
 
@@ -258,7 +266,12 @@ class Capacity:
             self._take(need)
             return
         reason = self._short_of(need)
-        if len(self._queue) >= self.limits.max_queue:
+        self._reclaim_for(need)
+        # Room held only by warm pools being stopped is not a lack of capacity: wait for
+        # it even past the queue's bound (a stop takes milliseconds).
+        coming = (self._usage.running < self.limits.max_concurrent
+                  and (self._usage.used - self._usage.releasing + need).within(self.budget))
+        if len(self._queue) >= self.limits.max_queue and not coming:
             raise self._reject(reason, f"over capacity ({_REASONS[reason]}) and "
                                f"{len(self._queue)} requests already wait: retry later")
         waiter = _Waiter(need, asyncio.get_running_loop().create_future())
@@ -290,14 +303,20 @@ class Capacity:
                 self._queue.popleft()
                 continue
             if not self._fits(head.need):
-                if (self.reclaim is not None and self._usage.pools != Cost()
-                        and self._usage.running < self.limits.max_concurrent):
-                    self.reclaim()
+                self._reclaim_for(head.need)
                 return
             self._queue.popleft()
             self._take(head.need)
             head.granted = True
             head.future.set_result(None)
+
+    def _reclaim_for(self, need: Cost) -> None:
+        """Short of budget room, not of a slot, while warm pools hold some: have the
+        registry stop its idle engines (``pool_stopping`` then ``release_pool``)."""
+        if (self.reclaim is not None and self._usage.pools != self._usage.releasing
+                and self._usage.running < self.limits.max_concurrent
+                and not (self._usage.used + need).within(self.budget)):
+            self.reclaim()
 
     def _unhold(self, key: tuple[str, str]) -> None:
         held = self._sessions[key]
@@ -338,9 +357,14 @@ class Capacity:
         self._usage.used += cost
         return cost
 
+    def pool_stopping(self, cost: Cost) -> None:
+        """A pool's engine is being stopped: its room is counted until ``release_pool``."""
+        self._usage.releasing += cost
+
     def release_pool(self, cost: Cost) -> None:
         self._usage.pools -= cost
         self._usage.used -= cost
+        self._usage.releasing -= cost
         self._wake()
 
     # -- drain ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -146,9 +146,14 @@ class EngineRegistry:
         self._stopping.add(task)
         task.add_done_callback(self._stopped)
 
-    async def _stop_engine(self, entry: _Engine) -> None:
-        """Stop a shared engine; its pool's room is given back once its sandboxes are gone
-        (or the stop failed: they are then beyond reach)."""
+    def _stop_engine(self, entry: _Engine) -> Awaitable[None]:
+        """Stop a shared engine, already out of the registry; its pool's room is given back
+        once its sandboxes are gone (or the stop failed: they are then beyond reach)."""
+        if entry.pool is not None and self._capacity is not None:
+            self._capacity.pool_stopping(entry.pool)  # now, not when the stop is scheduled
+        return self._stopped_engine(entry)
+
+    async def _stopped_engine(self, entry: _Engine) -> None:
         try:
             await entry.engine.stop()
         finally:
