@@ -28,9 +28,9 @@ import inspect
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from fastapi import APIRouter, Depends, Request, WebSocket
@@ -64,8 +64,9 @@ class Run:
     ``start()`` returns once the run is admitted and has its engine, or raises what kept
     it out; ``events()`` gives its wire events; ``stop()`` kills it and waits for the end."""
 
-    def __init__(self, conn: HTTPConnection, owner: str, parsed: ExecuteBody,
-                 clamped: list[Clamped]) -> None:
+    def __init__(
+        self, conn: HTTPConnection, owner: str, parsed: ExecuteBody, clamped: list[Clamped]
+    ) -> None:
         self._conn, self._owner, self._parsed, self._clamped = conn, owner, parsed, clamped
         self._queue: asyncio.Queue[StreamEvent | Exception | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -73,8 +74,9 @@ class Run:
         self._task = loop.create_task(self._produce())
 
     @classmethod
-    async def start(cls, conn: HTTPConnection, owner: str, parsed: ExecuteBody,
-                    clamped: list[Clamped]) -> "Run":
+    async def start(
+        cls, conn: HTTPConnection, owner: str, parsed: ExecuteBody, clamped: list[Clamped]
+    ) -> "Run":
         run = cls(conn, owner, parsed, clamped)
         try:
             await asyncio.shield(run._admitted)
@@ -89,7 +91,8 @@ class Run:
         try:
             async with engine_for(state, self._owner, self._parsed) as engine:
                 self._admitted.set_result(None)
-                stream = engine.execute_stream(**request_kwargs(self._parsed.request))
+                fields: dict[str, Any] = request_kwargs(self._parsed.request)
+                stream = cast(AsyncGenerator[StreamEvent, None], engine.execute_stream(**fields))
                 async with aclosing(stream):  # an early exit kills the run, now
                     async for event in stream:
                         result = event.result or result
@@ -106,7 +109,7 @@ class Run:
                 self._admitted.cancel()
             self._queue.put_nowait(None)
 
-    async def events(self) -> AsyncIterator[dict[str, object]]:
+    async def events(self) -> AsyncGenerator[dict[str, object], None]:
         """The run's events in wire form; a failure is one last error event. Leaving the
         loop early kills the run."""
         try:
@@ -152,8 +155,11 @@ async def error_event(conn: HTTPConnection, exc: Exception) -> dict[str, object]
         _log.error("stream failed", exc_info=exc)
         return {"type": "error", "data": "Internal Server Error", "status": 500}
     body = json.loads(bytes(response.body))
-    event: dict[str, object] = {"type": "error", "data": body.pop("error", ""),
-                                "status": response.status_code}
+    event: dict[str, object] = {
+        "type": "error",
+        "data": body.pop("error", ""),
+        "status": response.status_code,
+    }
     if body.get("type"):
         event["errorType"] = body.pop("type")
     event.update({k: v for k, v in body.items() if k not in event})
@@ -165,6 +171,7 @@ async def error_event(conn: HTTPConnection, exc: Exception) -> dict[str, object]
 
 # -- SSE ------------------------------------------------------------------------------------
 
+
 class EventStream(StreamingResponse):
     """``data: <json>\\n\\n`` frames, upstream's only SSE syntax (no event names, ids or
     heartbeats). JSON escapes every line break, so one event is always one frame. Whatever
@@ -174,8 +181,9 @@ class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(self, run: Run) -> None:
-        super().__init__(self._frames(run), headers={"Cache-Control": "no-cache",
-                                                     "X-Accel-Buffering": "no"})
+        super().__init__(
+            self._frames(run), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self._run = run
 
     @staticmethod
@@ -194,14 +202,22 @@ def _json_errors(*statuses: int) -> dict[int | str, dict[str, object]]:
     """``errors.responses()`` under ``application/json``: FastAPI files a ``model`` under the
     route's media type, which here is the 200's ``text/event-stream``."""
     schema = errors.ErrorBody.model_json_schema()
-    return {status: {"description": entry["description"],
-                     "content": {"application/json": {"schema": schema}}}
-            for status, entry in errors.responses(*statuses).items()}
+    return {
+        status: {
+            "description": entry["description"],
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status, entry in errors.responses(*statuses).items()
+    }
 
 
-@router.post("/execute/stream", response_class=EventStream, status_code=200,
-             response_description="upstream's StreamEvent JSON, one `data:` frame each",
-             responses=_json_errors(400, 401, 403, 409, 413, 429, 503))
+@router.post(
+    "/execute/stream",
+    response_class=EventStream,
+    status_code=200,
+    response_description="upstream's StreamEvent JSON, one `data:` frame each",
+    responses=_json_errors(400, 401, 403, 409, 413, 429, 503),
+)
 async def execute_stream(request: Request, owner: str = Depends(require_key)) -> EventStream:
     state = request.app.state
     parsed, clamped = policed(state, decode(await request.body()))
@@ -209,6 +225,7 @@ async def execute_stream(request: Request, owner: str = Depends(require_key)) ->
 
 
 # -- WebSocket ------------------------------------------------------------------------------
+
 
 @router.websocket("/execute/ws")
 async def execute_ws(websocket: WebSocket) -> None:
@@ -264,24 +281,32 @@ class _Conversation:
     async def _handle(self, message: dict[str, Any]) -> tuple[int, str] | None:
         """Act on one client message; a close code and reason if it ends the connection."""
         try:
-            data = decode(message["text"] if message.get("text") is not None
-                          else message.get("bytes") or b"")
+            data = decode(
+                message["text"] if message.get("text") is not None else message.get("bytes") or b""
+            )
         except WireError as exc:
             await self._send({"type": "error", "data": str(exc), "status": 400})
             return CLOSE_UNACCEPTABLE, "Invalid JSON"
-        kind = data.get("type") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            data = {"type": None}
+        kind = data.get("type")
         if kind == "execute":
             if self._forward is not None:
-                await self._send({"type": "error", "status": 400, "data":
-                                  "an execution is already running on this connection"})
+                await self._send(
+                    {
+                        "type": "error",
+                        "status": 400,
+                        "data": "an execution is already running on this connection",
+                    }
+                )
             else:
                 self._forward = asyncio.ensure_future(self._execute(data))
         elif kind == "signal":
-            assert isinstance(data, dict)
             return await self._signal(data.get("signal"))
         elif kind != "stdin":  # upstream's reserved stdin: accepted and ignored, as there
-            await self._send({"type": "error", "status": 400,
-                              "data": f"unknown message type: {kind!r}"})
+            await self._send(
+                {"type": "error", "status": 400, "data": f"unknown message type: {kind!r}"}
+            )
         return None
 
     async def _execute(self, message: dict[str, Any]) -> None:
@@ -299,8 +324,13 @@ class _Conversation:
         """SIGINT or SIGTERM kills a running execution (its sandbox is torn down, so every
         process in it dies, not only the one the signal would have reached)."""
         if name not in SIGNALS:
-            await self._send({"type": "error", "status": 400, "data":
-                              f"signal: expected one of {', '.join(SIGNALS)}, got {name!r}"})
+            await self._send(
+                {
+                    "type": "error",
+                    "status": 400,
+                    "data": f"signal: expected one of {', '.join(SIGNALS)}, got {name!r}",
+                }
+            )
             return None
         forward = self._forward
         if forward is None or forward.done():
@@ -310,15 +340,14 @@ class _Conversation:
         if not forward.cancelled():  # it ended on its own first: its events were all sent
             return CLOSE_DONE, DONE_REASON
         signum = SIGNALS[str(name)]
-        await self._send({"type": "error", "data": f"Execution killed by {name}"})
+        await self._send({"type": "error", "data": f"Execution killed by {name}", "phase": "code"})
         await self._send({"type": "exit", "data": str(128 + signum), "phase": "code"})
         return CLOSE_DONE, DONE_REASON
 
     async def _finish(self) -> None:
         """The execution is over: close as upstream does, unless the client already left."""
         assert self._forward is not None
-        if self._forward.cancelled() or isinstance(self._forward.exception(),
-                                                   WebSocketDisconnect):
+        if self._forward.cancelled() or isinstance(self._forward.exception(), WebSocketDisconnect):
             return
         failure = self._forward.exception()
         if failure is not None:
