@@ -24,22 +24,14 @@ SESSION = "files-1"
 
 
 class AuthDbServer(Server):
-    """``isol8 serve --auth-db PATH``: API keys besides the master key."""
+    """``isol8 serve --auth-db PATH [ARGS...]``: API keys besides the master key."""
 
-    def __init__(self, auth_db: Path) -> None:
+    def __init__(self, auth_db: Path, *args: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "isol8", "serve", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "isol8",
-                "serve",
-                "--port",
-                str(self.port),
-                "--auth-db",
-                str(auth_db),
-            ],
+            [*command, "--auth-db", str(auth_db), *args],
             env={**os.environ, "ISOL8_API_KEY": KEY},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ the engine's exception class, for a remote client to raise the local engine's ow
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -95,6 +96,20 @@ def install(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error(400, f"{where}: {first.get('msg', 'invalid request')}")
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document without the 422 ``{detail}`` it lists for every route with
+        parameters: ``_validation`` answers those 400 ``{error}``, which routes declare."""
+        document: dict[str, Any] = FastAPI.openapi(app)  # built once, cached by FastAPI
+        for item in document.get("paths", {}).values():
+            for operation in item.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = document.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign,unused-ignore]
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

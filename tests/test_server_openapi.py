@@ -1,0 +1,155 @@
+"""The server's OpenAPI document against the server itself: schemathesis generates requests
+from ``/openapi.json`` (valid and invalid ones) for every HTTP route, and every answer must
+be no server error, a status the route declares, in a declared content type, matching the
+declared schema. SSE (``/execute/stream``) is left out, as its body is a stream of frames no
+schema describes, and WebSocket routes are not in the document.
+
+The server runs with a tiny-timeout policy and small sizes, and the example count is
+bounded, so the whole run takes well under a minute; every generated run executes inside a
+sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from test_server import KEY, Server
+from test_server_files import AuthDbServer
+
+pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
+schemathesis = pytest.importorskip("schemathesis", reason="the test extra is not installed")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.generation.modes import GenerationMode  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+POLICY = """\
+[ceilings]
+timeoutMs = 300
+memoryLimit = "128m"
+sandboxSize = "16m"
+tmpSize = "16m"
+maxOutputSize = 65536
+[capacity]
+maxEngines = 2
+maxSessions = 8
+maxSessionsPerKey = 8
+queueTimeoutMs = 1000
+"""
+EXAMPLES = 25  # per route, valid and invalid requests mixed
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("openapi")
+    (home / "policy.toml").write_text(POLICY)
+    srv = AuthDbServer(home / "auth.db", "--config", str(home / "policy.toml"))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server: Server) -> object:
+    return schemathesis.openapi.from_url(server.url + "/openapi.json")
+
+
+# Every HTTP route but SSE's; test_the_document_lists_every_http_route checks that this is
+# what the document holds. (Listed here, not read from the document, because pytest needs
+# the parameters before any server runs; schemathesis' own lazy loader does not work with
+# this pytest.)
+OPERATIONS = [
+    ("GET", "/health"),
+    ("POST", "/execute"),
+    ("POST", "/file"),
+    ("GET", "/file"),
+    ("GET", "/sessions"),
+    ("DELETE", "/session/{session_id}"),
+    ("POST", "/cleanup"),
+    ("GET", "/metrics"),
+    ("POST", "/auth/keys"),
+    ("GET", "/auth/keys"),
+    ("DELETE", "/auth/keys/{key_id}"),
+    ("POST", "/auth/login"),
+]
+
+
+@pytest.mark.parametrize("method, path", OPERATIONS)
+def test_every_answer_conforms_to_the_document(
+    api: object, server: Server, method: str, path: str
+) -> None:
+    operation = api[path][method]  # type: ignore[index]
+    strategy = st.one_of(
+        operation.as_strategy(GenerationMode.POSITIVE),
+        operation.as_strategy(GenerationMode.NEGATIVE),
+    )
+
+    @given(strategy)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def conforms(case: object) -> None:
+        case.call_and_validate(
+            base_url=server.url,  # type: ignore[attr-defined]
+            headers={"Authorization": f"Bearer {KEY}"},
+            checks=CHECKS,
+        )
+
+    conforms()
+
+
+def test_the_document_lists_every_http_route_with_its_errors(server: Server) -> None:
+    """The parametrized test above only covers what the document lists: so every HTTP route
+    of the app must be in it, each with a success schema and its error answers."""
+    status, document = server.call("GET", "/openapi.json")
+    assert status == 200
+    listed = {(method, path) for path, item in document["paths"].items() for method in item}
+    expected = {(method.lower(), path) for method, path in OPERATIONS}
+    schemas = document["components"]["schemas"]
+    assert listed == expected | {("post", "/execute/stream")}, listed ^ expected
+    for method, path in listed:
+        answers = document["paths"][path][method]["responses"]
+        success = [code for code in answers if code.startswith("2")]
+        assert success and all(answers[c].get("content") for c in success), (method, path)
+        if path != "/health":
+            assert {"401", "403"} <= set(answers), (method, path)
+        for code, answer in answers.items():
+            if code.startswith("4") or code.startswith("5"):
+                error = answer["content"]["application/json"]["schema"]
+                error = schemas[error["$ref"].rsplit("/", 1)[1]] if "$ref" in error else error
+                assert "error" in error["required"], (method, path, code)
+        assert "422" not in answers, (method, path)  # FastAPI's default, replaced by 400
+    execute = document["paths"]["/execute"]["post"]
+    assert {"400", "409", "410", "413", "429", "503"} <= set(execute["responses"])
+    body = execute["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["request"]
+    assert {"code", "cmd", "runtime", "timeoutMs"} <= set(
+        body["properties"]["request"]["properties"]
+    )
+
+
+def test_the_execute_schema_lists_every_field_the_server_reads() -> None:
+    from isol8.server import schema as server_schema, wire
+
+    properties = server_schema.EXECUTE_BODY["properties"]
+    assert set(properties["request"]["properties"]) == set(wire.REQUEST_FIELDS)
+    assert set(properties["options"]["properties"]) == set(wire.OPTION_FIELDS)
+    assert Path(server_schema.__file__).exists()
