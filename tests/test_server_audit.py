@@ -356,3 +356,53 @@ def test_record_is_cheap_and_close_writes_every_line(tmp_path):
     assert json.loads(lines[-1])["stdout"] == "out"
     # measured about 5 us (queueing only; the writer thread builds and writes the line)
     assert per_record < 500e-6, f"{per_record * 1e6:.0f} us per record"
+
+
+def test_a_stuck_file_never_blocks_a_record_nor_the_shutdown(tmp_path, monkeypatch, caplog):
+    """A pipe nobody reads: the writer blocks in write(2); records are dropped and logged,
+    close() gives up in time, and the writer closes the file once the write returns."""
+    import select
+
+    from isol8.server import audit as audit_module
+    from isol8.result import ExecutionResult, ResourceUsage
+    from isol8.server.wire import ExecuteBody
+
+    monkeypatch.setattr(audit_module, "MAX_PENDING", 20)
+    monkeypatch.setattr(audit_module, "CLOSE_TIMEOUT", 0.5)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so opening it to write cannot wait
+    try:
+        usage = ResourceUsage(cpu_time_ms=1, cpu_percent=1.0, memory_mb=1.0,
+                              peak_memory_mb=1.0, oom=False, enforced={})
+        result = ExecutionResult(stdout="x" * 200_000, stderr="", exit_code=0, duration_ms=5,
+                                 truncated=False, execution_id=str(uuid.uuid4()),
+                                 runtime="python", timestamp="t", resource_usage=usage)
+        body = ExecuteBody(None, {"code": "print(1)", "runtime": "python"})
+        audit = audit_module.AuditLog(str(fifo), include_output=True)
+        slowest = 0.0
+        for _ in range(100):
+            start = time.perf_counter()
+            audit.record("master", body, result)
+            slowest = max(slowest, time.perf_counter() - start)
+        assert slowest < 0.05, f"a record waited {slowest * 1e3:.0f} ms"
+        start = time.monotonic()
+        audit.close()
+        assert time.monotonic() - start < 5
+        assert audit._thread.is_alive()  # still in its first write: a line beyond the pipe
+        messages = [r.getMessage() for r in caplog.records if r.name == audit_module.__name__]
+        assert any("records dropped, its writes are not keeping up" in m for m in messages)
+        assert any("stuck in a write" in m for m in messages)
+        got, deadline = 0, time.monotonic() + 30
+        while time.monotonic() < deadline:  # read until the writer closes its end
+            if not select.select([reader], [], [], 1)[0]:
+                continue
+            chunk = os.read(reader, 1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        audit._thread.join(10)
+        assert not audit._thread.is_alive()
+        assert got > 200_000  # the line it was writing, and what was queued before close
+    finally:
+        os.close(reader)

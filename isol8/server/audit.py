@@ -24,6 +24,7 @@ problem must not fail the request that was already served.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,8 +48,8 @@ T = TypeVar("T")
 
 # Runs queued for the writer, in number and in characters of code and output: beyond
 # either (a log file that stopped taking writes) runs are dropped and counted rather than
-# held in memory without bound. The writer does some 40,000 lines a second, far more than
-# sandboxes can finish, so neither is reached while the file takes writes.
+# held in memory without bound. The writer does tens of thousands of lines a second, far
+# more than sandboxes can finish, so neither is reached while the file takes writes.
 MAX_PENDING = 10_000
 MAX_PENDING_CHARS = 256 << 20
 CLOSE_TIMEOUT = 10.0
@@ -97,72 +98,87 @@ class AuditLog:
     def __init__(self, path: str | None = None, *, include_code: bool = False,
                  include_output: bool = False) -> None:
         self.path, self.include_code, self.include_output = path, include_code, include_output
-        self._fd = _open(path) if path is not None else None
         self._queue: queue.Queue[_Run | None] = queue.Queue(MAX_PENDING)
         self._dropped = self._failed = self._pending_chars = 0
-        self._pending_lock = threading.Lock()
+        self._lock = threading.Lock()  # the pending counts, taken by callers and the writer
         self._closed = False
         self._thread: threading.Thread | None = None
-        if self._fd is not None:
-            self._thread = threading.Thread(target=self._write_all, name="isol8-audit",
-                                            daemon=True)
+        if path is not None:
+            # The writer owns the descriptor and closes it as it ends: were close() to do it
+            # under a writer stuck in write(2), the write could land in whatever file the
+            # number is reused for.
+            fd = _open(path)
+            self._thread = threading.Thread(target=self._write_all, args=(fd,),
+                                            name="isol8-audit", daemon=True)
             self._thread.start()
 
     def record(self, owner: str, parsed: ExecuteBody, result: ExecutionResult) -> None:
-        """Queue a finished run's line. Never raises."""
-        if self._fd is None or self._closed:
+        """Queue a finished run's line. Never raises, never blocks."""
+        if self._thread is None or self._closed:
             return
         try:
             run = _Run(owner, parsed, result, self.include_output)
-            with self._pending_lock:
-                if self._pending_chars + run.size > MAX_PENDING_CHARS:
-                    raise queue.Full
-                self._queue.put_nowait(run)
-                self._pending_chars += run.size
-        except queue.Full:
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % 1000 == 0:
-                log.error("audit log %s: %d records dropped, its writes are not keeping up",
-                          self.path, self._dropped)
         except Exception:  # a malformed body must not fail a request already served
-            log.exception("audit log %s: a record could not be queued", self.path)
+            log.exception("audit log %s: a record could not be taken", self.path)
+            return
+        with self._lock:
+            if self._pending_chars + run.size <= MAX_PENDING_CHARS:
+                try:
+                    self._queue.put_nowait(run)
+                    self._pending_chars += run.size
+                    return
+                except queue.Full:
+                    pass
+            self._dropped += 1
+            dropped = self._dropped
+        if dropped == 1 or dropped % 1000 == 0:
+            log.error("audit log %s: %d records dropped, its writes are not keeping up",
+                      self.path, dropped)
 
     def close(self) -> None:
-        """Write what is queued, then close the file. A writer stuck in ``write(2)`` past
-        ``CLOSE_TIMEOUT`` keeps the file open: closing it under the thread could let its
-        write land in whatever the descriptor number is reused for."""
-        if self._fd is None or self._closed:
+        """Write what is queued and end the writer, within ``CLOSE_TIMEOUT``. A writer stuck
+        in ``write(2)`` that long (a file that stopped taking writes) is left to end when
+        the write returns, and what is still queued is dropped."""
+        if self._thread is None or self._closed:
             return
         self._closed = True
-        assert self._thread is not None
+        deadline = time.monotonic() + CLOSE_TIMEOUT
         try:
             self._queue.put(None, timeout=CLOSE_TIMEOUT)
         except queue.Full:
-            pass
-        self._thread.join(CLOSE_TIMEOUT)
+            lost = 0
+            while True:  # make room for the end: the writer would wait for it forever
+                try:
+                    self._queue.put_nowait(None)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self._queue.get_nowait()
+                        lost += 1
+            log.error("audit log %s: %d records dropped at shutdown, its writes are stuck",
+                      self.path, lost)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            log.error("audit log %s: the writer did not finish; %d records may be lost",
-                      self.path, self._queue.qsize())
-            return
-        os.close(self._fd)
-        self._fd = None
+            log.error("audit log %s: the writer is stuck in a write, left behind", self.path)
 
-    def _write_all(self) -> None:
-        while (run := self._queue.get()) is not None:
-            with self._pending_lock:
-                self._pending_chars -= run.size
-            try:
-                data = self.line(run)
-            except Exception:
-                log.exception("audit log %s: a record could not be built", self.path)
-                continue
-            self._write(data)
+    def _write_all(self, fd: int) -> None:
+        try:
+            while (run := self._queue.get()) is not None:
+                with self._lock:
+                    self._pending_chars -= run.size
+                try:
+                    data = self.line(run)
+                except Exception:
+                    log.exception("audit log %s: a record could not be built", self.path)
+                    continue
+                self._write(fd, data)
+        finally:
+            os.close(fd)
 
-    def _write(self, data: bytes) -> None:
-        assert self._fd is not None
+    def _write(self, fd: int, data: bytes) -> None:
         try:
             while data:  # a short write only after an error or a signal: finish the line
-                data = data[os.write(self._fd, data):]
+                data = data[os.write(fd, data):]
         except OSError as exc:
             self._failed += 1
             if self._failed == 1:
