@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from conftest import child_pids, host_processes_matching
 from test_server import KEY, Server, alive, running
+from test_server_capacity import serving
 
 websockets = pytest.importorskip("websockets", reason="the server extra is not installed")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
@@ -574,3 +576,102 @@ def test_ws_unknown_signal_is_an_error_event(server):
         event = json.loads(ws.recv(timeout=30))
     assert (event["type"], event["status"]) == ("error", 400)
     assert "SIGKILL" in event["data"]
+
+
+# -- one path with POST /execute: capacity, accounting, drain -------------------------------
+
+
+def _hold_the_slot(server: Server, marker: str) -> _Leaving:
+    leaving = _Leaving(server, "sse", body(cmd=f"echo running; {marker}"))
+    assert host_processes_matching(marker)
+    return leaving
+
+
+def test_over_capacity_is_429_json_over_sse_and_an_event_over_ws(tmp_path):
+    with serving(tmp_path, {"maxConcurrent": 1, "maxQueue": 0, "retryAfterS": 3}) as server:
+        leaving = _hold_the_slot(server, "sleep 6447")
+        try:
+            status, kind, data = sse(server, body("print(1)"))
+            assert (status, kind) == (429, "application/json"), data
+            assert "over capacity" in json.loads(data)["error"]
+            events, code, _ = ws_run(server, body("print(1)"))
+            (event,) = events
+            assert (event["type"], event["status"], event["retryAfter"]) == ("error", 429, 3)
+            assert code == 1000
+        finally:
+            leaving.leave()
+        _gone_within("sleep 6447", 10)
+        # the slot is free again once the client left
+        deadline = time.monotonic() + 10
+        while (status := sse(server, body("print(1)"))[0]) == 429:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert status == 200
+
+
+def _runs(server: Server, outcome: str) -> float:
+    """isol8_runs_total of ephemeral python runs with this outcome (0 before the first)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+        lines = conn.getresponse().read().decode().splitlines()
+    finally:
+        conn.close()
+    series = f'isol8_runs_total{{runtime="python",mode="ephemeral",outcome="{outcome}"}} '
+    return sum(float(line[len(series) :]) for line in lines if line.startswith(series))
+
+
+def test_streamed_runs_are_counted_and_audited(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    with serving(tmp_path, {}, "--audit", str(audit), "--audit-include-output") as server:
+        before = _runs(server, "ok"), _runs(server, "timeout")
+        printing = body(f"print({SECRET!r})", secrets={"T": SECRET})
+        assert text(stream(server, printing), "stdout") == "***\n"
+        assert text(run_over("ws", server, printing), "stdout") == "***\n"
+        run_over("sse", server, body("import time; time.sleep(9)", request={"timeoutMs": 300}))
+        assert (_runs(server, "ok"), _runs(server, "timeout")) == (before[0] + 2, before[1] + 1)
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(a["runtime"], a["exitCode"]) for a in lines] == [("python", 0)] * 2 + [
+        ("python", 137)
+    ]
+    assert [a["stdout"] for a in lines[:2]] == ["***"] * 2  # trimmed, as execute()'s
+    assert SECRET not in audit.read_text()
+
+
+def test_drain_ends_running_streams_with_a_503_event(tmp_path):
+    """SIGTERM: a streamed run past the drain deadline is killed and told why, as POST
+    /execute answers 503; nothing is left once the server is gone."""
+    children = set(child_pids())
+    with serving(tmp_path, {"drainTimeoutMs": 1000}) as server:
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock,
+            ws_connect(server) as ws,
+        ):
+            sock.sendall(_request(body(cmd="echo running; sleep 6557")))
+            seen = _read_until(sock, b"running")
+            ws.send(json.dumps({"type": "execute", **body(cmd="echo running; sleep 6567")}))
+            assert json.loads(ws.recv(timeout=60))["data"] == "running\n"
+            below = server.descendants()
+            server.proc.send_signal(signal.SIGTERM)
+            seen = _read_until(sock, b"\r\n0\r\n\r\n", seen)
+            events, code, reason = ws_events(ws)
+        assert server.stop() in (0, -signal.SIGTERM)
+    (sse_event,) = [e for e in frames(_chunked_body(seen)) if e["type"] == "error"]
+    for event in (sse_event, events[-1]):
+        assert (event["type"], event["status"]) == ("error", 503), event
+        assert "drain deadline" in event["data"]
+    assert code in (1000, 1012), (code, reason)  # 1012: uvicorn's own close at shutdown
+    assert alive(below) == set()
+    assert not host_processes_matching("sleep 65")
+    assert set(child_pids()) <= children
+
+
+def _chunked_body(response: bytes) -> bytes:
+    """The body of a raw HTTP/1.1 response in chunked transfer coding."""
+    rest, out = response.split(b"\r\n\r\n", 1)[1], b""
+    while True:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, rest = out + rest[:size], rest[size + 2 :]
