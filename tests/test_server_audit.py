@@ -213,6 +213,15 @@ def test_a_timeout_is_a_security_event(plain):
     assert record["exitCode"] == result["exitCode"] != 0
 
 
+def test_an_oom_is_a_security_event(plain):
+    result, record = plain.run({"code": "chunks = []\nwhile True:\n"
+                                        "    chunks.append(b'x' * (16 << 20))",
+                                "runtime": "python", "timeoutMs": 20000},
+                               {"memoryLimit": "64m"})
+    assert (result["exitCode"], result["resourceUsage"]["oom"]) == (137, True), result
+    assert _types(record) == ["oom"]
+
+
 def test_truncated_output_is_a_security_event(plain):
     result, record = plain.run({"code": "print('x' * 10000)", "runtime": "python"},
                                {"maxOutputSize": 1024})
