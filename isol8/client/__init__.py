@@ -6,13 +6,13 @@ isol8.client.errors for what only a remote call meets.
 """
 
 from .async_remote import AsyncRemoteIsol8
-from .errors import (AuthenticationError, CapacityExceeded, OptionsConflict,
-                     RemoteConnectionError, RemoteError, RemoteTimeout, RequestTooLarge,
-                     SessionNotFound, ShuttingDown)
+from .errors import (AuthenticationError, CapacityExceeded, NotFound, OptionsConflict,
+                     RemoteConnectionError, RemoteError, RemoteFileNotFound, RemoteTimeout,
+                     RequestTooLarge, SessionNotFound, ShuttingDown)
 from .remote import RemoteIsol8
 from .wire import RemoteExecutionResult, SessionInfo
 
-__all__ = ["AsyncRemoteIsol8", "AuthenticationError", "CapacityExceeded", "OptionsConflict",
-           "RemoteConnectionError", "RemoteError", "RemoteExecutionResult", "RemoteIsol8",
-           "RemoteTimeout", "RequestTooLarge", "SessionInfo", "SessionNotFound",
-           "ShuttingDown"]
+__all__ = ["AsyncRemoteIsol8", "AuthenticationError", "CapacityExceeded", "NotFound",
+           "OptionsConflict", "RemoteConnectionError", "RemoteError", "RemoteExecutionResult",
+           "RemoteFileNotFound", "RemoteIsol8", "RemoteTimeout", "RequestTooLarge",
+           "SessionInfo", "SessionNotFound", "ShuttingDown"]

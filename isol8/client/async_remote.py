@@ -12,7 +12,8 @@ from ..result import StreamEvent
 from .errors import RemoteConnectionError
 from .remote import STREAMING, WS_PATH
 from .transport import AsyncTransport, Refused
-from .wire import Answer, Call, Core, EventReader, RemoteExecutionResult, SessionInfo, error_from
+from .wire import (Answer, Call, Core, EventReader, Rejected, RemoteExecutionResult,
+                   SessionInfo, error_from)
 
 class AsyncRemoteIsol8:
     """``RemoteIsol8`` with ``await``: the same options, calls and exceptions, as
@@ -107,10 +108,10 @@ class AsyncRemoteIsol8:
                     async for event in events:
                         yield event
                 return
-            except Refused as refused:  # answered before any event: nothing ran
-                delay = self._core.retry_delay(call, attempt, refused.answer)
+            except Rejected as rejected:  # refused before any event: nothing ran
+                delay = self._core.retry_delay(call, attempt, rejected.answer)
                 if delay is None:
-                    raise error_from(refused.answer) from None
+                    raise error_from(rejected.answer) from None
                 await asyncio.sleep(delay)
                 attempt += 1
 

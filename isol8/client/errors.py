@@ -24,9 +24,18 @@ class AuthenticationError(RemoteError):
     """401 (no key was sent) or 403 (the key is wrong, or the route is master-only)."""
 
 
-class SessionNotFound(RemoteError):
+class NotFound(RemoteError):
+    """404: what the call names does not exist (the classes below say what)."""
+
+
+class SessionNotFound(NotFound):
     """404: the session does not exist, or belongs to another key (the server does not
-    tell the two apart, so a key cannot probe for others' session ids)."""
+    tell the two apart, so a key cannot probe for others' session ids), or its sandbox
+    has not started yet."""
+
+
+class RemoteFileNotFound(NotFound, FileNotFoundError):
+    """404 from ``get_file``: the session has no such file."""
 
 
 class OptionsConflict(RemoteError):
@@ -64,6 +73,6 @@ class RemoteConnectionError(RemoteError, ConnectionError):
     """The server could not be reached, or the connection broke mid-answer."""
 
 
-__all__ = ["AuthenticationError", "CapacityExceeded", "OptionsConflict", "RemoteConnectionError",
-           "RemoteError", "RemoteTimeout", "RequestTooLarge", "SessionNotFound",
-           "ShuttingDown"]
+__all__ = ["AuthenticationError", "CapacityExceeded", "NotFound", "OptionsConflict",
+           "RemoteConnectionError", "RemoteError", "RemoteFileNotFound", "RemoteTimeout",
+           "RequestTooLarge", "SessionNotFound", "ShuttingDown"]

@@ -10,7 +10,8 @@ from ..errors import InvalidRequest
 from ..result import StreamEvent
 from .errors import RemoteConnectionError
 from .transport import Refused, Transport
-from .wire import Answer, Call, Core, EventReader, RemoteExecutionResult, SessionInfo, error_from
+from .wire import (Answer, Call, Core, EventReader, Rejected, RemoteExecutionResult,
+                   SessionInfo, error_from)
 
 WS_PATH = "/execute/ws"
 STREAMING = ("auto", "websocket", "sse")
@@ -121,10 +122,10 @@ class RemoteIsol8:
             try:
                 yield from self._stream_once(call)
                 return
-            except Refused as refused:  # answered before any event: nothing ran
-                delay = self._core.retry_delay(call, attempt, refused.answer)
+            except Rejected as rejected:  # refused before any event: nothing ran
+                delay = self._core.retry_delay(call, attempt, rejected.answer)
                 if delay is None:
-                    raise error_from(refused.answer) from None
+                    raise error_from(rejected.answer) from None
                 time.sleep(delay)
                 attempt += 1
 

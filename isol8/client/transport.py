@@ -18,7 +18,7 @@ import httpx2
 from httpx2.websockets import HTTPXWSException, WebSocketDisconnect, WebSocketUpgradeError
 
 from .errors import RemoteConnectionError, RemoteTimeout
-from .wire import CONNECT_TIMEOUT_S, Answer, Call
+from .wire import CONNECT_TIMEOUT_S, Answer, Call, Rejected
 
 # One event may carry a whole output chunk, JSON-escaped (a control byte becomes six):
 # httpx2's defaults (64 KiB per WebSocket message, 1 MiB per SSE event) are too small.
@@ -30,12 +30,11 @@ NO_WEBSOCKET = (404, 405, 426, 501)
 _END = object()
 
 
-class Refused(Exception):
-    """A streaming route answered ``answer`` (an error, before any event)."""
+class Refused(Rejected):
+    """A streaming route answered ``answer``, an error status, instead of its stream."""
 
     def __init__(self, answer: Answer, *, websocket_missing: bool = False) -> None:
-        super().__init__(f"HTTP {answer.status}")
-        self.answer = answer
+        super().__init__(answer)
         self.websocket_missing = websocket_missing
 
 
@@ -53,6 +52,8 @@ def _translated(url: str) -> Iterator[None]:
     """httpx2's exceptions as the client's own."""
     try:
         yield
+    except WebSocketUpgradeError:  # an answer, not a transport failure: see _refused
+        raise
     except httpx2.TimeoutException as exc:
         raise RemoteTimeout(f"{url}: no answer in time ({type(exc).__name__})") from exc
     except (httpx2.TransportError, HTTPXWSException) as exc:

@@ -22,9 +22,9 @@ from ..errors import (InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNot
                       SandboxSetupError, SessionLost, SetupScriptFailed)
 from ..limits import LimitsUnavailable
 from ..result import ExecutionResult, NetworkLog, ResourceUsage, StreamEvent
-from .errors import (AuthenticationError, CapacityExceeded, OptionsConflict,
-                     RemoteConnectionError, RemoteError, RequestTooLarge, SessionNotFound,
-                     ShuttingDown)
+from .errors import (AuthenticationError, CapacityExceeded, NotFound, OptionsConflict,
+                     RemoteConnectionError, RemoteError, RemoteFileNotFound, RequestTooLarge,
+                     SessionNotFound, ShuttingDown)
 
 # Engine keyword -> the wire's option name (isol8.server.wire.OPTION_FIELDS, reversed; a test
 # keeps the two equal). ``seccomp`` travels as ``security: {seccomp}``.
@@ -370,9 +370,10 @@ def result_from_wire(wire: object) -> RemoteExecutionResult:
 
 
 def event_from_wire(raw: str | bytes) -> StreamEvent:
-    """One streamed event; a server's failure report (an ``error`` event with no
+    """One streamed event. A server's failure report (an ``error`` event with no
     ``phase``, as upstream's server sends when the run could not happen, or one carrying
-    ``status``) is raised as the exception it stands for, as the local engine raises it."""
+    ``status``) is raised as ``Rejected``, for the caller to raise the exception it stands
+    for, as the local engine raises it."""
     try:
         wire = json.loads(raw)
         kind, data = wire["type"], wire.get("data", "")
@@ -389,9 +390,18 @@ def event_from_wire(raw: str | bytes) -> StreamEvent:
         error.update(error=data, type=wire.get("errorType"))
         retry = wire.get("retryAfter")
         headers = {"retry-after": str(retry)} if isinstance(retry, int) else {}
-        raise error_from(Answer(status, headers, json.dumps(error).encode()))
+        raise Rejected(Answer(status, headers, json.dumps(error).encode()))
     return StreamEvent(type=kind, data=data, phase=wire.get("phase", "code"),
                        limits_reached=list(wire.get("limitsReached") or []))
+
+
+class Rejected(Exception):
+    """A streamed run was refused before any event (``answer`` says why): nothing ran, so
+    the client may retry it (a 429) or raises ``error_from(answer)``."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(f"HTTP {answer.status}")
+        self.answer = answer
 
 
 class EventReader:
@@ -404,7 +414,12 @@ class EventReader:
         self._last: StreamEvent | None = None
 
     def feed(self, raw: str | bytes) -> StreamEvent:
-        event = event_from_wire(raw)
+        try:
+            event = event_from_wire(raw)
+        except Rejected as rejected:
+            if self._last is None:
+                raise
+            raise error_from(rejected.answer) from None
         # The last event is the code's exit, or a failed setup script's (after its error).
         self.done = event.type == "exit" and (
             event.phase == "code" or (self._last is not None and self._last.type == "error"))
@@ -425,8 +440,12 @@ _ENGINE_TYPES: dict[str, type[Isol8Error]] = {
                                   LimitsUnavailable)}
 _ENGINE_TYPES["WireError"] = InvalidRequest
 _BY_STATUS: dict[int, type[RemoteError]] = {
-    401: AuthenticationError, 403: AuthenticationError, 404: SessionNotFound,
+    401: AuthenticationError, 403: AuthenticationError, 404: NotFound,
     409: OptionsConflict, 413: RequestTooLarge, 429: CapacityExceeded, 503: ShuttingDown}
+# A 404 carries no type: its message tells a session from a file (isol8.server.routes.files;
+# "No active container" is upstream's and the engine's words for a session not started).
+_NOT_FOUND = {"Session not found": SessionNotFound, "No active container": SessionNotFound,
+              "File not found": RemoteFileNotFound}
 
 
 def error_from(answer: Answer) -> Isol8Error:
@@ -458,6 +477,10 @@ def error_from(answer: Answer) -> Isol8Error:
         exc = CapacityExceeded(message, status, retry_after(answer.headers))
     elif status == 401 and "Authorization" in message:
         exc = AuthenticationError(f"{message} (pass api_key=, or set ISOL8_API_KEY)", status)
+    elif status == 404:
+        kind = next((k for prefix, k in _NOT_FOUND.items() if message.startswith(prefix)),
+                    NotFound)
+        exc = kind(message, status)
     else:
         exc = _BY_STATUS.get(status, RemoteError)(message, status)
     exc.status = status  # type: ignore[attr-defined]
