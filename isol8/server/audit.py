@@ -212,12 +212,12 @@ class AuditLog:
         }
         if result.network_logs:
             entry["networkLogs"] = [item.to_dict() for item in result.network_logs]
-        if self.include_code:
-            entry.update(code)
         if self.include_output:
             entry.update(stdout=result.stdout, stderr=result.stderr)
         masked = _masked(entry, run.secrets)
         masked["codeHash"] = entry["codeHash"]  # a hex digest: masking must not touch it
+        if self.include_code:
+            masked.update(code)  # masked once, as hashed
         return masked
 
 
