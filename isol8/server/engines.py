@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -146,7 +146,7 @@ class EngineRegistry:
         self._stopping.add(task)
         task.add_done_callback(self._stopped)
 
-    def _stop_engine(self, entry: _Engine) -> Awaitable[None]:
+    def _stop_engine(self, entry: _Engine) -> Coroutine[object, object, None]:
         """Stop a shared engine, already out of the registry; its pool's room is given back
         once its sandboxes are gone (or the stop failed: they are then beyond reach)."""
         if entry.pool is not None and self._capacity is not None:
