@@ -144,7 +144,8 @@ def test_session_list_and_stop(server):
 
 
 def test_persistent_remote_run_leaves_no_session(server):
-    before = {s.id for s in RemoteIsol8(host=server.url, api_key=KEY).list_sessions()}
-    assert isol8("exec", "--host", server.url, "--key", KEY, "--persistent",
-                 "-e", "print(1)").stdout == "1\n"
-    assert {s.id for s in RemoteIsol8(host=server.url, api_key=KEY).list_sessions()} == before
+    with RemoteIsol8(host=server.url, api_key=KEY) as client:
+        before = {s.id for s in client.list_sessions()}
+        assert isol8("exec", "--host", server.url, "--key", KEY, "--persistent",
+                     "-e", "print(1)").stdout == "1\n"
+        assert {s.id for s in client.list_sessions()} == before

@@ -418,15 +418,18 @@ def test_only_gets_are_retried_after_a_broken_connection(monkeypatch):
 
     monkeypatch.setattr(transport_module.Transport, "send", spy)
     client = RemoteIsol8(host=_dead_url(), api_key=KEY, max_retries=2)
-    with pytest.raises(RemoteConnectionError):
-        client.list_sessions()
-    assert sent == ["GET"] * 3
-    sent.clear()
-    with pytest.raises(RemoteConnectionError):
-        client.execute("print(1)")
-    with pytest.raises(RemoteConnectionError):
-        client.delete_session("x")
-    assert sent == ["POST", "DELETE"]
+    try:
+        with pytest.raises(RemoteConnectionError):
+            client.list_sessions()
+        assert sent == ["GET"] * 3
+        sent.clear()
+        with pytest.raises(RemoteConnectionError):
+            client.execute("print(1)")
+        with pytest.raises(RemoteConnectionError):
+            client.delete_session("x")
+        assert sent == ["POST", "DELETE"]
+    finally:
+        client.stop()
 
 
 @pytest.fixture(scope="module")
