@@ -522,3 +522,27 @@ def test_the_package_exports_what_it_lists():
     import isol8.client
 
     assert set(isol8.client.__all__) <= set(dir(isol8.client))
+
+
+def test_upstreams_shapes_read_back():
+    """Upstream's server: ``resourceUsage`` only with auditing on, failures as an error
+    event without a phase; isol8's adds status and errorType to the event."""
+    result = wire.result_from_wire({
+        "stdout": "256", "stderr": "", "exitCode": 0, "durationMs": 40, "truncated": False,
+        "executionId": "e", "runtime": "python", "timestamp": "2026-01-01T00:00:00.000Z"})
+    assert (result.stdout, result.resource_usage.enforced, result.clamped) == ("256", {}, [])
+    with pytest.raises(wire.RemoteError, match="not an ExecutionResult"):
+        wire.result_from_wire({"stdout": "x"})
+    assert wire.event_from_wire('{"type": "stdout", "data": "a"}') == StreamEvent(
+        type="stdout", data="a", phase="code")
+    with pytest.raises(wire.Rejected) as upstream_failure:
+        wire.event_from_wire('{"type": "error", "data": "Execution failed: boom"}')
+    assert upstream_failure.value.answer.status == 500
+    with pytest.raises(wire.Rejected) as busy:
+        wire.event_from_wire('{"type": "error", "data": "full", "status": 429, '
+                             '"retryAfter": 2}')
+    refused = wire.error_from(busy.value.answer)
+    assert isinstance(refused, CapacityExceeded) and refused.retry_after == 2.0
+    for bad in ("[]", "{", '{"type": 1}', '{"data": "x"}'):
+        with pytest.raises(wire.RemoteError, match="not a StreamEvent"):
+            wire.event_from_wire(bad)

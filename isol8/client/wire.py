@@ -341,10 +341,12 @@ def _base_url(host: object) -> str:
 # -- results, events, errors ------------------------------------------------------------------
 
 def result_from_wire(wire: object) -> RemoteExecutionResult:
-    """``ExecutionResult.to_dict()`` read back."""
+    """``ExecutionResult.to_dict()`` read back. Upstream's server sends ``resourceUsage``
+    only with auditing on, and without isol8's fields: absent ones get their defaults."""
     try:
-        assert isinstance(wire, dict)
-        usage = wire["resourceUsage"]
+        if not isinstance(wire, dict):
+            raise TypeError(f"expected an object, got {type(wire).__name__}")
+        usage = wire.get("resourceUsage") or {}
         logs = wire.get("networkLogs")
         return RemoteExecutionResult(
             stdout=wire["stdout"], stderr=wire["stderr"], exit_code=int(wire["exitCode"]),
@@ -364,7 +366,7 @@ def result_from_wire(wire: object) -> RemoteExecutionResult:
                                      e["action"], int(e["durationMs"])) for e in logs]
             if logs else None,
             clamped=list(wire.get("clamped") or []))
-    except (AssertionError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RemoteError(f"the server's result is not an ExecutionResult ({exc!r}): "
                           f"{str(wire)[:200]}") from None
 
@@ -377,8 +379,9 @@ def event_from_wire(raw: str | bytes) -> StreamEvent:
     try:
         wire = json.loads(raw)
         kind, data = wire["type"], wire.get("data", "")
-        assert isinstance(kind, str) and isinstance(data, str)
-    except (ValueError, KeyError, TypeError, AssertionError):
+        if not isinstance(kind, str) or not isinstance(data, str):
+            raise TypeError("type and data must be strings")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise RemoteError(f"the server sent an event that is not a StreamEvent: "
                           f"{str(raw)[:200]}") from None
     if kind == "error" and ("phase" not in wire or "status" in wire):
