@@ -14,8 +14,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import cast
 
-import httpx2
-from httpx2.websockets import HTTPXWSException, WebSocketDisconnect, WebSocketUpgradeError
+try:
+    import httpx2
+    from httpx2.websockets import HTTPXWSException, WebSocketDisconnect, WebSocketUpgradeError
+except ImportError as exc:  # the core library installs without it
+    raise ImportError(f"isol8.client needs the client extra: pip install 'isol8[client]' "
+                      f"({exc})") from exc
 
 from .errors import RemoteConnectionError, RemoteTimeout
 from .wire import CONNECT_TIMEOUT_S, Answer, Call, Rejected
