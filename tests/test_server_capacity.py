@@ -42,9 +42,23 @@ def _start(config: dict, *extra: str, tmpdir: Path | None = None) -> Server:
     env = {**os.environ, "ISOL8_API_KEY": KEY}
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
-    srv.proc = subprocess.Popen([sys.executable, "-m", "isol8", "serve", "--port",
-                                 str(srv.port), "--config", str(path), *extra], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    srv.proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "isol8",
+            "serve",
+            "--port",
+            str(srv.port),
+            "--config",
+            str(path),
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -60,20 +74,30 @@ def _start(config: dict, *extra: str, tmpdir: Path | None = None) -> Server:
 
 @contextlib.contextmanager
 def serving(tmp_path: Path, capacity: dict, *extra: str, **kw: object) -> Iterator[Server]:
-    srv = _start({"_path": tmp_path / f"policy-{time.monotonic_ns()}.json",
-                  "capacity": capacity}, *extra, **kw)  # type: ignore[arg-type]
+    srv = _start(
+        {"_path": tmp_path / f"policy-{time.monotonic_ns()}.json", "capacity": capacity},
+        *extra,
+        **kw,
+    )  # type: ignore[arg-type]
     try:
         yield srv
     finally:
         srv.stop()
 
 
-def post(srv: Server, body: object, *, key: str = KEY,
-         ) -> tuple[int, dict, dict[str, str]]:
+def post(
+    srv: Server,
+    body: object,
+    *,
+    key: str = KEY,
+) -> tuple[int, dict, dict[str, str]]:
     """POST /execute: status, JSON body and headers, lowercased (Server.call drops them)."""
-    req = urllib.request.Request(srv.url + "/execute", data=json.dumps(body).encode(),
-                                 method="POST", headers={"Authorization": f"Bearer {key}",
-                                                         "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        srv.url + "/execute",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read()), _lower(resp.headers)
@@ -108,12 +132,12 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
 
 def metric(srv: Server, series: str) -> float:
     """One series' value from GET /metrics."""
-    req = urllib.request.Request(srv.url + "/metrics",
-                                 headers={"Authorization": f"Bearer {KEY}"})
+    req = urllib.request.Request(srv.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         text = resp.read().decode()
-    return float(next(x for x in text.splitlines()
-                      if x.startswith(series + " "))[len(series) + 1:])
+    return float(
+        next(x for x in text.splitlines() if x.startswith(series + " "))[len(series) + 1 :]
+    )
 
 
 def rejected(srv: Server, reason: str) -> float:
@@ -130,9 +154,11 @@ def reserved(srv: Server) -> int:
 
 # -- concurrency, queue, budget: 429 with Retry-After ---------------------------------------
 
+
 def test_beyond_the_queue_is_429_with_retry_after(tmp_path):
-    with serving(tmp_path, {"maxConcurrent": 1, "maxQueue": 1, "queueTimeoutMs": 20_000,
-                            "retryAfterS": 3}) as srv:
+    with serving(
+        tmp_path, {"maxConcurrent": 1, "maxQueue": 1, "queueTimeoutMs": 20_000, "retryAfterS": 3}
+    ) as srv:
         slow, slow_out = in_background(post, srv, run(SLEEP.format(1.5) + "; print('a')"))
         wait_for(lambda: srv.descendants())  # running (cold or from the pool)
         queued, queued_out = in_background(post, srv, run("print('b')"))
@@ -237,8 +263,13 @@ def _response(sock: socket.socket) -> tuple[int, dict]:
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length")))
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
     while len(rest) < length:
         rest += sock.recv(65536)
     return int(head.split()[1]), json.loads(rest[:length])
@@ -247,19 +278,26 @@ def _response(sock: socket.socket) -> tuple[int, dict]:
 def test_body_and_code_size_limits(tmp_path):
     with serving(tmp_path, dict(LIMITS)) as srv:
         # A declared length over the limit: answered before a byte of the body is sent.
-        sock = _raw_request(srv.port, "POST /execute HTTP/1.1\r\nHost: x\r\n"
-                            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json"
-                            f"\r\nContent-Length: {10 << 30}\r\n\r\n")
+        sock = _raw_request(
+            srv.port,
+            "POST /execute HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {10 << 30}\r\n\r\n",
+        )
         with sock:
             status, body = _response(sock)
-        assert status == 413 and body == {"error": "body: larger than the server's limit of "
-                                                   "65536 bytes"}, body
+        assert status == 413 and body == {
+            "error": "body: larger than the server's limit of " "65536 bytes"
+        }, body
 
         # A chunked body with no declared end: refused at the chunk that crosses the limit,
         # while the client is still sending (the old server read it whole first).
-        sock = _raw_request(srv.port, "POST /execute HTTP/1.1\r\nHost: x\r\n"
-                            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json"
-                            "\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock = _raw_request(
+            srv.port,
+            "POST /execute HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json"
+            "\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
         sent, chunk = 0, b"x" * 16384
         with sock:
             while not select.select([sock], [], [], 0.01)[0]:
@@ -281,6 +319,7 @@ def test_body_and_code_size_limits(tmp_path):
 
 # -- sessions: per key and in total -------------------------------------------------------
 
+
 def _api_key(srv: Server, name: str) -> str:
     status, body = srv.call("POST", "/auth/keys", {"name": name})
     assert status in (200, 201), body
@@ -288,8 +327,12 @@ def _api_key(srv: Server, name: str) -> str:
 
 
 def test_sessions_per_key_and_in_total(tmp_path):
-    with serving(tmp_path, {"maxSessions": 3, "maxSessionsPerKey": 2},
-                 "--auth-db", str(tmp_path / "keys.db")) as srv:
+    with serving(
+        tmp_path,
+        {"maxSessions": 3, "maxSessionsPerKey": 2},
+        "--auth-db",
+        str(tmp_path / "keys.db"),
+    ) as srv:
         alice, bob = _api_key(srv, "alice"), _api_key(srv, "bob")
         for sid in ("a1", "a2"):
             assert post(srv, run("print(1)", session=sid), key=alice)[0] == 200
@@ -310,6 +353,7 @@ def test_sessions_per_key_and_in_total(tmp_path):
 
 # -- idle sessions: pruned after the TTL, never while running -----------------------------
 
+
 def test_idle_sessions_are_pruned_after_their_ttl_not_while_running(tmp_path):
     with serving(tmp_path, {"sessionTtlMs": 400}) as srv:
         # runs 3 TTLs long; the pruner looks every TTL / 4
@@ -323,12 +367,14 @@ def test_idle_sessions_are_pruned_after_their_ttl_not_while_running(tmp_path):
         wait_for(lambda: srv.call("GET", "/sessions")[1]["sessions"] == [], timeout=5)
         wait_for(lambda: not alive(sandboxes), timeout=10)  # its sandbox is gone too
         # the id starts afresh
-        status, body, _ = post(srv, run("import os; print(os.path.exists('/sandbox/kept'))",
-                                        session="s"))
+        status, body, _ = post(
+            srv, run("import os; print(os.path.exists('/sandbox/kept'))", session="s")
+        )
         assert (status, body.get("stdout")) == (200, "False"), body
 
 
 # -- drain ----------------------------------------------------------------------------------
+
 
 def _cgroups_of(pid: int) -> list[str]:
     """Engine cgroup directories named after ``pid`` (isol8.cgroups: isol8-<boot>-<pid>-...)."""
@@ -350,8 +396,9 @@ def test_drain_answers_503_kills_at_the_deadline_and_leaves_nothing(tmp_path):
         keep_alive = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         keep_alive.request("GET", "/health")
         assert keep_alive.getresponse().read()  # the connection is open and idle
-        finishing, finishing_out = in_background(post, srv, run(SLEEP.format(0.5) +
-                                                                "; print('done')"))
+        finishing, finishing_out = in_background(
+            post, srv, run(SLEEP.format(0.5) + "; print('done')")
+        )
         endless, endless_out = in_background(post, srv, run(SLEEP.format(60)))
         wait_for(lambda: len(srv.descendants()) >= 3)
         below = srv.descendants()
@@ -360,8 +407,9 @@ def test_drain_answers_503_kills_at_the_deadline_and_leaves_nothing(tmp_path):
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         # new work on the open keep-alive connection, and on a new one: 503
-        keep_alive.request("POST", "/execute", json.dumps(run("print(2)")),
-                           {"Authorization": f"Bearer {KEY}"})
+        keep_alive.request(
+            "POST", "/execute", json.dumps(run("print(2)")), {"Authorization": f"Bearer {KEY}"}
+        )
         answer = keep_alive.getresponse()
         assert answer.status == 503 and "shutting down" in json.loads(answer.read())["error"]
         status, body, _ = post(srv, run("print(3)", session="kept"))
@@ -376,6 +424,7 @@ def test_drain_answers_503_kills_at_the_deadline_and_leaves_nothing(tmp_path):
     assert 1.3 < killed_after < 15, killed_after
     assert alive(below) == set()
     assert set(child_pids()) <= before
-    if cgroups or os.geteuid() == 0:
-        wait_for(lambda: _cgroups_of(srv.proc.pid) == [], timeout=5)
+    if os.geteuid() == 0:  # rootless, a host may have no cgroup for isol8 to use
+        assert cgroups, "the server made no cgroup: the check below proves nothing"
+    wait_for(lambda: _cgroups_of(srv.proc.pid) == [], timeout=5)
     assert list(tmpdir.iterdir()) == []

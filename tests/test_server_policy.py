@@ -14,8 +14,7 @@ from isol8.server.policy import CapacityPolicy, ServerPolicy
 
 def _available() -> int:
     with open("/proc/meminfo") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh
-                    if line.startswith("MemAvailable:"))
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
 
 
 def test_defaults_follow_the_host():
@@ -34,16 +33,28 @@ def test_defaults_follow_the_host():
 
 def test_the_capacity_section_in_toml(tmp_path):
     path = tmp_path / "policy.toml"
-    path.write_text('[capacity]\nmaxConcurrent = 3\nmemoryBudget = "1.5g"\ntmpfsBudget = 1048576'
-                    '\nmaxBodySize = "64k"\nmaxCodeSize = "8k"\nmaxSessions = 5\n'
-                    'maxSessionsPerKey = 2\nsessionTtlMs = 500\ndrainTimeoutMs = 1000\n'
-                    'queueTimeoutMs = 250\nretryAfterS = 7\nmaxEngines = 2\n')
+    path.write_text(
+        '[capacity]\nmaxConcurrent = 3\nmemoryBudget = "1.5g"\ntmpfsBudget = 1048576'
+        '\nmaxBodySize = "64k"\nmaxCodeSize = "8k"\nmaxSessions = 5\n'
+        "maxSessionsPerKey = 2\nsessionTtlMs = 500\ndrainTimeoutMs = 1000\n"
+        "queueTimeoutMs = 250\nretryAfterS = 7\nmaxEngines = 2\n"
+    )
     capacity = ServerPolicy.load(path).capacity
     assert capacity == CapacityPolicy(
-        max_concurrent=3, max_queue=12, queue_timeout_ms=250, retry_after_s=7,
-        memory_budget=3 << 29, tmpfs_budget=1 << 20, max_body_size=64 << 10,
-        max_code_size=8 << 10, max_sessions=5, max_sessions_per_key=2, session_ttl_ms=500,
-        drain_timeout_ms=1000, max_engines=2)
+        max_concurrent=3,
+        max_queue=12,
+        queue_timeout_ms=250,
+        retry_after_s=7,
+        memory_budget=3 << 29,
+        tmpfs_budget=1 << 20,
+        max_body_size=64 << 10,
+        max_code_size=8 << 10,
+        max_sessions=5,
+        max_sessions_per_key=2,
+        session_ttl_ms=500,
+        drain_timeout_ms=1000,
+        max_engines=2,
+    )
 
 
 def test_a_zero_queue_refuses_at_once_and_other_sections_keep_their_defaults():
@@ -53,19 +64,22 @@ def test_a_zero_queue_refuses_at_once_and_other_sections_keep_their_defaults():
     assert policy.ceilings == ServerPolicy.default().ceilings
 
 
-@pytest.mark.parametrize("section, named", [
-    ({"maxConcurent": 3}, "maxConcurent"),
-    ({"maxConcurrent": 0}, "capacity.maxConcurrent"),
-    ({"maxConcurrent": True}, "capacity.maxConcurrent"),
-    ({"maxConcurrent": 1.5}, "capacity.maxConcurrent"),
-    ({"maxQueue": -1}, "capacity.maxQueue"),
-    ({"maxQueue": "4"}, "capacity.maxQueue"),
-    ({"memoryBudget": "lots"}, "capacity.memoryBudget"),
-    ({"tmpfsBudget": 0}, "capacity.tmpfsBudget"),
-    ({"maxBodySize": -5}, "capacity.maxBodySize"),
-    ({"sessionTtlMs": "1h"}, "capacity.sessionTtlMs"),
-    ({"drainTimeoutMs": None}, "capacity.drainTimeoutMs"),
-])
+@pytest.mark.parametrize(
+    "section, named",
+    [
+        ({"maxConcurent": 3}, "maxConcurent"),
+        ({"maxConcurrent": 0}, "capacity.maxConcurrent"),
+        ({"maxConcurrent": True}, "capacity.maxConcurrent"),
+        ({"maxConcurrent": 1.5}, "capacity.maxConcurrent"),
+        ({"maxQueue": -1}, "capacity.maxQueue"),
+        ({"maxQueue": "4"}, "capacity.maxQueue"),
+        ({"memoryBudget": "lots"}, "capacity.memoryBudget"),
+        ({"tmpfsBudget": 0}, "capacity.tmpfsBudget"),
+        ({"maxBodySize": -5}, "capacity.maxBodySize"),
+        ({"sessionTtlMs": "1h"}, "capacity.sessionTtlMs"),
+        ({"drainTimeoutMs": None}, "capacity.drainTimeoutMs"),
+    ],
+)
 def test_bad_capacity_values_name_the_key(section, named):
     with pytest.raises(InvalidRequest, match=named.replace(".", r"\.")):
         ServerPolicy.from_mapping({"capacity": section})

@@ -86,6 +86,7 @@ class Cost:
 
 def sandbox_cost(options: Mapping[str, object]) -> Cost:
     """One sandbox of these (policed, so filled-in) options."""
+
     def size(name: str) -> int:
         value = options.get(name, ENGINE_DEFAULTS[name])
         return int(value) if isinstance(value, (int, float)) else 0  # policed: a number
@@ -135,16 +136,22 @@ class Capacity:
         # Set by the engine registry: stop idle engines so their pools give room back.
         self.reclaim: Callable[[], None] | None = None
         if metrics is not None:
-            metrics.gauge_callback("isol8_queue_depth", "Executions waiting for capacity.",
-                                   lambda: len(self._queue))
-            metrics.gauge_callback("isol8_executions_running", "Executions admitted.",
-                                   lambda: self._usage.running)
-            metrics.gauge_callback("isol8_memory_reserved_bytes", "The memory budget taken: "
-                                   "memory limits of live sandboxes and warm pools.",
-                                   lambda: self._usage.used.memory)
-            metrics.gauge_callback("isol8_tmpfs_reserved_bytes", "The tmpfs budget taken: "
-                                   "tmpfs sizes of live sandboxes and warm pools.",
-                                   lambda: self._usage.used.tmpfs)
+            metrics.gauge_callback(
+                "isol8_queue_depth", "Executions waiting for capacity.", lambda: len(self._queue)
+            )
+            metrics.gauge_callback(
+                "isol8_executions_running", "Executions admitted.", lambda: self._usage.running
+            )
+            metrics.gauge_callback(
+                "isol8_memory_reserved_bytes",
+                "The memory budget taken: " "memory limits of live sandboxes and warm pools.",
+                lambda: self._usage.used.memory,
+            )
+            metrics.gauge_callback(
+                "isol8_tmpfs_reserved_bytes",
+                "The tmpfs budget taken: " "tmpfs sizes of live sandboxes and warm pools.",
+                lambda: self._usage.used.tmpfs,
+            )
 
     # -- what the metrics and tests read ------------------------------------------------
 
@@ -197,8 +204,10 @@ class Capacity:
         except asyncio.CancelledError:
             if task in self._killed:  # drain's deadline, not the client: answer 503
                 task.uncancel()
-                raise ShuttingDown("the server shut down before the run finished; it was "
-                                   "killed at the drain deadline") from None
+                raise ShuttingDown(
+                    "the server shut down before the run finished; it was "
+                    "killed at the drain deadline"
+                ) from None
             raise
         finally:
             self._tasks.discard(task)
@@ -216,32 +225,46 @@ class Capacity:
             if isinstance(value, str):
                 size = len(value.encode("utf-8", "surrogatepass"))
                 if size > self.limits.max_code_size:
-                    raise TooLarge(f"request.{name}: {size} bytes exceed the server's limit "
-                                   f"of {self.limits.max_code_size}")
+                    raise TooLarge(
+                        f"request.{name}: {size} bytes exceed the server's limit "
+                        f"of {self.limits.max_code_size}"
+                    )
 
     def _check_budget(self, cost: Cost) -> None:
         """A sandbox larger than a whole budget can never run here: no point retrying."""
         if cost.memory > self.budget.memory:
-            raise WireError("options.memoryLimit", f"{cost.memory} bytes exceed the server's "
-                            f"whole memory budget ({self.budget.memory}); ask for less")
+            raise WireError(
+                "options.memoryLimit",
+                f"{cost.memory} bytes exceed the server's "
+                f"whole memory budget ({self.budget.memory}); ask for less",
+            )
         if cost.tmpfs > self.budget.tmpfs:
-            raise WireError("options.sandboxSize", f"sandboxSize + tmpSize + /dev/shm "
-                            f"({cost.tmpfs} bytes) exceed the server's whole tmpfs budget "
-                            f"({self.budget.tmpfs}); ask for less")
+            raise WireError(
+                "options.sandboxSize",
+                f"sandboxSize + tmpSize + /dev/shm "
+                f"({cost.tmpfs} bytes) exceed the server's whole tmpfs budget "
+                f"({self.budget.tmpfs}); ask for less",
+            )
 
     def _check_sessions(self, owner: str) -> None:
         mine = sum(1 for o, _ in self._sessions if o == owner)
         if mine >= self.limits.max_sessions_per_key:
-            raise self._reject("sessions", f"this key has {mine} sessions, the server's "
-                               "limit per key: end one (DELETE /session/{id}) or let an idle "
-                               f"one expire ({self.limits.session_ttl_ms} ms)")
+            raise self._reject(
+                "sessions",
+                f"this key has {mine} sessions, the server's "
+                "limit per key: end one (DELETE /session/{id}) or let an idle "
+                f"one expire ({self.limits.session_ttl_ms} ms)",
+            )
         if len(self._sessions) >= self.limits.max_sessions:
-            raise self._reject("sessions", f"the server holds {len(self._sessions)} sessions, "
-                               "its limit: retry later")
+            raise self._reject(
+                "sessions",
+                f"the server holds {len(self._sessions)} sessions, " "its limit: retry later",
+            )
 
     def _fits(self, need: Cost) -> bool:
-        return (self._usage.running < self.limits.max_concurrent
-                and (self._usage.used + need).within(self.budget))
+        return self._usage.running < self.limits.max_concurrent and (
+            self._usage.used + need
+        ).within(self.budget)
 
     def _short_of(self, need: Cost) -> str:
         """What a request that does not fit lacks, as a REJECT_REASONS value."""
@@ -269,11 +292,15 @@ class Capacity:
         self._reclaim_for(need)
         # Room held only by warm pools being stopped is not a lack of capacity: wait for
         # it even past the queue's bound (a stop takes milliseconds).
-        coming = (self._usage.running < self.limits.max_concurrent
-                  and (self._usage.used - self._usage.releasing + need).within(self.budget))
+        coming = self._usage.running < self.limits.max_concurrent and (
+            self._usage.used - self._usage.releasing + need
+        ).within(self.budget)
         if len(self._queue) >= self.limits.max_queue and not coming:
-            raise self._reject(reason, f"over capacity ({_REASONS[reason]}) and "
-                               f"{len(self._queue)} requests already wait: retry later")
+            raise self._reject(
+                reason,
+                f"over capacity ({_REASONS[reason]}) and "
+                f"{len(self._queue)} requests already wait: retry later",
+            )
         waiter = _Waiter(need, asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
         self._wake()  # may reclaim pools for it
@@ -283,8 +310,11 @@ class Capacity:
         except TimeoutError:
             if not waiter.granted:
                 reason = self._short_of(need)
-                raise self._reject(reason, f"over capacity ({_REASONS[reason]}) for "
-                                   f"{self.limits.queue_timeout_ms} ms: retry later") from None
+                raise self._reject(
+                    reason,
+                    f"over capacity ({_REASONS[reason]}) for "
+                    f"{self.limits.queue_timeout_ms} ms: retry later",
+                ) from None
         except BaseException:
             if waiter.granted:  # granted as it was cancelled: give the room back
                 self._usage.running -= 1
@@ -313,9 +343,12 @@ class Capacity:
     def _reclaim_for(self, need: Cost) -> None:
         """Short of budget room, not of a slot, while warm pools hold some: have the
         registry stop its idle engines (``pool_stopping`` then ``release_pool``)."""
-        if (self.reclaim is not None and self._usage.pools != self._usage.releasing
-                and self._usage.running < self.limits.max_concurrent
-                and not (self._usage.used + need).within(self.budget)):
+        if (
+            self.reclaim is not None
+            and self._usage.pools != self._usage.releasing
+            and self._usage.running < self.limits.max_concurrent
+            and not (self._usage.used + need).within(self.budget)
+        ):
             self.reclaim()
 
     def _unhold(self, key: tuple[str, str]) -> None:
@@ -350,8 +383,10 @@ class Capacity:
         """Room for a new shared engine's warm pool, or None (the engine runs cold)."""
         cost = sandbox_cost(options).times(POOL_SANDBOXES)
         half = Cost(self.budget.memory // 2, self.budget.tmpfs // 2)
-        if not ((self._usage.pools + cost).within(half)
-                and (self._usage.used + cost).within(self.budget)):
+        if not (
+            (self._usage.pools + cost).within(half)
+            and (self._usage.used + cost).within(self.budget)
+        ):
             return None
         self._usage.pools += cost
         self._usage.used += cost
@@ -392,5 +427,9 @@ class Capacity:
             task.cancel()
 
 
-_REASONS = {"queue": "every execution slot is busy", "memory": "the memory budget is spent",
-            "tmpfs": "the tmpfs budget is spent", "sessions": "too many sessions"}
+_REASONS = {
+    "queue": "every execution slot is busy",
+    "memory": "the memory budget is spent",
+    "tmpfs": "the tmpfs budget is spent",
+    "sessions": "too many sessions",
+}

@@ -55,8 +55,11 @@ class _DrainingServer(uvicorn.Server):
             self._capacity.kill()
             return
         deadline = self._capacity.limits.drain_timeout_ms / 1000
-        _log.info("draining: %d execution(s) running, new work gets 503, killed after %g s",
-                  self._capacity.running, deadline)
+        _log.info(
+            "draining: %d execution(s) running, new work gets 503, killed after %g s",
+            self._capacity.running,
+            deadline,
+        )
         self._drain = asyncio.get_running_loop().create_task(self._drained(deadline))
 
     async def _drained(self, deadline: float) -> None:
@@ -74,7 +77,14 @@ def serve(*, host: str, port: int, api_key: str, **app_options: Any) -> None:
     app = create_app(api_key, **app_options)
     capacity: Capacity = app.state.capacity
     # A WebSocket message is a body too: uvicorn refuses larger ones (close code 1009).
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=GRACE_SECONDS,
-                            ws_max_size=capacity.limits.max_body_size)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        ws_max_size=capacity.limits.max_body_size,
+    )
     _DrainingServer(config, capacity).run()
