@@ -52,6 +52,21 @@ def positive_number(value: object, field: str) -> float:
     return float(value)
 
 
+# cgroup v2's cpu.max is a quota per 100 ms period, which the kernel takes only from 1 ms
+# (min_cfs_quota_period; less is EINVAL in tg_set_cfs_bandwidth): 0.01 of a cpu at least.
+# Linux runs at most 8192 cpus (NR_CPUS), so more is a mistake, and int() of an infinite
+# quota would fail before the write.
+MIN_CPU_LIMIT, MAX_CPU_LIMIT = 0.01, 8192.0
+
+
+def cpu_share(value: object, field: str) -> float:
+    cpu = positive_number(value, field)
+    if not MIN_CPU_LIMIT <= cpu <= MAX_CPU_LIMIT:
+        raise InvalidRequest(f"{field}: expected {MIN_CPU_LIMIT} to {MAX_CPU_LIMIT:g} cpus, "
+                             f"got {value!r}")
+    return cpu
+
+
 def env_mapping(value: object, field: str) -> dict[str, str]:
     """Environment variables: names without '=' or NUL, string values without NUL."""
     if value is None:
@@ -309,7 +324,7 @@ class EngineOptions:
         return cls(
             mode=choice(mode, MODES, "mode"),
             limits=Limits(memory=parse_size(memory_limit, "memory_limit"),
-                          cpu=positive_number(cpu_limit, "cpu_limit"),
+                          cpu=cpu_share(cpu_limit, "cpu_limit"),
                           pids=positive_int(pids_limit, "pids_limit"),
                           strict=bool(strict_limits)),
             cgroup_parent=parent,

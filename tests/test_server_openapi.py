@@ -153,3 +153,29 @@ def test_the_execute_schema_lists_every_field_the_server_reads() -> None:
     assert set(properties["request"]["properties"]) == set(wire.REQUEST_FIELDS)
     assert set(properties["options"]["properties"]) == set(wire.OPTION_FIELDS)
     assert Path(server_schema.__file__).exists()
+
+
+# --- what the fuzzer found, pinned -------------------------------------------------------
+
+
+@pytest.mark.parametrize("cpu", [5e-324, 0.001, 0.0099, 1e9])
+def test_a_cpu_limit_the_kernel_refuses_is_400(server: Server, cpu: float) -> None:
+    """cpu.max takes a quota of 1 ms per 100 ms period at least (0.01 cpu): below it the
+    write was EINVAL, an OSError the server answered 500 (found by the run above)."""
+    status, body = server.execute("print(1)", cpuLimit=cpu)
+    if cpu > 1:  # above the policy's ceiling: clamped to it, then runs
+        assert status == 200 and body["clamped"][0]["field"] == "options.cpuLimit", body
+        return
+    assert status == 400 and body["error"].startswith("options.cpuLimit:"), body
+    from isol8 import Isol8
+    from isol8.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="cpu_limit"):
+        Isol8(cpu_limit=cpu)
+
+
+def test_the_smallest_cpu_limit_runs(server: Server) -> None:
+    """0.01 cpu is accepted and applied (this policy's 300 ms deadline leaves it 3 ms of cpu,
+    too little for Python to start: the run times out, as it should)."""
+    status, body = server.execute("print(1)", cpuLimit=0.01)
+    assert status == 200 and body["exitCode"] in (0, 137), body
