@@ -287,7 +287,7 @@ def test_body_and_code_size_limits(tmp_path):
         with sock:
             status, body = _response(sock)
         assert status == 413 and body == {
-            "error": "body: larger than the server's limit of " "65536 bytes"
+            "error": "body: larger than the server's limit of 65536 bytes"
         }, body
 
         # A chunked body with no declared end: refused at the chunk that crosses the limit,

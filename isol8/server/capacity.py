@@ -94,7 +94,7 @@ def sandbox_cost(options: Mapping[str, object]) -> Cost:
     return Cost(size("memoryLimit"), size("sandboxSize") + size("tmpSize") + SHM_SIZE)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity in the queue
 class _Waiter:
     need: Cost
     future: asyncio.Future[None]
@@ -144,12 +144,12 @@ class Capacity:
             )
             metrics.gauge_callback(
                 "isol8_memory_reserved_bytes",
-                "The memory budget taken: " "memory limits of live sandboxes and warm pools.",
+                "The memory budget taken: memory limits of live sandboxes and warm pools.",
                 lambda: self._usage.used.memory,
             )
             metrics.gauge_callback(
                 "isol8_tmpfs_reserved_bytes",
-                "The tmpfs budget taken: " "tmpfs sizes of live sandboxes and warm pools.",
+                "The tmpfs budget taken: tmpfs sizes of live sandboxes and warm pools.",
                 lambda: self._usage.used.tmpfs,
             )
 
@@ -241,7 +241,7 @@ class Capacity:
         if cost.tmpfs > self.budget.tmpfs:
             raise WireError(
                 "options.sandboxSize",
-                f"sandboxSize + tmpSize + /dev/shm "
+                "sandboxSize + tmpSize + /dev/shm "
                 f"({cost.tmpfs} bytes) exceed the server's whole tmpfs budget "
                 f"({self.budget.tmpfs}); ask for less",
             )
@@ -258,7 +258,7 @@ class Capacity:
         if len(self._sessions) >= self.limits.max_sessions:
             raise self._reject(
                 "sessions",
-                f"the server holds {len(self._sessions)} sessions, " "its limit: retry later",
+                f"the server holds {len(self._sessions)} sessions, its limit: retry later",
             )
 
     def _fits(self, need: Cost) -> bool:
