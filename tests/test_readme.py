@@ -34,6 +34,8 @@ USAGE_SECTIONS = ("Two commands", "Use")
 NOT_EXAMPLES = {
     "Design": "a diagram of the process tree",
     "AppArmor (Ubuntu 23.10+)": "installs a profile with sudo, on Ubuntu only",
+    "Server (`isol8 serve`)": "starts a server; tests/test_server.py sends the seed's curl "
+                              "request verbatim to one",
     "Remote client": "needs a running isol8 serve; tests/test_client.py and "
                      "tests/test_cli_remote.py run each call against one",
 }
