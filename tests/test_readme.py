@@ -36,6 +36,8 @@ NOT_EXAMPLES = {
     "AppArmor (Ubuntu 23.10+)": "installs a profile with sudo, on Ubuntu only",
     "Server (`isol8 serve`)": "starts a server; tests/test_server.py sends the seed's curl "
                               "request verbatim to one",
+    "Keys and sessions": "needs a server with --auth-db; tests/test_server_keys.py makes "
+                         "each call against one",
     "Remote client": "needs a running isol8 serve; tests/test_client.py and "
                      "tests/test_cli_remote.py run each call against one",
 }
