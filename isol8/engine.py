@@ -27,12 +27,13 @@ from .policy import EngineOptions, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
 from .request import (ExecutionRequest, validated_files, validated_output_paths,
                       validated_setup_script, validated_workdir)
-from .result import ExecutionResult, ResourceUsage, StreamEvent
+from .result import ExecutionResult, NetworkLog, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import (RunOutcome, RunSpec, finish, signals_deferred, stream_ephemeral,
                       stream_once)
 from .interpreter import zygote_can_run
 from .network.filtered import RESOLV_CONF, FilteredNetwork
+from .network.proxy import NetworkUsage
 from .repl import Repl
 from .session import Session
 from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status, in_phase,
@@ -567,8 +568,15 @@ class Isol8:
                 network_bytes_in=net.bytes_in if net else self._no_bytes,
                 network_bytes_out=net.bytes_out if net else self._no_bytes),
             files=files,
-            network_logs=list(net.logs) if net and self.options.log_network else None,
+            network_logs=self._network_logs(net),
         )
+
+    def _network_logs(self, net: NetworkUsage | None) -> list[NetworkLog] | None:
+        if net is None or not self.options.log_network:
+            return None
+        # Longest first: a secret containing another must not be half-masked by it.
+        secrets = sorted((v for _, v in self.options.secrets if v), key=len, reverse=True)
+        return [log.masked(secrets) if secrets else log for log in net.logs]
 
     def _stages(self, request: ExecutionRequest) -> tuple[Stages, str]:
         """The request, validated, as the processes to run, and the runtime's name."""

