@@ -170,7 +170,7 @@ def test_beyond_the_queue_is_429_with_retry_after(tmp_path):
         wait_for(lambda: queue_depth(srv) == 1)
         started = time.monotonic()
         status, body, headers = post(srv, run("print('c')"))
-        assert time.monotonic() - started < 1.0  # refused at once, not after a wait
+        assert time.monotonic() - started < 10  # refused at once, not after the 20 s wait
         assert status == 429 and headers["retry-after"] == "3", (status, body, headers)
         assert "over capacity" in body["error"] and set(body) == {"error"}, body
         slow.join(30)
