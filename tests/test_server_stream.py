@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import time
@@ -419,11 +420,16 @@ def test_ws_second_execute_during_a_run_is_refused(server):
                 }
             )
         )
-        assert json.loads(ws.recv(timeout=30))["data"] == "first\n"
+        first = [json.loads(ws.recv(timeout=30))]
+        assert first[0]["data"].startswith("first")  # the run is going
         ws.send(json.dumps({"type": "execute", **body("print('second')")}))
         events, code, _ = ws_events(ws)
-    assert events[0]["type"] == "error" and "already running" in events[0]["data"]
-    assert shape(events[1:]) == [("exit", "0", "code")]
+    (refusal,) = [e for e in events if e["type"] == "error"]
+    assert "already running" in refusal["data"] and refusal["status"] == 400
+    assert shape(first + [e for e in events if e is not refusal]) == [
+        ("stdout", "first\n", "code"),
+        ("exit", "0", "code"),
+    ]
     assert code == 1000
 
 
@@ -457,6 +463,21 @@ def _settled(server: Server) -> set[tuple[int, str]]:
             return current
         previous = current
     raise AssertionError("the server's processes never settled")
+
+
+def sleeper(n: int) -> str:
+    """A long sleep no other process shares a command line with, for the leak checks: the
+    fraction (GNU sleep takes one) is this test process's pid, fixed width, since the whole
+    suite may run beside this module in another process."""
+    return f"sleep 6{n:03d}.{os.getpid():07d}"
+
+
+def _appears(marker: str) -> None:
+    """Waits for the marked process: the run's output may come before its bash has forked."""
+    deadline = time.monotonic() + 10
+    while not host_processes_matching(marker):
+        assert time.monotonic() < deadline, f"{marker} never ran"
+        time.sleep(0.01)
 
 
 def _gone_within(marker: str, seconds: float) -> float:
@@ -503,7 +524,7 @@ LEAVING = ["sse", "ws-close", "ws-drop"]
 def test_client_leaving_kills_the_run(transport):
     """The long sleep and its sandbox are gone soon after the client, the server still
     serves, and once it stops no process of it is left."""
-    marker = f"sleep 61{LEAVING.index(transport)}7"
+    marker = sleeper(110 + LEAVING.index(transport))
     # a setup script runs in a throwaway sandbox of its own, not one from the warm pool
     payload = body(cmd=f"echo running; {marker}", request={"setupScript": "true"})
     children = set(child_pids())  # the module's server
@@ -511,7 +532,7 @@ def test_client_leaving_kills_the_run(transport):
         assert run_over("sse", server, body(cmd="true", request={"setupScript": "true"}))
         before = _settled(server)
         leaving = _Leaving(server, transport, payload)
-        assert host_processes_matching(marker)  # the positive control
+        _appears(marker)  # the positive control
         run = server.descendants() - before
         assert run, "the run has no process of its own: the test proves nothing"
         leaving.leave()
@@ -527,13 +548,13 @@ def test_client_leaving_kills_the_run(transport):
 
 @pytest.mark.parametrize("transport", ["sse", "ws-drop"])
 def test_client_leaving_a_session_run_keeps_the_session(transport):
-    marker = f"sleep 62{LEAVING.index(transport)}7"
+    marker = sleeper(120 + LEAVING.index(transport))
     with running() as server:
         assert run_over(
             "sse", server, body("open('/sandbox/kept', 'w').write('yes')", session="stay")
         )
         leaving = _Leaving(server, transport, body(cmd=f"echo running; {marker}", session="stay"))
-        assert host_processes_matching(marker)
+        _appears(marker)
         leaving.leave()
         _gone_within(marker, 10)
         # the run is over (the session idle again) and the session's sandbox is kept
@@ -553,11 +574,11 @@ def test_client_leaving_a_session_run_keeps_the_session(transport):
 
 
 def test_ws_signal_kills_the_run(server):
-    marker = "sleep 6337"
+    marker = sleeper(130)
     with ws_connect(server) as ws:
         ws.send(json.dumps({"type": "execute", **body(cmd=f"echo running; {marker}")}))
-        assert json.loads(ws.recv(timeout=60))["data"] == "running\n"
-        assert host_processes_matching(marker)
+        assert json.loads(ws.recv(timeout=60))["data"].startswith("running")
+        _appears(marker)
         started = time.monotonic()
         ws.send(json.dumps({"type": "signal", "signal": "SIGTERM"}))
         events, code, reason = ws_events(ws)
@@ -583,13 +604,13 @@ def test_ws_unknown_signal_is_an_error_event(server):
 
 def _hold_the_slot(server: Server, marker: str) -> _Leaving:
     leaving = _Leaving(server, "sse", body(cmd=f"echo running; {marker}"))
-    assert host_processes_matching(marker)
+    _appears(marker)
     return leaving
 
 
 def test_over_capacity_is_429_json_over_sse_and_an_event_over_ws(tmp_path):
     with serving(tmp_path, {"maxConcurrent": 1, "maxQueue": 0, "retryAfterS": 3}) as server:
-        leaving = _hold_the_slot(server, "sleep 6447")
+        leaving = _hold_the_slot(server, sleeper(140))
         try:
             status, kind, data = sse(server, body("print(1)"))
             assert (status, kind) == (429, "application/json"), data
@@ -600,7 +621,7 @@ def test_over_capacity_is_429_json_over_sse_and_an_event_over_ws(tmp_path):
             assert code == 1000
         finally:
             leaving.leave()
-        _gone_within("sleep 6447", 10)
+        _gone_within(sleeper(140), 10)
         # the slot is free again once the client left
         deadline = time.monotonic() + 10
         while (status := sse(server, body("print(1)"))[0]) == 429:
@@ -647,10 +668,12 @@ def test_drain_ends_running_streams_with_a_503_event(tmp_path):
             socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock,
             ws_connect(server) as ws,
         ):
-            sock.sendall(_request(body(cmd="echo running; sleep 6557")))
+            sock.sendall(_request(body(cmd=f"echo running; {sleeper(150)}")))
             seen = _read_until(sock, b"running")
-            ws.send(json.dumps({"type": "execute", **body(cmd="echo running; sleep 6567")}))
-            assert json.loads(ws.recv(timeout=60))["data"] == "running\n"
+            ws.send(json.dumps({"type": "execute", **body(cmd=f"echo running; {sleeper(151)}")}))
+            assert json.loads(ws.recv(timeout=60))["data"].startswith("running")
+            _appears(sleeper(150))
+            _appears(sleeper(151))
             below = server.descendants()
             server.proc.send_signal(signal.SIGTERM)
             seen = _read_until(sock, b"\r\n0\r\n\r\n", seen)
@@ -662,7 +685,7 @@ def test_drain_ends_running_streams_with_a_503_event(tmp_path):
         assert "drain deadline" in event["data"]
     assert code in (1000, 1012), (code, reason)  # 1012: uvicorn's own close at shutdown
     assert alive(below) == set()
-    assert not host_processes_matching("sleep 65")
+    assert not host_processes_matching(sleeper(150)) and not host_processes_matching(sleeper(151))
     assert set(child_pids()) <= children
 
 
