@@ -11,6 +11,7 @@ sandbox."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ maxEngines = 2
 maxSessions = 8
 maxSessionsPerKey = 8
 queueTimeoutMs = 1000
+maxBodySize = "1m"
 """
 EXAMPLES = 25  # per route, valid and invalid requests mixed
 
@@ -153,6 +155,34 @@ def test_the_execute_schema_lists_every_field_the_server_reads() -> None:
     assert set(properties["request"]["properties"]) == set(wire.REQUEST_FIELDS)
     assert set(properties["options"]["properties"]) == set(wire.OPTION_FIELDS)
     assert Path(server_schema.__file__).exists()
+
+
+def test_every_route_with_a_body_declares_and_answers_413(server: Server) -> None:
+    """Bodies over maxBodySize are refused before any route reads them, so every route that
+    takes one (every POST) must declare the 413 (the fuzzer never sends a megabyte)."""
+    status, document = server.call("GET", "/openapi.json")
+    with_body = [
+        (method, path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in ("post", "put", "patch")
+    ]
+    assert len(with_body) == 6, with_body
+    for method, path in with_body:
+        assert "413" in document["paths"][path][method]["responses"], (method, path)
+        status, body = server.call(method.upper(), path, raw=b" " * ((1 << 20) + 1))
+        assert status == 413 and body["error"].startswith("body:"), (method, path, body)
+    # the request counter, outermost, saw those answers
+    metrics = (
+        urllib.request.urlopen(
+            urllib.request.Request(
+                server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}
+            )
+        )
+        .read()
+        .decode()
+    )
+    assert 'isol8_http_requests_total{route="other",method="POST",code="4xx"}' in metrics
 
 
 # --- what the fuzzer found, pinned -------------------------------------------------------

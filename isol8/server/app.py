@@ -68,6 +68,6 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
     errors.install(app)
     for module in (health, execute, stream, sessions, files, cleanup, keys, metrics):
         app.include_router(module.router)
-    metrics.install(app)  # the request counter and the gauges
     app.add_middleware(BodyLimit, max_bytes=policy.capacity.max_body_size)
+    metrics.install(app)  # the request counter (outermost: it sees BodyLimit's 413s too)
     return app

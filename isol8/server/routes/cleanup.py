@@ -61,7 +61,7 @@ async def _clean(state: Any) -> tuple[Removal, Removal]:
     "/cleanup",
     response_model=CleanupResult,
     response_model_exclude_none=True,
-    responses=errors.responses(400, 401, 403, 503),
+    responses=errors.responses(400, 401, 403, 413, 503),
 )
 async def cleanup(
     request: Request, body: CleanupBody | None = Body(None), owner: str = Depends(require_master)

@@ -133,7 +133,7 @@ def _seconds(ttl_ms: float | None) -> float:
     return (DEFAULT_TTL_MS if ttl_ms is None else ttl_ms) / 1000
 
 
-_ERRORS = errors.responses(400, 401, 403)
+_ERRORS = errors.responses(400, 401, 403, 413)
 
 
 @router.post(
