@@ -7,6 +7,8 @@ fields, and the errors must name the wire's field in upstream's ``{error}`` shap
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
@@ -24,8 +26,9 @@ router = APIRouter()
 async def execute(request: Request, owner: str = Depends(require_key)) -> JSONResponse:
     state = request.app.state
     parsed, clamped = policed(state, decode(await request.body()))
+    kwargs: dict[str, Any] = request_kwargs(parsed.request)  # checked by wire
     async with engine_for(state, owner, parsed) as engine:
-        result = await engine.execute(**request_kwargs(parsed.request))
+        result = await engine.execute(**kwargs)
     finished(state, owner, parsed, result)
     wire = result.to_dict()
     if clamped:  # isol8's addition; upstream's clients ignore it
