@@ -757,3 +757,31 @@ def test_runs_and_gauges_follow_the_server(server):
     _, after = scrape(server)
     assert value(after, "isol8_sessions_alive") == value(after, "isol8_engines_alive") == 0
     assert value(after, "isol8_sandboxes_alive") == helpers_alive(server) == 0
+
+
+def test_websocket_sessions_are_counted_by_their_handshake(server):
+    """A WebSocket counts once, when it ends: 1xx if it was accepted (101), else the HTTP
+    answer that refused it; its duration runs to the close."""
+    import json
+
+    from test_server import KEY
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    _, before = scrape(server)
+    url = f"ws://127.0.0.1:{server.port}/execute/ws"
+    with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        ws.send(
+            json.dumps({"type": "execute", "request": {"code": "print(1)", "runtime": "python"}})
+        )
+        events = [json.loads(ws.recv(timeout=30))]
+        while events[-1]["type"] != "exit":  # output arrives in as many chunks as it likes
+            events.append(json.loads(ws.recv(timeout=30)))
+    with pytest.raises(InvalidStatus):
+        connect(url).close()
+    _, after = scrape(server)
+    old = before["isol8_http_requests_total"]["samples"]
+    for code in ("1xx", "4xx"):
+        labels = (("route", "/execute/ws"), ("method", "GET"), ("code", code))
+        now = value(after, "isol8_http_requests_total", **dict(labels))
+        assert now - old.get(("isol8_http_requests_total", labels), 0) == 1, code
