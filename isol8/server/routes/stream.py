@@ -19,6 +19,12 @@ await, which would interrupt the engine's wait for its sandbox's teardown.
 
 Secrets are masked by the engine before an event exists, across chunk boundaries (upstream
 masks each chunk alone and leaks a secret split between two; isol8-api.md §1.7).
+
+WebSocket messages beyond upstream's (isol8-api.md §4.1, which reserves ``stdin`` and
+``signal`` and ignores both): ``signal`` SIGINT or SIGTERM kills the running execution, whole
+sandbox included, and ends the stream with an error event and ``exit`` 128 + the signal's
+number. ``stdin`` is still accepted and ignored: the engine hands a run its stdin whole at
+the start (``request.stdin``), and there is no pipe into a running sandbox to write to.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from .. import errors
 from ..auth import require_key
 from ..policy import Clamped
 from ..runs import decode, engine_for, finished, policed
+from ..schema import EXECUTE_REQUEST_BODY
 from ..wire import ExecuteBody, WireError, request_kwargs
 
 router = APIRouter()
@@ -217,6 +224,7 @@ def _json_errors(*statuses: int) -> dict[int | str, dict[str, object]]:
     status_code=200,
     response_description="upstream's StreamEvent JSON, one `data:` frame each",
     responses=_json_errors(400, 401, 403, 409, 413, 429, 503),
+    openapi_extra=EXECUTE_REQUEST_BODY,
 )
 async def execute_stream(request: Request, owner: str = Depends(require_key)) -> EventStream:
     state = request.app.state
