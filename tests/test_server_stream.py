@@ -700,3 +700,19 @@ def _chunked_body(response: bytes) -> bytes:
         if size == 0:
             return out
         out, rest = out + rest[:size], rest[size + 2 :]
+
+
+def test_the_sse_route_documents_frames_and_json_errors(server):
+    status, document = server.call("GET", "/openapi.json")
+    operation = document["paths"]["/execute/stream"]["post"]
+    answers = operation["responses"]
+    assert list(answers["200"]["content"]) == ["text/event-stream"]
+    assert {"400", "401", "403", "409", "413", "429", "503"} <= set(answers)
+    for code, answer in answers.items():
+        if code != "200":
+            assert list(answer["content"]) == ["application/json"], code
+    assert (
+        "request"
+        in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    )
+    assert "/execute/ws" not in document["paths"]  # OpenAPI has no WebSocket
