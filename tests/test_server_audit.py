@@ -415,3 +415,58 @@ def test_a_stuck_file_never_blocks_a_record_nor_the_shutdown(tmp_path, monkeypat
         assert got > 200_000  # the line it was writing, and what was queued before close
     finally:
         os.close(reader)
+
+
+def _lines_with(server: AuditServer, marker: str, count: int = 1) -> list[dict]:
+    """The lines whose code holds ``marker`` (runs without a result have no id to find)."""
+    digests = {_sha(marker)}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = [r for r in server.lines() if r["codeHash"] in digests]
+        if len(found) >= count:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"no audit line for {marker!r}: {server.lines()}")
+
+
+def test_a_run_the_policy_refuses_is_audited(plain):
+    """The request an operator most wants to see: host network, which POLICY forbids."""
+    code = f"print('refused {uuid.uuid4()}')"
+    status, body = plain.call("POST", "/execute", {
+        "request": {"code": code, "runtime": "python"},
+        "options": {"network": "host", "secrets": {"TOKEN": "refused-s3cret"}}})
+    assert status == 400, body
+    [record] = _lines_with(plain, code)
+    assert record["outcome"] == "refused" and record["exitCode"] is None, record
+    assert _types(record) == ["policy_refused"], record
+    assert "network" in record["error"]["message"], record
+    assert record["runtime"] == "python" and record["userId"] == "master"
+    assert "refused-s3cret" not in json.dumps(record)
+
+
+def test_a_failed_setup_script_is_audited(plain):
+    cmd = f"echo never-{uuid.uuid4()}"
+    status, body = plain.call("POST", "/execute", {
+        "request": {"cmd": cmd, "setupScript": "exit 3"}})
+    assert status == 400 and body["exitCode"] == 3, body
+    [record] = _lines_with(plain, cmd)
+    assert record["outcome"] == "failed" and record["securityEvents"] == [], record
+    assert record["error"]["type"] == "SetupScriptFailed", record
+
+
+def test_a_run_whose_client_left_is_audited_as_cancelled(plain):
+    import socket as socket_module
+    code = f"import time; print('{uuid.uuid4()}', flush=True); time.sleep(60)"
+    body = json.dumps({"request": {"code": code, "runtime": "python"}}).encode()
+    with socket_module.create_connection(("127.0.0.1", plain.port)) as conn:
+        conn.sendall(b"POST /execute/stream HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        got = b""
+        while b"stdout" not in got:  # the run has started
+            chunk = conn.recv(4096)
+            assert chunk, got
+            got += chunk
+    [record] = _lines_with(plain, code)
+    assert record["outcome"] == "cancelled" and record["exitCode"] is None, record

@@ -33,6 +33,8 @@ import queue
 import stat
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TypeVar
@@ -67,26 +69,33 @@ LIMIT_EVENTS = {
 
 class _Run:
     """What one line is made of, taken on the caller's thread: the body's dicts are not
-    the writer's to read later."""
+    the writer's to read later. ``result`` is None for a run that ended without one, which
+    ``failure`` (outcome, exception) describes instead."""
 
-    __slots__ = ("owner", "result", "at", "session_id", "mode", "code", "secrets", "size")
+    __slots__ = ("owner", "result", "failure", "runtime", "at", "session_id", "mode", "code",
+                 "secrets", "size")
 
-    def __init__(self, owner: str, parsed: ExecuteBody, result: ExecutionResult,
-                 output: bool) -> None:
+    def __init__(self, owner: str, parsed: ExecuteBody, result: ExecutionResult | None,
+                 output: bool, failure: tuple[str, BaseException] | None = None) -> None:
         # Fetched files are never written, nor the output unless asked: not kept either.
-        self.result = replace(result, files=None, stdout=result.stdout if output else "",
-                              stderr=result.stderr if output else "")
+        self.result = result and replace(result, files=None,
+                                         stdout=result.stdout if output else "",
+                                         stderr=result.stderr if output else "")
+        self.failure = failure and (failure[0], type(failure[1]).__name__, str(failure[1]))
         self.owner, self.at = owner, time.time()
         self.session_id, self.mode = parsed.session_id, mode_of(parsed)
         request = parsed.request
+        runtime = request.get("runtime")
+        self.runtime = runtime if isinstance(runtime, str) else None
         self.code = {name: value for name in ("code", "cmd", "setupScript")
                      if isinstance(value := request.get(name), str)}
         secrets = parsed.options.get("secrets")
         values = secrets.values() if isinstance(secrets, dict) else ()
         self.secrets = sorted({v for v in values if isinstance(v, str) and v}, key=len,
                               reverse=True)
-        self.size = (sum(map(len, self.code.values())) + len(self.result.stdout)
-                     + len(self.result.stderr))
+        self.size = sum(map(len, self.code.values()))
+        if self.result is not None:
+            self.size += len(self.result.stdout) + len(self.result.stderr)
 
 
 class AuditLog:
@@ -114,10 +123,22 @@ class AuditLog:
 
     def record(self, owner: str, parsed: ExecuteBody, result: ExecutionResult) -> None:
         """Queue a finished run's line. Never raises, never blocks."""
+        self._enqueue(lambda: _Run(owner, parsed, result, self.include_output))
+
+    def failed(self, owner: str, parsed: ExecuteBody, outcome: str,
+               error: BaseException) -> None:
+        """Queue the line of a run that ended without a result: ``refused`` by the server
+        policy (the requests an operator most wants to see), ``failed`` (its setup script,
+        its sandbox's start, a lost session) or ``cancelled`` (the client left, or the drain
+        deadline came). Never raises, never blocks."""
+        self._enqueue(lambda: _Run(owner, parsed, None, self.include_output,
+                                   (outcome, error)))
+
+    def _enqueue(self, take: Callable[[], _Run]) -> None:
         if self._thread is None or self._closed:
             return
         try:
-            run = _Run(owner, parsed, result, self.include_output)
+            run = take()
         except Exception:  # a malformed body must not fail a request already served
             log.exception("audit log %s: a record could not be taken", self.path)
             return
@@ -197,22 +218,29 @@ class AuditLog:
         result = run.result
         code = _masked(run.code, run.secrets)
         source = code.get("code", code.get("cmd", ""))
+        at = _iso(run.at)
         entry: dict[str, object] = {
-            "executionId": result.execution_id,
+            "executionId": result.execution_id if result else str(uuid.uuid4()),
             "userId": run.owner,
-            "timestamp": _iso(run.at),
-            "runtime": result.runtime,
+            "timestamp": at,
+            "runtime": result.runtime if result else run.runtime,
             "codeHash": hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest(),
-            "exitCode": result.exit_code,
-            "durationMs": result.duration_ms,
-            "resourceUsage": result.resource_usage.to_dict(),
-            "securityEvents": security_events(result, _iso(run.at)),
+            "exitCode": result.exit_code if result else None,
+            "durationMs": result.duration_ms if result else None,
+            "resourceUsage": result.resource_usage.to_dict() if result else None,
+            "securityEvents": security_events(result, at) if result else [],
             "sessionId": run.session_id,
             "mode": run.mode,
         }
-        if result.network_logs:
+        if run.failure is not None:
+            outcome, kind, message = run.failure
+            entry.update(outcome=outcome, error={"type": kind, "message": message})
+            if outcome == "refused":
+                entry["securityEvents"] = [{"type": "policy_refused", "message": message,
+                                            "timestamp": at}]
+        if result is not None and result.network_logs:
             entry["networkLogs"] = [item.to_dict() for item in result.network_logs]
-        if self.include_output:
+        if self.include_output and result is not None:
             entry.update(stdout=result.stdout, stderr=result.stderr)
         masked = _masked(entry, run.secrets)
         masked["codeHash"] = entry["codeHash"]  # a hex digest: masking must not touch it

@@ -7,14 +7,14 @@ accounting afterwards (metrics, audit) are the same and live here, once.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import json
-
 from ..async_engine import AsyncIsol8
-from ..errors import SessionLost
+from ..errors import InvalidRequest, SessionLost
 from ..result import ExecutionResult
 from .policy import Clamped
 from .wire import ExecuteBody, WireError, parse_execute
@@ -28,9 +28,18 @@ def decode(raw: bytes | str) -> object:
         raise WireError("body", f"invalid JSON: {exc}") from None
 
 
-def policed(state: Any, body: object) -> tuple[ExecuteBody, list[Clamped]]:
-    """An execute body checked field by field, then held to the server policy."""
-    return state.policy.apply(parse_execute(body))  # type: ignore[no-any-return]
+def policed(state: Any, body: object,
+            owner: str | None = None) -> tuple[ExecuteBody, list[Clamped]]:
+    """An execute body checked field by field, then held to the server policy. With the
+    caller's ``owner``, a policy refusal is audited: a well-formed request for what the
+    operator forbids (host network, no seccomp...) is what an audit log is for."""
+    parsed = parse_execute(body)
+    try:
+        return state.policy.apply(parsed)  # type: ignore[no-any-return]
+    except InvalidRequest as exc:
+        if owner is not None:
+            state.audit.failed(owner, parsed, "refused", exc)
+        raise
 
 
 def mode_of(parsed: ExecuteBody) -> str:
@@ -44,16 +53,30 @@ async def engine_for(state: Any, owner: str, parsed: ExecuteBody) -> AsyncIterat
     Admission comes first, so a request beyond capacity is answered (429) without touching
     an engine; a session whose sandbox is lost is forgotten, so its id starts afresh."""
     async with state.capacity.admit(owner, parsed):
-        if parsed.session_id is None:
-            async with state.engines.ephemeral(parsed.options) as engine:
-                yield engine
-            return
+        admitted = False
         try:
-            async with state.engines.session(owner, parsed.session_id,
-                                             parsed.options) as engine:
-                yield engine
-        except SessionLost:
-            await state.engines.end_session(owner, parsed.session_id)
+            if parsed.session_id is None:
+                async with state.engines.ephemeral(parsed.options) as engine:
+                    admitted = True
+                    yield engine
+                return
+            try:
+                async with state.engines.session(owner, parsed.session_id,
+                                                 parsed.options) as engine:
+                    admitted = True
+                    yield engine
+            except SessionLost:
+                await state.engines.end_session(owner, parsed.session_id)
+                raise
+        except asyncio.CancelledError as exc:  # the client left, or the drain's deadline
+            if admitted:
+                state.audit.failed(owner, parsed, "cancelled", exc)
+            raise
+        except InvalidRequest:  # the request's own mistake, found by the engine: no run
+            raise
+        except Exception as exc:  # a setup script, a sandbox's start, a lost session...
+            if admitted:
+                state.audit.failed(owner, parsed, "failed", exc)
             raise
 
 

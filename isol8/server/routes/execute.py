@@ -25,7 +25,7 @@ router = APIRouter()
              responses=errors.responses(400, 401, 403, 409, 410, 413, 429, 503))
 async def execute(request: Request, owner: str = Depends(require_key)) -> JSONResponse:
     state = request.app.state
-    parsed, clamped = policed(state, decode(await request.body()))
+    parsed, clamped = policed(state, decode(await request.body()), owner)
     kwargs: dict[str, Any] = request_kwargs(parsed.request)  # checked by wire
     async with engine_for(state, owner, parsed) as engine:
         result = await engine.execute(**kwargs)
