@@ -28,17 +28,15 @@ def decode(raw: bytes | str) -> object:
         raise WireError("body", f"invalid JSON: {exc}") from None
 
 
-def policed(state: Any, body: object,
-            owner: str | None = None) -> tuple[ExecuteBody, list[Clamped]]:
-    """An execute body checked field by field, then held to the server policy. With the
-    caller's ``owner``, a policy refusal is audited: a well-formed request for what the
-    operator forbids (host network, no seccomp...) is what an audit log is for."""
+def policed(state: Any, body: object, owner: str) -> tuple[ExecuteBody, list[Clamped]]:
+    """An execute body checked field by field, then held to the server policy. A refusal
+    is audited as the ``owner``'s: a well-formed request for what the operator forbids
+    (host network, no seccomp...) is what an audit log is for."""
     parsed = parse_execute(body)
     try:
         return state.policy.apply(parsed)  # type: ignore[no-any-return]
     except InvalidRequest as exc:
-        if owner is not None:
-            state.audit.failed(owner, parsed, "refused", exc)
+        state.audit.failed(owner, parsed, "refused", exc)
         raise
 
 

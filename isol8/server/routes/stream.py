@@ -228,7 +228,7 @@ def _json_errors(*statuses: int) -> dict[int | str, dict[str, object]]:
 )
 async def execute_stream(request: Request, owner: str = Depends(require_key)) -> EventStream:
     state = request.app.state
-    parsed, clamped = policed(state, decode(await request.body()))
+    parsed, clamped = policed(state, decode(await request.body()), owner)
     return EventStream(await Run.start(request, owner, parsed, clamped))
 
 
@@ -319,7 +319,7 @@ class _Conversation:
 
     async def _execute(self, message: dict[str, Any]) -> None:
         try:
-            parsed, clamped = policed(self._ws.app.state, message)
+            parsed, clamped = policed(self._ws.app.state, message, self._owner)
             run = await Run.start(self._ws, self._owner, parsed, clamped)
         except Exception as exc:
             await self._send(await error_event(self._ws, exc))
