@@ -419,6 +419,9 @@ def test_drain_answers_503_kills_at_the_deadline_and_leaves_nothing(tmp_path):
         assert answer.status == 503 and "shutting down" in json.loads(answer.read())["error"]
         status, body, _ = post(srv, run("print(3)", session="kept"))
         assert status == 503, body
+        keep_alive.request("GET", "/health")  # a load balancer's probe: send work elsewhere
+        answer = keep_alive.getresponse()
+        assert (answer.status, json.loads(answer.read())["status"]) == (503, "draining")
         finishing.join(30)
         endless.join(30)
         killed_after = time.monotonic() - started

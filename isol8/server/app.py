@@ -9,6 +9,7 @@ stopped, so no sandbox outlives the server.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -26,10 +27,14 @@ from .metrics import Metrics
 from .policy import ServerPolicy
 from .routes import cleanup, execute, files, health, keys, metrics, sessions, stream
 
-# Worker threads for runs and stops: asyncio's default pool has min(32, cpus + 4), which on
-# a small host would queue runs behind a few long ones. Admission control (a concurrency
-# limit with 429) belongs in front of it.
-MAX_WORKERS = 64
+# Worker threads for runs, stops and key-store calls: asyncio's default pool has
+# min(32, cpus + 4), which on a small host would queue runs behind a few long ones. At least
+# this many, and two per admitted run (a run and a stop of a session at once) beyond it:
+# admission control (the capacity's 429) is what bounds the work, not the pool.
+MIN_WORKERS = 64
+# Expired and revoked keys are deleted this often (upstream's auth.cleanupIntervalMs).
+PURGE_INTERVAL_S = 3600.0
+_log = logging.getLogger("isol8.server")
 
 
 def create_app(api_key: str, policy: ServerPolicy | None = None, *,
@@ -46,11 +51,15 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="isol8-run")
+        workers = max(MIN_WORKERS, 2 * policy.capacity.max_concurrent)
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="isol8-run")
         asyncio.get_running_loop().set_default_executor(executor)
+        purging = asyncio.create_task(_purge(key_store)) if key_store is not None else None
         try:
             yield
         finally:
+            if purging is not None:
+                purging.cancel()
             await engines.close()
             executor.shutdown(wait=True)
             app.state.audit.close()
@@ -71,3 +80,16 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
     app.add_middleware(BodyLimit, max_bytes=policy.capacity.max_body_size)
     metrics.install(app)  # the request counter (outermost: it sees BodyLimit's 413s too)
     return app
+
+
+async def _purge(key_store: KeyStore) -> None:
+    """Delete expired and revoked keys now and then: login tokens expire by the thousand
+    in a busy deployment, and a dead key is no use to anyone."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(key_store.purge)
+            if removed:
+                _log.info("key store: %d expired or revoked keys deleted", removed)
+        except Exception as exc:  # sqlite busy, a full disk: try again next time
+            _log.error("key store: purge failed: %s", exc)
+        await asyncio.sleep(PURGE_INTERVAL_S)
