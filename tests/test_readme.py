@@ -38,6 +38,8 @@ NOT_EXAMPLES = {
                               "request verbatim to one",
     "Keys and sessions": "needs a server with --auth-db; tests/test_server_keys.py makes "
                          "each call against one",
+    "Streaming": "needs a running isol8 serve; tests/test_server_stream.py reads these "
+                 "frames from one",
     "Remote client": "needs a running isol8 serve; tests/test_client.py and "
                      "tests/test_cli_remote.py run each call against one",
 }
