@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ NOT_EXAMPLES = {
                          "each call against one",
     "Streaming": "needs a running isol8 serve; tests/test_server_stream.py reads these "
                  "frames from one",
+    "Server policy": "a policy file: test_the_server_policy_example_loads loads it",
     "Remote client": "needs a running isol8 serve; tests/test_client.py and "
                      "tests/test_cli_remote.py run each call against one",
 }
@@ -305,3 +307,15 @@ def test_make_run_prints_256_with_the_command_it_names(workdir):
     dry = subprocess.run(["make", "-n", "-o", "setup", "test"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert dry.returncode == 0 and "scripts/test.sh" in dry.stdout.splitlines()[-1], dry.stdout
+
+
+def test_the_server_policy_example_loads(tmp_path):
+    """Every key the README shows is one the loader knows, with a value it takes (its mount
+    source made to exist: the loader refuses a grant of a missing path)."""
+    from isol8.server.policy import ServerPolicy
+
+    (block,) = blocks("Server policy", "toml")
+    data = tomllib.loads(block.text.replace("/srv/datasets", str(tmp_path)))
+    policy = ServerPolicy.from_mapping(data)
+    assert policy.network_modes == ("none", "filtered") and not policy.seccomp_unconfined
+    assert [(g.source, g.writable) for g in policy.mounts] == [(str(tmp_path), False)]

@@ -240,7 +240,7 @@ def test_unknown_route_and_method_keep_the_error_shape(server):
 @pytest.mark.parametrize("options, field", [
     ({"security": {"seccomp": "unconfined"}}, "options.security.seccomp"),
     ({"network": "host"}, "options.network"),
-    ({"mounts": [{"source": "/etc", "target": "/sandbox/etc"}]}, "options.mounts"),
+    ({"mounts": [{"source": "/etc", "target": "/sandbox/etc"}]}, "options.mounts[0].source"),
     ({"network": "filtered", "networkFilter": {"allowPrivate": True}},
      "options.networkFilter.allowPrivate"),
     ({"network": "filtered", "networkFilter": {"hosts": {"a.test": "127.0.0.1"}}},

@@ -24,6 +24,9 @@ allowance silently left at its default would hide the operator's intent)::
     pins = false                              # networkFilter.hosts
     [allow]
     seccompUnconfined = false                 # options.security.seccomp = "unconfined"
+    [[mounts]]                                # host paths clients may mount (default: none)
+    source = "/srv/datasets"                  # this path or anything under it
+    writable = false                          # read-write too (default: read-only only)
     [capacity]                                # admission control (isol8.server.capacity)
     maxConcurrent = 4                         # executions at once (default 2 x usable cpus)
     maxQueue = 16                             # waiting for room; beyond: 429 (default 4 x
@@ -42,8 +45,10 @@ allowance silently left at its default would hide the operator's intent)::
     drainTimeoutMs = 30000                    # SIGTERM: runs killed after this
     maxEngines = 4                            # shared engines (option sets) kept
 
-Always refused in this version: ``mounts`` (no operator mount list yet),
-``readonlyRootFs: false``, ``persist``, ``debug``, ``image``.
+A client's ``mounts`` are checked against ``[[mounts]]`` after resolving symlinks, and sent
+to the engine resolved (its helper opens them with RESOLVE_NO_SYMLINKS), so a symlink
+planted under a listed directory cannot lead a mount outside it. Always refused in this
+version: ``readonlyRootFs: false``, ``persist``, ``debug``, ``image``.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import InvalidRequest
-from ..policy import NETWORK_MODES, parse_size, positive_int
+from ..policy import NETWORK_MODES, Mount, parse_size, positive_int, validated_mounts
 from ..runtimes import RUNTIMES
 from .wire import ExecuteBody, WireError
 
@@ -71,13 +76,12 @@ DEFAULT_CEILINGS: dict[str, float | int] = {
 }
 _SIZES = ("memoryLimit", "maxOutputSize", "sandboxSize", "tmpSize")
 _ALWAYS_REFUSED: dict[str, Callable[[object], bool]] = {
-    "mounts": lambda v: v not in ([], ()),
     "readonlyRootFs": lambda v: v is False,
     "persist": lambda v: v is True,
     "debug": lambda v: v is True,
     "image": lambda v: True,
 }
-_TOP_KEYS = ("runtimes", "ceilings", "network", "allow", "capacity")
+_TOP_KEYS = ("runtimes", "ceilings", "network", "allow", "capacity", "mounts")
 DEFAULT_MAX_ENGINES = 4
 
 
@@ -176,6 +180,7 @@ class ServerPolicy:
     seccomp_unconfined: bool = False
     runtimes: tuple[str, ...] = tuple(RUNTIMES)
     capacity: CapacityPolicy = field(default_factory=CapacityPolicy.for_host)
+    mounts: tuple[MountGrant, ...] = ()
 
     @classmethod
     def default(cls) -> ServerPolicy:
@@ -216,7 +221,8 @@ class ServerPolicy:
                                      "allow.seccompUnconfined"),
             capacity=CapacityPolicy.from_mapping(section.get("capacity", {})),
             runtimes=_names(section.get("runtimes", list(policy.runtimes)), "runtimes",
-                            tuple(RUNTIMES)))
+                            tuple(RUNTIMES)),
+            mounts=_grants(section.get("mounts", [])))
 
     def apply(self, body: ExecuteBody) -> tuple[ExecuteBody, list[Clamped]]:
         """The body this server will run: refused fields raise ``WireError`` (400), numeric
@@ -224,6 +230,10 @@ class ServerPolicy:
         bodies that run alike have equal options (the engine key, isol8.server.engines)."""
         options, request = dict(body.options), dict(body.request)
         self._refuse(options, request)
+        if options.get("mounts") not in (None, [], ()):
+            options["mounts"] = [{"source": m.source, "target": m.target,
+                                  "readonly": m.readonly}
+                                 for m in self._granted(options["mounts"])]
         clamped: list[Clamped] = []
         for name, ceiling in self.ceilings.items():
             requested = options.get(name)
@@ -267,6 +277,53 @@ class ServerPolicy:
         if "cmd" in request and "bash" not in self.runtimes:
             raise WireError("request.cmd", "shell commands (bash) are not allowed by the "
                             "server policy")
+
+
+    def _granted(self, value: object) -> tuple[Mount, ...]:
+        """The client's mounts, resolved, each inside a grant that allows its mode."""
+        try:
+            mounts = validated_mounts(value)
+        except InvalidRequest as exc:
+            where, _, why = str(exc).partition(": ")
+            raise WireError(f"options.{where}", why) from None
+        for i, mount in enumerate(mounts):
+            grant = next((g for g in self.mounts if g.covers(mount.source)), None)
+            if grant is None:
+                raise WireError(f"options.mounts[{i}].source", f"{mount.source} is not a "
+                                "path the server policy lets clients mount")
+            if not mount.readonly and not grant.writable:
+                raise WireError(f"options.mounts[{i}].readonly", f"{grant.source} may only "
+                                "be mounted read-only by the server policy")
+        return mounts
+
+
+@dataclass(frozen=True, slots=True)
+class MountGrant:
+    """A ``[[mounts]]`` entry: a host path (resolved at load) clients may mount, or mount
+    anything under."""
+
+    source: str
+    writable: bool = False
+
+    def covers(self, path: str) -> bool:
+        return path == self.source or path.startswith(self.source.rstrip("/") + "/")
+
+
+def _grants(value: object) -> tuple[MountGrant, ...]:
+    if not isinstance(value, list):
+        raise InvalidRequest(f"mounts: expected a list of tables/objects, got {value!r}")
+    grants = []
+    for i, item in enumerate(value):
+        entry = _section(item, f"mounts[{i}]", ("source", "writable"))
+        source = entry.get("source")
+        if not isinstance(source, str) or not os.path.isabs(source):
+            raise InvalidRequest(f"mounts[{i}].source: expected an absolute host path, "
+                                 f"got {source!r}")
+        if not os.path.exists(source):
+            raise InvalidRequest(f"mounts[{i}].source: {source} does not exist")
+        grants.append(MountGrant(os.path.realpath(source),
+                                 _flag(entry.get("writable", False), f"mounts[{i}].writable")))
+    return tuple(grants)
 
 
 def _wire_value(path: str, name: str, value: object) -> float | int:
