@@ -67,12 +67,13 @@ async def library_phase(clients: int, duration: float) -> tuple[int, float]:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, config: str | None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "isol8", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "isol8", "serve", "--port", str(self.port),
+             *(["--config", config] if config else [])],
             env={**os.environ, "ISOL8_API_KEY": KEY, "PYTHONPATH": str(h.REPO)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
     parser.add_argument("--quick", action="store_true", help="50 clients, 10 s per phase")
+    parser.add_argument("--config", metavar="FILE", help="the server's policy file")
     parser.add_argument("--json", metavar="PATH", help="write the raw numbers there")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         args.clients, args.duration = 50, 10.0
     load_before = os.getloadavg()[0]
     lib_runs, lib_s = asyncio.run(library_phase(args.clients, args.duration))
-    server = Server()
+    server = Server(args.config)
     try:
         statuses, latencies, rss, srv_s, errors = asyncio.run(
             server_phase(server, args.clients, args.duration))

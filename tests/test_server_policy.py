@@ -9,7 +9,7 @@ import os
 import pytest
 
 from isol8.errors import InvalidRequest
-from isol8.server.policy import CapacityPolicy, ServerPolicy
+from isol8.server.policy import QUEUE_PER_SLOT, CapacityPolicy, ServerPolicy
 
 
 def _available() -> int:
@@ -23,7 +23,7 @@ def test_defaults_follow_the_host():
     high = _available()
     cpus = len(os.sched_getaffinity(0))
     assert capacity.max_concurrent == max(2, 2 * cpus)
-    assert capacity.max_queue == 4 * capacity.max_concurrent
+    assert capacity.max_queue == QUEUE_PER_SLOT * capacity.max_concurrent
     # 3/4 of MemAvailable as it was read (it moves: other processes run)
     margin = 64 << 20
     assert min(low, high) * 3 // 4 - margin <= capacity.memory_budget
@@ -42,7 +42,7 @@ def test_the_capacity_section_in_toml(tmp_path):
     capacity = ServerPolicy.load(path).capacity
     assert capacity == CapacityPolicy(
         max_concurrent=3,
-        max_queue=12,
+        max_queue=3 * QUEUE_PER_SLOT,  # follows maxConcurrent when not given
         queue_timeout_ms=250,
         retry_after_s=7,
         memory_budget=3 << 29,

@@ -29,7 +29,7 @@ allowance silently left at its default would hide the operator's intent)::
     writable = false                          # read-write too (default: read-only only)
     [capacity]                                # admission control (isol8.server.capacity)
     maxConcurrent = 4                         # executions at once (default 2 x usable cpus)
-    maxQueue = 16                             # waiting for room; beyond: 429 (default 4 x
+    maxQueue = 256                            # waiting for room; beyond: 429 (default 64 x
                                               # maxConcurrent; 0 answers 429 at once)
     queueTimeoutMs = 10000                    # longest wait in the queue, then 429
     retryAfterS = 1                           # the 429s' Retry-After
@@ -83,6 +83,12 @@ _ALWAYS_REFUSED: dict[str, Callable[[object], bool]] = {
 }
 _TOP_KEYS = ("runtimes", "ceilings", "network", "allow", "capacity", "mounts")
 DEFAULT_MAX_ENGINES = 4
+# Queued requests per execution slot, by default. A burst of clients beyond it is answered
+# 429 and comes back after Retry-After, and every such round trip costs the server (and the
+# clients) CPU the runs could have had: at 200 clients on 2 cores, a queue of 4 per slot
+# gave 0.77x the library's throughput, 64 per slot 0.87x (benchmarks/server_load.py). A
+# queued request holds its body: maxQueue x maxBodySize bounds that memory.
+QUEUE_PER_SLOT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +147,7 @@ class CapacityPolicy:
         cpus = len(os.sched_getaffinity(0))
         available = _meminfo("MemAvailable") or 4 << 30  # no /proc/meminfo: assume 4 GiB
         concurrent = max(2, 2 * cpus)
-        return cls(max_concurrent=concurrent, max_queue=4 * concurrent,
+        return cls(max_concurrent=concurrent, max_queue=QUEUE_PER_SLOT * concurrent,
                    memory_budget=available * 3 // 4,
                    tmpfs_budget=(available + _meminfo("SwapFree")) * 3 // 4)
 
@@ -162,7 +168,7 @@ class CapacityPolicy:
             else:
                 values[name] = positive_int(value, path)
         if "max_concurrent" in values and "max_queue" not in values:
-            values["max_queue"] = 4 * values["max_concurrent"]
+            values["max_queue"] = QUEUE_PER_SLOT * values["max_concurrent"]
         return replace(base, **values)
 
 
