@@ -34,15 +34,18 @@ def _free_port() -> int:
 
 
 class Server:
-    """``isol8 serve`` in a subprocess on a free loopback port."""
+    """``isol8 serve`` in a subprocess on a free loopback port, with a policy file, more
+    ``serve`` flags and more environment if given."""
 
-    def __init__(self, config: Path | None = None) -> None:
+    def __init__(self, config: Path | None = None, *flags: str,
+                 env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "isol8", "serve", "--port", str(self.port)]
+        args = [sys.executable, "-m", "isol8", "serve", "--port", str(self.port), *flags]
         if config is not None:
             args += ["--config", str(config)]
-        self.proc = subprocess.Popen(args, env={**os.environ, "ISOL8_API_KEY": KEY},
+        self.proc = subprocess.Popen(args, env={**os.environ, "ISOL8_API_KEY": KEY,
+                                                **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         deadline = time.monotonic() + 30
@@ -106,6 +109,20 @@ class Server:
         finally:
             self.output = self.proc.stdout.read()
             self.proc.stdout.close()
+
+
+def helpers_alive(srv: Server) -> int:
+    """The server's sandbox helpers (its children named isol8-helper; the sandbox's own
+    processes below them may share the name), counted from outside it by a /proc scan."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:].rsplit(")", 1)
+        count += comm == "isol8-helper" and int(rest.split()[1]) == srv.proc.pid
+    return count
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from test_server import KEY, Server, _free_port
+from test_server import KEY, Server
 
 pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
 
@@ -37,26 +37,7 @@ class AuditServer(Server):
 
     def __init__(self, audit: Path | str, *flags: str, config: Path | None = None) -> None:
         self.audit = Path(audit)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "isol8", "serve", "--port", str(self.port),
-                "--audit", str(audit), *flags]
-        if config is not None:
-            args += ["--config", str(config)]
-        self.proc = subprocess.Popen(args, env={**os.environ, "ISOL8_API_KEY": KEY},
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if self.call("GET", "/health", key=None)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError(f"the server did not start: {self.proc.stdout.read()}")
-            time.sleep(0.05)
+        super().__init__(config, "--audit", str(audit), *flags)
 
     def lines(self) -> list[dict]:
         """Every line so far; each must be whole JSON."""

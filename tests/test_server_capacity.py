@@ -13,8 +13,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import child_pids
-from test_server import KEY, Server, _free_port, alive
+from test_server import KEY, Server, alive
 
 pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
 
@@ -33,43 +31,10 @@ SLEEP = "import time; time.sleep({})"
 
 
 def _start(config: dict, *extra: str, tmpdir: Path | None = None) -> Server:
-    """``Server`` with a JSON policy and extra ``serve`` arguments (Server takes neither)."""
+    """``Server`` with a JSON policy, extra ``serve`` arguments and maybe its own TMPDIR."""
     path = Path(config.pop("_path"))
     path.write_text(json.dumps(config))
-    srv = Server.__new__(Server)
-    srv.port = _free_port()
-    srv.url = f"http://127.0.0.1:{srv.port}"
-    env = {**os.environ, "ISOL8_API_KEY": KEY}
-    if tmpdir is not None:
-        env["TMPDIR"] = str(tmpdir)
-    srv.proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "isol8",
-            "serve",
-            "--port",
-            str(srv.port),
-            "--config",
-            str(path),
-            *extra,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if srv.call("GET", "/health", key=None)[0] == 200:
-                return srv
-        except OSError:
-            pass
-        if srv.proc.poll() is not None or time.monotonic() > deadline:
-            srv.proc.kill()
-            raise AssertionError(f"the server did not start: {srv.proc.stdout.read()}")
-        time.sleep(0.05)
+    return Server(path, *extra, env={"TMPDIR": str(tmpdir)} if tmpdir is not None else None)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ finish, images only when asked, concurrent calls coalesced into one."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_server import KEY, Server, running
+from test_server import KEY, Server, helpers_alive, running
 from test_server_files import AuthDbServer
 
 pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
@@ -22,23 +21,10 @@ pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not i
 EMPTY = {"removed": 0, "failed": 0, "errors": []}
 
 
-def helpers(srv: Server) -> int:
-    """The server's sandbox helpers alive (its children named isol8-helper)."""
-    count = 0
-    for entry in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 :].rsplit(")", 1)
-        count += comm == "isol8-helper" and int(rest.split()[1]) == srv.proc.pid
-    return count
-
-
 def settled(srv: Server, expected: int = 0, timeout: float = 10) -> int:
     """Helpers alive once their count reached ``expected`` (stops reap them in their time)."""
     deadline = time.monotonic() + timeout
-    while (count := helpers(srv)) != expected and time.monotonic() < deadline:
+    while (count := helpers_alive(srv)) != expected and time.monotonic() < deadline:
         time.sleep(0.05)
     return count
 
@@ -91,7 +77,7 @@ def test_sessions_and_idle_engines_go_and_the_server_keeps_serving(server: Serve
     assert server.execute("print(1)")[0] == 200  # a shared engine with its warm pool
     assert server.execute("print(1)", memoryLimit="256m")[0] == 200  # another option set
     assert server.execute("open('/tmp/f', 'w').write('x')", session="s")[0] == 200
-    assert helpers(server) >= 2
+    assert helpers_alive(server) >= 2
     status, body = server.call("POST", "/cleanup")
     assert (status, body) == (
         200,

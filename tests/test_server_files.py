@@ -7,16 +7,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from test_server import KEY, Server, _free_port
+from test_server import KEY, Server
 
 pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
 
@@ -27,28 +24,7 @@ class AuthDbServer(Server):
     """``isol8 serve --auth-db PATH [ARGS...]``: API keys besides the master key."""
 
     def __init__(self, auth_db: Path, *args: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "isol8", "serve", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [*command, "--auth-db", str(auth_db), *args],
-            env={**os.environ, "ISOL8_API_KEY": KEY},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while not self._healthy():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError(f"the server did not start: {self.proc.stdout.read()}")
-            time.sleep(0.05)
-
-    def _healthy(self) -> bool:
-        try:
-            return self.call("GET", "/health", key=None)[0] == 200
-        except OSError:
-            return False
+        super().__init__(None, "--auth-db", str(auth_db), *args)
 
 
 @pytest.fixture(scope="module")

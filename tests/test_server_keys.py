@@ -5,10 +5,7 @@ keys that run code, revocation and expiry, and sessions that belong to the key t
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from test_server import KEY, Server, _free_port, running
+from test_server import KEY, Server, running
 
 pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
 
@@ -30,35 +27,7 @@ class KeyServer(Server):
     """``isol8 serve --auth-db PATH`` on a free loopback port."""
 
     def __init__(self, db: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "isol8",
-                "serve",
-                "--port",
-                str(self.port),
-                "--auth-db",
-                str(db),
-            ],
-            env={**os.environ, "ISOL8_API_KEY": KEY},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if self.call("GET", "/health", key=None)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError(f"the server did not start: {self.proc.stdout.read()}")
-            time.sleep(0.05)
+        super().__init__(None, "--auth-db", str(db))
 
     def new_key(self, name: str = "k", **fields: object) -> dict:
         status, made = self.call("POST", "/auth/keys", {"name": name, **fields})

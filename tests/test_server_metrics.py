@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -663,20 +662,6 @@ def scrape(srv, key: str | None = None) -> tuple[str, dict[str, dict[str, object
         return response.headers["Content-Type"], parse(response.read().decode())
 
 
-def helpers_alive(srv) -> int:
-    """The server's sandbox helpers (its children named isol8-helper; the sandbox's own
-    processes below them may share the name), counted from outside it by a /proc scan."""
-    count = 0
-    for entry in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 :].rsplit(")", 1)
-        count += comm == "isol8-helper" and int(rest.split()[1]) == srv.proc.pid
-    return count
-
-
 def test_metrics_needs_the_master_key(server):
     """Its counts span every tenant: 401 without a key, 403 with a wrong one (an API key's
     403 is in test_an_api_key_cannot_scrape)."""
@@ -733,6 +718,8 @@ def test_requests_count_by_route_template_never_by_url(server):
 
 
 def test_runs_and_gauges_follow_the_server(server):
+    from test_server import helpers_alive
+
     _, before = scrape(server)
     ok = {"runtime": "python", "mode": "persistent", "outcome": "ok"}
     runs = before["isol8_runs_total"]["samples"]
