@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
-from ..errors import InvalidRequest
 from ..result import StreamEvent
 from .errors import RemoteConnectionError
 from .transport import Refused, Transport
-from .wire import (Answer, Call, Core, EventReader, Rejected, RemoteExecutionResult,
-                   SessionInfo, error_from)
-
-WS_PATH = "/execute/ws"
-STREAMING = ("auto", "websocket", "sse")
-
+from .wire import (WS_PATH, Answer, Call, Core, EventReader, Rejected,
+                   RemoteExecutionResult, SessionInfo, error_from)
 
 class RemoteIsol8:
     """``Isol8``'s methods, results, events and exceptions, executed by the server at
@@ -41,14 +35,10 @@ class RemoteIsol8:
                  streaming: str = "auto", http_timeout: float | None = None,
                  max_retries: int = 3, max_retry_wait: float = 30.0,
                  **options: object) -> None:
-        if streaming not in STREAMING:
-            raise InvalidRequest(f"streaming: expected one of {', '.join(STREAMING)}, got "
-                                 f"{streaming!r}")
-        key = api_key if api_key is not None else os.environ.get("ISOL8_API_KEY")
-        self._core = Core(host, key, session_id, options, http_timeout=http_timeout,
-                          max_retries=max_retries, max_retry_wait=max_retry_wait)
+        self._core = Core(host, api_key, session_id, options, streaming=streaming,
+                          http_timeout=http_timeout, max_retries=max_retries,
+                          max_retry_wait=max_retry_wait)
         self._transport = Transport(self._core.base_url, self._core.headers)
-        self._streaming = streaming
         self._websocket = streaming != "sse"
 
     @property
@@ -138,7 +128,7 @@ class RemoteIsol8:
                     yield from _read(messages, self._transport.base_url + WS_PATH)
                     return
             except Refused as refused:
-                if self._streaming == "websocket":
+                if self._core.streaming == "websocket":
                     raise
                 # No WebSocket on this server: SSE from now on. Any other refusal: SSE for
                 # this call, whose answer carries the error's body (and Retry-After).

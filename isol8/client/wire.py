@@ -12,6 +12,7 @@ import base64
 import binascii
 import email.utils
 import json
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -106,13 +107,25 @@ class RemoteExecutionResult(ExecutionResult):
         return wire
 
 
+WS_PATH = "/execute/ws"
+STREAMING = ("auto", "websocket", "sse")
+
+
 class Core:
-    """Everything a remote client knows, and every decision it makes, without I/O."""
+    """Everything a remote client knows, and every decision it makes, without I/O. The sync
+    and async clients take the same arguments and hand them here whole."""
 
     def __init__(self, host: str, api_key: str | None, session_id: str | None,
-                 options: Mapping[str, object], *, http_timeout: float | None = None,
-                 max_retries: int = 3, max_retry_wait: float = 30.0) -> None:
+                 options: Mapping[str, object], *, streaming: str = "auto",
+                 http_timeout: float | None = None, max_retries: int = 3,
+                 max_retry_wait: float = 30.0) -> None:
         self.base_url = _base_url(host)
+        if streaming not in STREAMING:
+            raise InvalidRequest(f"streaming: expected one of {', '.join(STREAMING)}, got "
+                                 f"{streaming!r}")
+        self.streaming = streaming
+        if api_key is None:
+            api_key = os.environ.get("ISOL8_API_KEY")
         if session_id is not None and (not isinstance(session_id, str) or not session_id):
             raise InvalidRequest(f"session_id: expected a non-empty string, got {session_id!r}")
         self.session_id = session_id

@@ -184,13 +184,8 @@ class EngineRegistry:
                             if session.options.get(name) != options.get(name))
             if differ:
                 raise OptionsConflict(session_id, differ)
-        session.active += 1
-        session.touch()
-        try:
-            yield session.engine
-        finally:
-            session.active -= 1
-            session.touch()
+        async with _held(session) as engine:
+            yield engine
 
     @asynccontextmanager
     async def existing_session(self, owner: str,
@@ -202,13 +197,8 @@ class EngineRegistry:
         if session is None:
             yield None
             return
-        session.active += 1
-        session.touch()
-        try:
-            yield session.engine
-        finally:
-            session.active -= 1
-            session.touch()
+        async with _held(session) as engine:
+            yield engine
 
     def counts(self) -> tuple[int, int]:
         """(shared engines, sessions) alive, for the metrics' gauges."""
@@ -290,3 +280,16 @@ class EngineRegistry:
     def _check_open(self) -> None:
         if self._closed:
             raise ShuttingDown("the server is shutting down")
+
+
+@asynccontextmanager
+async def _held(session: Session) -> AsyncIterator[AsyncIsol8]:
+    """A session in use for the block: the pruner leaves an active session alone, and its
+    idle time counts from the block's end."""
+    session.active += 1
+    session.touch()
+    try:
+        yield session.engine
+    finally:
+        session.active -= 1
+        session.touch()
