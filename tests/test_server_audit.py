@@ -451,3 +451,22 @@ def test_a_run_whose_client_left_is_audited_as_cancelled(plain):
             got += chunk
     [record] = _lines_with(plain, code)
     assert record["outcome"] == "cancelled" and record["exitCode"] is None, record
+
+
+def test_blocked_requests_are_audited_even_when_the_client_asked_for_no_logs(plain, web):
+    """The log is the operator's: the server logs a filtered run's requests for it, and
+    the answer still has no networkLogs, since the client did not ask for them."""
+    code = ("import urllib.request, urllib.error\n"
+            "try:\n"
+            "    urllib.request.urlopen('http://other.test/quiet', timeout=10)\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    print(e.code)\n")
+    result, record = plain.run(
+        {"code": code, "runtime": "python"},
+        {"network": "filtered", "networkFilter": {
+            "whitelist": [r"^good\.test$"], "allowPrivate": True,
+            "hosts": {"good.test": f"127.0.0.1:{web}"}}})
+    assert result["stdout"] == "403", result
+    assert "networkLogs" not in result, result
+    assert _types(record) == ["network_blocked"], record
+    assert record["securityEvents"][0]["details"]["path"] == "/quiet"

@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from ..async_engine import AsyncIsol8
@@ -34,10 +35,24 @@ def policed(state: Any, body: object, owner: str) -> tuple[ExecuteBody, list[Cla
     (host network, no seccomp...) is what an audit log is for."""
     parsed = parse_execute(body)
     try:
-        return state.policy.apply(parsed)  # type: ignore[no-any-return]
+        parsed, clamped = state.policy.apply(parsed)
     except InvalidRequest as exc:
         state.audit.failed(owner, parsed, "refused", exc)
         raise
+    if (state.audit.path is not None and parsed.options.get("network") == "filtered"
+            and parsed.options.get("logNetwork") is not True):
+        # A blocked request is a security event whether or not the client asked for logs.
+        parsed.options["logNetwork"] = True
+        parsed = replace(parsed, logs_for_audit=True)
+    return parsed, clamped
+
+
+def answer(result: ExecutionResult, parsed: ExecuteBody) -> dict[str, object]:
+    """The result's wire form, as the client asked for it."""
+    wire = result.to_dict()
+    if parsed.logs_for_audit:
+        wire.pop("networkLogs", None)
+    return wire
 
 
 def mode_of(parsed: ExecuteBody) -> str:

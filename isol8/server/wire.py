@@ -168,6 +168,9 @@ class ExecuteBody:
     session_id: str | None
     request: dict[str, object]
     options: dict[str, object] = field(default_factory=dict)
+    # The server turned logNetwork on for its audit log, not for the client: the result's
+    # networkLogs are the log's, and left out of the answer.
+    logs_for_audit: bool = False
 
 
 def parse_execute(body: object) -> ExecuteBody:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from .. import errors
 from ..auth import require_key
-from ..runs import decode, engine_for, finished, policed
+from ..runs import answer, decode, engine_for, finished, policed
 from ..schema import EXECUTE_REQUEST_BODY, ExecutionResultWire
 from ..wire import request_kwargs
 
@@ -30,7 +30,7 @@ async def execute(request: Request, owner: str = Depends(require_key)) -> JSONRe
     async with engine_for(state, owner, parsed) as engine:
         result = await engine.execute(**kwargs)
     finished(state, owner, parsed, result)
-    wire = result.to_dict()
+    wire = answer(result, parsed)
     if clamped:  # isol8's addition; upstream's clients ignore it
         wire["clamped"] = [c.to_dict() for c in clamped]
     return JSONResponse(wire)
