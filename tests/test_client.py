@@ -461,7 +461,7 @@ def _busy(srv: Server, seconds: float) -> Iterator[None]:
 @pytest.mark.parametrize("streaming", [None, "websocket", "sse"])
 def test_429_is_capacity_exceeded_with_retry_after(connect, one_slot, streaming):
     client = connect(srv=one_slot, max_retries=0, streaming=streaming or "auto")
-    with _busy(one_slot, 3):
+    with _busy(one_slot, 1.5):
         with pytest.raises(CapacityExceeded) as refused:
             if streaming is None:
                 client.execute("print(1)")
@@ -474,7 +474,7 @@ def test_429_is_capacity_exceeded_with_retry_after(connect, one_slot, streaming)
 def test_429_is_retried_after_retry_after(connect, one_slot, streaming):
     """A 429 was refused before anything ran: repeating it is safe, after Retry-After."""
     client = connect(srv=one_slot, max_retries=10, streaming=streaming or "auto")
-    with _busy(one_slot, 2):
+    with _busy(one_slot, 1.2):
         started = time.monotonic()
         if streaming is None:
             assert client.execute("print(1)").stdout == "1"
