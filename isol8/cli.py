@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="what this host supports, and what isol8 does about it")
 
+    cl = sub.add_parser("cleanup", help="remove what supervisors that died without stopping "
+                                        "their engines left behind (cgroups, uid leases, "
+                                        "their processes)")
+    cl.add_argument("--dry-run", action="store_true",
+                    help="list what would be removed, and why, and remove nothing")
+
     se = sub.add_parser("session", help="list or stop your sessions on an isol8 serve")
     session_sub = se.add_subparsers(dest="session_command", required=True)
     _remote_arguments(session_sub.add_parser("list", help="your sessions on the server"),
@@ -383,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
             from .doctor import main as doctor_main
 
             return doctor_main()
+        if args.command == "cleanup":
+            from .cleanup import main as cleanup_main
+
+            return cleanup_main(args.dry_run)
         if args.command == "serve":
             return _serve(args, parser)
         if args.command == "session":
