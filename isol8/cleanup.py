@@ -58,8 +58,9 @@ def cleanup(dry_run: bool = False) -> list[Finding]:
     """Find (and unless ``dry_run``, remove) what dead supervisors left; every finding."""
     found: list[Finding] = []
     seen: set[int] = set()  # a sandbox's processes are in its leaf on every hierarchy
+    elsewhere = _namespaced_pids()
     for directory in engine_dirs():
-        found += _cgroup(directory, dry_run, seen)
+        found += _cgroup(directory, dry_run, seen, elsewhere)
     if identity.maps_foreign_ids():
         for uid in _leased_uids():
             found += _lease(uid, dry_run, seen)
@@ -100,11 +101,15 @@ def _cgroup_mounts() -> list[str]:
     return sorted(set(mounts))
 
 
-def stale_reason(name: str) -> str | None:
-    """Why the engine directory ``name`` is a dead owner's, or None if its owner may live."""
+def stale_reason(name: str, elsewhere: set[tuple[int, str]]) -> str | None:
+    """Why the engine directory ``name`` is a dead owner's, or None if its owner may live.
+    ``elsewhere``: (pid, start time) of every process in every pid namespace we see (a
+    supervisor in a container names its pid there; start times count from boot in all)."""
     if cgroups.owner_alive(name):
         return None
     boot, pid, start, _ = name[len("isol8-"):].split("-")
+    if boot == cgroups._boot_id() and (int(pid), start) in elsewhere:
+        return None
     if boot != cgroups._boot_id():
         return f"made in another boot ({boot})"
     now = cgroups._start_time(int(pid))
@@ -113,9 +118,10 @@ def stale_reason(name: str) -> str | None:
     return f"pid {pid} now runs another process (started at {now}, not {start})"
 
 
-def _cgroup(directory: str, dry_run: bool, seen: set[int]) -> list[Finding]:
+def _cgroup(directory: str, dry_run: bool, seen: set[int],
+            elsewhere: set[tuple[int, str]]) -> list[Finding]:
     name = os.path.basename(directory)
-    why = stale_reason(name)
+    why = stale_reason(name, elsewhere)
     if why is None:
         owner = name.split("-")[2]
         return [Finding("cgroup", directory, "kept", f"owner alive (pid {owner})")]
@@ -193,30 +199,37 @@ def _try_write(path: str, text: str) -> None:
 # -- uid leases (root) -----------------------------------------------------------------------------
 
 def _leased_uids() -> list[int]:
-    """Uids with a lease file, and uids of the default range that processes run as (a
-    lease file removed behind their back: /run cleaned)."""
+    """Uids with a lease file. Processes of the range's uids without one are not looked
+    for: another lease directory (a container's own /run) may be theirs."""
     try:
-        uids = {int(n) for n in os.listdir(identity.LEASE_DIR) if n.isdigit()}
+        return sorted(int(n) for n in os.listdir(identity.LEASE_DIR) if n.isdigit())
     except OSError:
-        uids = set()
-    start, count = identity.default_uid_range()
-    uids |= {uid for _, uid in _processes() if start <= uid < start + count}
-    return sorted(uids)
+        return []
 
 
 def _lease(uid: int, dry_run: bool, seen: set[int]) -> list[Finding]:
+    """The uid's processes and lease file, while we hold its lock (a shared test lock for a
+    dry run): no supervisor can lease the uid meanwhile."""
     path = f"{identity.LEASE_DIR}/{uid}"
-    exists = os.path.exists(path)
-    fd = _lock(path, create=not dry_run)
-    if fd is None:
-        return [Finding("lease", path, "kept", "owner alive (its lock is held)")]
     try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []  # released meanwhile
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if dry_run else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return []  # released and unlinked meanwhile: a new file is someone else's
+        except BlockingIOError:
+            return [Finding("lease", path, "kept", "owner alive (its lock is held)")]
+        except FileNotFoundError:
+            return []
         why = "its holder is gone (the lock is free)"
         found = [_process(pid, f"as leased uid {uid}", lambda p: _real_uid(p) == uid, dry_run,
                           kill=True)
                  for pid, real in _processes() if real == uid and pid not in seen]
         if dry_run:
-            return [*found, *([Finding("lease", path, "would remove", why)] if exists else [])]
+            return [*found, Finding("lease", path, "would remove", why)]
         _wait_gone(lambda: any(real == uid for _, real in _processes()))
         # Unlinked while the lock is held: identity.acquire checks the inode after locking,
         # so a supervisor that opened the old file retries.
@@ -224,30 +237,9 @@ def _lease(uid: int, dry_run: bool, seen: set[int]) -> list[Finding]:
             os.unlink(path)
         except OSError as exc:
             return [*found, Finding("lease", path, "failed", f"{why}; {exc.strerror}")]
-        return [*found, *([Finding("lease", path, "removed", why)] if exists else [])]
+        return [*found, Finding("lease", path, "removed", why)]
     finally:
         os.close(fd)
-
-
-def _lock(path: str, create: bool) -> int | None:
-    """The lease file locked by us (a shared test lock for a dry run), or None if someone
-    holds it. A file that does not exist is free; it is created so that the lock keeps
-    supervisors off the uid while its processes are killed."""
-    flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
-    if create:
-        os.makedirs(identity.LEASE_DIR, mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # dry run: nothing to hold
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if not create else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        if create and os.stat(path).st_ino != os.fstat(fd).st_ino:
-            raise BlockingIOError  # released and unlinked meanwhile: someone else's turn
-    except (BlockingIOError, FileNotFoundError):
-        os.close(fd)
-        return None
-    return fd
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -259,6 +251,24 @@ def _processes() -> Iterator[tuple[int, int]]:
             uid = _real_uid(int(name))
             if uid is not None:
                 yield int(name), uid
+
+
+def _namespaced_pids() -> set[tuple[int, str]]:
+    """(pid, start time) of every process, for each pid it has in a nested pid namespace
+    (NSpid in status)."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        start = cgroups._start_time(int(name))
+        try:
+            with open(f"/proc/{name}/status") as fh:
+                nspids = next((line.split()[2:] for line in fh if line.startswith("NSpid:")),
+                              [])
+        except OSError:
+            continue
+        found |= {(int(pid), start) for pid in nspids}
+    return found
 
 
 def _real_uid(pid: int) -> int | None:

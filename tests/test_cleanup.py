@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from isol8 import cleanup, identity
+from isol8 import cgroups, cleanup, identity
 
 # A supervisor: a persistent session that leaves a daemon (`sleep 600` with a unique marker
 # as its argv[0]), then runs
@@ -85,13 +86,18 @@ class Supervisor:
 
 
 def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        return [int(p) for p in fh.read().split()]
+    """Of every thread: a child is listed under the thread that made it."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            found += [int(p) for p in fh.read().split()]
+    return found
 
 
-def _start() -> Supervisor:
+def _start(prefix: list[str] | None = None) -> Supervisor:
     marker = f"isol8-cleanup-{uuid.uuid4().hex}"
-    proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, marker], text=True,
+    proc = subprocess.Popen([*(prefix or []), sys.executable, "-c", _SUPERVISOR, marker],
+                            text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     sup = Supervisor(proc, marker)
     assert proc.stdout and proc.stdout.readline().strip() == "ready"
@@ -229,3 +235,33 @@ def test_stuck_helper_sandbox_killed_live_one_untouched(
     finally:
         for pid in helpers:  # reparented, stopped: nothing else would end them (the init's
             os.kill(pid, signal.SIGKILL)  # death ends the rest of its pid namespace)
+
+
+def _engine_dirs_of(pid: int) -> list[str]:
+    """The engine directories holding a sandbox process, from its own /proc/<pid>/cgroup."""
+    with open(f"/proc/{pid}/cgroup") as fh:
+        names = {m.group(0) for m in re.finditer(r"isol8-[0-9a-f]{8}-[0-9]+-[0-9]+-[0-9]+",
+                                                 fh.read())}
+    return [d for d in cleanup.engine_dirs() if os.path.basename(d) in names]
+
+
+def test_live_supervisor_in_its_own_pid_namespace_kept(supervisors: list[Supervisor]) -> None:
+    """A supervisor in a container names its cgroups after its pid there, which here is
+    another process's or none: its pid namespace's pids and start times prove it alive."""
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    live = _start(unshare if os.geteuid() == 0 else [*unshare[:1], "--user", "--map-root-user",
+                                                      *unshare[1:]])
+    supervisors.append(live)
+    daemon = live.daemon(5)
+    assert daemon
+    live_cgroups, lease = _engine_dirs_of(daemon), _lease_of(daemon)
+    # Positive control: by its pid in our namespace alone, its owner would look dead.
+    assert not any(cgroups.owner_alive(os.path.basename(d)) for d in live_cgroups)
+    if os.geteuid() == 0:
+        assert live_cgroups
+
+    code, out = _cleanup()
+    assert code == 0, out
+    assert all(line.startswith("kept cgroup ") for line in _lines(out, *live_cgroups))
+    assert len(_lines(out, *live_cgroups)) == len(live_cgroups)
+    _assert_intact(live, live_cgroups, lease)
