@@ -14,7 +14,8 @@ up, and the sandbox's init has PR_SET_PDEATHSIG toward the helper), but these st
 A thing is stale only when its owner is provably gone, and a live supervisor's are never
 touched: a cgroup when its name's boot id is not this boot's, or its pid is gone or runs a
 process with another start time (isol8.cgroups.owner_alive, which the engines' own reclaim
-uses); a uid's processes and lease only while cleanup holds that uid's lease lock itself, so
+uses) and no process of a nested pid namespace (a container's supervisor names its pid
+there) has that pid and start time either; a uid's processes and lease only while cleanup holds that uid's lease lock itself, so
 no supervisor can lease it meanwhile. A process is killed through a pidfd taken before its
 membership (cgroup, or real uid) is checked again, so a pid reused meanwhile is not hit.
 
@@ -58,8 +59,10 @@ def cleanup(dry_run: bool = False) -> list[Finding]:
     """Find (and unless ``dry_run``, remove) what dead supervisors left; every finding."""
     found: list[Finding] = []
     seen: set[int] = set()  # a sandbox's processes are in its leaf on every hierarchy
+    directories = engine_dirs()
+    # After the listing: an owner alive when its directory was listed is in it.
     elsewhere = _namespaced_pids()
-    for directory in engine_dirs():
+    for directory in directories:
         found += _cgroup(directory, dry_run, seen, elsewhere)
     if identity.maps_foreign_ids():
         for uid in _leased_uids():
