@@ -87,15 +87,15 @@ def owner_name() -> str:
     """``isol8-<boot id>-<pid>-<start time>-<engine>``: enough to tell a live owner from a
     dead one, and two engines of one process apart."""
     pid = os.getpid()
-    return f"{_PREFIX}{_boot_id()}-{pid}-{_start_time(pid)}-{next(_engine_seq)}"
+    return f"{_PREFIX}{boot_id()}-{pid}-{start_time(pid)}-{next(_engine_seq)}"
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id") as fh:
         return fh.read().strip().replace("-", "")[:8]
 
 
-def _start_time(pid: int) -> str:
+def start_time(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[19]
@@ -108,7 +108,7 @@ def owner_alive(name: str) -> bool:
     if len(parts) != 4 or not parts[1].isdigit():
         return True  # not ours to judge: leave it alone
     boot, pid, start, _ = parts
-    return boot == _boot_id() and _start_time(int(pid)) == start
+    return boot == boot_id() and start_time(int(pid)) == start
 
 
 def _write(path: str, text: str) -> None:

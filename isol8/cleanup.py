@@ -111,11 +111,11 @@ def stale_reason(name: str, elsewhere: set[tuple[int, str]]) -> str | None:
     if cgroups.owner_alive(name):
         return None
     boot, pid, start, _ = name[len("isol8-"):].split("-")
-    if boot == cgroups._boot_id() and (int(pid), start) in elsewhere:
+    if boot == cgroups.boot_id() and (int(pid), start) in elsewhere:
         return None
-    if boot != cgroups._boot_id():
+    if boot != cgroups.boot_id():
         return f"made in another boot ({boot})"
-    now = cgroups._start_time(int(pid))
+    now = cgroups.start_time(int(pid))
     if now == "gone":
         return f"its owner, pid {pid}, is gone"
     return f"pid {pid} now runs another process (started at {now}, not {start})"
@@ -263,7 +263,7 @@ def _namespaced_pids() -> set[tuple[int, str]]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        start = cgroups._start_time(int(name))
+        start = cgroups.start_time(int(name))
         try:
             with open(f"/proc/{name}/status") as fh:
                 nspids = next((line.split()[2:] for line in fh if line.startswith("NSpid:")),
