@@ -27,6 +27,10 @@ KEY = "test-master-key-1f3a"
 SEED_CURL = """curl -X POST http://localhost:3000/execute -H "Authorization: Bearer $ISOL8_API_KEY" -H "Content-Type: application/json" -d '{"sessionId": "agent-session-123", "request": { "code": "print(2**8)", "runtime": "python" }, "options": { "timeoutMs": 15000, "network": "none" }}'"""  # noqa: E501
 
 
+# isol8 serve with the tests' loopback-only resolver and connector (see the script).
+SERVE = Path(__file__).with_name("serve_loopback.py")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,7 +45,7 @@ class Server:
                  env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "isol8", "serve", "--port", str(self.port), *flags]
+        args = [sys.executable, str(SERVE), "serve", "--port", str(self.port), *flags]
         if config is not None:
             args += ["--config", str(config)]
         self.proc = subprocess.Popen(args, env={**os.environ, "ISOL8_API_KEY": KEY,
