@@ -13,13 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .etc import etc_plan
-from .protocol import (BindDev, BindHost, BindRO, Devpts, Dir, MountOp, Proc, ReadOnlySelf,
+from ..etc import etc_plan
+from ..protocol import (BindDev, BindHost, BindRO, Devpts, Dir, MountOp, Proc, ReadOnlySelf,
                        Symlink, Tmpfs)
-from .runtimes import SANDBOX_HOME
+from ..runtimes import SANDBOX_HOME
 
 if TYPE_CHECKING:
-    from .policy import Mount
+    from ..policy import Mount
 
 # Top-level usrmerge links (or, on a non-merged host, directories) runtimes load from.
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
