@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--dry-run", action="store_true",
                     help="list what would be removed, and why, and remove nothing")
 
+    from .images.command import add_parser as add_image_parser
+
+    add_image_parser(sub)
+
     se = sub.add_parser("session", help="list or stop your sessions on an isol8 serve")
     session_sub = se.add_subparsers(dest="session_command", required=True)
     _remote_arguments(session_sub.add_parser("list", help="your sessions on the server"),
@@ -393,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
             from .cleanup import main as cleanup_main
 
             return cleanup_main(args.dry_run)
+        if args.command == "image":
+            from .images.command import main as image_main
+
+            return image_main(args)
         if args.command == "serve":
             return _serve(args, parser)
         if args.command == "session":
