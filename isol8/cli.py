@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tmp-size", help="size of the /tmp tmpfs (default 256m)")
     ex.add_argument("--tmp-exec", action="store_true",
                     help="allow running programs from /tmp (noexec by default, as upstream)")
+    ex.add_argument("--image", metavar="NAME|PATH",
+                    help="the root filesystem: an image of the store (isol8 image list) or a "
+                         "directory you own; default: the host's /usr (read-only)")
     ex.add_argument("--net", choices=("none", "host", "filtered"), default="none",
                     help="network mode (default none); filtered: HTTP(S) by hostname policy")
     ex.add_argument("--allow", action="append", default=[], metavar="REGEX",
@@ -207,6 +210,8 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                   "tmp_exec": args.tmp_exec}
     if args.persistent:
         options["mode"] = "persistent"
+    if args.image is not None:
+        options["rootfs"] = args.image
     if args.allow or args.deny or args.pin or args.allow_private:
         options["network_filter"] = {"whitelist": args.allow, "blacklist": args.deny,
                                      "hosts": dict(args.pin),

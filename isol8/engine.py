@@ -99,6 +99,7 @@ class Isol8:
         self._cgroups: cgroups.EngineCgroups | None = None
         self._enforced: dict[str, str | None] = {}
         self._max_file = 0
+        self._root = images.Root("/", "the host's /usr")
         self._finalizer: weakref.finalize | None = None
         self._lock = threading.Lock()
         self._session: Session | None = None  # persistent mode's one sandbox
@@ -160,9 +161,10 @@ class Isol8:
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
         sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
         filtered = self._filtered
+        root = images.resolve(opts.rootfs)
         mounts = images.host_plan(
             sizes, host_network=opts.network == "host", tmp_exec=opts.tmp_exec,
-            mounts=opts.mounts, resolv_conf=RESOLV_CONF if filtered else b"")
+            mounts=opts.mounts, resolv_conf=RESOLV_CONF if filtered else b"", root=root.path)
         nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
         engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
                                                limits.v1_wanted(nproc_applies))
@@ -181,6 +183,7 @@ class Isol8:
             watch_paths=images.WRITABLE_TMPFS if watchdog else (),
         ))
         self._enforced = enforced
+        self._root = root
         if filtered:
             filtered.start()  # the proxies' loop runs until stop()
         # No file can outgrow its tmpfs, which answers ENOSPC; RLIMIT_FSIZE sits one page
@@ -350,9 +353,9 @@ class Isol8:
         as long as the run (ephemeral) or the session (persistent), whatever ends it."""
         timeout = positive_int(request.timeout_ms, "timeout_ms") \
             if request.timeout_ms is not None else self.options.timeout_ms
-        stages, runtime_name = self._stages(request)
-        if self._config_body is None:
+        if self._config_body is None:  # first: the root the runtimes are looked up in
             self._start_engine(self._prewarm)
+        stages, runtime_name = self._stages(request)
         opts = self.options
         cap = max_output or opts.max_output_size
         # get_file's own output is file content: masking could corrupt it, and the caller
@@ -600,7 +603,7 @@ class Isol8:
         output_paths = validated_output_paths(request.output_paths)
         script = validated_setup_script(request.setup_script)
         if script is not None or has_cmd:
-            _require_binary(BASH, "bash")
+            _require_binary(self._root, BASH, "bash")
         setup = None
         if script is not None:  # files first, then the script: it sees them
             setup, files = setup_spec(script, full_env, files), []
@@ -610,7 +613,7 @@ class Isol8:
             return Stages(main, setup, output_paths), request.runtime or "bash"
         assert code is not None
         rt = get_runtime(request.runtime or "python")
-        _require_binary(rt.binary, rt.name)
+        _require_binary(self._root, rt.binary, rt.name)
         extension = (_validated_extension(request.file_extension) if request.file_extension
                      else rt.extension)
         path = f"{SANDBOX_HOME}/main{extension}"
@@ -638,12 +641,14 @@ def _limits_reached(outcome: RunOutcome, usage: cgroups.Usage) -> list[str]:
         timeout=outcome.timed_out)
 
 
-def _require_binary(path: str, name: str) -> None:
-    if not images.binary_exists(path):
-        raise RuntimeNotAvailable(
-            f"runtime '{name}' is not available: {path} does not exist in the sandbox's root "
-            f"filesystem (the host's /usr); install it on the host (e.g. apt-get install "
-            f"{ {'python': 'python3', 'node': 'nodejs'}.get(name, name) })")
+def _require_binary(root: images.Root, path: str, name: str) -> None:
+    if images.binary_exists(root.path, path):
+        return
+    package = {"python": "python3", "node": "nodejs"}.get(name, name)
+    fix = (f"install it on the host (e.g. apt-get install {package})" if root.is_host
+           else f"use an image that has it (e.g. isol8 image build {name})")
+    raise RuntimeNotAvailable(f"runtime '{name}' is not available: {path} does not exist in "
+                              f"the sandbox's root filesystem ({root.label}); {fix}")
 
 
 def _validated_extension(ext: str) -> str:

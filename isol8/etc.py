@@ -127,34 +127,51 @@ _FALLBACKS = {"services": SERVICES, "protocols": PROTOCOLS}
 _RESOLVER = ("resolv.conf", "hosts")
 
 
-def etc_plan(*, host_network: bool, host_etc: str = "/etc",
+def etc_plan(*, host_network: bool, tables: str = "/etc", confined: bool = False,
              resolv_conf: bytes = b"") -> list[MountOp]:
     """The ops that build ``/etc`` in the new root, which turns read-only after setup.
     ``resolv_conf``: the sandbox's own resolver file when it has its own network (filtered
     mode points it at the supervisor's DNS); empty, nothing resolves.
 
-    ``host_etc`` is where the host's tables are read from (a test points it elsewhere to
-    exercise the fallbacks); inside the sandbox they always land under ``/etc``."""
+    ``tables`` is where the distribution's tables are read from: the host's ``/etc`` (which
+    a test points elsewhere to exercise the fallbacks) or an image's. ``confined`` (an image): a table that is a symlink is recreated as one, to
+    resolve inside the sandbox, and one below a symlinked directory is left out, so the host
+    path bound is always inside the image. Inside the sandbox they always land under
+    ``/etc``; the resolver files shared with the host's network are always the host's."""
     ops: list[MountOp] = [
         Dir("/etc"), File("/etc/passwd", PASSWD), File("/etc/group", GROUP),
         File("/etc/hostname", HOSTNAME.encode() + b"\n"), File("/etc/nsswitch.conf", NSSWITCH),
     ]
     for name in HOST_TABLES + FALLBACK_TABLES:
-        source, target = os.path.join(host_etc, name), "/etc/" + name
-        if os.path.islink(source) and os.path.realpath(source).startswith("/usr/"):
+        source, target = os.path.join(tables, name), "/etc/" + name
+        if confined and not _plain_below(tables, name):
+            source = ""
+        if source and os.path.islink(source) and (
+                confined or os.path.realpath(source).startswith("/usr/")):
             # os-release and localtime are links into /usr, which the sandbox has too.
             ops.append(Symlink(os.readlink(source), target))
-        elif os.path.exists(source):
+        elif source and os.path.exists(source):
             ops.append(BindRO(source, target))
         elif name in _FALLBACKS:
             ops.append(File(target, _FALLBACKS[name]))
     if host_network:
         # Sharing the host's network means sharing its resolver and names.
-        ops += [_copy_or_empty(os.path.join(host_etc, name), "/etc/" + name)
+        ops += [_copy_or_empty(os.path.join("/etc", name), "/etc/" + name)
                 for name in _RESOLVER]
     else:
         ops += [File("/etc/hosts", HOSTS), File("/etc/resolv.conf", resolv_conf)]
     return ops
+
+
+def _plain_below(tables: str, name: str) -> bool:
+    """No symlink on the way from ``tables`` to ``name`` (itself may be one), nor
+    ``tables`` itself."""
+    path = tables
+    for part in [""] + name.split("/")[:-1]:
+        path = os.path.join(path, part) if part else path
+        if os.path.islink(path):
+            return False
+    return True
 
 
 def per_sandbox_plan() -> tuple[MountOp, ...]:

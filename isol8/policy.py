@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from . import _paths
 from .errors import InvalidRequest
+from .images.root import validated_rootfs
 from .identity import (DEFAULT_UID_RANGE, LEASE_DIR, default_uid_range, maps_foreign_ids,
                        validate_uid_range)
 from .limits import Limits
@@ -302,6 +303,7 @@ class EngineOptions:
     mounts: tuple[Mount, ...] = ()
     network_filter: NetworkFilter | None = None  # network="filtered" only
     log_network: bool = False
+    rootfs: str = "host"  # "host", an image name or a path (isol8.images.root)
 
     @classmethod
     def build(cls, *, mode: str = "ephemeral", network: str = "none", timeout_ms: int = 30_000,
@@ -313,7 +315,7 @@ class EngineOptions:
               cgroup_parent: str | None = None,
               secrets: dict[str, str] | None = None,
               mounts: object = None, network_filter: object = None,
-              log_network: bool = False) -> "EngineOptions":
+              log_network: bool = False, rootfs: object = "host") -> "EngineOptions":
         parent = cgroup_parent or os.environ.get("ISOL8_CGROUP_PARENT") or None
         if parent is not None and not os.path.isabs(parent):
             raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
@@ -342,4 +344,5 @@ class EngineOptions:
             uid_range=(default_uid_range() if uid_range is None
                        else validate_uid_range(uid_range)),
             mounts=validated_mounts(mounts),
+            rootfs=validated_rootfs(rootfs),
         )

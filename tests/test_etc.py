@@ -7,7 +7,8 @@ import re
 import socket
 import subprocess
 
-from isol8 import Isol8, etc, images
+from isol8 import Isol8, etc
+from isol8.images import plan
 
 from conftest import run_py
 
@@ -47,8 +48,8 @@ def test_builtin_tables_serve_a_host_without_netbase(tmp_path, monkeypatch):
     sandbox gets the built-in tables, and the same lookups work."""
     assert os.path.exists("/etc/services")  # this host has them: the fallback is the point
     real_plan = etc.etc_plan
-    monkeypatch.setattr(images, "etc_plan",
-                        lambda **kw: real_plan(host_etc=str(tmp_path), **kw))
+    monkeypatch.setattr(plan, "etc_plan",
+                        lambda **kw: real_plan(**{**kw, "tables": str(tmp_path)}))
     with Isol8() as engine:
         r = engine.execute(LOOKUPS + "print(open('/etc/services').read().count('\\n'))")
     assert r.exit_code == 0, r.stderr

@@ -268,6 +268,7 @@ def test_unknown_route_and_method_keep_the_error_shape(server):
      "options.networkFilter.hosts"),
     ({"readonlyRootFs": False}, "options.readonlyRootFs"),
     ({"image": "python:3.12"}, "options.image"),
+    ({"image": "/usr"}, "options.image"),
     ({"persist": True}, "options.persist"),
 ])
 def test_unsafe_options_are_refused(server, options, field):

@@ -88,3 +88,24 @@ def test_bad_capacity_values_name_the_key(section, named):
 def test_the_capacity_section_must_be_a_table():
     with pytest.raises(InvalidRequest, match="capacity: expected a table"):
         ServerPolicy.from_mapping({"capacity": [1]})
+
+
+def test_images_limit_what_clients_may_run_on():
+    """``images`` lists the store images a client may name in options.image; absent, any
+    store image; a path or a registry reference never (it would mount a host directory)."""
+    from isol8.server.wire import ExecuteBody, WireError
+
+    def apply(policy: ServerPolicy, image: str) -> dict[str, object]:
+        body = ExecuteBody(None, {"code": "1"}, {"image": image})
+        return policy.apply(body)[0].options
+
+    assert apply(ServerPolicy.default(), "python")["image"] == "python"
+    limited = ServerPolicy.from_mapping({"images": ["node"]})
+    assert apply(limited, "node")["image"] == "node"
+    with pytest.raises(WireError, match="'python' is not allowed by the server policy"):
+        apply(limited, "python")
+    for image in ("/srv/root", "python:3.12", "../x"):
+        with pytest.raises(WireError, match="host paths and registry references"):
+            apply(ServerPolicy.default(), image)
+    with pytest.raises(InvalidRequest, match="images: expected a list of image names"):
+        ServerPolicy.from_mapping({"images": "python"})

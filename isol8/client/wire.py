@@ -35,7 +35,7 @@ OPTION_NAMES = {
     "max_output_size": "maxOutputSize", "sandbox_size": "sandboxSize", "tmp_size": "tmpSize",
     "timeout_ms": "timeoutMs", "secrets": "secrets", "log_network": "logNetwork",
     "tmp_exec": "tmpExec", "strict_limits": "strictLimits", "repl": "repl",
-    "mounts": "mounts", "seccomp": "security",
+    "mounts": "mounts", "seccomp": "security", "rootfs": "image",
 }
 FILTER_NAMES = {"whitelist": "whitelist", "blacklist": "blacklist",
                 "allow_private": "allowPrivate", "hosts": "hosts",

@@ -5,8 +5,10 @@ store (isol8.images.store), and the safe importer every image goes through, buil
 imported alike (isol8.images.extract, isol8.images.oci).
 """
 
-from .plan import (SHM_SIZE, WRITABLE_TMPFS, TmpfsSizes, binary_exists, host_plan,
-                   inode_cap)
+from .plan import SHM_SIZE, WRITABLE_TMPFS, TmpfsSizes, host_plan, inode_cap
+from .root import HOST, Root, binary_exists, resolve, validated_rootfs
+from .store import Image, ImageNotFound, ImageStore
 
-__all__ = ["SHM_SIZE", "WRITABLE_TMPFS", "TmpfsSizes", "binary_exists", "host_plan",
-           "inode_cap"]
+__all__ = ["HOST", "SHM_SIZE", "WRITABLE_TMPFS", "Image", "ImageNotFound", "ImageStore", "Root",
+           "TmpfsSizes", "binary_exists", "host_plan", "inode_cap", "resolve",
+           "validated_rootfs"]

@@ -4,6 +4,11 @@
 and a synthesized ``/etc`` holding only what runtimes need. Nothing else of the host is
 visible: no ``/home``, ``/root``, ``/run`` or ``/var`` (host unix sockets under ``/run``
 would bypass any network namespace), and no ``/sys``.
+
+An image (isol8.images.root) gives the same shape from its own tree: its ``/usr``, its
+usrmerge links and ``/opt``, read-only, and ``/etc`` synthesized the same way with the
+image's tables (its loader cache, CA roots, alternatives). Everything else is identical, so
+a run on an image is confined exactly as one on the host's root.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from ..etc import etc_plan
 from ..protocol import (BindDev, BindHost, BindRO, Devpts, Dir, MountOp, Proc, ReadOnlySelf,
                        Symlink, Tmpfs)
 from ..runtimes import SANDBOX_HOME
+from .root import plain
 
 if TYPE_CHECKING:
     from ..policy import Mount
 
 # Top-level usrmerge links (or, on a non-merged host, directories) runtimes load from.
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# An image's own software may also live here (the host's /opt is not the sandboxes' business).
+_IMAGE_TOP_LEVEL = ("opt",)
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Kernel knobs that stay visible but read-only (bubblewrap covers the same set).
 _PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
@@ -44,22 +52,18 @@ def inode_cap(size: int) -> int:
 
 
 def host_plan(sizes: TmpfsSizes, *, host_network: bool, tmp_exec: bool = False,
-              mounts: Iterable[Mount] = (), resolv_conf: bytes = b"") -> tuple[MountOp, ...]:
-    """The mount plan of the ``host`` root filesystem, in the order the helper runs it.
+              mounts: Iterable[Mount] = (), resolv_conf: bytes = b"",
+              root: str = "/") -> tuple[MountOp, ...]:
+    """The mount plan of a root filesystem (``/``: the host's), in the order the helper
+    runs it.
 
     ``mounts`` (the engine option, validated by isol8.policy) come last: their mount points
     under /sandbox are created in its tmpfs, mounted by then; those under /mnt in the new
     root's own tmpfs, which turns read-only with it (only the mounts themselves can be
     writable)."""
-    ops: list[MountOp] = [BindRO("/usr", "/usr")]
-    for name in _TOP_LEVEL:
-        path = "/" + name
-        if os.path.islink(path):
-            ops.append(Symlink(os.readlink(path), path))
-        elif os.path.isdir(path):
-            ops.append(BindRO(path, path))
-
-    ops += etc_plan(host_network=host_network, resolv_conf=resolv_conf)
+    ops = _system_plan(root)
+    ops += etc_plan(host_network=host_network, resolv_conf=resolv_conf,
+                    tables=os.path.join(root, "etc"), confined=root != "/")
 
     ops += [
         Tmpfs(SANDBOX_HOME, sizes.sandbox, inode_cap(sizes.sandbox), mode=0o755),
@@ -89,6 +93,16 @@ def host_plan(sizes: TmpfsSizes, *, host_network: bool, tmp_exec: bool = False,
     return tuple(ops)
 
 
-def binary_exists(path: str) -> bool:
-    """Whether the host root filesystem offers an executable at this sandbox path."""
-    return os.access(path, os.X_OK) and os.path.isfile(path)
+def _system_plan(root: str) -> list[MountOp]:
+    """``/usr`` and the top-level links or directories beside it, from ``root``. In an image
+    a symlink is recreated (it resolves inside the sandbox) and only a plain directory is
+    bound (isol8.images.root.plain), so no host path outside the image is ever mounted."""
+    ops: list[MountOp] = []
+    names = ("usr", *_TOP_LEVEL) + (_IMAGE_TOP_LEVEL if root != "/" else ())
+    for name in names:
+        path, target = os.path.join(root, name), "/" + name
+        if os.path.islink(path):
+            ops.append(Symlink(os.readlink(path), target))
+        elif os.path.isdir(path) and (root == "/" or plain(root, name)):
+            ops.append(BindRO(path, target))
+    return ops

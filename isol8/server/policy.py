@@ -10,6 +10,9 @@ Schema (TOML or JSON, every key optional; an unknown key is an error, since a mi
 allowance silently left at its default would hide the operator's intent)::
 
     runtimes = ["python", "node", "bash"]     # allowed runtimes (default: all)
+    images = ["python", "node"]               # options.image: store images clients may
+                                              # run on (default: every image in the
+                                              # server's store; [] none). Never a path.
     [ceilings]                                # upper bounds, wire names and syntax
     timeoutMs = 300000
     memoryLimit = "2g"
@@ -48,7 +51,9 @@ allowance silently left at its default would hide the operator's intent)::
 A client's ``mounts`` are checked against ``[[mounts]]`` after resolving symlinks, and sent
 to the engine resolved (its helper opens them with RESOLVE_NO_SYMLINKS), so a symlink
 planted under a listed directory cannot lead a mount outside it. Always refused in this
-version: ``readonlyRootFs: false``, ``persist``, ``debug``, ``image``.
+version: ``readonlyRootFs: false``, ``persist``, ``debug``. ``image`` names an image of
+the server's store (isol8.images), never a host path: a client naming a directory as its
+root would be a mount of it.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import InvalidRequest
+from ..images.root import HOST
+from ..images.store import NAME
 from ..policy import NETWORK_MODES, Mount, parse_size, positive_int, validated_mounts
 from ..runtimes import RUNTIMES
 from .wire import ExecuteBody, WireError
@@ -79,9 +86,8 @@ _ALWAYS_REFUSED: dict[str, Callable[[object], bool]] = {
     "readonlyRootFs": lambda v: v is False,
     "persist": lambda v: v is True,
     "debug": lambda v: v is True,
-    "image": lambda v: True,
 }
-_TOP_KEYS = ("runtimes", "ceilings", "network", "allow", "capacity", "mounts")
+_TOP_KEYS = ("runtimes", "images", "ceilings", "network", "allow", "capacity", "mounts")
 DEFAULT_MAX_ENGINES = 4
 # Queued requests per execution slot, by default. A burst of clients beyond it is answered
 # 429 and comes back after Retry-After, and every such round trip costs the server (and the
@@ -187,6 +193,7 @@ class ServerPolicy:
     runtimes: tuple[str, ...] = tuple(RUNTIMES)
     capacity: CapacityPolicy = field(default_factory=CapacityPolicy.for_host)
     mounts: tuple[MountGrant, ...] = ()
+    images: tuple[str, ...] | None = None  # None: every image in the store
 
     @classmethod
     def default(cls) -> ServerPolicy:
@@ -228,7 +235,8 @@ class ServerPolicy:
             capacity=CapacityPolicy.from_mapping(section.get("capacity", {})),
             runtimes=_names(section.get("runtimes", list(policy.runtimes)), "runtimes",
                             tuple(RUNTIMES)),
-            mounts=_grants(section.get("mounts", [])))
+            mounts=_grants(section.get("mounts", [])),
+            images=_image_names(section["images"]) if "images" in section else None)
 
     def apply(self, body: ExecuteBody) -> tuple[ExecuteBody, list[Clamped]]:
         """The body this server will run: refused fields raise ``WireError`` (400), numeric
@@ -276,6 +284,15 @@ class ServerPolicy:
             if net_filter.get("hosts") and not self.pins:
                 raise WireError("options.networkFilter.hosts",
                                 "pins are not allowed by the server policy")
+        image = options.get("image")
+        if image is not None and image != HOST:
+            if not isinstance(image, str) or not NAME.match(image):
+                raise WireError("options.image", "expected the name of an image in the "
+                                "server's store: host paths and registry references are "
+                                "not allowed by the server policy")
+            if self.images is not None and image not in self.images:
+                raise WireError("options.image", f"{image!r} is not allowed by the server "
+                                f"policy (allowed: {', '.join(self.images) or 'none'})")
         runtime = request.get("runtime")
         if isinstance(runtime, str) and runtime in RUNTIMES and runtime not in self.runtimes:
             raise WireError("request.runtime", f"{runtime!r} is not allowed by the server "
@@ -351,6 +368,13 @@ def _ceiling(name: str, value: object) -> float | int:
     if name != "cpuLimit" and not float(value).is_integer():
         raise InvalidRequest(f"{path}: expected an integer, got {value!r}")
     return value if name == "cpuLimit" else int(value)
+
+
+def _image_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and NAME.match(v)
+                                               for v in value):
+        raise InvalidRequest("images: expected a list of image names")
+    return tuple(value)
 
 
 def _section(value: object, path: str, known: tuple[str, ...]) -> Mapping[str, object]:

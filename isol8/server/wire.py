@@ -148,11 +148,11 @@ OPTION_FIELDS: dict[str, tuple[str, Callable[[str, object], object]]] = {
     "repl": ("repl", _boolean),
     "security": ("seccomp", _object),  # {"seccomp": ...}; flattened by _options
     "mounts": ("mounts", _any),
+    "image": ("rootfs", _string),  # a store image (isol8.server.policy checks it)
     # Upstream options the policy refuses (they weaken isolation), never passed on.
     "readonlyRootFs": ("", _boolean),
     "persist": ("", _boolean),
     "debug": ("", _boolean),
-    "image": ("", _string),
 }
 # networkFilter's keys, camelCase on the wire (isol8.network.rules.KNOWN_KEYS).
 FILTER_FIELDS = {"whitelist": "whitelist", "blacklist": "blacklist",
