@@ -1,4 +1,5 @@
-"""ctypes bindings to the one system library isol8 calls: libseccomp.
+"""ctypes bindings to the system libraries isol8 calls: libseccomp, and libc for the few
+syscalls Python 3.11's os module lacks (openat2, unshare, mount, capset).
 
 ``dlopen`` needs neither headers nor a compiler, so ``libseccomp2`` (present in every
 Debian/Ubuntu base image) is enough; ``libseccomp-dev`` is never required. ctypes rather than
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 
 
 class ArgCmp(ctypes.Structure):
@@ -90,3 +92,83 @@ def syscall_number(name: str) -> int:
 def version() -> str:
     v = libseccomp().seccomp_version().contents
     return f"{v.major}.{v.minor}.{v.micro}"
+
+
+# --- the safe image importer's child (isol8.images.unpack_main): libc's unshare, mount and
+# capset, and openat2 through syscall(2), since glibc 2.36 has no openat2 wrapper.
+
+class OpenHow(ctypes.Structure):
+    """``struct open_how`` (linux/openat2.h): flags, mode, resolve, all 64-bit."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+class CapHeader(ctypes.Structure):
+    """``struct __user_cap_header_struct``."""
+
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    """``struct __user_cap_data_struct`` (two of them for _LINUX_CAPABILITY_VERSION_3)."""
+
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64 (both use the generic table here)
+RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_IN_ROOT = 0x02, 0x04, 0x10
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+_CAP_VERSION_3 = 0x20080522
+
+_LIBC_SIGNATURES = {  # name: (restype, argtypes)
+    "syscall": (ctypes.c_long, [ctypes.c_long, ctypes.c_int, ctypes.c_char_p,
+                                ctypes.POINTER(OpenHow), ctypes.c_size_t]),
+    "unshare": (ctypes.c_int, [ctypes.c_int]),
+    "mount": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                             ctypes.c_ulong, ctypes.c_void_p]),
+    "capset": (ctypes.c_int, [ctypes.POINTER(CapHeader), ctypes.POINTER(CapData)]),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    # A private handle (not ctypes.CDLL(None) shared with _free): syscall's argtypes here are
+    # openat2's, and no other caller may inherit them.
+    lib = ctypes.CDLL("libc.so.6", use_errno=True)
+    for name, (restype, argtypes) in _LIBC_SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
+    return lib
+
+
+def _check(result: int, what: str, path: str | None = None) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    return result
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+    """``openat2(2)``: open ``path`` relative to ``dirfd`` under the ``resolve`` rules; an
+    OSError names ``path``. O_CLOEXEC is always added."""
+    how = OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(_libc().syscall(SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
+                                  ctypes.sizeof(how)), "openat2", path)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc().unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    enc = (lambda s: None if s is None else os.fsencode(s))
+    _check(_libc().mount(enc(source), enc(target), enc(fstype), flags, None), "mount", target)
+
+
+def drop_capabilities() -> None:
+    """``capset(2)`` with every set empty: the calling thread keeps no capability at all."""
+    header, data = CapHeader(_CAP_VERSION_3, 0), (CapData * 2)()
+    _check(_libc().capset(ctypes.byref(header), data), "capset")

@@ -1,0 +1,73 @@
+"""The importer's child: ``python -m isol8.images.unpack_main ARCHIVE_FD DEST_FD SPEC_JSON``.
+
+It confines itself before reading a byte of the archive, then runs
+isol8.images.extract.write_tree and prints one JSON answer on stdout ({"report": ...},
+{"refused": message} or {"error": message}).
+
+The confinement, and why each step:
+
+1. ``unshare(CLONE_NEWUSER | CLONE_NEWNS)``, then ``setgroups`` deny and the maps "0 <our
+   uid> 1" / "0 <our gid> 1" (setgroups must be denied before an unprivileged gid_map write,
+   user_namespaces(7)). Rootless, the child has exactly the user's power over files; its new
+   capabilities hold only over the user's own inodes.
+2. ``/`` made private recursively, so nothing the child mounts (it mounts nothing) or
+   unmounts could propagate to the host.
+3. ``chroot`` into the destination directory (through its fd). As root the map is "0 0 1",
+   and capabilities in a user namespace still apply to inodes whose owner is mapped into it,
+   i.e. every root-owned file: the chroot is what keeps such a child off the rest of the
+   machine if openat2's resolution were ever wrong.
+4. ``capset`` with all sets empty: without CAP_SYS_CHROOT the chroot cannot be escaped by a
+   second chroot, without CAP_DAC_OVERRIDE/CAP_FOWNER only the owner's permission bits count
+   (the importer's files are its own, and their directories always get u+rwx), and without
+   CAP_MKNOD/CAP_CHOWN/CAP_SETUID nothing privileged can be created. The child never execs,
+   so the bounding and ambient sets do not matter.
+
+The archive fd is the only way back to anything outside, and it is read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from .. import _native
+from . import extract
+
+
+def _confine(dest_fd: int) -> int:
+    uid, gid = os.getuid(), os.getgid()
+    _native.unshare(_native.CLONE_NEWUSER | _native.CLONE_NEWNS)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                       ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as fh:
+            fh.write(text)
+    userns = os.stat("/proc/self/ns/user").st_ino
+    _native.mount(None, "/", None, _native.MS_REC | _native.MS_PRIVATE)
+    os.fchdir(dest_fd)
+    os.chroot(".")
+    _native.drop_capabilities()
+    return userns
+
+
+def main(argv: list[str]) -> int:
+    archive_fd, dest_fd, spec = int(argv[1]), int(argv[2]), json.loads(argv[3])
+    try:
+        extract.preload()
+        userns = _confine(dest_fd)
+        report = extract.write_tree(archive_fd, dest_fd, extract.spec_caps(spec),
+                                    bool(spec["layer"]), int(spec["offset"]),
+                                    int(spec["length"]), str(spec["digest"]))
+        report.userns = userns
+        answer = extract.report_json(report)
+    except extract.Refused as exc:
+        answer = extract.answer_json("refused", f"{spec['label']}: {exc}")
+    except Exception as exc:  # reported to the parent, which raises UnpackFailed with it
+        answer = extract.answer_json("error", f"{spec['label']}: {type(exc).__name__}: {exc}")
+    sys.stdout.write(answer)
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
