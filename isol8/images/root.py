@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
+from ..identity import maps_foreign_ids
 from .store import NAME, ImageStore
 
 HOST = "host"
@@ -58,6 +59,7 @@ def resolve(value: str, store: ImageStore | None = None) -> Root:
         return Root("/", "the host's /usr")
     if not value.startswith("/"):
         image = (store or ImageStore()).get(value)
+        _require_reachable(image.root, f"image {value!r}")
         return Root(image.root, f"image {value!r}", image.manifest)
     path = os.path.realpath(value)
     try:
@@ -74,7 +76,23 @@ def resolve(value: str, store: ImageStore | None = None) -> Root:
                              f"{stat.S_IMODE(st.st_mode):04o}); chmod go-w it")
     if path == "/":
         return Root("/", "the host's /usr")
+    _require_reachable(path, f"rootfs: {value}")
     return Root(path, path)
+
+
+def _require_reachable(path: str, what: str) -> None:
+    """As root, the helper mounts as the sandbox's leased host uid, which owns nothing and is
+    in no group: every directory above the root must be searchable by others."""
+    if not maps_foreign_ids():
+        return
+    parent = os.path.dirname(path)
+    while parent != "/":
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            raise InvalidRequest(
+                f"{what} is not reachable from the sandbox: as root, a sandbox runs as an "
+                f"unprivileged host uid, and {parent} is not searchable by others "
+                f"(chmod o+x {parent}, or keep the root elsewhere)")
+        parent = os.path.dirname(parent)
 
 
 def plain(root: str, relative: str) -> str | None:
