@@ -20,6 +20,9 @@
 #                            openssl         the test certificate of the TLS pass-through tests
 #                            curl            the client most agents' shell commands use, through
 #                                            the filtered network's proxy and its capture
+#                            mmdebstrap      builds the image recipes (isol8 image build)
+#                            uidmap          newuidmap/newgidmap: rootless unshare-mode builds
+#                            fakechroot, fakeroot  rootless builds without a subuid range
 #   system-deps.sh [--test] PKG...   and these too (the benchmark adds bubblewrap)
 # As root it runs apt-get with its output in $ISOL8_APT_LOG (default
 # /var/log/isol8-system-deps.log), printed whole if apt-get fails; on success one line says what
@@ -30,7 +33,8 @@ set -euo pipefail
 need=(gcc libc6-dev python3-venv libseccomp2)
 args=("$@")
 if [ "${1:-}" = --test ]; then
-  need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl curl)
+  need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl curl
+        mmdebstrap uidmap fakechroot fakeroot)
   shift
 fi
 need+=("$@")

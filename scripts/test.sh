@@ -43,11 +43,15 @@ pytest_rootless() {  # a venv and copy of the tests that isol8-ci can read, then
   local copy=$work/rootless
   id -u "$user" >/dev/null 2>&1 ||
     useradd --system --no-create-home --shell /usr/sbin/nologin "$user" || return
+  # A subordinate id range for the rootless image builds (mmdebstrap --mode=unshare maps it
+  # with newuidmap): shadow's first default block, far from the sandboxes' uid range.
+  grep -q "^$user:" /etc/subuid 2>/dev/null && grep -q "^$user:" /etc/subgid 2>/dev/null ||
+    usermod --add-subuids 100000-165535 --add-subgids 100000-165535 "$user" || return
   # (a function called as a condition runs without set -e: each step checks for itself)
   mkdir "$copy" &&
     /usr/bin/python3 -m venv "$copy/venv" &&
     "$copy/venv/bin/pip" install -qq --disable-pip-version-check "${repo}[test]" &&
-    cp -r tests packaging pyproject.toml README.md Makefile "$copy/" &&
+    cp -r tests packaging rootfs pyproject.toml README.md Makefile "$copy/" &&
     mkdir "$copy/home" &&
     chown "$user:" "$copy/home" &&
     chmod -R a+rX "$copy" || return
