@@ -5,11 +5,13 @@
 #              TCG VM; ISOL8_SKIP_VM=1 skips the VM locally); every stage runs, then a summary
 #   scripts/fresh-machine.sh  both commands on a freshly bootstrapped Debian 12 root (CI runs it)
 #   make vm-test  only the VM stage (scripts/vm-limits-test.sh, ~3 min, root)
+#   make wheels   the sdist and the x86_64 and aarch64 wheels of the last commit in dist/
+#                 (scripts/build-wheels.sh: static helpers, Debian's cross compiler, no Docker)
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: all setup build run test vm-test bench clean
+.PHONY: all setup build run test vm-test wheels bench clean
 
 all: build
 
@@ -36,6 +38,9 @@ test: setup
 
 vm-test: setup
 	./scripts/vm-limits-test.sh
+
+wheels: setup
+	PYTHON=$(VPY) ./scripts/build-wheels.sh
 
 bench: setup
 	./scripts/system-deps.sh bubblewrap

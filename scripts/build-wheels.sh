@@ -33,7 +33,8 @@ rm -f dist/isol8-"$version".tar.gz dist/isol8-"$version"-*.whl
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export ISOL8_REQUIRE_STATIC=1
-echo "build-wheels: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (uncommitted changes left out)')"
+dirty=$(git diff --quiet HEAD || echo " (uncommitted changes left out)")
+echo "build-wheels: commit $(git rev-parse --short HEAD)$dirty"
 mkdir "$work/checkout"
 git archive HEAD | tar -x -C "$work/checkout"
 "$py" -m build --no-isolation --sdist --outdir dist "$work/checkout"
