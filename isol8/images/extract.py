@@ -372,17 +372,24 @@ class _Tree:
 
     @staticmethod
     def copy(tf: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
-        source = tf.extractfile(m)
-        assert source is not None  # a regular member always has contents
-        sparse = m.sparse is not None
-        while chunk := source.read(_CHUNK):
-            if sparse and chunk.count(0) == len(chunk):
-                os.lseek(fd, len(chunk), os.SEEK_CUR)  # a hole stays a hole
-                continue
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-        if sparse:
+        reader = tf.extractfile(m)
+        assert reader is not None  # a regular member always has contents
+        source = reader.raw  # type: ignore[attr-defined]  # tarfile's _FileInFile: it seeks
+        # A sparse member's map lists its data runs: only those are written, the rest stays
+        # a hole (its size was already counted against the cap, as if it were all data).
+        runs: list[tuple[int, int]] = m.sparse or [(0, m.size)]  # type: ignore[assignment]
+        for offset, size in runs:
+            source.seek(offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            while size > 0:
+                chunk = source.read(min(size, _CHUNK))
+                if not chunk:
+                    raise Refused(f"member {m.name!r} ends before its stated size")
+                size -= len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+        if m.sparse is not None:
             os.ftruncate(fd, m.size)
 
     def hardlink(self, m: tarfile.TarInfo, parent: int, parts: tuple[str, ...]) -> None:
