@@ -19,11 +19,11 @@ import weakref
 from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
-from . import cgroups, etc, identity, images, limits, pool, seccomp, workspace
+from . import cgroups, etc, identity, images, limits, packages, pool, seccomp, workspace
 from .errors import (InvalidRequest, Isol8Error, RuntimeNotAvailable, SessionLost,
                      SetupScriptFailed)
 from .output import truncation_marker, with_timeout_marker
-from .policy import EngineOptions, env_mapping, positive_int
+from .policy import EngineOptions, Mount, env_mapping, positive_int
 from .protocol import HelperConfig, config_message, encode_config_body
 from .request import (ExecutionRequest, validated_files, validated_output_paths,
                       validated_setup_script, validated_workdir)
@@ -32,7 +32,7 @@ from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
 from .sandbox import (RunOutcome, RunSpec, finish, signals_deferred, stream_ephemeral,
                       stream_once)
 from .interpreter import zygote_can_run
-from .network.filtered import RESOLV_CONF, FilteredNetwork
+from .network.filtered import RESOLV_CONF, FilteredNetwork, PhasedNetwork
 from .network.proxy import NetworkUsage
 from .repl import Repl
 from .session import Session
@@ -104,9 +104,14 @@ class Isol8:
         self._lock = threading.Lock()
         self._session: Session | None = None  # persistent mode's one sandbox
         self._session_lock = threading.Lock()  # serializes its runs
+        self._session_network: PhasedNetwork | None = None  # its proxy's phases (filtered)
         opts = self.options
         self._filtered = (FilteredNetwork(opts.network_filter)
                           if opts.network_filter is not None else None)
+        # install_packages' indexes (validated now) and the shared cache, made at start()
+        self._indexes = {manager: packages.package_index(manager, opts.package_index_url)
+                         for manager in ("pip", "npm")}
+        self._package_cache: packages.PackageCache | None = None
         # What serves a filtered sandbox's listeners (see Sandbox): None in other modes.
         self._network = self._filtered.serve if self._filtered is not None else None
         # Bytes nothing counted: none with no network, unknown with the host's (upstream
@@ -164,7 +169,8 @@ class Isol8:
         root = images.resolve(opts.rootfs)
         mounts = images.host_plan(
             sizes, host_network=opts.network == "host", tmp_exec=opts.tmp_exec,
-            mounts=opts.mounts, resolv_conf=RESOLV_CONF if filtered else b"", root=root.path)
+            mounts=(*opts.mounts, *self._package_cache_mount()),
+            resolv_conf=RESOLV_CONF if filtered else b"", root=root.path)
         nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
         engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
                                                limits.v1_wanted(nproc_applies))
@@ -193,6 +199,21 @@ class Isol8:
             else None
         # A forgotten stop() still removes the engine's cgroups, at collection or exit.
         self._finalizer = weakref.finalize(self, engine_cgroups.close)
+
+    def _package_cache_mount(self) -> tuple[Mount, ...]:
+        """The shared download cache, read-only at packages.MOUNT: only filtered engines
+        install (the index is reached through the proxy). A cache that cannot be made (a
+        read-only home) means installs without one, not an engine that cannot start."""
+        root = self.options.package_cache
+        if self._filtered is None or root is None:
+            return ()
+        cache = packages.PackageCache(root, self._indexes["pip"].url)
+        try:
+            source = cache.ensure()
+        except OSError:
+            return ()
+        self._package_cache = cache
+        return (Mount(source, packages.MOUNT, True),)
 
     def stop(self) -> None:
         """Release the engine and its cgroups. Every sandbox is already gone when
@@ -250,7 +271,8 @@ class Isol8:
                 file_extension: str | None = None,
                 files: dict[str, str | bytes] | None = None,
                 workdir: str | None = None, output_paths: list[str] | None = None,
-                setup_script: str | None = None) -> ExecutionResult:
+                setup_script: str | None = None,
+                install_packages: list[str] | None = None) -> ExecutionResult:
         """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it.
 
         ``files`` (``{absolute path: str | bytes}``, under /sandbox or /tmp) are written
@@ -258,13 +280,17 @@ class Isol8:
         it, created if missing) is where the program starts. ``setup_script`` (bash, with
         the run's env and secrets) runs before the code within the same deadline; if it
         fails, ``SetupScriptFailed`` is raised and the code does not run (upstream).
+        ``install_packages`` (pip for python, npm for node; needs network="filtered") are
+        installed under /sandbox first, reaching only the package index, with their own
+        timeout budget; ``PackageInstallFailed`` if that fails (see isol8.packages).
         ``output_paths`` are read after the run into ``result.files`` as base64; missing
         ones are skipped (upstream), and 64 MiB in all are returned at most.
         """
         return self._execute(ExecutionRequest(
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
             file_extension=file_extension, files=files, workdir=workdir,
-            output_paths=output_paths, setup_script=setup_script))
+            output_paths=output_paths, setup_script=setup_script,
+            install_packages=install_packages))
 
     def _execute(self, request: ExecutionRequest, cancel_fd: int = -1,
                  max_output: int | None = None, masked: bool = True) -> ExecutionResult:
@@ -281,7 +307,8 @@ class Isol8:
                        file_extension: str | None = None,
                        files: dict[str, str | bytes] | None = None,
                        workdir: str | None = None, output_paths: list[str] | None = None,
-                       setup_script: str | None = None) -> Iterator[StreamEvent]:
+                       setup_script: str | None = None,
+                       install_packages: list[str] | None = None) -> Iterator[StreamEvent]:
         """Run like ``execute()``, yielding ``stdout``/``stderr`` events as output arrives,
         then ``exit`` (the code, as a string); a timeout gives an ``error`` event
         ``EXECUTION TIMED OUT`` first. Secrets are masked and the output cap applies, as in
@@ -295,7 +322,8 @@ class Isol8:
         return self._execute_stream(ExecutionRequest(
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
             file_extension=file_extension, files=files, workdir=workdir,
-            output_paths=output_paths, setup_script=setup_script))
+            output_paths=output_paths, setup_script=setup_script,
+            install_packages=install_packages))
 
     def _execute_stream(self, request: ExecutionRequest,
                         cancel_fd: int = -1) -> Iterator[StreamEvent]:
@@ -356,6 +384,9 @@ class Isol8:
         if self._config_body is None:  # first: the root the runtimes are looked up in
             self._start_engine(self._prewarm)
         stages, runtime_name = self._stages(request)
+        install = self._install_plan(request, runtime_name)
+        if install is not None:  # a waiting interpreter would miss the new user site
+            stages = dataclasses.replace(stages, zygote=False)
         opts = self.options
         cap = max_output or opts.max_output_size
         # get_file's own output is file content: masking could corrupt it, and the caller
@@ -365,10 +396,10 @@ class Isol8:
         if opts.mode == "persistent":
             staged, usage = yield from self._run_persistent(
                 stages, runtime_name if request.cmd is None else None, deadline, cancel_fd,
-                cap, secrets)
-        elif stages.setup is not None or stages.output_paths:
+                cap, secrets, install, timeout)
+        elif stages.setup is not None or stages.output_paths or install is not None:
             staged, usage = yield from self._run_staged(stages, timeout, deadline, cancel_fd,
-                                                        cap, secrets)
+                                                        cap, secrets, install)
         elif (entry := self._pooled_for(stages, timeout)):
             staged, usage = yield from self._run_pooled(entry, stages.main, deadline,
                                                         cancel_fd, cap, secrets)
@@ -428,10 +459,16 @@ class Isol8:
 
     def _run_staged(self, stages: Stages, timeout: int, deadline: float, cancel_fd: int,
                     max_output: int, secrets: list[bytes],
+                    install: packages.InstallPlan | None = None,
                     ) -> Generator[Event, None, tuple[StagedOutcome, cgroups.Usage]]:
-        """Setup script or output files: several processes in one throwaway session."""
-        session = self._new_session(timeout)
+        """Packages, setup script or output files: several processes in one throwaway
+        session."""
+        phased = self._filtered.phased() if self._filtered is not None else None
+        session = self._new_session(timeout, network=phased)
         try:
+            if install is not None:
+                assert phased is not None
+                deadline += self._install(session, phased, install, timeout, cancel_fd)
             staged = yield from run_stages(
                 session, stages, deadline=deadline, max_output=max_output,
                 owner=session.host.owner, secrets=secrets, cancel_fd=cancel_fd)
@@ -442,6 +479,7 @@ class Isol8:
 
     def _run_persistent(self, stages: Stages, code_runtime: str | None, deadline: float,
                         cancel_fd: int, max_output: int, secrets: list[bytes],
+                        install: packages.InstallPlan | None = None, timeout: int = 0,
                         ) -> Generator[Event, None, tuple[StagedOutcome, cgroups.Usage]]:
         """A run in the engine's one sandbox, made on first use; runs are serialized."""
         with self._session_lock:
@@ -456,7 +494,10 @@ class Isol8:
                     "Each persistent container supports a single runtime. Create a new "
                     "Isol8 instance for a different runtime.")
             if session is None:
-                session = self._new_session(self.options.timeout_ms, persistent=True)
+                phased = self._filtered.phased() if self._filtered is not None else None
+                session = self._new_session(self.options.timeout_ms, persistent=True,
+                                            network=phased)
+                self._session_network = phased
                 try:
                     if self._workspace:
                         workspace.restore(session, self._workspace,
@@ -468,6 +509,15 @@ class Isol8:
                 session.runtime = "python" if self._repl else None
             session.runtime = session.runtime or code_runtime
             try:
+                if install is not None:
+                    assert self._session_network is not None
+                    deadline += self._install(session, self._session_network, install,
+                                              timeout, cancel_fd)
+                    # A waiting interpreter started before the user site existed, so its
+                    # sys.path lacks it (site.py adds it only if present): a new one starts.
+                    stale, session.zygote = session.zygote, None
+                    if stale is not None:
+                        session._discard(stale)
                 if stages.repl and session.repl is None:
                     with signals_deferred():
                         session.repl = Repl(session, get_runtime("python").binary)
@@ -495,12 +545,45 @@ class Isol8:
                     outcome.cpu_us
             return staged, usage
 
-    def _new_session(self, timeout_ms: int, *, persistent: bool = False) -> Session:
+    def _install_plan(self, request: ExecutionRequest,
+                      runtime_name: str) -> packages.InstallPlan | None:
+        """``install_packages`` checked (names, runtime, network) before anything runs; None
+        when there are none, or the root's image manifest already lists them all."""
+        if request.install_packages is None:
+            return None
+        manager = packages.manager_for(runtime_name)
+        names = packages.validated_packages(request.install_packages, manager)
+        installed = (self._root.manifest or {}).get("installed")
+        if not names or (isinstance(installed, dict)
+                         and packages.satisfied(names, installed, manager)):
+            return None
+        if self._filtered is None:
+            raise InvalidRequest(
+                f"install_packages: needs network='filtered' (network is "
+                f"{self.options.network!r}): the install reaches the package index through "
+                "the proxy, which allows it the index's hosts only")
+        binary = get_runtime(runtime_name).binary
+        if manager == "npm":
+            _require_binary(self._root, "/usr/bin/npm", "npm")
+        return packages.install_plan(names, binary, self._indexes[manager],
+                                     self._package_cache, self._filtered.env())
+
+    @staticmethod
+    def _install(session: Session, network: PhasedNetwork, plan: packages.InstallPlan,
+                 timeout: int, cancel_fd: int) -> float:
+        """The install phase in ``session``, with a timeout of its own (upstream); the
+        seconds it took, by which the code's deadline moves."""
+        return packages.run_install(session, plan, network,
+                                    deadline=time.monotonic() + timeout / 1000,
+                                    owner=session.host.owner, cancel_fd=cancel_fd)
+
+    def _new_session(self, timeout_ms: int, *, persistent: bool = False,
+                     network: PhasedNetwork | None = None) -> Session:
         with signals_deferred():
             host, sandbox_cgroups, config = self._claim(timeout_ms, oom_group=not persistent)
             try:
                 return Session(config, host, sandbox_cgroups, None, persistent=persistent,
-                               network=self._network)
+                               network=network.serve if network else self._network)
             except BaseException:
                 self._release(host, sandbox_cgroups)
                 raise

@@ -304,6 +304,8 @@ class EngineOptions:
     network_filter: NetworkFilter | None = None  # network="filtered" only
     log_network: bool = False
     rootfs: str = "host"  # "host", an image name or a path (isol8.images.root)
+    package_index_url: str | None = None  # install_packages' index (isol8.packages.index)
+    package_cache: str | None = None  # the shared download cache's root; None: no cache
 
     @classmethod
     def build(cls, *, mode: str = "ephemeral", network: str = "none", timeout_ms: int = 30_000,
@@ -315,7 +317,9 @@ class EngineOptions:
               cgroup_parent: str | None = None,
               secrets: dict[str, str] | None = None,
               mounts: object = None, network_filter: object = None,
-              log_network: bool = False, rootfs: object = "host") -> "EngineOptions":
+              log_network: bool = False, rootfs: object = "host",
+              package_index_url: str | None = None,
+              package_cache: str | bool = True) -> "EngineOptions":
         parent = cgroup_parent or os.environ.get("ISOL8_CGROUP_PARENT") or None
         if parent is not None and not os.path.isabs(parent):
             raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
@@ -345,4 +349,27 @@ class EngineOptions:
                        else validate_uid_range(uid_range)),
             mounts=validated_mounts(mounts),
             rootfs=validated_rootfs(rootfs),
+            package_index_url=_index_url(package_index_url),
+            package_cache=_package_cache(package_cache),
         )
+
+
+def _index_url(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise InvalidRequest(f"package_index_url: expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _package_cache(value: object) -> str | None:
+    """True: the default root (isol8.packages.cache); False: none; else an absolute path."""
+    from .packages.cache import default_root
+    if value is True:
+        return default_root()
+    if value is False:
+        return None
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise InvalidRequest(f"package_cache: expected True, False or an absolute path, "
+                             f"got {value!r}")
+    return value

@@ -28,6 +28,7 @@ class ExecutionRequest:
     workdir: str | None = None
     output_paths: list[str] | None = None
     setup_script: str | None = None
+    install_packages: list[str] | None = None  # checked by isol8.packages.names
 
 
 def validated_files(files: object) -> list[tuple[str, bytes]]:

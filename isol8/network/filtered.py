@@ -56,3 +56,29 @@ class FilteredNetwork:
     def serve(self, listeners: list[tuple[Listener, socket.socket]]) -> service.ProxyHandle:
         """The hook a sandbox calls when its listeners arrive."""
         return service.ProxyHandle(self.policy, listeners)
+
+    def phased(self) -> "PhasedNetwork":
+        """A hook for one sandbox whose policy changes between the phases of a run."""
+        return PhasedNetwork(self.policy)
+
+
+class PhasedNetwork:
+    """One sandbox's proxy under a policy that can change between phases: a package
+    install reaches its index only, then the run's own rules apply again. The sandbox's
+    listeners may arrive after a phase has begun (their event is read with the first
+    run's), so the policy in force is kept here and the proxy starts under it."""
+
+    def __init__(self, policy: NetworkFilter) -> None:
+        self.base = policy
+        self.policy = policy
+        self.handle: service.ProxyHandle | None = None
+
+    def serve(self, listeners: list[tuple[Listener, socket.socket]]) -> service.ProxyHandle:
+        self.handle = service.ProxyHandle(self.policy, listeners)
+        return self.handle
+
+    def use(self, policy: NetworkFilter | None = None) -> None:
+        """Judge by ``policy`` from now on (None: the sandbox's own again)."""
+        self.policy = policy or self.base
+        if self.handle is not None:
+            self.handle.use_policy(self.policy)

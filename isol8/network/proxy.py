@@ -84,7 +84,8 @@ class SandboxProxy:
     def __init__(self, policy: NetworkFilter) -> None:
         self.policy = policy
         self.pool = FakeIPPool()
-        self.dns = FakeDNS(self.pool, lambda name: policy.decide(name).allowed)
+        # self.policy, read when asked: a package install switches it for its phase
+        self.dns = FakeDNS(self.pool, lambda name: self.policy.decide(name).allowed)
         self.count = ByteCount()
         self.usage = NetworkUsage()
         self._slots = asyncio.Semaphore(policy.max_connections)

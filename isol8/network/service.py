@@ -103,6 +103,12 @@ def release() -> None:
     service.stop()
 
 
+def call(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the network loop and wait for it (at most 30 s): how the
+    supervisor's synchronous code reaches outbound's resolver and connector."""
+    return _running().call(coro)
+
+
 def _running() -> _Service:
     with _lock:
         if _service is None:
@@ -138,6 +144,13 @@ class ProxyHandle:
             return self._proxy.snapshot()
         return self._service.call(_take(self._proxy))
 
+    def use_policy(self, policy: NetworkFilter) -> None:
+        """Judge every request from now on by ``policy`` (a package install's phase: the
+        index only, then the run's own rules again). Waits for the loop, so no request of
+        the next phase is judged by the previous one's rules; connections already open stay
+        as they are."""
+        self._service.call(_use_policy(self._proxy, policy))
+
     def close(self) -> None:
         """Stop serving and close the listening sockets, in the loop's own time."""
         if self._closed:
@@ -149,6 +162,10 @@ class ProxyHandle:
 
 async def _take(proxy: SandboxProxy) -> NetworkUsage:
     return proxy.take()
+
+
+async def _use_policy(proxy: SandboxProxy, policy: NetworkFilter) -> None:
+    proxy.policy = policy
 
 
 async def _close(proxy: SandboxProxy, sockets: list[socket.socket]) -> None:
