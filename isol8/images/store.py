@@ -9,6 +9,7 @@ Layout under the store root (``$ISOL8_IMAGES``, else ``$XDG_DATA_HOME/isol8/imag
     locks/<name>                flock'd while a build, import or rm of that name runs
     locks/.store                flock'd while a content directory is added or removed
     tmp/<name>.<pid>.<rand>/    staging: an archive is unpacked here, then renamed into place
+    tmp/rm.<rand>/              a removed content directory, renamed out of sight, then deleted
 
 Nothing half-made is ever visible: a content directory appears by one rename(2) of a complete
 staging directory, a name by one rename(2) of a new symlink over the old. Two builds of one
@@ -137,8 +138,9 @@ class ImageStore:
     def commit(self, name: str, content: str, digest: str,
                manifest: dict[str, object]) -> Image:
         """Move ``content`` (a staging directory holding ``rootfs/``) into the store as
-        ``digest``, unless that content is already there, and point ``name`` at it. Call
-        with ``name``'s lock held."""
+        ``digest``, unless that content is already there, and point ``name`` at it; the
+        content it pointed at before goes, as with remove(), unless another name uses it.
+        Call with ``name``'s lock held."""
         if not _DIGEST.match(digest):
             raise Isol8Error(f"image digest {digest!r} is not sha256-<64 hex digits>")
         with open(os.path.join(content, "manifest.json"), "w") as fh:
@@ -146,6 +148,7 @@ class ImageStore:
             fh.write("\n")
         names = self._dir("names")
         target = os.path.join(self.root, digest)
+        old = self.find(name)
         with self._flock(".store"):
             if not os.path.isdir(target):
                 os.chmod(content, 0o755)
@@ -153,21 +156,30 @@ class ImageStore:
             link = os.path.join(names, f".{name}.{secrets.token_hex(4)}")
             os.symlink(os.path.join("..", digest), link)
             os.rename(link, os.path.join(names, name))  # atomic: readers see old or new
+            doomed = self._unlink_content(old.digest) if old and old.digest != digest else None
+        if doomed:
+            remove_tree(doomed)
         return self.get(name)
 
+    def _unlink_content(self, digest: str) -> str | None:
+        """With the store lock held: move ``digest`` out of sight (one rename into tmp/)
+        unless a name still uses it; the caller removes what is returned, lock released."""
+        if any(other.digest == digest for other in self.list()):
+            return None
+        doomed = os.path.join(self._dir("tmp", mode=0o700), f"rm.{secrets.token_hex(8)}")
+        os.rename(os.path.join(self.root, digest), doomed)
+        return doomed
+
     def remove(self, name: str) -> str:
-        """Remove ``name``, and its content directory when no other name uses it. Returns
-        the digest. Call with ``name``'s lock held."""
+        """Remove ``name``, and its content directory when no other name uses it (a sandbox
+        running from it loses its files: remove images no run uses). Returns the digest.
+        Call with ``name``'s lock held."""
         image = self.get(name)
         with self._flock(".store"):
             os.unlink(os.path.join(self.root, "names", name))
-            if any(other.digest == image.digest for other in self.list()):
-                return image.digest
-            # Out of sight first (one rename), then removed at leisure.
-            doomed = os.path.join(self._dir("tmp", mode=0o700),
-                                  f"{name}.rm.{secrets.token_hex(4)}")
-            os.rename(os.path.join(self.root, image.digest), doomed)
-        remove_tree(doomed)
+            doomed = self._unlink_content(image.digest)
+        if doomed:
+            remove_tree(doomed)
         return image.digest
 
 
