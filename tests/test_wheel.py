@@ -46,10 +46,12 @@ pytestmark = pytest.mark.skipif(NATIVE not in EM, reason=f"wheels are built on x
 
 
 def source_tree() -> Path | None:
-    """The checkout to build from: the one these tests sit in, else the one the installed isol8
-    came from (pip's direct_url.json), since the rootless stage runs a copy of tests/ alone."""
-    if (HERE / "setup.py").is_file():
-        return HERE
+    """The checkout to build from: the one these tests sit in, else $ISOL8_SOURCE_DIR, else the
+    one the installed isol8 came from (pip's direct_url.json), since the rootless stage runs a
+    copy of tests/ alone (and its user may not be able to read the checkout)."""
+    for path in (HERE, Path(os.environ.get("ISOL8_SOURCE_DIR") or HERE)):
+        if (path / "setup.py").is_file():
+            return path
     try:
         direct = importlib.metadata.distribution("isol8").read_text("direct_url.json")
     except importlib.metadata.PackageNotFoundError:
@@ -89,7 +91,8 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                     "(pip install -e '.[test]')")
     source = source_tree()
     if source is None:
-        pytest.skip("no isol8 source tree next to the tests or recorded by pip to build from")
+        pytest.skip("no isol8 source tree to build from: none next to the tests, in "
+                    "$ISOL8_SOURCE_DIR or recorded by pip, readable by this user")
     root = tmp_path_factory.mktemp("sdist")
     src = root / "src"
     src.mkdir()
