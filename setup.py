@@ -33,7 +33,7 @@ ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
 # A static helper needs no glibc symbol version at all, so any manylinux tag is honest for it;
 # manylinux2014 (glibc 2.17) is the oldest that aarch64 has, and x86_64 uses the same so both
 # wheels read alike (every pip that runs on Python >= 3.11 knows both spellings). What the
-# helper does need is a kernel (>= 5.9 for close_range), which no wheel tag can express.
+# helper does need is a kernel (>= 5.12, isol8 doctor's check), which no wheel tag expresses.
 MANYLINUX = "manylinux_2_17_{arch}.manylinux2014_{arch}"
 
 
