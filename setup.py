@@ -62,15 +62,15 @@ class BuildWithHelper(build_py):
         # Static when libc.a is there: no dynamic loader saves about 0.2 ms per sandbox.
         static = subprocess.run(command + ["-static"], stderr=subprocess.PIPE, text=True)
         if static.returncode != 0:
+            sys.stderr.write(static.stderr)
             if os.environ.get("ISOL8_REQUIRE_STATIC") == "1":
-                sys.stderr.write(static.stderr)
                 raise PlatformError(
                     f"static link of the isol8 helper failed ({shlex.join(command)} -static); "
                     "ISOL8_REQUIRE_STATIC=1 forbids a dynamic helper: install the C library's "
                     "static archive (Debian: libc6-dev, or libc6-dev-arm64-cross for "
                     "aarch64-linux-gnu-gcc; Fedora: glibc-static)")
-            print("isol8: no static C library: the helper is linked dynamically and works only "
-                  "on machines with this glibc", file=sys.stderr)
+            print("isol8: static link failed (above): the helper is linked dynamically and "
+                  "works only on machines with this glibc", file=sys.stderr)
             subprocess.check_call(command)
         self.helper = (elf_machine(out), static.returncode == 0)
 
