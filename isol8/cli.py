@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .errors import Isol8Error, SetupScriptFailed
+from .packages.index import registry_patterns
+from .packages.stage import MANAGERS
 from .result import StreamEvent
 from .runtimes import RUNTIMES, detect_runtime
 
@@ -66,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--image", metavar="NAME|PATH",
                     help="the root filesystem: an image of the store (isol8 image list) or a "
                          "directory you own; default: the host's /usr (read-only)")
-    ex.add_argument("--net", choices=("none", "host", "filtered"), default="none",
-                    help="network mode (default none); filtered: HTTP(S) by hostname policy")
+    ex.add_argument("--net", choices=("none", "host", "filtered"),
+                    help="network mode (default none; filtered with --install); filtered: "
+                         "HTTP(S) by hostname policy")
     ex.add_argument("--allow", action="append", default=[], metavar="REGEX",
                     help="filtered: a hostname regex to allow (repeatable; none: every "
                          "public host)")
@@ -103,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--persistent", action="store_true",
                     help="run in a persistent sandbox (mode=persistent), stopped when the "
                          "run ends")
+    ex.add_argument("--install", action="append", default=[], metavar="PKG",
+                    help="a package to install before the run, with pip (python) or npm "
+                         "(node) under /sandbox (repeatable); the install reaches only the "
+                         "index. Without --net this switches to filtered, allowing the "
+                         "registry's hosts unless --allow is given (upstream)")
+    ex.add_argument("--package-index", metavar="URL",
+                    help="the index --install uses (a PEP 503 simple index for pip, a "
+                         "registry for npm) instead of PyPI / registry.npmjs.org")
     ex.add_argument("--setup", action="append", default=[], metavar="CMD|FILE",
                     help="a bash setup script run before the code, in the same sandbox (a "
                          "value naming an existing file is read); repeatable: each runs as "
@@ -205,15 +216,22 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except OSError as exc:
             parser.error(f"cannot read {args.file}: {exc.strerror}")
         runtime = runtime or detect_runtime(args.file).name
-    options: dict[str, object] = {"network": args.net, "strict_limits": args.strict_limits,
+    net = args.net or ("filtered" if args.install else "none")
+    allow = args.allow
+    if args.install and args.net is None and not allow:  # upstream: the registry's hosts
+        allow = registry_patterns(MANAGERS.get(runtime or ("bash" if args.cmd else "python"),
+                                               "pip"), args.package_index)
+    options: dict[str, object] = {"network": net, "strict_limits": args.strict_limits,
                                   "secrets": dict(args.secret), "mounts": args.mount,
                                   "tmp_exec": args.tmp_exec}
     if args.persistent:
         options["mode"] = "persistent"
     if args.image is not None:
         options["rootfs"] = args.image
-    if args.allow or args.deny or args.pin or args.allow_private:
-        options["network_filter"] = {"whitelist": args.allow, "blacklist": args.deny,
+    if args.package_index:
+        options["package_index_url"] = args.package_index
+    if allow or args.deny or args.pin or args.allow_private:
+        options["network_filter"] = {"whitelist": allow, "blacklist": args.deny,
                                      "hosts": dict(args.pin),
                                      "allow_private": args.allow_private}
     if args.log_network:
@@ -226,7 +244,8 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     files = _local_files(args.files, parser) if args.files else None
     request = dict(runtime=runtime, cmd=args.cmd, timeout_ms=args.timeout, env=dict(args.env),
                    stdin=args.stdin, workdir=args.workdir, files=files,
-                   setup_script=_setup_script(args.setup, parser))
+                   setup_script=_setup_script(args.setup, parser),
+                   install_packages=args.install or None)
     with _engine(args, parser, options) as engine:  # stop() on the way out, also persistent
         if not (args.json or args.no_stream or args.out or args.log_network):
             return _stream(engine.execute_stream(code, **request))

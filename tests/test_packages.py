@@ -316,3 +316,34 @@ def test_persistent_session_keeps_installed_packages(index, cache_root):
         assert first.stdout.startswith("kept "), first.stderr
         again = eng.execute(IMPORT)
         assert again.stdout.startswith("kept "), again.stderr
+
+
+def test_image_manifest_that_lists_the_packages_skips_the_install():
+    """What ``isol8 image build --install`` records (manifest["installed"]) satisfies bare
+    names and exact pins: no install runs, so no network is needed; anything else installs."""
+    from isol8 import images
+    with Isol8() as eng:
+        eng.start()
+        eng._root = images.Root("/", "a test image", {"installed": {"TinyPkg-H4": "1.0"}})
+        assert eng.execute("print(1)", install_packages=["tinypkg_h4==1.0"]).stdout == "1"
+        assert eng.execute("print(2)", install_packages=["tinypkg.h4"]).stdout == "2"
+        with pytest.raises(InvalidRequest, match="network='filtered'"):
+            eng.execute("print(3)", install_packages=["tinypkg_h4==2.0"])
+
+
+def test_cli_install_switches_to_filtered(index, cache_root):
+    import os
+    import subprocess
+    import sys
+    index.publish("tinypkg_h4", "1.0", "via the cli")
+    env = {**os.environ, "ISOL8_PACKAGE_CACHE": str(cache_root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "isol8", "exec", "--install", "tinypkg_h4", "--package-index",
+         index.url, "--timeout", "60000", "-e", IMPORT],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("via the cli /sandbox/.local/")
+    bad = subprocess.run([sys.executable, "-m", "isol8", "exec", "--install=--index-url=x",
+                          "-e", "print(1)"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert bad.returncode != 0 and "install_packages[0]" in bad.stderr, bad.stderr

@@ -44,6 +44,7 @@ REQUEST_NAMES = {
     "code": "code", "runtime": "runtime", "cmd": "cmd", "timeout_ms": "timeoutMs",
     "env": "env", "stdin": "stdin", "file_extension": "fileExtension", "files": "files",
     "workdir": "workdir", "output_paths": "outputPaths", "setup_script": "setupScript",
+    "install_packages": "installPackages",
 }
 # Local engine settings that belong to the server's host, not to a request.
 SERVER_SIDE = ("uid_range", "cgroup_parent", "pool_size", "pool_strategy", "prewarm",

@@ -86,6 +86,15 @@ def package_index(manager: str, configured: str | None = None) -> PackageIndex:
     return PackageIndex(manager, url, sandbox_url, policy, PINNED_HOST)
 
 
+def registry_patterns(manager: str, configured: str | None = None) -> list[str]:
+    """Whitelist regexes for the index's hosts: what upstream's CLI allows a ``--install``
+    run's code when it switches the run to filtered."""
+    if configured is None:
+        return list(_PYPI_HOSTS if manager == "pip" else _NPM_HOSTS)
+    host = urllib.parse.urlsplit(configured).hostname or ""
+    return [f"^{re.escape(host.lower())}$"]
+
+
 class _Links(html.parser.HTMLParser):
     """PEP 503: every ``<a href="...#sha256=HEX">filename</a>`` of a project page."""
 

@@ -122,12 +122,12 @@ REQUEST_FIELDS: dict[str, tuple[str, Callable[[str, object], object]]] = {
     "workdir": ("workdir", _string),
     "outputPaths": ("output_paths", _string_list),
     "setupScript": ("setup_script", _string),
+    "installPackages": ("install_packages", _string_list),
 }
 # Upstream request fields this server cannot honour: refused rather than silently dropped,
 # since dropping them would run something other than what was asked.
 UNSUPPORTED_REQUEST = {
     "codeUrl": "remote code is not supported by this server; send the code itself",
-    "installPackages": "package installs are not supported by this server",
     "agentFlags": "the agent runtime is not supported by this server",
 }
 
