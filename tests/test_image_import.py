@@ -19,13 +19,14 @@ import platform
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from isol8.images import oci
-from isol8.images.extract import Caps, Refused, UnpackFailed, unpack
+from isol8.images.extract import Caps, Refused, UnpackFailed, unpack, write_tree
 
 from conftest import child_pids
 
@@ -212,6 +213,29 @@ def test_symlink_to_root_then_member_below_it_stays_inside(tmp_path, dest, outsi
     assert not os.path.exists("/isol8-import-escape")
 
 
+def test_in_root_resolution_alone_keeps_members_inside(tmp_path, dest, outside):
+    """write_tree in this process, without the child's chroot: openat2(RESOLVE_IN_ROOT) by
+    itself keeps every write, link and whiteout inside dest."""
+    (outside / "secret").write_bytes(b"host")
+    hostile = [[_sym("away", str(outside)), _file("away/x", b"evil")],
+               [_sym("away", str(outside)), _hard("h", "away/secret")],
+               [_sym("away", str(outside)), _file("away/.wh.secret")],
+               [_sym("away", f"../../{outside.name}"), _file("away/x", b"evil")]]
+    root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for number, members in enumerate(hostile):
+            with open(write_tar(tmp_path / f"{number}.tar", members), "rb") as archive:
+                try:
+                    write_tree(archive.fileno(), root, Caps(), layer=True)
+                except Refused as exc:
+                    assert "'away'" in str(exc) or "'away/secret'" in str(exc)
+            assert sorted(os.listdir(outside)) == ["secret"]
+            assert (outside / "secret").read_bytes() == b"host"
+    finally:
+        os.close(root)
+    (outside / "secret").unlink()
+
+
 def test_long_names_pax_and_gnu(tmp_path, dest):
     deep = "/".join(["d" * 60] * 6)  # 365 characters
     members = [_dir(deep), _file(f"{deep}/{'f' * 200}", b"long"),
@@ -272,6 +296,40 @@ def test_dest_must_be_empty(tmp_path, dest):
 def test_the_child_runs_in_another_user_namespace(tmp_path, dest):
     report = unpack(str(write_tar(tmp_path / "a.tar", [_file("a")])), str(dest))
     assert report.userns and report.userns != os.stat("/proc/self/ns/user").st_ino
+
+
+CONFINED = """
+import errno, json, os, sys
+from isol8.images.unpack_main import _confine
+status = os.open("/proc/self/status", os.O_RDONLY)
+_confine(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY))
+fields = dict(line.split(":", 1) for line in os.pread(status, 1 << 16, 0).decode().splitlines())
+out = {key: fields[key].strip() for key in ("CapEff", "CapPrm", "Uid")}
+out["root"] = sorted(os.listdir("/"))
+for name, attempt in (("chroot", lambda: os.chroot("/")),
+                      ("mknod", lambda: os.mknod("/null", 0o20666, os.makedev(1, 3))),
+                      ("setuid", lambda: os.setuid(1))):
+    try:
+        attempt()
+        out[name] = "ok"
+    except OSError as exc:
+        out[name] = errno.errorcode[exc.errno]
+print(json.dumps(out))
+"""
+
+
+def test_the_child_is_chrooted_without_capabilities(dest):
+    """What keeps a root importer off the machine if openat2 were bypassed: it sees only
+    dest, holds no capability (so no second chroot, no device node), cannot change uid."""
+    (dest / "only-this").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-c", CONFINED, str(dest)], capture_output=True,
+                          text=True, check=True)
+    out = json.loads(proc.stdout)
+    assert out["CapEff"] == out["CapPrm"] == "0000000000000000"
+    assert out["Uid"].split()[0] == "0"  # uid 0 of the throwaway namespace, the user outside
+    assert out["root"] == ["only-this"]
+    assert (out["chroot"], out["mknod"]) == ("EPERM", "EPERM")
+    assert out["setuid"] in ("EPERM", "EINVAL")  # uid 1 is not even mapped
 
 
 def test_real_tree_round_trips(tmp_path, dest):

@@ -27,7 +27,9 @@ Per member:
 - character and block devices and fifos: skipped (``Report.skipped``);
 - an existing entry of the same name is replaced (a directory stays a directory).
 
-Ownership is never changed: files belong to whoever imports (rootless: the user). With
+Ownership is never changed: files belong to whoever imports (rootless: the user); extended
+attributes (file capabilities among them) are not restored, for the same reason setuid bits
+are not. With
 ``layer=True`` the member set is an OCI layer applied onto the tree: ``.wh.NAME`` deletes NAME
 (a whole subtree) from earlier layers, ``.wh..wh..opq`` empties its directory of everything
 earlier layers put there. On any exception the tree under ``dest`` is incomplete: the caller
@@ -61,6 +63,10 @@ _META_MAX = 1 << 20  # a PAX header or GNU long name over 1 MiB is hostile, not 
 _IN_ROOT = _native.RESOLVE_IN_ROOT | _native.RESOLVE_NO_MAGICLINKS
 _WHITEOUT, _OPAQUE = ".wh.", ".wh..wh..opq"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# What a member's own name or target causes (a loop, a file where a directory must be, an
+# empty or overlong name), as opposed to the machine's trouble (a full disk, EIO).
+_CONTENT_ERRORS = {errno.ELOOP, errno.EXDEV, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+                   errno.EINVAL, errno.ENOENT, errno.EEXIST}
 
 
 class Refused(Isol8Error):
@@ -137,9 +143,10 @@ def unpack_fd(fd: int, dest: str, *, caps: Caps = Caps(), layer: bool = False,
     return Report(**answer["report"])
 
 
-# ---- everything below runs in the confined child (isol8.images.unpack_main) ----
+# ---- the confined child's side (isol8.images.unpack_main); isol8.images.oci reads outer
+# archives with ArchiveBytes and decompressed too ----
 
-class _Raw:
+class ArchiveBytes:
     """The archive's bytes from ``fd`` (``length`` of them from ``offset``), hashed as read,
     with a look-ahead for the compression magic."""
 
@@ -179,7 +186,7 @@ class _Raw:
             pass
 
 
-def _decompressed(raw: _Raw) -> io.BufferedIOBase | IO[bytes]:
+def decompressed(raw: ArchiveBytes) -> io.BufferedIOBase | IO[bytes]:
     magic, source = raw.peek(6), cast(IO[bytes], raw)
     if magic.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=source, mode="rb")
@@ -231,7 +238,7 @@ class _Header(tarfile.TarInfo):
         return super()._proc_gnulong(tf)  # type: ignore[misc, no-any-return]
 
 
-def _parts(name: str, member: str) -> tuple[str, ...]:
+def relative_parts(name: str, member: str) -> tuple[str, ...]:
     """``name``'s components relative to the root; a ``..`` climbing above it is refused."""
     out: list[str] = []
     for part in name.split("/"):
@@ -308,7 +315,7 @@ class _Tree:
         if report.files > self.caps.max_inodes:
             raise Refused(f"more than {self.caps.max_inodes} members (the inode cap); "
                           f"member {m.name!r} is one too many")
-        parts = _parts(m.name, m.name)
+        parts = relative_parts(m.name, m.name)
         if self.layer and parts and parts[-1].startswith(_WHITEOUT):
             self.whiteout(parts, m.name)
             return
@@ -326,8 +333,9 @@ class _Tree:
                 raise Refused(f"member {m.name!r} ({m.size} bytes) takes the contents over "
                               f"the size cap of {self.caps.max_bytes} bytes")
             report.bytes += m.size
-        for depth in range(len(parts) + 1):
-            self.touched.add(parts[:depth])
+        if self.layer:
+            for depth in range(len(parts) + 1):
+                self.touched.add(parts[:depth])
         if not parts:  # the root itself ("./")
             if m.isdir():
                 os.fchmod(self.root, mode | 0o700)
@@ -394,7 +402,7 @@ class _Tree:
 
     def hardlink(self, m: tarfile.TarInfo, parent: int, parts: tuple[str, ...]) -> None:
         try:
-            target = _parts(m.linkname, m.name)
+            target = relative_parts(m.linkname, m.name)
         except Refused:
             raise Refused(f"hard link {m.name!r} points outside the image root "
                           f"({m.linkname!r})") from None
@@ -483,11 +491,11 @@ def write_tree(archive_fd: int, root: int, caps: Caps, layer: bool, offset: int 
                length: int = -1, digest: str = "") -> Report:
     """Stream the archive into the tree under ``root`` (see the module docstring)."""
     report = Report()
-    raw = _Raw(archive_fd, offset, length)
+    raw = ArchiveBytes(archive_fd, offset, length)
     tree = _Tree(root, caps, layer, report)
     member = ""
     try:
-        stream = _decompressed(raw)
+        stream = decompressed(raw)
         tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_Header,  # type: ignore[call-overload]
                           bufsize=1 << 16)
         while (m := tf.next()) is not None:
@@ -503,7 +511,7 @@ def write_tree(archive_fd: int, root: int, caps: Caps, layer: bool, offset: int 
     except OSError as exc:
         if exc.errno is None:  # bz2's and zstandard's word for corrupt data
             raise Refused(f"the archive is corrupt at member {member!r}: {exc}") from None
-        if exc.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+        if exc.errno in _CONTENT_ERRORS:
             raise Refused(f"member {member!r} cannot be placed: {exc}") from None
         raise UnpackFailed(f"member {member!r}: {exc}") from None
     raw.drain()

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _native
-from .extract import Caps, Refused, Report, _decompressed, _parts, _Raw, unpack_fd
+from .extract import (ArchiveBytes, Caps, Refused, Report, UnpackFailed, decompressed,
+                      relative_parts, unpack_fd)
 
 _JSON_MAX = 4 << 20  # an index, manifest or config larger than this is not one
 _OUTER_MAX_MEMBERS = 200_000
@@ -77,9 +78,9 @@ def detect(path: str) -> str:
     try:
         tops = []
         try:
-            with tarfile.open(fileobj=_decompressed(_Raw(fd, 0, -1)), mode="r|") as tf:
+            with tarfile.open(fileobj=decompressed(ArchiveBytes(fd, 0, -1)), mode="r|") as tf:
                 for _, member in zip(range(16), tf):
-                    parts = _parts(member.name, member.name)
+                    parts = relative_parts(member.name, member.name)
                     if parts:
                         tops.append(parts[0])
         except (tarfile.TarError, OSError, EOFError) as exc:
@@ -117,8 +118,8 @@ class _Source:
     def _index_tarball(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.fds.append(fd)
-        raw = _Raw(fd, 0, -1)
-        stream = _decompressed(raw)
+        raw = ArchiveBytes(fd, 0, -1)
+        stream = decompressed(raw)
         if stream is not raw:  # random access needs the plain tar: an anonymous copy
             plain = tempfile.TemporaryFile(dir=os.environ.get("TMPDIR", "/var/tmp"))
             with plain:
@@ -135,20 +136,20 @@ class _Source:
                     if count > _OUTER_MAX_MEMBERS:
                         raise Refused(f"{self.path} has over {_OUTER_MAX_MEMBERS} members: "
                                       "not an image archive")
-                    parts = _parts(m.name, m.name)
+                    parts = relative_parts(m.name, m.name)
                     if m.isreg():
                         self.members[parts] = (m.offset_data, m.size)
                     elif m.issym():
-                        self.links[parts] = _parts("/".join(parts[:-1] + (m.linkname,)),
+                        self.links[parts] = relative_parts("/".join(parts[:-1] + (m.linkname,)),
                                                    m.name)
                     elif m.islnk():
-                        self.links[parts] = _parts(m.linkname, m.name)
+                        self.links[parts] = relative_parts(m.linkname, m.name)
                     tf.members.clear()  # type: ignore[attr-defined]
         except tarfile.TarError as exc:
             raise Refused(f"{self.path} is not a readable tar archive: {exc}") from None
 
     def open(self, name: str) -> tuple[int, int, int]:
-        parts = _parts(name, name)
+        parts = relative_parts(name, name)
         if self.dirfd >= 0:
             try:
                 fd = _native.openat2(self.dirfd, "/".join(parts), os.O_RDONLY, 0,
@@ -282,7 +283,7 @@ def _import_docker(source: _Source, dest: str, caps: Caps) -> OciReport:
     for number, name in enumerate(layer_names):
         if not isinstance(name, str):
             raise Refused(f"{source.path}: manifest.json layer {number} is {name!r}")
-        blob = re.match(r"^blobs/sha256/([0-9a-f]{64})$", "/".join(_parts(name, name)))
+        blob = re.match(r"^blobs/sha256/([0-9a-f]{64})$", "/".join(relative_parts(name, name)))
         if blob:
             digest = f"sha256:{blob.group(1)}"
         elif number < len(diff_ids) and isinstance(diff_ids[number], str):
@@ -301,7 +302,7 @@ def import_layout(path: str, dest: str, *, caps: Caps = Caps()) -> OciReport:
     archive) onto the empty directory ``dest``, layer by layer in order; see the module
     docstring for what is verified. On an exception ``dest`` holds a partial tree."""
     if os.listdir(dest):
-        raise Refused(f"{dest} is not empty: an image is imported into a new directory")
+        raise UnpackFailed(f"{dest} is not empty: an image is imported into a new directory")
     source = _Source(path)
     try:
         if source.exists("index.json"):
