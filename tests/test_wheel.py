@@ -86,7 +86,11 @@ def build_wheel(sdist_tree: Path, out: Path, *args: str, **env: str) -> Path:
 def sdist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The sdist of a clean copy of the source (no egg-info, no helper built in place, whose
     names setuptools would read back into the sdist), and the tree it unpacks to."""
-    if importlib.util.find_spec("build") is None:
+    try:
+        setuptools = int(importlib.metadata.version("setuptools").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        setuptools = 0
+    if importlib.util.find_spec("build") is None or setuptools < 77:
         pytest.skip("the test extra's build and setuptools>=77 are missing from this venv "
                     "(pip install -e '.[test]')")
     source = source_tree()
