@@ -476,6 +476,28 @@ def test_oci_corrupted_manifest_and_hostile_layer_refused(tmp_path, dest):
         oci.import_layout(str(tmp_path / "layout"), str(dest))
 
 
+def test_oci_nested_index_and_an_image_listed_twice(tmp_path, dest):
+    facts = make_layout(tmp_path / "layout", LAYERS)
+    index_path = tmp_path / "layout/index.json"
+    nested = dict(_blob(tmp_path / "layout", index_path.read_bytes()),
+                  mediaType="application/vnd.oci.image.index.v1+json")
+    index_path.write_text(json.dumps({"schemaVersion": 2, "manifests": [nested, nested]}))
+    assert oci.import_layout(str(tmp_path / "layout"), str(dest)).manifest_digest == \
+        facts["manifest"]
+    _check_applied(dest)
+
+
+def test_oci_blob_that_is_a_fifo_refused(tmp_path, dest):
+    facts = make_layout(tmp_path / "layout", LAYERS)
+    blob = tmp_path / "layout/blobs/sha256" / facts["layers"][0].split(":")[1]
+    blob.unlink()
+    os.mkfifo(blob)
+    with pytest.raises(Refused, match=f"'blobs/sha256/{blob.name}' is not a regular file"):
+        oci.import_layout(str(tmp_path / "layout"), str(dest))
+    with pytest.raises(UnpackFailed, match="is not a regular file"):
+        unpack(str(blob), str(dest))
+
+
 def test_oci_without_our_platform_refused(tmp_path, dest):
     make_layout(tmp_path / "layout", LAYERS, platform_arch="mips64le")
     with pytest.raises(Refused, match=f"0 images for linux/{ARCH}"):

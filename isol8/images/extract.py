@@ -99,8 +99,10 @@ def unpack(archive: str, dest: str, *, caps: Caps = Caps(), layer: bool = False)
     ``zstandard`` module is installed) into the existing empty directory ``dest`` (or, with
     ``layer=True``, onto the tree already there, honouring OCI whiteouts), inside a throwaway
     user and mount namespace. Raises Refused naming the member for hostile content."""
-    fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a fifo must not hang
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnpackFailed(f"{archive} is not a regular file")
         return unpack_fd(fd, dest, caps=caps, layer=layer, label=archive)
     finally:
         os.close(fd)

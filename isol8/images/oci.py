@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -151,12 +152,14 @@ class _Source:
     def open(self, name: str) -> tuple[int, int, int]:
         parts = relative_parts(name, name)
         if self.dirfd >= 0:
-            try:
-                fd = _native.openat2(self.dirfd, "/".join(parts), os.O_RDONLY, 0,
-                                     _native.RESOLVE_IN_ROOT | _native.RESOLVE_NO_MAGICLINKS)
+            try:  # O_NONBLOCK: a fifo planted in the layout must not hang the import
+                fd = _native.openat2(self.dirfd, "/".join(parts), os.O_RDONLY | os.O_NONBLOCK,
+                                     0, _native.RESOLVE_IN_ROOT | _native.RESOLVE_NO_MAGICLINKS)
             except FileNotFoundError:
                 raise Refused(f"{self.path}: {name!r} is missing") from None
             self.fds.append(fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Refused(f"{self.path}: {name!r} is not a regular file")
             return fd, 0, -1
         for _ in range(16):  # a symlink chain between members, never outside the archive
             if parts in self.members:
@@ -219,7 +222,8 @@ def _pick(source: _Source, index: Any, where: str) -> dict[str, Any]:
         raise Refused(f"{source.path}: {where} lists no manifests")
     ours = [e for e in entries if isinstance(e, dict) and _platform_ok(e)]
     unstated = [e for e in entries if isinstance(e, dict) and _platform_ok(e) is None]
-    candidates = ours or unstated
+    # one image under two tags is listed twice (docker save does): one candidate
+    candidates = list({str(e.get("digest")): e for e in ours or unstated}.values())
     if len(candidates) != 1:
         plats = sorted({f"{e['platform'].get('os')}/{e['platform'].get('architecture')}"
                         for e in entries if isinstance(e, dict)
