@@ -53,6 +53,7 @@ class Index:
     def __init__(self) -> None:
         self.projects: dict[str, list[tuple[str, bytes, str | None]]] = {}
         self.requests: list[str] = []
+        self.delay = 0.0  # seconds every answer waits
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,6 +62,7 @@ class Index:
 
             def do_GET(self) -> None:
                 index.requests.append(self.path)
+                time.sleep(index.delay)
                 parts = self.path.strip("/").split("/")
                 body: bytes | None = None
                 kind = "application/octet-stream"
@@ -347,3 +349,22 @@ def test_cli_install_switches_to_filtered(index, cache_root):
                           "-e", "print(1)"], capture_output=True, text=True, env=env,
                          timeout=60)
     assert bad.returncode != 0 and "install_packages[0]" in bad.stderr, bad.stderr
+
+
+def test_install_failure_ends_a_stream(index, cache_root):
+    with engine_for(index, cache_root) as eng:
+        events = eng.execute_stream(IMPORT, install_packages=["no-such-pkg"])
+        with pytest.raises(PackageInstallFailed, match=r"^Package install failed \(exit code 1\)"):
+            list(events)
+
+
+def test_install_has_the_runs_timeout_as_its_own_budget(index, cache_root):
+    """A hung index: the install is killed at the run's timeout, and says so."""
+    index.publish("tinypkg_h4", "1.0", "x")
+    index.delay = 5.0
+    with engine_for(index, cache_root) as eng:
+        started = time.monotonic()
+        with pytest.raises(PackageInstallFailed,
+                           match=r"^Package install failed \(exit code 137\): timed out"):
+            eng.execute(IMPORT, install_packages=["tinypkg_h4"], timeout_ms=1500)
+        assert time.monotonic() - started < 4.5

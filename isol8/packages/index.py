@@ -16,6 +16,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -145,7 +146,10 @@ def _get(index: PackageIndex, url: str) -> bytes:
         sock.sendall(f"GET {target} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
                      "Accept: text/html\r\nUser-Agent: isol8\r\n\r\n".encode("ascii"))
         data = bytearray()
+        ends = time.monotonic() + 3 * _TIMEOUT  # a page sent a byte at a time ends too
         while len(data) <= _PAGE_LIMIT:
+            if time.monotonic() > ends:
+                raise OSError(f"{url}: took over {3 * _TIMEOUT:.0f} s")
             chunk = sock.recv(1 << 16)
             if not chunk:
                 break

@@ -44,6 +44,8 @@ _TAIL = 2000
 _COLLECT_TIME = 30.0
 _COLLECT_LIMIT = 256 << 20
 _MAX_FILES = 512
+_MAX_PROJECTS = 64  # index pages fetched per install: a listing cannot make it thousands
+_NO_PIP = "No module named pip"
 
 MANAGERS = {"python": "pip", "node": "npm"}
 
@@ -77,6 +79,9 @@ class PackageInstallFailed(Isol8Error):
 
     def __init__(self, exit_code: int, stderr: str) -> None:
         tail = stderr.strip()[-_TAIL:]
+        if _NO_PIP in stderr:
+            tail += (" (the root filesystem has no pip: on the host rootfs, apt-get install "
+                     "python3-pip; an image's recipe must include python3-pip)")
         super().__init__(f"Package install failed (exit code {exit_code}): {tail}")
         self.exit_code, self.stderr = exit_code, stderr
 
@@ -171,6 +176,10 @@ def collect(session: Session, index: PackageIndex, cache: PackageCache,
             result[name] = True
             continue
         project = project_of(name)
+        if project not in pages and (len(pages) >= _MAX_PROJECTS
+                                     or time.monotonic() > deadline):
+            result[name] = False  # past the budget: left for a later install to cache
+            continue
         if project not in pages:
             try:
                 pages[project] = published_hashes(index, project)
