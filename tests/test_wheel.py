@@ -39,6 +39,9 @@ EM = {"x86_64": 62, "aarch64": 183}
 PT_DYNAMIC, PT_INTERP, DT_NULL, DT_NEEDED = 2, 3, 0, 1
 NATIVE = platform.machine()
 CROSS = {"x86_64": "aarch64", "aarch64": "x86_64"}.get(NATIVE, "")
+# Debian's cross compilers and C libraries, per target (scripts/build-wheels.sh's list).
+CROSS_PACKAGES = {"aarch64": ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"],
+                  "x86_64": ["gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross"]}
 COMPILERS = ("cc", "gcc", "c99", "clang", "tcc", f"{CROSS}-linux-gnu-gcc")
 
 pytestmark = pytest.mark.skipif(NATIVE not in EM, reason=f"wheels are built on x86_64 and "
@@ -61,6 +64,24 @@ def source_tree() -> Path | None:
         return None
     path = Path(urllib.parse.unquote(url.removeprefix("file://")))
     return path if os.access(path / "csrc", os.R_OK | os.X_OK) else None
+
+
+def require_tool(names: list[str], packages: list[str]) -> str:
+    """The first of ``names`` on PATH; if none is, root installs ``packages`` with the project's
+    scripts/system-deps.sh (as scripts/build-wheels.sh does), anyone else skips, saying what an
+    admin would run."""
+    found = next(filter(None, map(shutil.which, names)), None)
+    source = source_tree()
+    if found is None and source is not None:
+        result = subprocess.run([str(source / "scripts" / "system-deps.sh"), *packages],
+                                capture_output=True, text=True, timeout=600)
+        found = next(filter(None, map(shutil.which, names)), None)
+        if found is None:
+            pytest.skip(f"no {' or '.join(names)}; installing {' '.join(packages)} failed: "
+                        f"{result.stderr.strip()[-800:]}")
+    if found is None:
+        pytest.skip(f"no {' or '.join(names)} (packages: {' '.join(packages)})")
+    return found
 
 
 def run_build(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -121,10 +142,7 @@ def native_wheel(sdist: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def cross_wheel(sdist: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = f"{CROSS}-linux-gnu-gcc"
-    if shutil.which(cc) is None:
-        pytest.skip(f"no cross compiler {cc} (scripts/build-wheels.sh installs it: "
-                    f"scripts/system-deps.sh gcc-{CROSS.replace('_', '-')}-linux-gnu ...)")
+    cc = require_tool([f"{CROSS}-linux-gnu-gcc"], CROSS_PACKAGES[CROSS])
     return build_wheel(sdist[1], tmp_path_factory.mktemp("cross"),
                        f"-C--build-option=--plat-name=manylinux_2_17_{CROSS}",
                        CC=cc, ISOL8_REQUIRE_STATIC="1")
@@ -234,10 +252,6 @@ def spawn_with_control_socket(argv: list[str]) -> tuple[int, socket.socket]:
     return pid, ours
 
 
-def qemu_for(arch: str) -> str | None:
-    return shutil.which(f"qemu-{arch}-static") or shutil.which(f"qemu-{arch}")
-
-
 @pytest.mark.parametrize("which", ["native", "cross"])
 def test_helper_answers_a_malformed_config(which: str, request: pytest.FixtureRequest,
                                            tmp_path: Path) -> None:
@@ -251,11 +265,8 @@ def test_helper_answers_a_malformed_config(which: str, request: pytest.FixtureRe
     helper.chmod(0o755)
     argv = [str(helper)]
     if which == "cross":
-        qemu = qemu_for(arch)
-        if qemu is None:
-            pytest.skip(f"no qemu-{arch}(-static) to run the {arch} helper "
-                        "(scripts/system-deps.sh qemu-user)")
-        argv = [qemu, str(helper)]
+        argv = [require_tool([f"qemu-{arch}-static", f"qemu-{arch}"], ["qemu-user"]),
+                str(helper)]
     pid, sock = spawn_with_control_socket(argv)
     with sock:
         sock.settimeout(60)
