@@ -5,7 +5,7 @@ other architecture's helper (Debian's cross compiler) is run under qemu-user, wh
 create namespaces or install seccomp filters: it only shows that the binary starts and answers a
 malformed config with the helper's error report, exactly as the native one does.
 
-Everything is built here, into temporary directories, once per module (about 10 s): no test
+Everything is built here, into temporary directories, once per module (about 20 s): no test
 depends on a wheel left in dist/ by a manual step.
 """
 
