@@ -368,3 +368,73 @@ def test_install_has_the_runs_timeout_as_its_own_budget(index, cache_root):
                            match=r"^Package install failed \(exit code 137\): timed out"):
             eng.execute(IMPORT, install_packages=["tinypkg_h4"], timeout_ms=1500)
         assert time.monotonic() - started < 4.5
+
+
+def npm_tarball(name: str, version: str, body: str) -> bytes:
+    import tarfile
+    import json as _json
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, text in (("package/package.json", _json.dumps(
+                {"name": name, "version": version, "main": "index.js"})),
+                           ("package/index.js", f"module.exports = {body!r};\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def npm_registry():
+    """An npm registry on 127.0.0.1 with one package; tarball URLs name the host the
+    request came for (the pinned name, inside the sandbox)."""
+    import json as _json
+    tgz = npm_tarball("tinypkg-h4", "1.0.0", "from npm")
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            if self.path == "/tinypkg-h4":
+                base = f"http://{self.headers['Host']}"
+                body = _json.dumps({"name": "tinypkg-h4", "dist-tags": {"latest": "1.0.0"},
+                                    "versions": {"1.0.0": {
+                                        "name": "tinypkg-h4", "version": "1.0.0",
+                                        "dist": {"tarball": f"{base}/tinypkg-h4/-/"
+                                                            "tinypkg-h4-1.0.0.tgz",
+                                                 "shasum": hashlib.sha1(tgz).hexdigest(),
+                                                 "integrity": integrity}}}}).encode()
+                kind = "application/json"
+            elif self.path == "/tinypkg-h4/-/tinypkg-h4-1.0.0.tgz":
+                body, kind = tgz, "application/octet-stream"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_npm_install_then_import(npm_registry, cache_root):
+    url, requests = npm_registry
+    with Isol8(network="filtered", package_index_url=url, package_cache=str(cache_root),
+               timeout_ms=60_000) as eng:
+        result = eng.execute("const v = require('tinypkg-h4'); console.log(v, "
+                             "require.resolve('tinypkg-h4'))", runtime="node",
+                             file_extension=".cjs", install_packages=["tinypkg-h4@1.0.0"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "from npm /sandbox/node_modules/tinypkg-h4/index.js"
+    assert "/tinypkg-h4/-/tinypkg-h4-1.0.0.tgz" in requests
