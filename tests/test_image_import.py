@@ -287,6 +287,20 @@ def test_corrupt_and_truncated_archives_refused(tmp_path, dest):
         unpack(str(tmp_path / "g.tar.gz"), str(dest))
 
 
+def test_hostile_metadata_values(tmp_path, dest):
+    """A PAX mtime of nan or 1e300 and a huge pax header are handled, not crashes."""
+    nan, huge = _file("nan", b"1"), _file("huge", b"2")
+    nan[0].pax_headers, huge[0].pax_headers = {"mtime": "nan"}, {"mtime": "1e300"}
+    unpack(str(write_tar(tmp_path / "a.tar", [nan, huge])), str(dest))
+    assert (dest / "nan").stat().st_mtime == 0 and (dest / "huge").stat().st_mtime == 1 << 33
+    big = _file("big", b"3")
+    big[0].pax_headers = {"comment": "x" * (2 << 20)}
+    shutil.rmtree(dest)
+    dest.mkdir()
+    with pytest.raises(Refused, match="a PAX header of .* bytes at byte 0"):
+        unpack(str(write_tar(tmp_path / "b.tar", [big])), str(dest))
+
+
 def test_dest_must_be_empty(tmp_path, dest):
     (dest / "old").write_bytes(b"")
     with pytest.raises(UnpackFailed, match="is not empty"):

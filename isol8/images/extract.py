@@ -87,8 +87,8 @@ class Caps:
 @dataclass(slots=True)
 class Report:
     sha256: str = ""  # of the archive stream as read (compressed bytes)
-    files: int = 0
-    bytes: int = 0
+    files: int = 0  # members read, whiteouts and skipped ones too (the inode cap counts these)
+    bytes: int = 0  # the sum of regular files' sizes (the size cap counts these)
     skipped: list[str] = field(default_factory=list)  # device nodes and the like
     stripped: list[str] = field(default_factory=list)  # setuid/setgid bits removed
     userns: int = 0  # inode of the user namespace the extraction ran in
@@ -256,7 +256,11 @@ def relative_parts(name: str, member: str) -> tuple[str, ...]:
 
 
 def _mtime_ns(member: tarfile.TarInfo) -> int:
-    return int(min(max(member.mtime, 0), 1 << 33) * 1_000_000_000)
+    """The member's mtime, clamped to [1970, 2242]; a PAX ``mtime`` of nan counts as 0."""
+    try:
+        return int(min(max(member.mtime, 0), 1 << 33) * 1_000_000_000)
+    except (ValueError, OverflowError):
+        return 0
 
 
 class _Tree:
