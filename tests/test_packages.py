@@ -25,6 +25,10 @@ from isol8.packages.stage import project_of
 from conftest import host_tempdir
 
 
+def _b64(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def wheel(name: str, version: str, body: str) -> tuple[str, bytes]:
     """A pure-Python wheel (PEP 427) holding module ``name`` whose ``VALUE`` is ``body``."""
     dist = f"{name}-{version}.dist-info"
@@ -35,9 +39,8 @@ def wheel(name: str, version: str, body: str) -> tuple[str, bytes]:
         f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: isol8-test\nRoot-Is-Purelib: true\n"
                          b"Tag: py3-none-any\n",
     }
-    record = "".join(
-        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
-        for path, data in files.items()) + f"{dist}/RECORD,,\n"
+    record = "".join(f"{path},sha256={_b64(hashlib.sha256(data).digest())},{len(data)}\n"
+                     for path, data in files.items()) + f"{dist}/RECORD,,\n"
     files[f"{dist}/RECORD"] = record.encode()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -438,3 +441,28 @@ def test_npm_install_then_import(npm_registry, cache_root):
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "from npm /sandbox/node_modules/tinypkg-h4/index.js"
     assert "/tinypkg-h4/-/tinypkg-h4-1.0.0.tgz" in requests
+
+
+def test_files_a_sandbox_hands_back_are_cached_only_if_the_index_vouches(index, cache_root):
+    """The supervisor's side of the cache against a hostile sandbox: the listing and the
+    bytes under /tmp/.isol8-downloads are the sandbox's. A tampered wheel under a real
+    name, a file the index does not list and a name with a path are all left out; the
+    genuine bytes go in."""
+    from isol8.packages.stage import collect
+    filename, data = index.publish("tinypkg_h4", "1.0", "genuine")
+    _, evil = wheel("tinypkg_h4", "1.0", "poisoned")
+    other_name, other = wheel("unlisted_h4", "1.0", "x")
+    files = {f"/tmp/.isol8-downloads/{filename}": evil,
+             f"/tmp/.isol8-downloads/{other_name}": other,
+             "/tmp/.isol8-downloads.list": f"{filename}\n{other_name}\n../../etc/x.whl\n"}
+    with engine_for(index, cache_root, mode="persistent") as eng:
+        assert eng.execute(cmd="true", files=files).exit_code == 0
+        cache = PackageCache(str(cache_root), index.url)
+        session = eng._session
+        assert collect(session, eng._indexes["pip"], cache) == {filename: False,
+                                                                other_name: False}
+        assert cache.entries() == {}
+        eng.put_file(f"/tmp/.isol8-downloads/{filename}", data)
+        assert collect(session, eng._indexes["pip"], cache) == {filename: True,
+                                                                other_name: False}
+    assert cache.entries() == {filename: hashlib.sha256(data).hexdigest()}
