@@ -319,6 +319,7 @@ status = os.open("/proc/self/status", os.O_RDONLY)
 _confine(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY))
 fields = dict(line.split(":", 1) for line in os.pread(status, 1 << 16, 0).decode().splitlines())
 out = {key: fields[key].strip() for key in ("CapEff", "CapPrm", "Uid")}
+out["uid"] = os.getuid()
 out["root"] = sorted(os.listdir("/"))
 for name, attempt in (("chroot", lambda: os.chroot("/")),
                       ("mknod", lambda: os.mknod("/null", 0o20666, os.makedev(1, 3))),
@@ -340,7 +341,8 @@ def test_the_child_is_chrooted_without_capabilities(dest):
                           text=True, check=True)
     out = json.loads(proc.stdout)
     assert out["CapEff"] == out["CapPrm"] == "0000000000000000"
-    assert out["Uid"].split()[0] == "0"  # uid 0 of the throwaway namespace, the user outside
+    # uid 0 of the throwaway namespace, the user outside (the status fd was opened outside)
+    assert out["uid"] == 0 and out["Uid"].split()[0] == str(os.getuid())
     assert out["root"] == ["only-this"]
     assert (out["chroot"], out["mknod"]) == ("EPERM", "EPERM")
     assert out["setuid"] in ("EPERM", "EINVAL")  # uid 1 is not even mapped
