@@ -240,3 +240,26 @@ def watching_host(pattern: str, *, no_children: bool = True):
     assert host_processes_matching(pattern) == []
     if no_children:
         assert child_pids() == []
+
+
+@pytest.fixture(scope="session")
+def python_image():
+    """The python recipe (rootfs/python.toml) built once per test session, with mmdebstrap
+    from the Debian mirror apt uses, into a store of its own under /var/tmp (as root a
+    sandbox reaches the image as an unprivileged uid, and pytest's tmp dirs are 0700).
+    Returns the Image; tests that name it set ISOL8_IMAGES to ``image_store_of(image)``."""
+    from isol8.images import ImageStore, build
+
+    path = tempfile.mkdtemp(prefix="isol8-test-images-", dir="/var/tmp")
+    os.chmod(path, 0o755)
+    try:
+        yield build.build("python", store=ImageStore(path)).image
+    finally:
+        from isol8.images.store import remove_tree
+
+        remove_tree(path)
+
+
+def image_store_of(image) -> str:
+    """The store an Image lives in: ``<store>/sha256-<hex>/rootfs``."""
+    return os.path.dirname(os.path.dirname(image.root))
