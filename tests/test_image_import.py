@@ -452,7 +452,9 @@ def _check_applied(dest: Path) -> None:
     assert stat.S_IMODE((dest / "bin/su").stat().st_mode) == 0o755
 
 
-def test_oci_layout_directory_and_tarball(tmp_path, dest):
+def test_oci_layout_directory_and_tarball(tmp_path, dest, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmpdir"))  # where a gzip layout is unpacked
+    (tmp_path / "tmpdir").mkdir()
     facts = make_layout(tmp_path / "layout", LAYERS)
     assert oci.detect(str(tmp_path / "layout")) == "oci"
     report = oci.import_layout(str(tmp_path / "layout"), str(dest))
@@ -470,6 +472,15 @@ def test_oci_layout_directory_and_tarball(tmp_path, dest):
         out.mkdir()
         assert oci.import_layout(str(archive), str(out)).manifest_digest == facts["manifest"]
         _check_applied(out)
+    assert os.listdir(tmp_path / "tmpdir") == []
+
+
+def test_oci_caps_hold_across_layers(tmp_path, dest):
+    make_layout(tmp_path / "layout", [tar_bytes([_file("a", b"x" * 600)]),
+                                      tar_bytes([_file("b", b"y" * 600)])])
+    with pytest.raises(Refused, match=r"layer sha256:[0-9a-f]{64}: member 'b' \(600 bytes\) "
+                                      r"takes the contents over the size cap of 400 bytes"):
+        oci.import_layout(str(tmp_path / "layout"), str(dest), caps=Caps(max_bytes=1000))
 
 
 def test_oci_corrupted_layer_refused_naming_its_digest(tmp_path, dest):
@@ -547,6 +558,24 @@ def test_docker_save_legacy(tmp_path, dest):
     dest.mkdir()
     with pytest.raises(Refused, match=f"layer {names[0]} .*does not match"):
         oci.import_layout(str(write_tar(tmp_path / "bad.tar", members)), str(dest))
+
+
+def test_docker_save_layer_symlinks(tmp_path, dest):
+    """Older docker writes a layer shared by two images once, the other ``layer.tar`` a
+    symlink to it; a symlink leaving the archive is refused, never read from the host."""
+    data = LAYERS[0]
+    diff_id = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    config = json.dumps({"rootfs": {"diff_ids": [diff_id, diff_id]}}).encode()
+    manifest = [{"Config": "c.json", "Layers": ["a/layer.tar", "b/layer.tar"]}]
+    members = [_file("c.json", config), _file("manifest.json", json.dumps(manifest).encode()),
+               _file("a/layer.tar", data), _sym("b/layer.tar", "../a/layer.tar")]
+    report = oci.import_layout(str(write_tar(tmp_path / "s.tar", members)), str(dest))
+    assert [layer.sha256 for layer in report.layers] == [diff_id[7:]] * 2
+    members[3] = _sym("b/layer.tar", "../../../etc/passwd")
+    shutil.rmtree(dest)
+    dest.mkdir()
+    with pytest.raises(Refused, match="'b/layer.tar' leaves the image root"):
+        oci.import_layout(str(write_tar(tmp_path / "t.tar", members)), str(dest))
 
 
 def test_docker_save_layer_path_outside_the_archive_refused(tmp_path, dest):

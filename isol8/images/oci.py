@@ -109,7 +109,11 @@ class _Source:
             self.dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self.fds.append(self.dirfd)
         else:
-            self._index_tarball()
+            try:
+                self._index_tarball()
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         for fd in self.fds:
