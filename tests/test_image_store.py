@@ -189,7 +189,7 @@ def test_staging_left_by_a_killed_import_is_removed(store, rootfs_tar):
 
 
 def test_concurrent_imports_of_one_name_end_consistent(store, tmp_path):
-    tars = [make_tar(tmp_path / f"t{i}.tar", {f"etc/which": f"{i}\n".encode(),
+    tars = [make_tar(tmp_path / f"t{i}.tar", {"etc/which": f"{i}\n".encode(),
                                              **{f"usr/share/f{n}": b"y" * 2000
                                                 for n in range(300)}})
             for i in range(2)]
@@ -250,6 +250,7 @@ def test_recipe_digest_covers_content_not_formatting(tmp_path):
     ('installer = "cargo"', "installer 'cargo'"),
     ('packages = "python3"', "packages must be a list"),
     ('packages = [', "recipe"),
+    ('variant = "extract"\nsetup = "true"', "only unpacks packages"),
 ])
 def test_bad_recipes_are_refused_naming_the_fault(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -21,8 +21,10 @@ from pathlib import Path
 from ..errors import InvalidRequest
 
 SUITES = ("bookworm", "trixie")
-VARIANTS = ("extract", "custom", "essential", "apt", "minbase", "buildd", "required",
-            "important", "standard")
+VARIANTS = ("extract", "essential", "apt", "minbase", "buildd", "required", "important",
+            "standard")
+# mmdebstrap only unpacks these (no dpkg run, no customize hooks): no files, setup or installer.
+_UNPACK_ONLY = ("extract",)
 INSTALLERS = ("pip", "npm")
 # Debian package names (policy 5.6.1), optionally with an architecture qualifier.
 _DEB = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?$")
@@ -126,8 +128,11 @@ def parse(name: str, data: Mapping[str, object], where: str = "recipe") -> Recip
     if installer and installer not in INSTALLERS:
         raise InvalidRequest(f"{where}: installer {installer!r} is not one of "
                              f"{', '.join(INSTALLERS)}")
-    return Recipe(name, suite, variant, tuple(packages), dict(files),
-                  _string(data, "setup", where, ""), installer,
+    setup = _string(data, "setup", where, "")
+    if variant in _UNPACK_ONLY and (files or setup or installer):
+        raise InvalidRequest(f"{where}: variant {variant!r} only unpacks packages: it runs no "
+                             "hooks, so it takes no files, setup or installer")
+    return Recipe(name, suite, variant, tuple(packages), dict(files), setup, installer,
                   _string(data, "description", where, ""))
 
 

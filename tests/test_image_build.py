@@ -1,0 +1,275 @@
+"""Real image builds: mmdebstrap from the Debian mirror apt is configured with (the one
+network the image tests may use), as root in unshare mode and, in the rootless stage, as
+isol8-ci in unshare mode with its subuid range (scripts/test.sh gives it one) or fakechroot.
+
+One python image is built per module and shared; the store-behaviour tests use a tiny
+recipe (variant extract, busybox-static: a few seconds). A --install test serves a wheel it
+builds from a package index on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from isol8 import Isol8
+from isol8.errors import Isol8Error
+from isol8.images import build as image_build
+from isol8.images.store import ImageStore, remove_tree
+
+ROOTFS = Path(__file__).resolve().parent.parent / "rootfs"
+TINY = 'variant = "extract"\npackages = ["busybox-static"]\n'
+
+
+def _mode_or_reason() -> str:
+    try:
+        return image_build.choose_mode()
+    except Isol8Error as exc:
+        return f"SKIP {exc}"
+
+
+MODE = _mode_or_reason()
+pytestmark = [
+    pytest.mark.skipif(MODE.startswith("SKIP"), reason=MODE[5:]),
+    pytest.mark.skipif(not (ROOTFS / "python.toml").is_file(),
+                       reason=f"the recipes are not at {ROOTFS}"),
+    pytest.mark.timeout(400),
+]
+
+
+@pytest.fixture(scope="module")
+def store():
+    # Under /var/tmp, searchable by others: as root a sandbox runs as an unprivileged uid
+    # that must reach the image through every directory above it (pytest's tmp is 0700).
+    path = tempfile.mkdtemp(prefix="isol8-images-", dir="/var/tmp")
+    os.chmod(path, 0o755)
+    env = {"ISOL8_IMAGES": path, "ISOL8_RECIPES": str(ROOTFS)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield ImageStore(path)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        remove_tree(path)
+
+
+@pytest.fixture(scope="module")
+def python_image(store):
+    steps: list[str] = []
+    outcome = image_build.build("python", store=store, progress=steps.append)
+    assert outcome.built
+    assert steps[:1] == ["resolving"] and steps[-1] == "importing"
+    assert {"downloading", "installing"} <= set(steps)
+    return outcome
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "isol8", "image", *args], env=os.environ,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_python_image_manifest(python_image, store):
+    image = python_image.image
+    m = image.manifest
+    assert m["source"] == "build" and m["recipe"] == "python" and m["mode"] == MODE
+    assert m["python"].startswith("3.") and m["python"] == m["packages"]["python3"][:len(
+        m["python"])]
+    assert {"python3", "python3-pip", "python3-venv", "ca-certificates"} <= set(m["packages"])
+    assert m["node"] is None and m["installed"] == {}
+    assert m["files"] > 1000 and m["size"] > 50 << 20
+    root = Path(image.root)
+    assert (root / "usr/bin/python3").exists()
+    assert (root / "etc/ssl/certs/ca-certificates.crt").is_file()
+    assert "disable-pip-version-check" in (root / "etc/pip.conf").read_text()
+    # Documentation, manual pages and translations are left out (dpkg path-exclude).
+    assert not list((root / "usr/share/doc").glob("*/*"))
+    assert not (root / "usr/share/man/man1").exists()
+    # Nothing of the build is left: no apt cache or lists, no staging.
+    assert not list((root / "var/cache/apt/archives").glob("*.deb"))
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+
+
+def test_unchanged_recipe_is_a_no_op(python_image):
+    t0 = time.monotonic()
+    r = cli("build", "python")
+    assert r.returncode == 0, r.stderr
+    assert "up to date" in r.stderr and python_image.image.digest[7:19] in r.stderr
+    assert time.monotonic() - t0 < 5
+    again = image_build.build("python")
+    assert not again.built and again.image == python_image.image
+
+
+def test_list_shows_the_image(python_image):
+    r = cli("list")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("python "))
+    assert python_image.image.digest[7:19] in line and line.rstrip().endswith("build")
+    listed = json.loads(cli("list", "--json").stdout)
+    assert listed[0]["python"] == python_image.image.manifest["python"]
+
+
+def test_code_runs_in_the_built_image(python_image):
+    with Isol8(rootfs="python") as eng:
+        r = eng.execute("import sys, ssl; print(sys.version.split()[0], "
+                        "ssl.get_default_verify_paths().cafile is not None)",
+                        runtime="python")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.split()[0] == python_image.image.manifest["python"]
+
+
+def test_export_import_round_trip(python_image, store, tmp_path):
+    out = tmp_path / "python.tar"
+    assert cli("export", "python", "-o", str(out)).returncode == 0
+    r = cli("import", str(out), "--name", "python-copy")
+    assert r.returncode == 0, r.stderr
+    copy = store.get("python-copy")
+
+    def listing(root: str) -> set[tuple[str, bool]]:
+        return {(os.path.relpath(os.path.join(top, n), root),
+                 os.path.islink(os.path.join(top, n)))
+                for top, dirs, files in os.walk(root) for n in dirs + files}
+
+    assert listing(copy.root) == listing(python_image.image.root)
+    assert copy.manifest["packages"] == python_image.image.manifest["packages"]
+    assert cli("rm", "python-copy").returncode == 0
+    assert not os.path.exists(copy.root)
+
+
+# -- the tiny recipe: rebuild rules, --force, concurrency, rm ----------------------------------
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def has(root: str, program: str) -> bool:
+    return any(os.path.lexists(os.path.join(root, d, program)) for d in ("bin", "usr/bin"))
+
+
+def test_changed_recipe_rebuilds_and_force_rebuilds(store, tiny):
+    first = image_build.build("tiny", base=str(tiny), store=store)
+    assert first.built and (Path(first.image.root) / "bin/busybox").exists()
+    assert not has(first.image.root, "dash")
+    assert not image_build.build("tiny", base=str(tiny), store=store).built
+    forced = image_build.build("tiny", base=str(tiny), store=store, force=True)
+    assert forced.built
+    assert forced.image.manifest["recipe_digest"] == first.image.manifest["recipe_digest"]
+    tiny.write_text(TINY.replace('"busybox-static"', '"busybox-static", "dash"'))
+    changed = image_build.build("tiny", base=str(tiny), store=store)
+    assert changed.built
+    assert changed.image.manifest["recipe_digest"] != first.image.manifest["recipe_digest"]
+    assert has(changed.image.root, "dash")
+    # The name's previous content went when the name moved on.
+    assert store.get("tiny").digest == changed.image.digest != forced.image.digest
+    assert not os.path.exists(forced.image.root)
+    assert cli("rm", "tiny").returncode == 0
+    assert store.find("tiny") is None and not os.path.exists(changed.image.root)
+
+
+def test_concurrent_builds_of_one_name(store, tiny):
+    procs = [subprocess.Popen([sys.executable, "-m", "isol8", "image", "build", "tiny-c",
+                               "--base", str(tiny)], env=os.environ, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    finals = sorted(err.splitlines()[-1].split(": ")[2].split(",")[0] for _, err in outs)
+    assert finals == ["built", "up to date"], outs
+    image = store.get("tiny-c")
+    assert image.manifest["digest"] == image.digest
+    assert (Path(image.root) / "bin/busybox").exists()
+    others = {e for e in os.listdir(store.root) if e.startswith("sha256-")}
+    assert image.digest in others
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+    assert cli("rm", "tiny-c").returncode == 0
+
+
+# -- --install from a package index on loopback ------------------------------------------------
+
+def _wheel(directory: Path, name: str, version: str) -> str:
+    """A minimal pure-Python wheel (PEP 427) of one module, written by hand."""
+    mod = name.replace("-", "_")
+    dist = f"{mod}-{version}.dist-info"
+    files = {f"{mod}/__init__.py": b"VALUE = 42\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\n"
+                                 f"Version: {version}\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: isol8-test\n"
+                              b"Root-Is-Purelib: true\nTag: py3-none-any\n"}
+
+    def digest(data: bytes) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(
+            hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{p},{digest(b)},{len(b)}\n" for p, b in files.items())
+    filename = f"{mod}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(directory / filename, "w") as whl:
+        for path, data in files.items():
+            whl.writestr(path, data)
+        whl.writestr(f"{dist}/RECORD", record + f"{dist}/RECORD,,\n")
+    return filename
+
+
+@contextlib.contextmanager
+def package_index(root: Path):
+    """A PEP 503 simple index served from ``root`` on 127.0.0.1, on an ephemeral port."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None  # type: ignore[assignment]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_install_bakes_a_pip_package_from_a_local_index(python_image, store, tmp_path):
+    project = tmp_path / "simple" / "isol8-probe-pkg"
+    project.mkdir(parents=True)
+    filename = _wheel(project, "isol8-probe-pkg", "1.2.3")
+    (project / "index.html").write_text(f'<a href="{filename}">{filename}</a>\n')
+    with package_index(tmp_path) as url:
+        r = cli("build", "py-probe", "--base", "python", "--install", "isol8-probe-pkg",
+                "--index-url", url)
+    assert r.returncode == 0, r.stderr
+    image = store.get("py-probe")
+    assert image.manifest["installed"] == {"isol8-probe-pkg": "1.2.3"}
+    assert image.manifest["install"] == ["isol8-probe-pkg"]
+    assert image.manifest["recipe"] == "python"
+    site = list(Path(image.root).glob("usr/local/lib/python3*/dist-packages/isol8_probe_pkg"))
+    assert len(site) == 1 and (site[0] / "__init__.py").read_text() == "VALUE = 42\n"
+    with Isol8(rootfs="py-probe") as eng:
+        run = eng.execute("import isol8_probe_pkg; print(isol8_probe_pkg.VALUE)",
+                          runtime="python")
+    assert (run.exit_code, run.stdout.strip()) == (0, "42"), run.stderr
+    # The same base and packages again: up to date, without asking the index (it is gone).
+    r = cli("build", "py-probe", "--base", "python", "--install", "isol8-probe-pkg",
+            "--index-url", url)
+    assert r.returncode == 0 and "up to date" in r.stderr, r.stderr
+    assert cli("rm", "py-probe").returncode == 0
+
+
+def test_install_refuses_an_option_as_a_package(store):
+    r = cli("build", "py-bad", "--base", "python", "--install=--index-url=http://evil")
+    assert r.returncode == 1 and "'--index-url=http://evil': not a package name" in r.stderr
+    assert store.find("py-bad") is None
