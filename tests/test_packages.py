@@ -22,7 +22,7 @@ from isol8.packages import (PackageCache, PackageInstallFailed, satisfied,
 from isol8.packages.cache import MOUNT
 from isol8.packages.stage import project_of
 
-from conftest import host_tempdir
+from conftest import child_pids, host_tempdir
 
 
 def _b64(digest: bytes) -> str:
@@ -233,6 +233,7 @@ def test_install_then_import_then_cached(index, cache_root):
         assert second.stdout.startswith("from the index ")
         assert index.requests == []  # the cache alone served it
         assert elapsed < 2.0, f"cached install took {elapsed:.2f} s"
+    assert child_pids() == []  # no helper, installer or reader left behind
 
 
 def test_cache_is_read_only_inside(index, cache_root):

@@ -60,6 +60,9 @@ class PackageCache:
         """Create the directory (0755: as root a sandbox is a leased uid that reads it
         through the "other" bits) with an empty index; returns its path, to mount."""
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        # whatever the umask made it: inside, only the mounted directory's own bits count
+        if os.stat(self.dir).st_mode & 0o755 != 0o755:
+            os.chmod(self.dir, 0o755)
         if not os.path.exists(os.path.join(self.dir, "index.html")):
             with self._locked():
                 self._write_index(self.entries())
