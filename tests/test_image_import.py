@@ -268,6 +268,16 @@ def test_zstd_refused_by_name_without_the_module(tmp_path, dest):
         unpack(str(archive), str(dest))
 
 
+def test_zstd_with_the_module(tmp_path, dest):
+    zstandard = pytest.importorskip("zstandard", reason="the optional zstandard module")
+    whole = tar_bytes([_file("etc/os-release", b"zstd\n")])
+    frames = [zstandard.ZstdCompressor().compress(whole[:1024]),
+              zstandard.ZstdCompressor().compress(whole[1024:])]  # zstd:chunked: many frames
+    (tmp_path / "a.tar.zst").write_bytes(b"".join(frames))
+    unpack(str(tmp_path / "a.tar.zst"), str(dest))
+    assert (dest / "etc/os-release").read_bytes() == b"zstd\n"
+
+
 def test_corrupt_and_truncated_archives_refused(tmp_path, dest):
     data = tar_bytes([_file("a", b"x" * 5000), _file("b", b"y")])
     (tmp_path / "t.tar").write_bytes(data[:2048])

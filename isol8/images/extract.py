@@ -123,13 +123,15 @@ def unpack_fd(fd: int, dest: str, *, caps: Caps = Caps(), layer: bool = False,
                 "label": label or f"fd {fd}"}
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         # -P: nothing from the working directory is imported; PYTHONPATH makes the child run
-        # this very isol8 even when it is not installed.
+        # this very isol8 even when it is not installed (and keeps the caller's, where an
+        # optional zstandard may be).
+        path = os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))
         proc = subprocess.run(
             [sys.executable, "-P", "-m", "isol8.images.unpack_main", str(fd), str(dfd),
              json.dumps(spec)],
             pass_fds=(fd, dfd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, cwd="/", check=False,
-            env={"PYTHONPATH": package_parent, "LC_ALL": "C.UTF-8"})
+            env={"PYTHONPATH": path, "LC_ALL": "C.UTF-8"})
     finally:
         os.close(dfd)
     try:
@@ -202,7 +204,9 @@ def decompressed(raw: ArchiveBytes) -> io.BufferedIOBase | IO[bytes]:
         except ImportError:
             raise Refused("the archive is zstd-compressed and the 'zstandard' module is not "
                           "installed (pip install zstandard), or decompress it first") from None
-        return zstandard.ZstdDecompressor().stream_reader(source)  # type: ignore[no-any-return]
+        # read_across_frames: zstd:chunked layers are many frames, not one
+        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[no-any-return]
+            source, read_across_frames=True)
     return source
 
 
