@@ -48,7 +48,7 @@ REQUEST_NAMES = {
 }
 # Local engine settings that belong to the server's host, not to a request.
 SERVER_SIDE = ("uid_range", "cgroup_parent", "pool_size", "pool_strategy", "prewarm",
-               "workspace_dir", "max_concurrent")
+               "workspace_dir", "max_concurrent", "package_index_url", "package_cache")
 
 DEFAULT_RUN_TIMEOUT_MS = 30_000  # the engine's default timeout_ms
 # A run's answer may wait for admission (the server's queue) and a setup script on top of
