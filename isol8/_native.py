@@ -172,3 +172,36 @@ def drop_capabilities() -> None:
     """``capset(2)`` with every set empty: the calling thread keeps no capability at all."""
     header, data = CapHeader(_CAP_VERSION_3, 0), (CapData * 2)()
     _check(_libc().capset(ctypes.byref(header), data), "capset")
+
+
+def seccomp_deny(names: tuple[str, ...], code: int) -> int:
+    """A libseccomp filter context (default ALLOW) failing each of ``names`` this
+    architecture knows with errno ``code``; loaded later by ``seccomp_load``. Compiled apart
+    from loading so that libseccomp is dlopen'ed before the caller chroots away from it."""
+    lib = libseccomp()
+    ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+    if not ctx:
+        raise OSError("seccomp_init failed")
+    for name in names:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            continue  # not a syscall of this architecture
+        rc = lib.seccomp_rule_add_array(ctx, 0x00050000 | code, nr, 0, None)  # SCMP_ACT_ERRNO
+        if rc < 0:
+            lib.seccomp_release(ctx)
+            raise OSError(-rc, f"seccomp_rule_add({name}): {os.strerror(-rc)}")
+    return int(ctx)
+
+
+def seccomp_load(ctx: int) -> None:
+    """``seccomp_load``: install the filter on the calling thread (with no_new_privs, which
+    libseccomp sets by default), then free the context."""
+    lib = libseccomp()
+    load = lib.seccomp_load
+    load.restype, load.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    try:
+        rc = load(ctx)
+        if rc < 0:
+            raise OSError(-rc, f"seccomp_load: {os.strerror(-rc)}")
+    finally:
+        lib.seccomp_release(ctx)

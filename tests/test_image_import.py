@@ -323,7 +323,7 @@ def test_the_child_runs_in_another_user_namespace(tmp_path, dest):
 
 
 CONFINED = """
-import errno, json, os, sys
+import errno, json, os, resource, socket, sys
 from isol8.images.unpack_main import _confine
 status = os.open("/proc/self/status", os.O_RDONLY)
 _confine(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY))
@@ -333,7 +333,10 @@ out["uid"] = os.getuid()
 out["root"] = sorted(os.listdir("/"))
 for name, attempt in (("chroot", lambda: os.chroot("/")),
                       ("mknod", lambda: os.mknod("/null", 0o20666, os.makedev(1, 3))),
-                      ("setuid", lambda: os.setuid(1))):
+                      ("setuid", lambda: os.setuid(1)),
+                      ("kill", lambda: os.kill(os.getppid(), 0)),
+                      ("socket", lambda: socket.socket(socket.AF_UNIX)),
+                      ("prlimit", lambda: resource.prlimit(os.getppid(), resource.RLIMIT_CORE))):
     try:
         attempt()
         out[name] = "ok"
@@ -345,7 +348,8 @@ print(json.dumps(out))
 
 def test_the_child_is_chrooted_without_capabilities(dest):
     """What keeps a root importer off the machine if openat2 were bypassed: it sees only
-    dest, holds no capability (so no second chroot, no device node), cannot change uid."""
+    dest, holds no capability (so no second chroot, no device node), cannot change uid, and
+    cannot signal or touch other processes of its (host) uid, nor open a socket."""
     (dest / "only-this").write_bytes(b"")
     proc = subprocess.run([sys.executable, "-c", CONFINED, str(dest)], capture_output=True,
                           text=True, check=True)
@@ -356,6 +360,7 @@ def test_the_child_is_chrooted_without_capabilities(dest):
     assert out["root"] == ["only-this"]
     assert (out["chroot"], out["mknod"]) == ("EPERM", "EPERM")
     assert out["setuid"] in ("EPERM", "EINVAL")  # uid 1 is not even mapped
+    assert (out["kill"], out["socket"], out["prlimit"]) == ("EPERM", "EPERM", "EPERM")
 
 
 def test_real_tree_round_trips(tmp_path, dest):

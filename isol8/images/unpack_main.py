@@ -21,12 +21,20 @@ The confinement, and why each step:
    (the importer's files are its own, and their directories always get u+rwx), and without
    CAP_MKNOD/CAP_CHOWN/CAP_SETUID nothing privileged can be created. The child never execs,
    so the bounding and ambient sets do not matter.
+5. A seccomp filter failing, with EPERM, what works by uid rather than by capability or by
+   path (``_DENIED``): signals, ptrace, rlimits and scheduling of other processes, sockets,
+   and new namespaces or mounts. A root importer's uid is the host's 0, and kill(2) or
+   ptrace(2) between processes of one uid needs no capability, so without it a child
+   subverted by a hostile archive (a decompressor bug) could still signal or trace every
+   root process. The filter is compiled before the chroot (libseccomp lives outside it) and
+   loaded last.
 
 The archive fd is the only way back to anything outside, and it is read-only.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -34,9 +42,21 @@ import sys
 from .. import _native
 from . import extract
 
+_DENIED = (
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open",
+    "pidfd_send_signal", "pidfd_getfd", "ptrace", "process_vm_readv", "process_vm_writev",
+    "process_madvise", "kcmp", "prlimit64", "setpriority", "ioprio_set", "sched_setaffinity",
+    "sched_setscheduler", "sched_setparam", "sched_setattr", "migrate_pages", "move_pages",
+    "socket", "socketpair", "unshare", "setns", "mount", "umount2", "chroot", "pivot_root",
+    "open_tree", "move_mount", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup",
+)
+
 
 def _confine(dest_fd: int) -> int:
     uid, gid = os.getuid(), os.getgid()
+    denials = _native.seccomp_deny(_DENIED, errno.EPERM)
     _native.unshare(_native.CLONE_NEWUSER | _native.CLONE_NEWNS)
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
                        ("gid_map", f"0 {gid} 1")):
@@ -47,6 +67,7 @@ def _confine(dest_fd: int) -> int:
     os.fchdir(dest_fd)
     os.chroot(".")
     _native.drop_capabilities()
+    _native.seccomp_load(denials)
     return userns
 
 
