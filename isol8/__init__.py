@@ -5,6 +5,7 @@ from .engine import Isol8
 from .errors import (InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotAvailable,
                      SandboxSetupError, SessionLost, SetupScriptFailed)
 from .limits import LimitsUnavailable
+from .packages import PackageInstallFailed
 from .request import ExecutionRequest
 from .result import ExecutionResult, ResourceUsage, StreamEvent
 
@@ -16,6 +17,7 @@ __all__ = [
     "Isol8",
     "Isol8Error",
     "LimitsUnavailable",
+    "PackageInstallFailed",
     "ProcessStartFailed",
     "ResourceUsage",
     "RuntimeNotAvailable",

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import http.server
 import io
+import json
 import threading
 import time
 import zipfile
@@ -467,3 +468,33 @@ def test_files_a_sandbox_hands_back_are_cached_only_if_the_index_vouches(index, 
         assert collect(session, eng._indexes["pip"], cache) == {filename: True,
                                                                 other_name: False}
     assert cache.entries() == {filename: hashlib.sha256(data).hexdigest()}
+
+
+def test_server_takes_install_packages(cache_root):
+    """installPackages over the wire: bad names and the wrong network are the client's 400s
+    naming the field; a failed install (PyPI, which the tests' resolver does not know) is a
+    400 carrying upstream's message and the exit code, raised as PackageInstallFailed by the
+    remote client's error mapping."""
+    pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
+    from test_server import Server
+    from isol8.client.wire import Answer, error_from
+    server = Server(env={"ISOL8_PACKAGE_CACHE": str(cache_root)})
+    try:
+        def post(packages: list[str], network: str) -> tuple[int, dict]:
+            return server.call("POST", "/execute", {
+                "request": {"code": "print(1)", "runtime": "python",
+                            "installPackages": packages},
+                "options": {"network": network}})
+
+        status, body = post(["--index-url=http://evil.test/simple"], "filtered")
+        assert status == 400 and "installPackages[0]" in body["error"], body
+        status, body = post(["tinypkg-h4-absent"], "none")
+        assert status == 400 and "network='filtered'" in body["error"], body
+        status, body = post(["tinypkg-h4-absent"], "filtered")
+        assert status == 400, body
+        assert body["error"].startswith("Package install failed (exit code 1): ")
+        assert body["type"] == "PackageInstallFailed" and body["exitCode"] == 1
+        exc = error_from(Answer(400, {}, json.dumps(body).encode()))
+        assert isinstance(exc, PackageInstallFailed) and exc.exit_code == 1
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import (InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotAvailable,
                       SandboxSetupError, SessionLost, SetupScriptFailed)
 from ..limits import LimitsUnavailable
+from ..packages import PackageInstallFailed
 from ..result import ExecutionResult, NetworkLog, ResourceUsage, StreamEvent
 from .errors import (AuthenticationError, CapacityExceeded, NotFound, OptionsConflict,
                      RemoteConnectionError, RemoteError, RemoteFileNotFound, RequestTooLarge,
@@ -454,7 +455,7 @@ class EventReader:
 _ENGINE_TYPES: dict[str, type[Isol8Error]] = {
     cls.__name__: cls for cls in (InvalidRequest, RuntimeNotAvailable, SetupScriptFailed,
                                   SessionLost, SandboxSetupError, ProcessStartFailed,
-                                  LimitsUnavailable)}
+                                  LimitsUnavailable, PackageInstallFailed)}
 _ENGINE_TYPES["WireError"] = InvalidRequest
 _BY_STATUS: dict[int, type[RemoteError]] = {
     401: AuthenticationError, 403: AuthenticationError, 404: NotFound,
@@ -516,6 +517,9 @@ def _rebuilt(cls: type[Isol8Error], message: str, body: Mapping[str, object]) ->
         exc.stdout, exc.stderr = str(body.get("stdout") or ""), stderr
         exc.reason = message[:-len(stderr) - 2] if stderr and message.endswith(
             ": " + stderr) else message
+    elif isinstance(exc, PackageInstallFailed):
+        exc.exit_code = int(body.get("exitCode") or 1)  # type: ignore[call-overload]
+        exc.stderr = str(body.get("stderr") or "")
     elif isinstance(exc, SandboxSetupError):
         exc.step, exc.syscall, exc.errno, exc.path, exc.hint = "", "", 0, "", ""
     return exc

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from ..errors import InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotAvailable, \
     SessionLost, SetupScriptFailed
 from ..limits import LimitsUnavailable
+from ..packages import PackageInstallFailed
 from .engines import OptionsConflict, ShuttingDown
 from .wire import wire_message
 
@@ -68,6 +69,8 @@ def _engine_error(exc: Isol8Error) -> JSONResponse:
     if isinstance(exc, SetupScriptFailed):  # the client's script failed: its outcome
         return error(400, str(exc), exitCode=exc.exit_code, stdout=exc.stdout,
                      stderr=exc.stderr, **kind)
+    if isinstance(exc, PackageInstallFailed):  # the client's packages: its outcome too
+        return error(400, str(exc), exitCode=exc.exit_code, stderr=exc.stderr, **kind)
     if isinstance(exc, SessionLost):
         return error(410, str(exc), **kind)
     # ProcessStartFailed: the request's own process could not start (a file it could not
