@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from . import _paths
 from .errors import InvalidRequest
 from .images.root import validated_rootfs
+from .packages.cache import default_root
 from .identity import (DEFAULT_UID_RANGE, LEASE_DIR, default_uid_range, maps_foreign_ids,
                        validate_uid_range)
 from .limits import Limits
@@ -364,7 +365,6 @@ def _index_url(value: object) -> str | None:
 
 def _package_cache(value: object) -> str | None:
     """True: the default root (isol8.packages.cache); False: none; else an absolute path."""
-    from .packages.cache import default_root
     if value is True:
         return default_root()
     if value is False:
