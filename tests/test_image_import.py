@@ -311,6 +311,17 @@ def test_hostile_metadata_values(tmp_path, dest):
         unpack(str(write_tar(tmp_path / "b.tar", [big])), str(dest))
 
 
+def test_sparse_map_claiming_too_many_runs_refused(tmp_path, dest):
+    info, _ = _file("GNUSparseFile.0/s", b"")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": "s", "GNU.sparse.realsize": "100"}
+    data = b"1000000000\n".ljust(512, b"\0")
+    info.size = len(data)
+    archive = write_tar(tmp_path / "a.tar", [(info, data)])
+    with pytest.raises(Refused, match="member 's': a sparse map of 1000000000 runs"):
+        unpack(str(archive), str(dest))
+
+
 def test_dest_must_be_empty(tmp_path, dest):
     (dest / "old").write_bytes(b"")
     with pytest.raises(UnpackFailed, match="is not empty"):

@@ -60,6 +60,7 @@ from ..errors import Isol8Error
 
 _CHUNK = 1 << 20
 _META_MAX = 1 << 20  # a PAX header or GNU long name over 1 MiB is hostile, not a path
+_SPARSE_MAX = 1 << 20  # data runs in one sparse file's map
 _IN_ROOT = _native.RESOLVE_IN_ROOT | _native.RESOLVE_NO_MAGICLINKS
 _WHITEOUT, _OPAQUE = ".wh.", ".wh..wh..opq"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -237,6 +238,24 @@ class _Header(tarfile.TarInfo):
         if self.size > _META_MAX:
             raise Refused(f"a PAX header of {self.size} bytes at byte {self.offset}")
         return super()._proc_pax(tf)  # type: ignore[misc, no-any-return]
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict[str, str],
+                           tf: tarfile.TarFile) -> None:
+        """tarfile's reader of a PAX (GNU 1.0) sparse map, with the map's length capped: the
+        map is in the member's data, where a few compressed bytes could claim 10**12 runs."""
+        buf = tf.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[attr-defined]
+        count, buf = buf.split(b"\n", 1)
+        if int(count) > _SPARSE_MAX:
+            name = pax_headers.get("GNU.sparse.name", next.name)
+            raise Refused(f"member {name!r}: a sparse map of {int(count)} runs")
+        numbers: list[int] = []
+        while len(numbers) < int(count) * 2:
+            if b"\n" not in buf:
+                buf += tf.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[attr-defined]
+            number, buf = buf.split(b"\n", 1)
+            numbers.append(int(number))
+        next.offset_data = tf.fileobj.tell()  # type: ignore[attr-defined]
+        next.sparse = list(zip(numbers[::2], numbers[1::2]))  # type: ignore[assignment]
 
     def _proc_gnulong(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
         if self.size > _META_MAX:

@@ -39,6 +39,7 @@ from .extract import (ArchiveBytes, Caps, Refused, Report, UnpackFailed, decompr
 
 _JSON_MAX = 4 << 20  # an index, manifest or config larger than this is not one
 _OUTER_MAX_MEMBERS = 200_000
+_MAX_LAYERS = 256  # overlayfs stacks at most 128 (docker's limit is 127): a child per layer
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json"}
@@ -249,6 +250,12 @@ def _config_subset(config: Any) -> dict[str, Any]:
     return {key: inner[key] for key in _CONFIG_KEYS if key in inner}
 
 
+def _check_count(source: _Source, count: int) -> None:
+    if count > _MAX_LAYERS:
+        raise Refused(f"{source.path}: the image has {count} layers, over the {_MAX_LAYERS} "
+                      "an import applies")
+
+
 def _remaining(caps: Caps, layers: list[Report]) -> Caps:
     return Caps(caps.max_bytes - sum(r.bytes for r in layers),
                 caps.max_inodes - sum(r.files for r in layers))
@@ -262,6 +269,7 @@ def _import_oci(source: _Source, dest: str, caps: Caps) -> OciReport:
     config_desc = manifest.get("config") if isinstance(manifest, dict) else None
     if not isinstance(layers, list) or not isinstance(config_desc, dict):
         raise Refused(f"{source.path}: manifest {digest} has no config or no layers")
+    _check_count(source, len(layers))
     config_digest = _digest(config_desc, "the config")
     config = source.read_json(_blob(config_digest), config_digest)
     report = OciReport("oci", digest, config_digest, _config_subset(config))
@@ -283,6 +291,7 @@ def _import_docker(source: _Source, dest: str, caps: Caps) -> OciReport:
     config_name, layer_names = entry.get("Config"), entry.get("Layers")
     if not isinstance(config_name, str) or not isinstance(layer_names, list):
         raise Refused(f"{source.path}: manifest.json has no Config or no Layers")
+    _check_count(source, len(layer_names))
     hexname = re.search(r"([0-9a-f]{64})(\.json)?$", config_name)
     config_digest = f"sha256:{hexname.group(1)}" if hexname else ""
     config = source.read_json(config_name, config_digest)

@@ -21,7 +21,10 @@ The confinement, and why each step:
    (the importer's files are its own, and their directories always get u+rwx), and without
    CAP_MKNOD/CAP_CHOWN/CAP_SETUID nothing privileged can be created. The child never execs,
    so the bounding and ambient sets do not matter.
-5. A seccomp filter failing, with EPERM, what works by uid rather than by capability or by
+5. An address-space limit (``_MEMORY``): tarfile reads a GNU sparse map or a PAX header
+   into memory, so a hostile archive's metadata must end in a MemoryError, not in the host's
+   OOM killer.
+6. A seccomp filter failing, with EPERM, what works by uid rather than by capability or by
    path (``_DENIED``): signals, ptrace, rlimits and scheduling of other processes, sockets,
    and new namespaces or mounts. A root importer's uid is the host's 0, and kill(2) or
    ptrace(2) between processes of one uid needs no capability, so without it a child
@@ -37,11 +40,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import sys
 
 from .. import _native
 from . import extract
 
+_MEMORY = 4 << 30
 _DENIED = (
     "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open",
     "pidfd_send_signal", "pidfd_getfd", "ptrace", "process_vm_readv", "process_vm_writev",
@@ -67,6 +72,7 @@ def _confine(dest_fd: int) -> int:
     os.fchdir(dest_fd)
     os.chroot(".")
     _native.drop_capabilities()
+    resource.setrlimit(resource.RLIMIT_AS, (_MEMORY, _MEMORY))  # before prlimit64 is denied
     _native.seccomp_load(denials)
     return userns
 
