@@ -131,6 +131,19 @@ def test_member_leaving_the_root_is_refused_by_name(tmp_path, dest, outside, nam
     assert not (tmp_path / "escape").exists() and not (tmp_path / "x").exists()
 
 
+def test_the_issues_hostile_tarball(tmp_path, dest, outside):
+    """Issue 12's case: an absolute symlink, a setuid file and a ``..`` member. The archive
+    is refused naming the member (the store then discards the tree); what was written before
+    it shows the link kept and the bit stripped, and nothing is outside."""
+    archive = write_tar(tmp_path / "a.tar", [
+        _sym("bin/sh", "/usr/bin/dash"), _file("usr/bin/passwd", b"p", 0o4755),
+        _file(f"../{outside.name}/pwned", b"evil")], gzip.compress)
+    with pytest.raises(Refused, match=f"member '../{outside.name}/pwned' leaves the image"):
+        unpack(str(archive), str(dest))
+    assert os.readlink(dest / "bin/sh") == "/usr/bin/dash"
+    assert stat.S_IMODE((dest / "usr/bin/passwd").stat().st_mode) == 0o755
+
+
 def test_dotdot_staying_inside_is_normalised(tmp_path, dest):
     archive = write_tar(tmp_path / "a.tar", [_dir("a"), _file("a/../b", b"1")])
     unpack(str(archive), str(dest))
