@@ -518,6 +518,8 @@ class Isol8:
                     stale, session.zygote = session.zygote, None
                     if stale is not None:
                         session._discard(stale)
+                    packages.refresh_repl(session, install, deadline=deadline,
+                                          owner=session.host.owner, cancel_fd=cancel_fd)
                 if stages.repl and session.repl is None:
                     with signals_deferred():
                         session.repl = Repl(session, get_runtime("python").binary)

@@ -498,3 +498,13 @@ def test_server_takes_install_packages(cache_root):
         assert isinstance(exc, PackageInstallFailed) and exc.exit_code == 1
     finally:
         server.stop()
+
+
+def test_live_repl_sees_packages_installed_later(index, cache_root):
+    index.publish("tinypkg_h4", "1.0", "in the repl")
+    with engine_for(index, cache_root, mode="persistent", repl=True) as eng:
+        assert eng.execute("x = 41").exit_code == 0  # the REPL starts without a user site
+        result = eng.execute(IMPORT + "; print(x + 1)", install_packages=["tinypkg_h4"])
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.startswith("in the repl /sandbox/.local/")
+        assert result.stdout.endswith("\n42")  # its variables are still there

@@ -10,8 +10,8 @@ from .cache import MOUNT, PackageCache, default_root
 from .index import PackageIndex, package_index
 from .names import satisfied, validated_packages
 from .stage import (InstallPlan, PackageInstallFailed, install_plan, manager_for,
-                    run_install)
+                    refresh_repl, run_install)
 
 __all__ = ["MOUNT", "InstallPlan", "PackageCache", "PackageIndex", "PackageInstallFailed",
-           "default_root", "install_plan", "manager_for", "package_index", "run_install",
-           "satisfied", "validated_packages"]
+           "default_root", "install_plan", "manager_for", "package_index", "refresh_repl",
+           "run_install", "satisfied", "validated_packages"]

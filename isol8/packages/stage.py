@@ -73,6 +73,16 @@ exec npm install --prefix /sandbox --no-save -- "$@"
 """
 
 
+# A REPL cell: an interpreter started before the user site existed lacks it on sys.path
+# (site.py adds it only if present), and its import caches predate the new files.
+_REFRESH_PATH = "/tmp/.isol8-refresh.py"
+_REFRESH = (b"import importlib as _i, site as _s, sys as _y\n"
+            b"if _s.getusersitepackages() not in _y.path:\n"
+            b"    _s.addsitedir(_s.getusersitepackages())\n"
+            b"_i.invalidate_caches()\n"
+            b"del _i, _s, _y\n")
+
+
 class PackageInstallFailed(Isol8Error):
     """The installer exited non-zero (upstream's message, with the tail of its stderr):
     the setup script and the code did not run."""
@@ -147,6 +157,23 @@ def run_install(session: Session, plan: InstallPlan, network: PhasedNetwork, *,
     if plan.cache is not None and session.alive:
         collect(session, plan.index, plan.cache, cancel_fd)
     return time.monotonic() - started
+
+
+def refresh_repl(session: Session, plan: InstallPlan, *, deadline: float,
+                 owner: tuple[int, int] | None, cancel_fd: int) -> None:
+    """After a pip install, let a persistent session's live REPL see the packages: one
+    internal cell adds the user site to its sys.path and drops the import caches; its
+    variables stay."""
+    repl = session.repl
+    if repl is None or plan.index.manager != "pip":
+        return
+    spec = RunSpec([plan.spec.env["ISOL8_PYTHON"], _REFRESH_PATH], plan.spec.env,
+                   SANDBOX_HOME, b"", [(_REFRESH_PATH, _REFRESH)])
+    outcome = finish(repl.run(spec, deadline=deadline, max_output=_OUTPUT, owner=owner,
+                              secrets=[], cancel_fd=cancel_fd))
+    if _status(outcome) != 0:
+        raise Isol8Error(f"install_packages: the REPL could not load the user site: "
+                         f"{outcome.stderr.text()[-_TAIL:]}")
 
 
 def collect(session: Session, index: PackageIndex, cache: PackageCache,
