@@ -508,3 +508,10 @@ def test_live_repl_sees_packages_installed_later(index, cache_root):
         assert result.exit_code == 0, result.stderr
         assert result.stdout.startswith("in the repl /sandbox/.local/")
         assert result.stdout.endswith("\n42")  # its variables are still there
+
+
+def test_a_root_without_pip_says_what_to_install():
+    exc = PackageInstallFailed(1, "/usr/bin/python3: No module named pip\n")
+    assert str(exc).startswith("Package install failed (exit code 1): /usr/bin/python3: No "
+                               "module named pip (the root filesystem has no pip: on the host "
+                               "rootfs, apt-get install python3-pip")
