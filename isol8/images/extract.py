@@ -3,7 +3,8 @@ else on the machine changes.
 
 The caller's side (``unpack``) only opens the archive and ``dest`` and starts a child
 (isol8.images.unpack_main) with the two fds; the child confines itself (a throwaway user and
-mount namespace, chrooted into ``dest``, no capabilities left) and then runs ``write_tree``.
+mount namespace, chrooted into ``dest``, no capabilities left, a seccomp denylist; the reasons
+are in that module) and then runs ``write_tree``.
 Inside, tarfile is used as a streaming header parser only (``mode="r|"``: PAX ``path`` and
 ``linkpath``, GNU long names and sparse maps are what real images hold); its ``extract`` and
 its filters are never called. Every write goes through a directory fd obtained with
@@ -32,8 +33,9 @@ attributes (file capabilities among them) are not restored, for the same reason 
 are not. With
 ``layer=True`` the member set is an OCI layer applied onto the tree: ``.wh.NAME`` deletes NAME
 (a whole subtree) from earlier layers, ``.wh..wh..opq`` empties its directory of everything
-earlier layers put there. On any exception the tree under ``dest`` is incomplete: the caller
-(the store) imports into a fresh directory and discards it on failure.
+earlier layers put there. A refusal fails the whole archive, not just the member: on any
+exception the tree under ``dest`` is incomplete, and the caller (the store) imports into a
+fresh directory and discards it on failure.
 """
 
 from __future__ import annotations
