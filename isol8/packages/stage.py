@@ -51,8 +51,9 @@ MANAGERS = {"python": "pip", "node": "npm"}
 
 _PIP_SCRIPT = r"""
 pip() { "$ISOL8_PYTHON" -m pip --disable-pip-version-check --no-input "$@"; }
+rm -f "$ISOL8_DOWNLOADS.list"  # a persistent session's earlier install left one
 cached="$ISOL8_CACHE/index.html"
-if [ -n "$ISOL8_CACHE" ] && [ -s "$cached" ] \
+if [ -n "$ISOL8_CACHE" ] && grep -qs '<a ' "$cached" \
    && pip install --user --no-index --find-links "$cached" -- "$@" >/dev/null 2>&1; then
   exit 0
 fi
