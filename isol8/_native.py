@@ -13,6 +13,7 @@ as C ints (truncated to 32 bits).
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 
@@ -153,10 +154,16 @@ def _check(result: int, what: str, path: str | None = None) -> int:
 
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     """``openat2(2)``: open ``path`` relative to ``dirfd`` under the ``resolve`` rules; an
-    OSError names ``path``. O_CLOEXEC is always added."""
+    OSError names ``path``. O_CLOEXEC is always added. EAGAIN is retried: with
+    RESOLVE_IN_ROOT a ``..`` fails so whenever any rename or mount on the machine raced it
+    (the kernel cannot then prove the walk stayed inside), and openat2(2) says to retry."""
     how = OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(_libc().syscall(SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
-                                  ctypes.sizeof(how)), "openat2", path)
+    raw = os.fsencode(path)
+    for _ in range(256):
+        fd = _libc().syscall(SYS_OPENAT2, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0 or ctypes.get_errno() != errno.EAGAIN:
+            break
+    return _check(fd, "openat2", path)
 
 
 def unshare(flags: int) -> None:
