@@ -43,6 +43,8 @@ _STEPS = (("running apt-get update", "resolving"), ("downloading packages", "dow
           ("extracting archives", "extracting"), ("installing", "installing"),
           ("running --customize-hook", "customizing"), ("creating tarball", "packing"))
 _INSTALLED = "/tmp/isol8-installed.json"
+_HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+_BUILD_CA = "/tmp/isol8-build-ca.crt"
 
 
 class BuildFailed(Isol8Error):
@@ -138,30 +140,44 @@ def mmdebstrap_command(recipe: recipes.Recipe, install: Sequence[str], *, mode: 
             fh.write(content)
         cmd += [f"--customize-hook=mkdir -p \"$1\"{shlex.quote(os.path.dirname(path))}",
                 f"--customize-hook=upload {shlex.quote(local)} {shlex.quote(path)}"]
+    # The setup script and installers run in the new root with a fixed environment; they
+    # reach registries with the host's CA bundle (a TLS-inspecting proxy's CA is in it, and
+    # not in the image's), copied in for the build only. Their caches stay in /tmp, which
+    # mmdebstrap empties.
+    chroot = ('chroot "$1" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:'
+              '/sbin:/bin HOME=/root LANG=C.UTF-8 npm_config_cache=/tmp/isol8-npm '
+              'PIP_NO_CACHE_DIR=1 ')
+    runs = recipe.setup or install
+    if runs and os.path.isfile(_HOST_CA):
+        cmd.append(f"--customize-hook=upload {_HOST_CA} {_BUILD_CA}")
+        chroot += (f"NODE_EXTRA_CA_CERTS={_BUILD_CA} PIP_CERT={_BUILD_CA} "
+                   f"SSL_CERT_FILE={_BUILD_CA} ")
     if recipe.setup:
-        cmd.append(f"--customize-hook=chroot \"$1\" /bin/sh -ec {shlex.quote(recipe.setup)}")
+        cmd.append(f"--customize-hook={chroot}/bin/sh -ec {shlex.quote(recipe.setup)}")
     if install:
         names = " ".join(shlex.quote(p) for p in install)
         if recipe.installer == "pip":
             index = f" --index-url {shlex.quote(index_url)}" if index_url else ""
             cmd += [
-                "--customize-hook=chroot \"$1\" python3 -m pip install --no-cache-dir "
+                f"--customize-hook={chroot}python3 -m pip install --no-cache-dir "
                 "--break-system-packages --root-user-action=ignore "
                 f"--disable-pip-version-check{index} -- {names}",
                 # What pip installed, beside Debian's own python3-* packages.
-                "--customize-hook=chroot \"$1\" /bin/sh -c 'python3 -m pip list "
+                f"--customize-hook={chroot}/bin/sh -c 'python3 -m pip list "
                 "--disable-pip-version-check --format json "
                 f"--path /usr/local/lib/python3*/dist-packages' > \"$1\"{_INSTALLED}"]
         else:
             registry = f" --registry {shlex.quote(index_url)}" if index_url else ""
             cmd += [
-                "--customize-hook=chroot \"$1\" npm install --global --no-audit --no-fund "
+                f"--customize-hook={chroot}npm install --global --no-audit --no-fund "
                 f"--no-update-notifier{registry} -- {names}",
-                f"--customize-hook=chroot \"$1\" npm ls --global --json --depth=0 "
+                f"--customize-hook={chroot}npm ls --global --json --depth=0 "
                 f"> \"$1\"{_INSTALLED}"]
         cmd.append(f"--customize-hook=download {_INSTALLED} "
                    f"{shlex.quote(os.path.join(staging, 'installed.json'))}")
         cmd.append(f"--customize-hook=rm -f \"$1\"{_INSTALLED}")
+    if runs:
+        cmd.append(f"--customize-hook=rm -rf \"$1\"{_BUILD_CA} \"$1\"/tmp/isol8-npm")
     cmd += [f"--customize-hook=sync-out /var/cache/apt/archives {shlex.quote(cache)}",
             recipe.suite, tarball]
     return cmd
