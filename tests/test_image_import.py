@@ -350,10 +350,12 @@ CONFINED = """
 import errno, json, os, resource, socket, sys
 from isol8.images.unpack_main import _confine
 status = os.open("/proc/self/status", os.O_RDONLY)
+namespaces = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY)
 _confine(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY))
 fields = dict(line.split(":", 1) for line in os.pread(status, 1 << 16, 0).decode().splitlines())
 out = {key: fields[key].strip() for key in ("CapEff", "CapPrm", "Uid")}
 out["uid"] = os.getuid()
+out["ns"] = {name: os.stat(name, dir_fd=namespaces).st_ino for name in ("user", "mnt", "ipc")}
 out["root"] = sorted(os.listdir("/"))
 for name, attempt in (("chroot", lambda: os.chroot("/")),
                       ("mknod", lambda: os.mknod("/null", 0o20666, os.makedev(1, 3))),
@@ -372,8 +374,9 @@ print(json.dumps(out))
 
 def test_the_child_is_chrooted_without_capabilities(dest):
     """What keeps a root importer off the machine if openat2 were bypassed: it sees only
-    dest, holds no capability (so no second chroot, no device node), cannot change uid, and
-    cannot signal or touch other processes of its (host) uid, nor open a socket."""
+    dest, holds no capability (so no second chroot, no device node), cannot change uid,
+    cannot signal or touch other processes of its (host) uid, nor open a socket, and has its
+    own user, mount and IPC namespaces (SysV IPC permissions compare uids)."""
     (dest / "only-this").write_bytes(b"")
     proc = subprocess.run([sys.executable, "-c", CONFINED, str(dest)], capture_output=True,
                           text=True, check=True)
@@ -382,6 +385,8 @@ def test_the_child_is_chrooted_without_capabilities(dest):
     # uid 0 of the throwaway namespace, the user outside (the status fd was opened outside)
     assert out["uid"] == 0 and out["Uid"].split()[0] == str(os.getuid())
     assert out["root"] == ["only-this"]
+    for name, inode in out["ns"].items():
+        assert inode != os.stat(f"/proc/self/ns/{name}").st_ino, name
     assert (out["chroot"], out["mknod"]) == ("EPERM", "EPERM")
     assert out["setuid"] in ("EPERM", "EINVAL")  # uid 1 is not even mapped
     assert (out["kill"], out["socket"], out["prlimit"]) == ("EPERM", "EPERM", "EPERM")

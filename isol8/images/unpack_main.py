@@ -6,10 +6,12 @@ isol8.images.extract.write_tree and prints one JSON answer on stdout ({"report":
 
 The confinement, and why each step:
 
-1. ``unshare(CLONE_NEWUSER | CLONE_NEWNS)``, then ``setgroups`` deny and the maps "0 <our
-   uid> 1" / "0 <our gid> 1" (setgroups must be denied before an unprivileged gid_map write,
-   user_namespaces(7)). Rootless, the child has exactly the user's power over files; its new
-   capabilities hold only over the user's own inodes.
+1. ``unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC)``, then ``setgroups`` deny and the
+   maps "0 <our uid> 1" / "0 <our gid> 1" (setgroups must be denied before an unprivileged
+   gid_map write, user_namespaces(7)). Rootless, the child has exactly the user's power over
+   files; its new capabilities hold only over the user's own inodes. The IPC namespace is
+   its own because SysV IPC permissions compare uids, not capabilities: a root importer
+   could otherwise attach to every root-owned shared memory segment.
 2. ``/`` made private recursively, so nothing the child mounts (it mounts nothing) or
    unmounts could propagate to the host.
 3. ``chroot`` into the destination directory (through its fd). As root the map is "0 0 1",
@@ -62,7 +64,7 @@ _DENIED = (
 def _confine(dest_fd: int) -> int:
     uid, gid = os.getuid(), os.getgid()
     denials = _native.seccomp_deny(_DENIED, errno.EPERM)
-    _native.unshare(_native.CLONE_NEWUSER | _native.CLONE_NEWNS)
+    _native.unshare(_native.CLONE_NEWUSER | _native.CLONE_NEWNS | _native.CLONE_NEWIPC)
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
                        ("gid_map", f"0 {gid} 1")):
         with open(f"/proc/self/{name}", "w") as fh:
