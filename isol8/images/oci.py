@@ -6,8 +6,12 @@ Accepted inputs: an OCI image layout directory (``oci-layout``, ``index.json``,
 older docker writes ``manifest.json`` plus ``<id>/layer.tar`` and ``<config hex>.json``,
 docker 25 and later writes an OCI layout with a ``manifest.json`` beside it.
 
-Digests: an OCI blob's name is its digest, so the index, manifests, config and layers are all
-verified as they are read (a layer by the extraction child, over the bytes it unpacks). For
+Digests: an OCI blob's name is its digest, so nested indexes, the manifest, the config and
+the layers are all verified as they are read (``index.json``, the layout's root, names them
+and has none; a layer is checked by the extraction child, over the bytes it unpacks). Of an
+index's manifests the one for linux/<this machine's architecture> is taken, or the only one
+that states no platform; several candidates, or none, are refused with the platforms listed.
+At most 256 layers are applied, each with what the caps left after the earlier ones. For
 an older ``docker save`` the config's file name is its digest, and each ``layer.tar`` is
 checked against the config's ``rootfs.diff_ids`` (the digest of the uncompressed layer,
 which is what that format stores). A mismatch is Refused naming the blob.
