@@ -356,10 +356,15 @@ class EngineOptions:
 
 
 def _index_url(value: object) -> str | None:
+    """The option, else ``$ISOL8_PACKAGE_INDEX`` (how a server's operator sets it), else None
+    (the public registries)."""
+    if value is None:
+        value = os.environ.get("ISOL8_PACKAGE_INDEX") or None
     if value is None:
         return None
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise InvalidRequest(f"package_index_url: expected an http(s) URL, got {value!r}")
+        raise InvalidRequest(f"package_index_url (or $ISOL8_PACKAGE_INDEX): expected an "
+                             f"http(s) URL, got {value!r}")
     return value.rstrip("/")
 
 

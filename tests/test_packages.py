@@ -470,19 +470,21 @@ def test_files_a_sandbox_hands_back_are_cached_only_if_the_index_vouches(index, 
     assert cache.entries() == {filename: hashlib.sha256(data).hexdigest()}
 
 
-def test_server_takes_install_packages(cache_root):
-    """installPackages over the wire: bad names and the wrong network are the client's 400s
-    naming the field; a failed install (PyPI, which the tests' resolver does not know) is a
-    400 carrying upstream's message and the exit code, raised as PackageInstallFailed by the
-    remote client's error mapping."""
+def test_server_takes_install_packages(index, cache_root):
+    """installPackages over the wire, from the index its operator set: bad names and the
+    wrong network are the client's 400s naming the field; a package installs and imports; a
+    failed install is a 400 carrying upstream's message and the exit code, raised as
+    PackageInstallFailed by the remote client's error mapping."""
     pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
     from test_server import Server
     from isol8.client.wire import Answer, error_from
-    server = Server(env={"ISOL8_PACKAGE_CACHE": str(cache_root)})
+    index.publish("tinypkg_h4", "1.0", "over the wire")
+    server = Server(env={"ISOL8_PACKAGE_CACHE": str(cache_root),
+                         "ISOL8_PACKAGE_INDEX": index.url})
     try:
         def post(packages: list[str], network: str) -> tuple[int, dict]:
             return server.call("POST", "/execute", {
-                "request": {"code": "print(1)", "runtime": "python",
+                "request": {"code": IMPORT, "runtime": "python",
                             "installPackages": packages},
                 "options": {"network": network}})
 
@@ -490,6 +492,8 @@ def test_server_takes_install_packages(cache_root):
         assert status == 400 and "installPackages[0]" in body["error"], body
         status, body = post(["tinypkg-h4-absent"], "none")
         assert status == 400 and "network='filtered'" in body["error"], body
+        status, body = post(["tinypkg_h4"], "filtered")
+        assert status == 200 and body["stdout"].startswith("over the wire "), body
         status, body = post(["tinypkg-h4-absent"], "filtered")
         assert status == 400, body
         assert body["error"].startswith("Package install failed (exit code 1): ")
@@ -515,3 +519,15 @@ def test_a_root_without_pip_says_what_to_install():
     assert str(exc).startswith("Package install failed (exit code 1): /usr/bin/python3: No "
                                "module named pip (the root filesystem has no pip: on the host "
                                "rootfs, apt-get install python3-pip")
+
+
+def test_index_from_the_environment(index, cache_root, monkeypatch):
+    """$ISOL8_PACKAGE_INDEX: how a server's operator (or a shell) sets the index."""
+    index.publish("tinypkg_h4", "1.0", "from the env")
+    monkeypatch.setenv("ISOL8_PACKAGE_INDEX", index.url)
+    with Isol8(network="filtered", package_cache=str(cache_root), timeout_ms=60_000) as eng:
+        result = eng.execute(IMPORT, install_packages=["tinypkg_h4"])
+    assert result.stdout.startswith("from the env "), result.stderr
+    monkeypatch.setenv("ISOL8_PACKAGE_INDEX", "ftp://x")
+    with pytest.raises(InvalidRequest, match=r"ISOL8_PACKAGE_INDEX"):
+        Isol8(network="filtered")
