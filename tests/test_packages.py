@@ -290,6 +290,7 @@ def test_unknown_package_fails_with_upstreams_message(index, cache_root):
                                                        r"1\): .*no-such-pkg"):
             eng.execute(IMPORT, install_packages=["no-such-pkg"])
         assert eng.execute("print(2)").stdout == "2"  # the engine goes on
+    assert child_pids() == []  # the failed run's sandbox is gone too
 
 
 def test_install_phase_has_its_own_policy(index, cache_root):
