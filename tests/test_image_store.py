@@ -323,3 +323,13 @@ def test_rootless_build_without_subids_or_fakechroot_says_what_to_do(monkeypatch
 def test_root_mode_is_refused_rootless():
     with pytest.raises(InvalidRequest, match="--mode root needs root"):
         image_build.choose_mode("root")
+
+
+def test_the_recipe_example_in_rootfs_readme_is_a_valid_recipe():
+    import re
+    import tomllib
+
+    text = (ROOTFS / "README.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    recipe = recipes.parse("example", tomllib.loads(example))
+    assert recipe.installer == "pip" and "/etc/pip.conf" in recipe.files
