@@ -166,15 +166,29 @@ def test_export_import_round_trip(store, rootfs_tar, tmp_path):
     assert (tmp_path / "stdout.tar").read_bytes() == (tmp_path / "direct.tar").read_bytes()
 
 
-def test_hostile_import_is_refused_and_leaves_nothing(store, tmp_path):
+def test_a_hostile_member_is_refused_by_name_and_the_rest_imports(store, tmp_path):
     # Past the members the format sniffing reads, so the importer itself meets it.
     bad = make_tar(tmp_path / "bad.tar", {**{f"ok{i}": b"1" for i in range(40)},
                                           "../../escape": b"2"})
     r = cli(store, "import", str(bad), "--name", "bad")
-    assert r.returncode == 1
-    assert "../../escape" in r.stderr
-    assert store.find("bad") is None
+    assert r.returncode == 0, r.stderr
+    assert "isol8: import: refused member '../../escape' leaves the image root" in r.stderr
+    image = store.get("bad")
+    assert image.manifest["refused"] == [
+        "member '../../escape' leaves the image root ('../../escape')"]
+    assert sorted(os.listdir(image.root)) == sorted(f"ok{i}" for i in range(40))
     assert not (tmp_path / "escape").exists()
+    assert leftovers(store) == []
+
+
+def test_a_refused_archive_leaves_nothing(store, tmp_path):
+    good = make_tar(tmp_path / "good.tar", {f"ok{i}": b"1" * 4096 for i in range(40)})
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(good.read_bytes()[:30 * 5120])  # truncated in its 30th member
+    r = cli(store, "import", str(cut), "--name", "bad")
+    assert r.returncode == 1
+    assert "truncated" in r.stderr, r.stderr
+    assert store.find("bad") is None
     assert leftovers(store) == []
     assert not any(e.startswith("sha256-") for e in os.listdir(store.root))
 

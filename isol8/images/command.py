@@ -92,6 +92,8 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "import":
         t0 = time.monotonic()
         img = import_image(args.source, args.name, store)
+        for reason in img.manifest.get("refused") or []:  # type: ignore[union-attr]
+            print(f"isol8: import: refused {reason}", file=sys.stderr)
         print(f"imported {img.name} ({_short(img.digest)}, {_size(img.manifest.get('size'))}, "
               f"{time.monotonic() - t0:.1f} s)")
         return 0
@@ -144,6 +146,8 @@ def import_image(source: str, name: str, store: ImageStore) -> Image:
             extra["config"] = layout.config
         extra["skipped"] = sum(len(layer.skipped) for layer in layers)
         extra["stripped"] = sum(len(layer.stripped) for layer in layers)
+        # Members left out (a name or hard link leaving the root), each with its reason.
+        extra["refused"] = [reason for layer in layers for reason in layer.refused]
         data = manifest(name=name, digest="sha256-" + digest, source="import",
                         rootfs=rootfs, size=size, files=files, extra=extra)
         return store.commit(name, content, "sha256-" + digest, data)

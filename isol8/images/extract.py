@@ -15,7 +15,9 @@ and the final component is never followed (O_NOFOLLOW, O_EXCL, *at calls without
 Per member:
 
 - names are made relative (a leading ``/`` dropped, ``.`` and empty components ignored); a
-  ``..`` that would climb above the root refuses the archive, naming the member;
+  member whose ``..`` would climb above the root is refused: left out, named with the reason
+  in ``Report.refused``, and the rest of the archive imports (the issue's rule: a hostile
+  member costs only itself; the caller shows the list);
 - regular files: the size cap (the sum of file sizes) is checked before a byte is written;
   contents, mode (setuid/setgid stripped, listed in ``Report.stripped``) and mtime kept; a
   sparse member's holes stay holes;
@@ -24,7 +26,7 @@ Per member:
 - symlinks: the target is kept as written, absolute ones too (they resolve inside the
   sandbox's root);
 - hard links: the target must name a non-directory already in the tree; one that climbs out
-  of the root refuses the archive;
+  of the root, or names the root, is refused as above;
 - character and block devices and fifos: skipped (``Report.skipped``);
 - an existing entry of the same name is replaced (a directory stays a directory).
 
@@ -76,6 +78,11 @@ class Refused(Isol8Error):
     """The archive holds something an image may not: the message names the member."""
 
 
+class MemberRefused(Refused):
+    """One member an image may not hold (a name or hard link leaving the root): it is left
+    out and listed in ``Report.refused``; nothing of it is written."""
+
+
 class UnpackFailed(Isol8Error):
     """The extraction failed for a reason other than the archive's content (a full disk, the
     child process dying); the message says what and where."""
@@ -94,6 +101,7 @@ class Report:
     bytes: int = 0  # the sum of regular files' sizes (the size cap counts these)
     skipped: list[str] = field(default_factory=list)  # device nodes and the like
     stripped: list[str] = field(default_factory=list)  # setuid/setgid bits removed
+    refused: list[str] = field(default_factory=list)  # members left out, each with its reason
     userns: int = 0  # inode of the user namespace the extraction ran in
 
 
@@ -273,7 +281,7 @@ def relative_parts(name: str, member: str) -> tuple[str, ...]:
             continue
         if part == "..":
             if not out:
-                raise Refused(f"member {member!r} leaves the image root ({name!r})")
+                raise MemberRefused(f"member {member!r} leaves the image root ({name!r})")
             out.pop()
         else:
             out.append(part)
@@ -435,12 +443,12 @@ class _Tree:
         try:
             target = relative_parts(m.linkname, m.name)
         except Refused:
-            raise Refused(f"hard link {m.name!r} points outside the image root "
-                          f"({m.linkname!r})") from None
+            raise MemberRefused(f"hard link {m.name!r} points outside the image root "
+                                f"({m.linkname!r})") from None
         if target == parts:
             return
         if not target:
-            raise Refused(f"hard link {m.name!r} points at the image root")
+            raise MemberRefused(f"hard link {m.name!r} points at the image root")
         try:
             tparent = self._open_dir(target[:-1])
         except OSError:
@@ -531,7 +539,10 @@ def write_tree(archive_fd: int, root: int, caps: Caps, layer: bool, offset: int 
                           bufsize=1 << 16)
         while (m := tf.next()) is not None:
             member = m.name
-            tree.add(tf, m)
+            try:
+                tree.add(tf, m)
+            except MemberRefused as exc:
+                report.refused.append(str(exc))
             # tarfile would otherwise keep every header in memory
             tf.members.clear()  # type: ignore[attr-defined]
         while stream.read(_CHUNK):  # the compressed stream's end, and its checksum
