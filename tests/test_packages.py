@@ -532,3 +532,15 @@ def test_index_from_the_environment(index, cache_root, monkeypatch):
     monkeypatch.setenv("ISOL8_PACKAGE_INDEX", "ftp://x")
     with pytest.raises(InvalidRequest, match=r"ISOL8_PACKAGE_INDEX"):
         Isol8(network="filtered")
+
+
+def test_a_pip_config_left_in_the_sandbox_does_not_steer_the_install(index, cache_root):
+    """A persistent session's earlier run writes a pip.conf naming another index: the
+    install ignores it and installs from the configured index."""
+    index.publish("tinypkg_h4", "1.0", "from the real index")
+    conf = "[global]\nindex-url = http://evil.test/simple\nno-index = true\n"
+    with engine_for(index, cache_root, mode="persistent") as eng:
+        assert eng.execute(cmd="true", files={"/sandbox/.config/pip/pip.conf": conf,
+                                              "/sandbox/.pip/pip.conf": conf}).exit_code == 0
+        result = eng.execute(IMPORT, install_packages=["tinypkg_h4"])
+    assert result.stdout.startswith("from the real index "), result.stderr

@@ -128,10 +128,16 @@ def install_plan(packages: tuple[str, ...], runtime_binary: str, index: PackageI
                 "ISOL8_TRUSTED_HOST": index.trusted_host or "",
                 "ISOL8_CACHE": MOUNT if cache is not None else "",
                 "ISOL8_DOWNLOADS": DOWNLOADS, "ISOL8_PYTHON": runtime_binary})
+    # No configuration file: one an earlier run of a persistent session wrote under /sandbox
+    # would otherwise choose the index, the links or the options (only its own sandbox's
+    # installs, since the proxy and the supervisor's check still stand, but installs should
+    # do what the request says).
     if index.manager == "pip":
-        env.update({"PIP_BREAK_SYSTEM_PACKAGES": "1", "PYTHONUSERBASE": f"{SANDBOX_HOME}/.local"})
+        env.update({"PIP_BREAK_SYSTEM_PACKAGES": "1", "PIP_CONFIG_FILE": "/dev/null",
+                    "PYTHONUSERBASE": f"{SANDBOX_HOME}/.local"})
         script = _PIP_SCRIPT
     else:
+        env.update({"NPM_CONFIG_USERCONFIG": "/dev/null"})
         script = _NPM_SCRIPT
     spec = RunSpec([BASH, SCRIPT_PATH, *packages], env, SANDBOX_HOME, b"",
                    [(SCRIPT_PATH, script.encode())])
