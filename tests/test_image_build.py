@@ -76,7 +76,8 @@ def python_image(store):
     outcome = image_build.build("python", store=store, progress=steps.append)
     assert outcome.built
     assert steps[:1] == ["resolving"] and steps[-1] == "importing"
-    assert {"downloading", "installing"} <= set(steps)
+    assert {"downloading", "installing", "customizing", "packing"} <= set(steps)
+    assert steps == sorted(steps, key=image_build.STEP_ORDER.index)
     return outcome
 
 

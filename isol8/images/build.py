@@ -42,6 +42,7 @@ _EXCLUDE = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*",
 _STEPS = (("running apt-get update", "resolving"), ("downloading packages", "downloading"),
           ("extracting archives", "extracting"), ("installing", "installing"),
           ("running --customize-hook", "customizing"), ("creating tarball", "packing"))
+STEP_ORDER = tuple(step for _, step in _STEPS) + ("importing",)
 _INSTALLED = "/tmp/isol8-installed.json"
 _HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 _BUILD_CA = "/tmp/isol8-build-ca.crt"
@@ -231,18 +232,17 @@ def run_mmdebstrap(cmd: list[str], progress: Callable[[str], None]) -> None:
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
     assert proc.stdout is not None
-    customizing = False
+    reached = -1
     try:
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
             if not line.startswith("I: "):
                 continue
-            for marker, step in _STEPS:
-                if marker in line:
-                    if step == "installing" or not customizing:
-                        progress(step)
-                    customizing = customizing or step == "customizing"
-                    break
+            step = next((step for marker, step in _STEPS if marker in line), None)
+            # Steps only move forward: a hook's own "installing" line is not a new step.
+            if step is not None and STEP_ORDER.index(step) > reached:
+                reached = STEP_ORDER.index(step)
+                progress(step)
     finally:
         rc = proc.wait()
     if rc != 0:
