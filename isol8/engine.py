@@ -76,7 +76,9 @@ class Isol8:
     accepted as upstream's and changes nothing: no sandbox is ever reused); in persistent
     mode, ``repl=True`` (Python runs are cells of one live interpreter, see isol8.repl) and
     ``workspace_dir`` (/sandbox kept in a host directory across engines, see
-    isol8.workspace).
+    isol8.workspace). For ``install_packages``: ``package_index_url`` (the index pip or npm
+    installs from, default ``$ISOL8_PACKAGE_INDEX``, else PyPI / registry.npmjs.org) and
+    ``package_cache`` (the shared download cache's root, or False; see isol8.packages).
     """
 
     def __init__(self, *, pool_size: int | dict[str, int] = 1, pool_strategy: str = "fast",
