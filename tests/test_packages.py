@@ -544,3 +544,25 @@ def test_a_pip_config_left_in_the_sandbox_does_not_steer_the_install(index, cach
                                               "/sandbox/.pip/pip.conf": conf}).exit_code == 0
         result = eng.execute(IMPORT, install_packages=["tinypkg_h4"])
     assert result.stdout.startswith("from the real index "), result.stderr
+
+
+def test_index_urls_and_the_install_phases_policy():
+    from isol8.packages.index import PINNED_HOST, package_index, registry_patterns
+    pypi = package_index("pip")
+    assert pypi.policy.decide("files.pythonhosted.org").allowed
+    assert not pypi.policy.decide("evil.test").allowed and not pypi.policy.allow_private
+    local = package_index("pip", "http://127.0.0.1:8080/simple/")
+    assert local.sandbox_url == f"http://{PINNED_HOST}/simple"
+    assert local.policy.decide(PINNED_HOST).allowed
+    assert not local.policy.decide("127.0.0.1").allowed  # only the pinned port
+    assert str(local.policy.pin(PINNED_HOST).address) == "127.0.0.1"
+    assert local.policy.pin(PINNED_HOST).port == 8080
+    named = package_index("npm", "https://npm.internal.test/")
+    assert named.sandbox_url == "https://npm.internal.test" and named.trusted_host is None
+    assert named.policy.allow_private and not named.policy.decide("other.test").allowed
+    for bad in ("ftp://x/simple", "https://127.0.0.1/simple", "http://u:p@host/simple",
+                "http://host/simple?x=1"):
+        with pytest.raises(InvalidRequest, match="package_index_url"):
+            package_index("pip", bad)
+    assert registry_patterns("npm") == [r"^registry\.npmjs\.org$"]
+    assert registry_patterns("pip", "http://127.0.0.1:1/simple") == [r"^127\.0\.0\.1$"]
