@@ -15,6 +15,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -201,6 +202,20 @@ def test_concurrent_builds_of_one_name(store, tiny):
     assert image.digest in others
     assert os.listdir(os.path.join(store.root, "tmp")) == []
     assert cli("rm", "tiny-c").returncode == 0
+
+
+@pytest.mark.skipif(not (shutil.which("fakechroot") and shutil.which("fakeroot")),
+                    reason="fakechroot and fakeroot are not installed")
+def test_fakechroot_mode_builds(store, tiny):
+    """The rootless fallback without a subuid range (mmdebstrap re-runs itself under
+    fakechroot and fakeroot)."""
+    # In fakechroot mode the tarball is packed by the image's own tar.
+    tiny.write_text(TINY.replace('"busybox-static"', '"busybox-static", "tar"'))
+    r = cli("build", "tiny-fc", "--base", str(tiny), "--mode", "fakechroot")
+    assert r.returncode == 0, r.stderr
+    image = store.get("tiny-fc")
+    assert image.manifest["mode"] == "fakechroot" and has(image.root, "busybox")
+    assert cli("rm", "tiny-fc").returncode == 0
 
 
 # -- --install from a package index on loopback ------------------------------------------------

@@ -347,3 +347,30 @@ def test_the_recipe_example_in_rootfs_readme_is_a_valid_recipe():
     example = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
     recipe = recipes.parse("example", tomllib.loads(example))
     assert recipe.installer == "pip" and "/etc/pip.conf" in recipe.files
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_one_line_on_one():
+    plain = io.StringIO()
+    progress = image_build.Progress("py", plain)
+    for step in ("resolving", "resolving", "downloading"):
+        progress(step)
+    progress.done("built")
+    lines = plain.getvalue().splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == [
+        "isol8: image py: resolving", "isol8: image py: downloading", "isol8: image py: built"]
+    assert "\r" not in plain.getvalue()
+
+    controller, terminal = os.openpty()
+    try:
+        with os.fdopen(terminal, "w", closefd=False) as tty:
+            progress = image_build.Progress("py", tty)
+            progress("resolving")
+            progress("downloading")
+            progress.done("built")
+        out = os.read(controller, 4096).decode()
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    # Each step rewrites the same line; only the last ends it.
+    assert out.count("\r\x1b[K") == 3 and out.rstrip("\r\n").count("\n") == 0
+    assert out.endswith("\n") and "built" in out
