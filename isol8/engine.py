@@ -515,11 +515,7 @@ class Isol8:
                     assert self._session_network is not None
                     deadline += self._install(session, self._session_network, install,
                                               timeout, cancel_fd)
-                    # A waiting interpreter started before the user site existed, so its
-                    # sys.path lacks it (site.py adds it only if present): a new one starts.
-                    stale, session.zygote = session.zygote, None
-                    if stale is not None:
-                        session._discard(stale)
+                    session.drop_zygote()  # a new one starts, with the user site
                     packages.refresh_repl(session, install, deadline=deadline,
                                           owner=session.host.owner, cancel_fd=cancel_fd)
                 if stages.repl and session.repl is None:

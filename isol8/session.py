@@ -98,6 +98,13 @@ class Session:
         self.sandbox.start_process(run_id, spec, out_w, err_w, final=False, stdin_fd=stdin_fd)
         return run_id
 
+    def drop_zygote(self) -> None:
+        """Kill the waiting zygote, if any: one started before a package install lacks the
+        new user site on its sys.path (site.py adds it only if present at start-up)."""
+        stale, self.zygote = self.zygote, None
+        if stale is not None:
+            self._discard(stale)
+
     def _discard(self, dead: Interpreter) -> None:
         """A zygote that will not take the run. Its exit report, whenever it comes, carries
         its own run id, which no supervision waits for."""
