@@ -204,6 +204,15 @@ def test_concurrent_builds_of_one_name(store, tiny):
     assert cli("rm", "tiny-c").returncode == 0
 
 
+def test_a_failed_build_names_the_cause_and_leaves_nothing(store, tiny):
+    tiny.write_text(TINY.replace('"busybox-static"', '"isol8-no-such-package"'))
+    r = cli("build", "broken", "--base", str(tiny))
+    assert r.returncode == 1
+    assert "mmdebstrap failed" in r.stderr and "isol8-no-such-package" in r.stderr
+    assert store.find("broken") is None
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+
+
 @pytest.mark.skipif(not (shutil.which("fakechroot") and shutil.which("fakeroot")),
                     reason="fakechroot and fakeroot are not installed")
 def test_fakechroot_mode_builds(store, tiny):

@@ -233,7 +233,8 @@ def recipe_dir(monkeypatch):
 
 
 @pytest.mark.parametrize("name,needs", [("python", {"python3", "python3-pip"}),
-                                        ("node", {"nodejs", "npm"}), ("bash", {"bash"})])
+                                        ("node", {"nodejs", "npm"}), ("bash", {"bash"}),
+                                        ("bun", {"npm"}), ("deno", {"npm"})])
 def test_the_shipped_recipes_load(recipe_dir, name, needs):
     recipe = recipes.load(name)
     assert needs <= set(recipe.packages) and recipe.suite == "bookworm"
