@@ -19,10 +19,16 @@ there) has that pid and start time either; a uid's processes and lease only whil
 no supervisor can lease it meanwhile. A process is killed through a pidfd taken before its
 membership (cgroup, or real uid) is checked again, so a pid reused meanwhile is not hit.
 
-isol8 makes no temporary directory on the host: a sandbox's root is a tmpfs in its own mount
-namespace, gone with it. ``workspace_dir``'s ``.isol8-workspace-*`` siblings, left by a
+The image store (isol8.images.store) is swept too: staging directories of builds and
+imports that are no longer running (their name's lock is free), removals whose process is
+gone, and content no image name uses (a rebuilt image's old content that an engine was still
+running on) once no engine holds it. ``--images`` also removes every image of the store,
+except content a running engine holds, which is kept and said so.
+
+isol8 makes no other temporary directory on the host: a sandbox's root is a tmpfs in its own
+mount namespace, gone with it. ``workspace_dir``'s ``.isol8-workspace-*`` siblings, left by a
 supervisor killed mid-copy, record no owner and live wherever the caller's workspace is, so
-they are not looked for. Images (``--images``) come with the image store.
+they are not looked for.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import cgroups, identity
+from .images.store import ImageStore
 
 _ENGINE_DIR = re.compile(r"isol8-[0-9a-f]{8}-[0-9]+-[0-9]+-[0-9]+")
 _GONE_WAIT = 2.0  # seconds for killed processes to leave their cgroup
@@ -55,8 +62,9 @@ class Finding:
         return f"{self.action} {self.kind} {self.what}: {self.why}"
 
 
-def cleanup(dry_run: bool = False) -> list[Finding]:
-    """Find (and unless ``dry_run``, remove) what dead supervisors left; every finding."""
+def cleanup(dry_run: bool = False, images: bool = False) -> list[Finding]:
+    """Find (and unless ``dry_run``, remove) what dead supervisors left; every finding.
+    ``images``: every image of the store too."""
     found: list[Finding] = []
     seen: set[int] = set()  # a sandbox's processes are in its leaf on every hierarchy
     directories = engine_dirs()
@@ -67,6 +75,23 @@ def cleanup(dry_run: bool = False) -> list[Finding]:
     if identity.maps_foreign_ids():
         for uid in _leased_uids():
             found += _lease(uid, dry_run, seen)
+    return found + _images(ImageStore(), dry_run, images)
+
+
+# -- the image store ---------------------------------------------------------------------------
+
+def _images(store: ImageStore, dry_run: bool, remove_all: bool) -> list[Finding]:
+    found = []
+    if remove_all:
+        for image in store.list():
+            if dry_run:
+                found.append(Finding("image", image.name, "would remove", "--images"))
+                continue
+            with store.lock(image.name):
+                store.remove(image.name)
+            found.append(Finding("image", image.name, "removed", "--images"))
+    found += [Finding("image store", path, action, why)
+              for path, action, why in store.sweep(dry_run=dry_run)]
     return found
 
 
@@ -328,14 +353,14 @@ def _wait_gone(present: Callable[[], bool]) -> None:
 
 # -- the command -----------------------------------------------------------------------------------
 
-def main(dry_run: bool = False) -> int:
+def main(dry_run: bool = False, images: bool = False) -> int:
     """Print every finding and a summary line; 1 if something stale could not be removed."""
-    found = cleanup(dry_run)
+    found = cleanup(dry_run, images)
     for finding in found:
         print(finding.line())
     count = {action: sum(f.action == action for f in found)
              for action in ("removed", "would remove", "kept", "failed")}
     done = "would remove" if dry_run else "removed"
-    print(f"isol8 cleanup: {done} {count[done]}, kept {count['kept']} (owner alive), "
+    print(f"isol8 cleanup: {done} {count[done]}, kept {count['kept']} (owner alive or in use), "
           f"failed {count['failed']}")
     return 1 if count["failed"] else 0

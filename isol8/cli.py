@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "their processes)")
     cl.add_argument("--dry-run", action="store_true",
                     help="list what would be removed, and why, and remove nothing")
+    cl.add_argument("--images", action="store_true",
+                    help="also remove every image of the store (isol8 image list), except "
+                         "one a running engine uses")
 
     from .images.command import add_parser as add_image_parser
 
@@ -420,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cleanup":
             from .cleanup import main as cleanup_main
 
-            return cleanup_main(args.dry_run)
+            return cleanup_main(args.dry_run, args.images)
         if args.command == "image":
             from .images.command import main as image_main
 

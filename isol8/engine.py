@@ -168,18 +168,22 @@ class Isol8:
         policy = seccomp.compiled_policy(unconfined=opts.seccomp == "unconfined")
         sizes = images.TmpfsSizes(sandbox=opts.sandbox_size, tmp=opts.tmp_size)
         filtered = self._filtered
-        root = images.resolve(opts.rootfs)
-        mounts = images.host_plan(
-            sizes, host_network=opts.network == "host", tmp_exec=opts.tmp_exec,
-            mounts=(*opts.mounts, *self._package_cache_mount()),
-            resolv_conf=RESOLV_CONF if filtered else b"", root=root.path)
-        nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
-        engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
-                                               limits.v1_wanted(nproc_applies))
+        root = images.resolve(opts.rootfs)  # an image is held until the engine stops
+        try:
+            mounts = images.host_plan(
+                sizes, host_network=opts.network == "host", tmp_exec=opts.tmp_exec,
+                mounts=(*opts.mounts, *self._package_cache_mount()),
+                resolv_conf=RESOLV_CONF if filtered else b"", root=root.path)
+            nproc_applies = os.geteuid() != 0 or identity.maps_foreign_ids()
+            engine_cgroups = cgroups.EngineCgroups(cgroups.discover_host(), opts.cgroup_parent,
+                                                   limits.v1_wanted(nproc_applies))
+        except BaseException:
+            root.release()
+            raise
         try:
             enforced = limits.enforcement(opts.limits, engine_cgroups.backend, nproc_applies)
         except BaseException:
-            engine_cgroups.close()
+            _close_engine(engine_cgroups, root)
             raise
         watchdog = enforced["memory"] == "watchdog"
         self._config_body = encode_config_body(HelperConfig(
@@ -199,8 +203,9 @@ class Isol8:
         self._max_file = max(opts.sandbox_size, opts.tmp_size, images.SHM_SIZE) + 4096
         self._cgroups = engine_cgroups if (engine_cgroups.v2_dir or engine_cgroups.v1_dirs) \
             else None
-        # A forgotten stop() still removes the engine's cgroups, at collection or exit.
-        self._finalizer = weakref.finalize(self, engine_cgroups.close)
+        # A forgotten stop() still removes the engine's cgroups (and lets its image go), at
+        # collection or exit.
+        self._finalizer = weakref.finalize(self, _close_engine, engine_cgroups, root)
 
     def _package_cache_mount(self) -> tuple[Mount, ...]:
         """The shared download cache, read-only at packages.MOUNT: only filtered engines
@@ -704,6 +709,13 @@ class Isol8:
         python = rt.name == "python"
         return Stages(main, setup, output_paths, repl=self._repl and python,
                       zygote=python and zygote_can_run(main)), rt.name
+
+
+def _close_engine(engine_cgroups: cgroups.EngineCgroups, root: images.Root) -> None:
+    try:
+        engine_cgroups.close()
+    finally:
+        root.release()
 
 
 def _setup_failure(staged: StagedOutcome) -> SetupScriptFailed:

@@ -117,9 +117,12 @@ def supervisors() -> Iterator[list[Supervisor]]:
         _cleanup()  # whatever a failed test left of the killed one
 
 
-def _cleanup(*args: str) -> tuple[int, str]:
+def _cleanup(*args: str, store: str = "/nonexistent/isol8-test-images") -> tuple[int, str]:
+    """``isol8 cleanup`` on ``store`` (by default none: a test never sweeps the machine's
+    real image store)."""
     done = subprocess.run([sys.executable, "-m", "isol8", "cleanup", *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ISOL8_IMAGES": store})
     return done.returncode, done.stdout
 
 
@@ -265,3 +268,92 @@ def test_live_supervisor_in_its_own_pid_namespace_kept(supervisors: list[Supervi
     assert all(line.startswith("kept cgroup ") for line in _lines(out, *live_cgroups))
     assert len(_lines(out, *live_cgroups)) == len(live_cgroups)
     _assert_intact(live, live_cgroups, lease)
+
+
+# -- the image store -------------------------------------------------------------------------
+
+def _tiny_tar(path, marker: str):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("etc/marker")
+        info.size = len(marker)
+        tar.addfile(info, io.BytesIO(marker.encode()))
+    return str(path)
+
+
+@pytest.fixture
+def store():
+    """Under /var/tmp: as root, an engine checks that every parent of its image is
+    searchable by others (pytest's tmp dirs are 0700)."""
+    import shutil
+    import tempfile
+
+    from isol8.images import ImageStore
+
+    path = tempfile.mkdtemp(prefix="isol8-cleanup-images-", dir="/var/tmp")
+    os.chmod(path, 0o755)
+    yield ImageStore(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_image_store_leftovers_are_swept_and_live_ones_kept(store, tmp_path, monkeypatch):
+    """A killed build's staging, a killed removal's directory and content no name uses are
+    removed; a build that is running (its name locked) and content a running engine holds
+    are kept, and that content goes once the engine stops."""
+    from isol8 import Isol8
+    from isol8.images.command import import_image
+
+    monkeypatch.setenv("ISOL8_IMAGES", store.root)
+    for parts in (("tmp", "dead.99999999.abcd", "image", "ro"),
+                  ("tmp", "rm.99999999.beef", "x"), ("tmp", "busy.1.cafe")):
+        os.makedirs(os.path.join(store.root, *parts))
+    os.chmod(os.path.join(store.root, "tmp", "dead.99999999.abcd", "image", "ro"), 0o500)
+    import_image(_tiny_tar(tmp_path / "a.tar", "one"), "img", store)
+    old = store.get("img")
+    engine = Isol8(rootfs="img")
+    engine.start()  # holds the content it runs on
+    try:
+        import_image(_tiny_tar(tmp_path / "b.tar", "two"), "img", store)  # a rebuild
+        assert store.get("img").digest != old.digest
+        assert os.path.isdir(os.path.join(store.root, old.digest))  # in use: kept
+        with store.lock("busy"):  # a build of "busy" in progress
+            rc, out = _cleanup("--dry-run", store=store.root)
+            assert rc == 0, out
+            assert f"would remove image store {store.root}/tmp/dead.99999999.abcd" in out
+            assert f"would remove image store {store.root}/tmp/rm.99999999.beef" in out
+            assert "busy.1.cafe" not in out
+            rc, out = _cleanup(store=store.root)
+        assert rc == 0, out
+        assert f"kept image store {store.root}/{old.digest}: no name uses it, but a running " \
+               "engine does" in out
+        assert sorted(os.listdir(os.path.join(store.root, "tmp"))) == ["busy.1.cafe"]
+        assert os.path.isdir(os.path.join(store.root, old.digest))
+    finally:
+        engine.stop()
+    rc, out = _cleanup(store=store.root)
+    assert f"removed image store {store.root}/" in out and "no image name used it" in out, out
+    assert not os.path.exists(os.path.join(store.root, old.digest))
+    assert store.get("img").digest != old.digest  # the current image is untouched
+
+
+def test_cleanup_images_removes_every_image_but_one_in_use(store, tmp_path, monkeypatch):
+    from isol8 import Isol8
+    from isol8.images.command import import_image
+
+    monkeypatch.setenv("ISOL8_IMAGES", store.root)
+    import_image(_tiny_tar(tmp_path / "a.tar", "a"), "a", store)
+    import_image(_tiny_tar(tmp_path / "b.tar", "b"), "b", store)
+    rc, out = _cleanup("--images", "--dry-run", store=store.root)
+    assert _lines(out, "image a", "image b") == ["would remove image a: --images",
+                                                  "would remove image b: --images"]
+    assert len(store.list()) == 2
+    in_use = store.get("b")
+    with Isol8(rootfs="b"):
+        rc, out = _cleanup("--images", store=store.root)
+        assert rc == 0 and store.list() == [], out
+        assert "kept image store" in out and in_use.digest in out, out
+        assert os.path.isdir(in_use.root)  # the running engine's root is still there
+    rc, out = _cleanup(store=store.root)
+    assert not os.path.exists(in_use.root), out

@@ -31,6 +31,13 @@ class Root:
     path: str
     label: str
     manifest: Mapping[str, object] | None = None
+    hold: int = -1  # a store image: the fd whose flock keeps its content (ImageStore.hold)
+
+    def release(self) -> None:
+        """Let the store delete the image's content again (the engine has stopped)."""
+        if self.hold >= 0:
+            os.close(self.hold)
+            object.__setattr__(self, "hold", -1)
 
     @property
     def is_host(self) -> bool:
@@ -53,14 +60,17 @@ def validated_rootfs(value: object) -> str:
 
 def resolve(value: str, store: ImageStore | None = None) -> Root:
     """The root ``value`` names. A missing image raises ImageNotFound, which names the
-    command that builds it; a path must be a directory the caller owns that nobody else can
-    write, since whoever can write it decides what every sandbox on it runs."""
+    command that builds it; a found one is held until ``Root.release()`` (its content is not
+    deleted meanwhile, even by a rebuild). A path must be a directory the caller owns that
+    nobody else can write, since whoever can write it decides what every sandbox on it
+    runs."""
     if value == HOST:
         return Root("/", "the host's /usr")
     if not value.startswith("/"):
-        image = (store or ImageStore()).get(value)
+        store = store or ImageStore()
+        image = store.get(value)
         _require_reachable(image.root, f"image {value!r}")
-        return Root(image.root, f"image {value!r}", image.manifest)
+        return Root(image.root, f"image {value!r}", image.manifest, store.hold(image))
     path = os.path.realpath(value)
     try:
         st = os.stat(path)

@@ -9,7 +9,13 @@ Layout under the store root (``$ISOL8_IMAGES``, else ``$XDG_DATA_HOME/isol8/imag
     locks/<name>                flock'd while a build, import or rm of that name runs
     locks/.store                flock'd while a content directory is added or removed
     tmp/<name>.<pid>.<rand>/    staging: an archive is unpacked here, then renamed into place
-    tmp/rm.<rand>/              a removed content directory, renamed out of sight, then deleted
+    tmp/rm.<pid>.<rand>/        a removed content directory, renamed out of sight, then deleted
+
+A running engine holds a shared flock on its image's ``manifest.json`` (``hold``) for as
+long as it may start sandboxes on it; removing content takes an exclusive one without
+waiting, so an image in use is never deleted under its engine: a rebuild, reimport or rm
+then leaves the old content as an orphan, which ``sweep`` (``isol8 cleanup``) removes once
+nothing holds it.
 
 Nothing half-made is ever visible: a content directory appears by one rename(2) of a complete
 staging directory, a name by one rename(2) of a new symlink over the old. Two builds of one
@@ -163,12 +169,106 @@ class ImageStore:
 
     def _unlink_content(self, digest: str) -> str | None:
         """With the store lock held: move ``digest`` out of sight (one rename into tmp/)
-        unless a name still uses it; the caller removes what is returned, lock released."""
+        unless a name still uses it or a running engine holds it; the caller removes what is
+        returned, lock released."""
         if any(other.digest == digest for other in self.list()):
             return None
-        doomed = os.path.join(self._dir("tmp", mode=0o700), f"rm.{secrets.token_hex(8)}")
-        os.rename(os.path.join(self.root, digest), doomed)
-        return doomed
+        content = os.path.join(self.root, digest)
+        try:
+            fd = os.open(os.path.join(content, "manifest.json"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1  # a half-removed directory: nobody can hold it
+        try:
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None  # in use: an orphan until sweep() finds it free
+            doomed = os.path.join(self._dir("tmp", mode=0o700),
+                                  f"rm.{os.getpid()}.{secrets.token_hex(8)}")
+            os.rename(content, doomed)
+            return doomed
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def hold(self, image: Image) -> int:
+        """A shared flock on ``image``'s content for as long as the returned fd is open:
+        its content is not deleted meanwhile (see the module docstring)."""
+        fd = os.open(os.path.join(self.root, image.digest, "manifest.json"),
+                     os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            # Removed between get() and the lock: its content is gone or going.
+            if not os.path.exists(os.path.join(self.root, image.digest, "manifest.json")):
+                raise ImageNotFound(f"image {image.name!r} was removed while starting; "
+                                    "run again")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def sweep(self, *, dry_run: bool = False) -> list[tuple[str, str, str]]:
+        """What killed builds and removals left, and content no name uses and no engine
+        holds: ``(path, action, why)`` per entry, removed unless ``dry_run``. A staging
+        directory is stale when no build of its name holds the name's lock; a half-removed
+        directory when its remover's pid is gone."""
+        found: list[tuple[str, str, str]] = []
+        tmp = os.path.join(self.root, "tmp")
+        for entry in sorted(_listdir(tmp)):
+            path = os.path.join(tmp, entry)
+            parts = entry.split(".")
+            if parts[0] == "rm" and len(parts) == 3 and parts[1].isdigit():
+                if _pid_alive(int(parts[1])):
+                    continue
+                why = f"a removal by pid {parts[1]}, which is gone, left it"
+            elif len(parts) >= 3 and NAME.match(".".join(parts[:-2])):
+                if not self._lock_free(".".join(parts[:-2])):
+                    continue
+                why = "a build or import that is no longer running left it"
+            else:
+                continue
+            found.append(self._drop(path, why, dry_run))
+        used = {image.digest for image in self.list()}
+        for entry in sorted(_listdir(self.root)):
+            if not _DIGEST.match(entry) or entry in used:
+                continue
+            if dry_run:
+                found.append((os.path.join(self.root, entry), "would remove",
+                              "no image name uses it"))
+                continue
+            with self._flock(".store"):
+                doomed = self._unlink_content(entry) if entry not in {
+                    i.digest for i in self.list()} else None
+            if doomed is None:
+                found.append((os.path.join(self.root, entry), "kept",
+                              "no name uses it, but a running engine does"))
+            else:
+                found.append(self._drop(doomed, "no image name used it", dry_run))
+        return found
+
+    def _lock_free(self, name: str) -> bool:
+        try:
+            fd = os.open(os.path.join(self.root, "locks", name), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _drop(path: str, why: str, dry_run: bool) -> tuple[str, str, str]:
+        if dry_run:
+            return path, "would remove", why
+        try:
+            remove_tree(path)
+        except OSError as exc:
+            return path, "failed", f"{why}; {exc.strerror}"
+        return path, "removed", why
 
     def remove(self, name: str) -> str:
         """Remove ``name``, and its content directory when no other name uses it (a sandbox
@@ -181,6 +281,23 @@ class ImageStore:
         if doomed:
             remove_tree(doomed)
         return image.digest
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_tree(path: str) -> None:
