@@ -44,6 +44,14 @@ NOT_EXAMPLES = {
     "Server policy": "a policy file: test_the_server_policy_example_loads loads it",
     "Remote client": "needs a running isol8 serve; tests/test_client.py and "
                      "tests/test_cli_remote.py run each call against one",
+    "Running on an image (`rootfs=`)": "needs a built image; tests/test_image_run.py runs "
+                                       "code on one",
+    "Building and managing images: `isol8 image`": "builds with mmdebstrap from the Debian "
+                                                   "mirror; tests/test_image_build.py and "
+                                                   "tests/test_image_store.py run each command",
+    "Packages": "needs a package index; tests/test_packages.py installs from one on loopback",
+    "Wheels": "builds release files into dist/ (root installs a cross compiler); "
+              "tests/test_wheel.py builds the same wheels and installs one",
 }
 
 

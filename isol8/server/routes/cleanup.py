@@ -1,11 +1,12 @@
 """``POST /cleanup``: master only. Stops every session, whoever owns it, and every idle
 shared engine with its warm pool, in upstream's answer shape.
 
-Upstream's cleanup removes its Docker containers and, unless told otherwise, its images.
-isol8 has no images: a sandbox's root filesystem is the host's ``/usr`` mounted read-only
-(isol8.images), so nothing is built or cached to remove. ``{"images": true}`` is accepted for
-upstream's clients and answered with an empty ``images`` report; the default is false
-(upstream's is true), so that a cleanup never costs the next run more than it asked for.
+Upstream's cleanup removes its Docker containers and, unless told otherwise, its images,
+which its clients' ``installPackages`` made. isol8's images are the operator's, built on the
+server's host with ``isol8 image`` (isol8.images) and named by the policy, so a client's
+cleanup never removes them: ``{"images": true}`` is accepted for upstream's clients and
+answered with an empty ``images`` report, and the default is false (upstream's is true). The
+operator removes images with ``isol8 image rm`` or ``isol8 cleanup --images``.
 
 Upstream's ``containers`` are every isol8 container; here they are the shared ephemeral
 engines (each one's warm sandboxes go with it). A busy engine is left to finish its run and
