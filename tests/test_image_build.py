@@ -103,6 +103,10 @@ def test_python_image_manifest(python_image, store):
     # Documentation, manual pages and translations are left out (dpkg path-exclude).
     assert not list((root / "usr/share/doc").glob("*/*"))
     assert not (root / "usr/share/man/man1").exists()
+    # The .debs went to the apt cache for the next build, each complete (no partial copy).
+    cache = os.listdir(image_build.apt_cache())
+    assert any(n.startswith("python3.11_") and n.endswith(".deb") for n in cache)
+    assert not [n for n in cache if n.endswith(".part")]
     # Nothing of the build is left: no apt cache or lists, no staging.
     assert not list((root / "var/cache/apt/archives").glob("*.deb"))
     assert os.listdir(os.path.join(store.root, "tmp")) == []

@@ -375,3 +375,18 @@ def test_progress_is_plain_lines_off_a_terminal_and_one_line_on_one():
     # Each step rewrites the same line; only the last ends it.
     assert out.count("\r\x1b[K") == 3 and out.rstrip("\r\n").count("\n") == 0
     assert out.endswith("\n") and "built" in out
+
+
+def test_keep_debs_adds_only_new_debs_whole(tmp_path):
+    synced, cache = tmp_path / "synced", tmp_path / "cache"
+    synced.mkdir()
+    cache.mkdir()
+    (synced / "a_1_amd64.deb").write_bytes(b"A" * 5000)
+    (synced / "b_1_amd64.deb").write_bytes(b"B")
+    (synced / "lock").write_text("")
+    (cache / "b_1_amd64.deb").write_bytes(b"kept")
+    assert image_build.keep_debs(str(synced), str(cache)) == 1
+    assert sorted(os.listdir(cache)) == ["a_1_amd64.deb", "b_1_amd64.deb"]
+    assert (cache / "a_1_amd64.deb").read_bytes() == b"A" * 5000
+    assert (cache / "b_1_amd64.deb").read_bytes() == b"kept"
+    assert image_build.keep_debs(str(tmp_path / "none"), str(cache)) == 0

@@ -13,7 +13,9 @@ does not. mmdebstrap's mode:
 
 Downloaded .debs are kept in an apt cache directory across builds (mmdebstrap's sync-in and
 sync-out hooks, its manual's recipe); apt checks every cached .deb against the archive's
-hashes before using it, so a damaged cache entry is downloaded again, never installed.
+hashes before using it, so a damaged cache entry is downloaded again, never installed. A
+build syncs its .debs out to its own staging directory, and each new one enters the cache
+by a rename, so concurrent builds never see a half-written .deb there.
 """
 
 from __future__ import annotations
@@ -126,8 +128,8 @@ def mmdebstrap_command(recipe: recipes.Recipe, install: Sequence[str], *, mode: 
                        index_url: str | None = None) -> list[str]:
     """The whole build as one mmdebstrap command line. Hooks run in this order: the apt cache
     is synced in before apt runs; after the packages are installed come the recipe's files,
-    its setup script, the --install packages and their listing, then the cache is synced
-    out (mmdebstrap then empties the image's apt cache and lists)."""
+    its setup script, the --install packages and their listing, then the .debs are synced
+    out to ``staging``/debs (mmdebstrap then empties the image's apt cache and lists)."""
     cmd = ["mmdebstrap", f"--mode={mode}", f"--variant={recipe.variant}",
            "--skip=essential/unlink",  # keeps the essential .debs for the cache's sync-out
            "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
@@ -179,9 +181,27 @@ def mmdebstrap_command(recipe: recipes.Recipe, install: Sequence[str], *, mode: 
         cmd.append(f"--customize-hook=rm -f \"$1\"{_INSTALLED}")
     if runs:
         cmd.append(f"--customize-hook=rm -rf \"$1\"{_BUILD_CA} \"$1\"/tmp/isol8-npm")
-    cmd += [f"--customize-hook=sync-out /var/cache/apt/archives {shlex.quote(cache)}",
-            recipe.suite, tarball]
+    cmd += ["--customize-hook=sync-out /var/cache/apt/archives "
+            f"{shlex.quote(os.path.join(staging, 'debs'))}", recipe.suite, tarball]
     return cmd
+
+
+def keep_debs(synced: str, cache: str) -> int:
+    """Move the .debs a build synced out into the cache, each by one rename of a complete
+    copy (the cache may be on another file system). Returns how many were new."""
+    try:
+        names = [n for n in os.listdir(synced) if n.endswith(".deb")]
+    except FileNotFoundError:  # the extract variant runs no hooks: nothing synced out
+        return 0
+    new = 0
+    for name in names:
+        if os.path.exists(os.path.join(cache, name)):
+            continue  # a .deb's file name holds its version: same name, same package
+        part = os.path.join(cache, f".{name}.{os.getpid()}.part")
+        shutil.copyfile(os.path.join(synced, name), part)
+        os.rename(part, os.path.join(cache, name))
+        new += 1
+    return new
 
 
 def parse_installed(path: str, installer: str) -> dict[str, str]:
@@ -281,7 +301,9 @@ def build(name: str, *, base: str | None = None, install: Sequence[str] = (),
             tarball = os.path.join(work, "rootfs.tar")
             cmd = mmdebstrap_command(recipe, install, mode=mode, tarball=tarball,
                                      staging=work, cache=cache, index_url=index_url)
+            os.mkdir(os.path.join(work, "debs"), 0o700)
             run_mmdebstrap(cmd, progress)
+            keep_debs(os.path.join(work, "debs"), cache)
             progress("importing")
             rootfs = os.path.join(content, "rootfs")
             os.makedirs(rootfs, 0o755)

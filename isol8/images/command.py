@@ -92,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "import":
         t0 = time.monotonic()
         img = import_image(args.source, args.name, store)
-        for reason in img.manifest.get("refused") or []:  # type: ignore[union-attr]
+        refused = img.manifest.get("refused")
+        for reason in refused if isinstance(refused, list) else []:
             print(f"isol8: import: refused {reason}", file=sys.stderr)
         print(f"imported {img.name} ({_short(img.digest)}, {_size(img.manifest.get('size'))}, "
               f"{time.monotonic() - t0:.1f} s)")
