@@ -23,6 +23,9 @@
 #                            mmdebstrap      builds the image recipes (isol8 image build)
 #                            uidmap          newuidmap/newgidmap: rootless unshare-mode builds
 #                            fakechroot, fakeroot  rootless builds without a subuid range
+#                            gcc-aarch64-linux-gnu, libc6-dev-arm64-cross  the aarch64 wheel's
+#                                            static helper (tests/test_wheel.py, make wheels)
+#                            qemu-user       runs that helper for its smoke test
 #   system-deps.sh [--test] PKG...   and these too (the benchmark adds bubblewrap)
 # As root it runs apt-get with its output in $ISOL8_APT_LOG (default
 # /var/log/isol8-system-deps.log), printed whole if apt-get fails; on success one line says what
@@ -34,7 +37,8 @@ need=(gcc libc6-dev python3-venv libseccomp2)
 args=("$@")
 if [ "${1:-}" = --test ]; then
   need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl curl
-        mmdebstrap uidmap fakechroot fakeroot)
+        mmdebstrap uidmap fakechroot fakeroot gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+        qemu-user)
   shift
 fi
 need+=("$@")

@@ -52,12 +52,16 @@ pytest_rootless() {  # a venv and copy of the tests that isol8-ci can read, then
     /usr/bin/python3 -m venv "$copy/venv" &&
     "$copy/venv/bin/pip" install -qq --disable-pip-version-check "${repo}[test]" &&
     cp -r tests packaging rootfs pyproject.toml README.md Makefile "$copy/" &&
+    # the wheel tests build from the source (ISOL8_SOURCE_DIR), which isol8-ci cannot read in
+    # the checkout; under src/, so that its isol8/ does not shadow the installed package
+    mkdir "$copy/src" &&
+    cp -r setup.py MANIFEST.in pyproject.toml README.md csrc isol8 scripts "$copy/src/" &&
     mkdir "$copy/home" &&
     chown "$user:" "$copy/home" &&
     chmod -R a+rX "$copy" || return
   echo "== isol8 tests rootless, as $user"
   (cd "$copy" && setpriv --reuid="$user" --regid="$user" --clear-groups -- \
-    env -i HOME="$copy/home" PATH=/usr/bin:/bin LANG=C.UTF-8 \
+    env -i HOME="$copy/home" PATH=/usr/bin:/bin LANG=C.UTF-8 ISOL8_SOURCE_DIR="$copy/src" \
     "$copy/venv/bin/python" -m pytest -q -p no:cacheprovider \
     --junitxml="$copy/home/junit.xml" tests)
   local rc=$?
