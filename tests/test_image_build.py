@@ -2,8 +2,9 @@
 network the image tests may use), as root in unshare mode and, in the rootless stage, as
 isol8-ci in unshare mode with its subuid range (scripts/test.sh gives it one) or fakechroot.
 
-One python image is built per module and shared; the store-behaviour tests use a tiny
-recipe (variant extract, busybox-static: a few seconds). A --install test serves a wheel it
+The python image is the session's (conftest.python_image, built once and shared with the
+tests that run code in images); the store-behaviour tests use a tiny recipe (variant
+extract, busybox-static: a few seconds per build). A --install test serves a wheel it
 builds from a package index on 127.0.0.1."""
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import image_store_of
 
 from isol8 import Isol8
 from isol8.errors import Isol8Error
 from isol8.images import build as image_build
-from isol8.images.store import ImageStore, remove_tree
+from isol8.images.store import ImageStore
 
 ROOTFS = Path(__file__).resolve().parent.parent / "rootfs"
 TINY = 'variant = "extract"\npackages = ["busybox-static"]\n'
@@ -52,34 +53,21 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def store():
-    # Under /var/tmp, searchable by others: as root a sandbox runs as an unprivileged uid
-    # that must reach the image through every directory above it (pytest's tmp is 0700).
-    path = tempfile.mkdtemp(prefix="isol8-images-", dir="/var/tmp")
-    os.chmod(path, 0o755)
-    env = {"ISOL8_IMAGES": path, "ISOL8_RECIPES": str(ROOTFS)}
+def store(python_image):
+    """The store of the session's python image (conftest.python_image: one build per test
+    session, shared with the tests that run code in it), named through the environment as
+    the CLI finds it. Tests here remove every other name they add."""
+    env = {"ISOL8_IMAGES": image_store_of(python_image), "ISOL8_RECIPES": str(ROOTFS)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        yield ImageStore(path)
+        yield ImageStore(env["ISOL8_IMAGES"])
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        remove_tree(path)
-
-
-@pytest.fixture(scope="module")
-def python_image(store):
-    steps: list[str] = []
-    outcome = image_build.build("python", store=store, progress=steps.append)
-    assert outcome.built
-    assert steps[:1] == ["resolving"] and steps[-1] == "importing"
-    assert {"downloading", "installing", "customizing", "packing"} <= set(steps)
-    assert steps == sorted(steps, key=image_build.STEP_ORDER.index)
-    return outcome
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -88,7 +76,7 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def test_python_image_manifest(python_image, store):
-    image = python_image.image
+    image = python_image
     m = image.manifest
     assert m["source"] == "build" and m["recipe"] == "python" and m["mode"] == MODE
     assert m["python"].startswith("3.") and m["python"] == m["packages"]["python3"][:len(
@@ -112,32 +100,34 @@ def test_python_image_manifest(python_image, store):
     assert os.listdir(os.path.join(store.root, "tmp")) == []
 
 
-def test_unchanged_recipe_is_a_no_op(python_image):
+def test_unchanged_recipe_is_a_no_op(python_image, store):
     t0 = time.monotonic()
     r = cli("build", "python")
     assert r.returncode == 0, r.stderr
-    assert "up to date" in r.stderr and python_image.image.digest[7:19] in r.stderr
+    assert "up to date" in r.stderr and python_image.digest[7:19] in r.stderr
     assert time.monotonic() - t0 < 5
     again = image_build.build("python")
-    assert not again.built and again.image == python_image.image
+    assert not again.built and again.image == store.get("python") == python_image
 
 
-def test_list_shows_the_image(python_image):
+def test_list_shows_the_image(python_image, store):
     r = cli("list")
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("python "))
-    assert python_image.image.digest[7:19] in line and line.rstrip().endswith("build")
+    assert python_image.digest[7:19] in line and line.rstrip().endswith("build")
     listed = json.loads(cli("list", "--json").stdout)
-    assert listed[0]["python"] == python_image.image.manifest["python"]
+    (entry,) = [i for i in listed if i["name"] == "python"]
+    assert entry["python"] == python_image.manifest["python"]
+    assert entry["digest"] == python_image.digest and entry["root"] == python_image.root
 
 
-def test_code_runs_in_the_built_image(python_image):
+def test_code_runs_in_the_built_image(python_image, store):
     with Isol8(rootfs="python") as eng:
         r = eng.execute("import sys, ssl; print(sys.version.split()[0], "
                         "ssl.get_default_verify_paths().cafile is not None)",
                         runtime="python")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.split()[0] == python_image.image.manifest["python"]
+    assert r.stdout.split()[0] == python_image.manifest["python"]
 
 
 def test_export_import_round_trip(python_image, store, tmp_path):
@@ -152,8 +142,8 @@ def test_export_import_round_trip(python_image, store, tmp_path):
                  os.path.islink(os.path.join(top, n)))
                 for top, dirs, files in os.walk(root) for n in dirs + files}
 
-    assert listing(copy.root) == listing(python_image.image.root)
-    assert copy.manifest["packages"] == python_image.image.manifest["packages"]
+    assert listing(copy.root) == listing(python_image.root)
+    assert copy.manifest["packages"] == python_image.manifest["packages"]
     assert cli("rm", "python-copy").returncode == 0
     assert not os.path.exists(copy.root)
 
@@ -281,6 +271,11 @@ def test_install_bakes_a_pip_package_from_a_local_index(python_image, store, tmp
         r = cli("build", "py-probe", "--base", "python", "--install", "isol8-probe-pkg",
                 "--index-url", url)
     assert r.returncode == 0, r.stderr
+    # Off a terminal, progress is one plain line per step, in order.
+    steps = [ln.split(": ")[2].split(" (")[0] for ln in r.stderr.splitlines()
+             if ln.startswith("isol8: image py-probe: ")]
+    assert steps == ["resolving", "downloading", "extracting", "installing", "customizing",
+                     "packing", "importing", steps[-1]] and steps[-1].startswith("built")
     image = store.get("py-probe")
     assert image.manifest["installed"] == {"isol8-probe-pkg": "1.2.3"}
     assert image.manifest["install"] == ["isol8-probe-pkg"]
