@@ -26,6 +26,8 @@
 #                            gcc-aarch64-linux-gnu, libc6-dev-arm64-cross  the aarch64 wheel's
 #                                            static helper (tests/test_wheel.py, make wheels)
 #                            qemu-user       runs that helper for its smoke test
+#                            python3-pip, npm  install_packages' managers on the host rootfs
+#                                            (a fresh Debian has neither)
 #   system-deps.sh [--test] PKG...   and these too (the benchmark adds bubblewrap)
 # As root it runs apt-get with its output in $ISOL8_APT_LOG (default
 # /var/log/isol8-system-deps.log), printed whole if apt-get fails; on success one line says what
@@ -38,13 +40,15 @@ args=("$@")
 if [ "${1:-}" = --test ]; then
   need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl curl
         mmdebstrap uidmap fakechroot fakeroot gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-        qemu-user)
+        qemu-user python3-pip npm)
   shift
 fi
 need+=("$@")
 
 missing=()
 for pkg in "${need[@]}"; do
+  # NodeSource's nodejs carries its own npm and conflicts with Debian's: the command is enough.
+  if [ "$pkg" = npm ] && command -v npm >/dev/null; then continue; fi
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$pkg")
 done
