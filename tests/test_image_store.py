@@ -362,16 +362,24 @@ def test_progress_is_plain_lines_off_a_terminal_and_one_line_on_one():
     assert "\r" not in plain.getvalue()
 
     controller, terminal = os.openpty()
+    chunks = []
     try:
-        with os.fdopen(terminal, "w", closefd=False) as tty:
+        with os.fdopen(terminal, "w") as tty:  # closed when written: the reads below end
             progress = image_build.Progress("py", tty)
             progress("resolving")
             progress("downloading")
             progress.done("built")
-        out = os.read(controller, 4096).decode()
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal side is closed and everything was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
     finally:
         os.close(controller)
-        os.close(terminal)
+    out = b"".join(chunks).decode()
     # Each step rewrites the same line; only the last ends it.
     assert out.count("\r\x1b[K") == 3 and out.rstrip("\r\n").count("\n") == 0
     assert out.endswith("\n") and "built" in out

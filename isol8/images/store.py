@@ -26,6 +26,7 @@ another name was just pointed at.
 
 from __future__ import annotations
 
+import builtins  # ImageStore.list shadows list in the class body
 import contextlib
 import datetime
 import fcntl
@@ -208,12 +209,12 @@ class ImageStore:
             raise
         return fd
 
-    def sweep(self, *, dry_run: bool = False) -> list[tuple[str, str, str]]:
+    def sweep(self, *, dry_run: bool = False) -> builtins.list[tuple[str, str, str]]:
         """What killed builds and removals left, and content no name uses and no engine
         holds: ``(path, action, why)`` per entry, removed unless ``dry_run``. A staging
         directory is stale when no build of its name holds the name's lock; a half-removed
         directory when its remover's pid is gone."""
-        found: list[tuple[str, str, str]] = []
+        found: builtins.list[tuple[str, str, str]] = []
         tmp = os.path.join(self.root, "tmp")
         for entry in sorted(_listdir(tmp)):
             path = os.path.join(tmp, entry)
@@ -315,7 +316,12 @@ def remove_tree(path: str) -> None:
                     os.chmod(p, st.st_mode | 0o700)
     with contextlib.suppress(OSError):
         os.chmod(path, 0o700)
-    shutil.rmtree(path, ignore_errors=False)
+
+    def gone_already(_func: object, _path: str, exc_info: tuple) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):  # another remover got there first
+            raise exc_info[1]
+
+    shutil.rmtree(path, onerror=gone_already)
 
 
 # -- what a manifest says about a root filesystem ----------------------------------------------
