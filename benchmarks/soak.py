@@ -43,7 +43,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import harness as h  # first: it puts the repo root on sys.path
 from isol8 import AsyncIsol8, Isol8
