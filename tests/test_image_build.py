@@ -28,7 +28,7 @@ import pytest
 from conftest import image_store_of
 
 from isol8 import Isol8
-from isol8.errors import Isol8Error
+from isol8.errors import InvalidRequest, Isol8Error
 from isol8.images import build as image_build
 from isol8.images.store import ImageStore
 
@@ -285,7 +285,16 @@ def test_install_bakes_a_pip_package_from_a_local_index(python_image, store, tmp
     with Isol8(rootfs="py-probe") as eng:
         run = eng.execute("import isol8_probe_pkg; print(isol8_probe_pkg.VALUE)",
                           runtime="python")
-    assert (run.exit_code, run.stdout.strip()) == (0, "42"), run.stderr
+        assert (run.exit_code, run.stdout.strip()) == (0, "42"), run.stderr
+        # Asking for what the manifest holds skips the install: with no network at all (an
+        # install would need network="filtered" and be refused), the run still succeeds.
+        for wanted in (["isol8-probe-pkg"], ["isol8_probe_pkg==1.2.3"]):
+            run = eng.execute("import isol8_probe_pkg; print(isol8_probe_pkg.VALUE)",
+                              runtime="python", install_packages=wanted)
+            assert (run.exit_code, run.stdout.strip()) == (0, "42"), run.stderr
+        with pytest.raises(InvalidRequest, match="needs network='filtered'"):
+            eng.execute("print(1)", runtime="python",
+                        install_packages=["isol8-probe-pkg==9.9.9"])
     # The same base and packages again: up to date, without asking the index (it is gone).
     r = cli("build", "py-probe", "--base", "python", "--install", "isol8-probe-pkg",
             "--index-url", url)
