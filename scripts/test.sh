@@ -54,8 +54,9 @@ pytest_rootless() {  # a venv and copy of the tests that isol8-ci can read, then
     cp -r tests packaging rootfs pyproject.toml README.md Makefile "$copy/" &&
     # the wheel tests build from the source (ISOL8_SOURCE_DIR), which isol8-ci cannot read in
     # the checkout; under src/, so that its isol8/ does not shadow the installed package
+    # (rootfs/ too: isol8/images/rootfs is a link to it)
     mkdir "$copy/src" &&
-    cp -r setup.py MANIFEST.in pyproject.toml README.md csrc isol8 scripts "$copy/src/" &&
+    cp -r setup.py MANIFEST.in pyproject.toml README.md csrc isol8 scripts rootfs "$copy/src/" &&
     mkdir "$copy/home" &&
     chown "$user:" "$copy/home" &&
     chmod -R a+rX "$copy" || return
