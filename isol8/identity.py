@@ -183,3 +183,17 @@ def _accounts_in(start: int, count: int) -> frozenset[int]:
     os.makedirs(LEASE_DIR, mode=0o700, exist_ok=True)
     ids = {entry.pw_uid for entry in pwd.getpwall()} | {entry.gr_gid for entry in grp.getgrall()}
     return frozenset(i for i in ids if start <= i < start + count)
+
+
+def require_searchable(path: str, what: str, fix: str) -> None:
+    """As root, the helper looks host paths up as the sandbox's leased uid, which owns
+    nothing and is in no group: only "other" permissions let it search the directories above
+    ``path``. ``what`` names the path in the error, ``fix`` ends it."""
+    parent = os.path.dirname(path)
+    while parent != "/":
+        if not os.stat(parent).st_mode & 0o001:
+            raise InvalidRequest(
+                f"{what} is not reachable from the sandbox: as root, a sandbox runs as an "
+                f"unprivileged host uid, and {parent} is not searchable by others "
+                f"(chmod o+x {parent}, or {fix})")
+        parent = os.path.dirname(parent)

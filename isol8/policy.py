@@ -15,7 +15,7 @@ from .errors import InvalidRequest
 from .images.root import validated_rootfs
 from .packages.cache import default_root
 from .identity import (DEFAULT_UID_RANGE, LEASE_DIR, default_uid_range, maps_foreign_ids,
-                       validate_uid_range)
+                       require_searchable, validate_uid_range)
 from .limits import Limits
 from .network.rules import NetworkFilter
 
@@ -179,17 +179,9 @@ def _reason(exc: OSError) -> str:
 
 
 def _require_reachable_by_others(resolved: str, value: str, field: str) -> None:
-    """As root, the helper looks the source up as the sandbox's leased host uid (never as
-    root), which owns nothing and is in no group: only "other" permissions let it search the
-    parents. The source itself needs none once idmapped: its owner's bits apply inside."""
-    parent = os.path.dirname(resolved)
-    while parent != "/":
-        if not os.stat(parent).st_mode & stat.S_IXOTH:
-            raise InvalidRequest(
-                f"{field}: {value} is not reachable from the sandbox: as root, a sandbox runs "
-                f"as an unprivileged host uid, and {parent} is not searchable by others "
-                f"(chmod o+x {parent}, or mount a path whose parents are)")
-        parent = os.path.dirname(parent)
+    """The source itself needs no "other" bits once idmapped: its owner's bits apply
+    inside; its parents do (isol8.identity.require_searchable)."""
+    require_searchable(resolved, f"{field}: {value}", "mount a path whose parents are")
 
 
 def own_files() -> dict[str, str]:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
-from ..identity import maps_foreign_ids
+from ..identity import maps_foreign_ids, require_searchable
 from .store import NAME, ImageStore
 
 HOST = "host"
@@ -91,18 +91,9 @@ def resolve(value: str, store: ImageStore | None = None) -> Root:
 
 
 def _require_reachable(path: str, what: str) -> None:
-    """As root, the helper mounts as the sandbox's leased host uid, which owns nothing and is
-    in no group: every directory above the root must be searchable by others."""
-    if not maps_foreign_ids():
-        return
-    parent = os.path.dirname(path)
-    while parent != "/":
-        if not os.stat(parent).st_mode & stat.S_IXOTH:
-            raise InvalidRequest(
-                f"{what} is not reachable from the sandbox: as root, a sandbox runs as an "
-                f"unprivileged host uid, and {parent} is not searchable by others "
-                f"(chmod o+x {parent}, or keep the root elsewhere)")
-        parent = os.path.dirname(parent)
+    """As root, the helper mounts the root as the sandbox's leased uid."""
+    if maps_foreign_ids():
+        require_searchable(path, what, "keep the root elsewhere")
 
 
 def plain(root: str, relative: str) -> str | None:
