@@ -106,6 +106,7 @@ while time.time() < end:
                 continue
             try:
                 os.write(fd, payload)
+                open('/sandbox/.wrote', 'w').close()
             except OSError:
                 pass
             os.close(fd)
@@ -118,7 +119,11 @@ PAYLOADS = [b"\0/etc/shadow\0cm9vdA==\0x\0", b"\xff\0\xff\0"]
 def test_a_background_process_cannot_write_into_the_collection(mode, payload):
     with Isol8(mode=mode) as eng:
         r = eng.execute(cmd='head -c 30000000 /dev/urandom > /sandbox/big; '
-                            'sha256sum /sandbox/big >&2; python3 -c "$P" "$X" & sleep 0.5',
+                            'sha256sum /sandbox/big >&2; python3 -c "$P" "$X" & '
+                            # the run ends only once the injector has written (a loaded
+                            # machine can take longer than any fixed sleep to start it)
+                            'i=0; until [ -e /sandbox/.wrote ] || [ $i -ge 1000 ]; do '
+                            'sleep 0.01; i=$((i+1)); done',
                         env={"P": INJECT, "X": repr(payload)}, output_paths=["/sandbox/big"])
     assert payload.decode(errors="replace") in r.stdout  # it did write, into the run's stdout
     assert list(r.files) == ["/sandbox/big"]
