@@ -139,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also remove every image of the store (isol8 image list), except "
                          "one a running engine uses")
 
+    from .config.command import add_parser as add_config_parser
     from .images.command import add_parser as add_image_parser
+    from .mcp.command import add_parser as add_mcp_parser
 
     add_image_parser(sub)
+    add_config_parser(sub)
+    add_mcp_parser(sub)
 
     se = sub.add_parser("session", help="list or stop your sessions on an isol8 serve")
     session_sub = se.add_subparsers(dest="session_command", required=True)
@@ -428,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             from .images.command import main as image_main
 
             return image_main(args)
+        if args.command == "config":
+            from .config.command import main as config_main
+
+            return config_main(args)
+        if args.command == "mcp":
+            from .mcp.command import main as mcp_main
+
+            return mcp_main(args)
         if args.command == "serve":
             return _serve(args, parser)
         if args.command == "session":
