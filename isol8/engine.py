@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from datetime import datetime, timezone
 
 from . import cgroups, etc, identity, images, limits, packages, pool, seccomp, workspace
@@ -34,6 +34,8 @@ from .sandbox import (RunOutcome, RunSpec, finish, signals_deferred, stream_ephe
 from .interpreter import zygote_can_run
 from .network.filtered import RESOLV_CONF, FilteredNetwork, PhasedNetwork
 from .network.proxy import NetworkUsage
+from .remote_code import RemoteCodePolicy
+from .remote_code.fetch import fetch_code
 from .repl import Repl
 from .session import Session
 from .staged import (SETUP_TIMED_OUT, Event, StagedOutcome, Stages, exit_status, in_phase,
@@ -79,13 +81,18 @@ class Isol8:
     isol8.workspace). For ``install_packages``: ``package_index_url`` (the index pip or npm
     installs from, default ``$ISOL8_PACKAGE_INDEX``, else PyPI / registry.npmjs.org) and
     ``package_cache`` (the shared download cache's root, or False; see isol8.packages).
+    ``remote_code`` (a ``RemoteCodePolicy`` or upstream's camelCase ``remoteCode`` mapping)
+    lets ``execute(code_url=...)`` fetch code, off by default.
     """
 
     def __init__(self, *, pool_size: int | dict[str, int] = 1, pool_strategy: str = "fast",
                  prewarm: bool | dict[str, list[str]] | None = None, repl: bool = False,
                  workspace_dir: str | os.PathLike[str] | None = None,
+                 remote_code: RemoteCodePolicy | Mapping[str, object] | None = None,
                  **options: object) -> None:
         self.options = EngineOptions.build(**options)  # type: ignore[arg-type]
+        self._remote_code = (remote_code if isinstance(remote_code, RemoteCodePolicy)
+                             else RemoteCodePolicy.from_mapping(remote_code))
         if repl is not False and (repl is not True or self.options.mode != "persistent"):
             raise InvalidRequest("repl: True needs mode='persistent' (a REPL keeps state "
                                  "between calls)")
@@ -279,7 +286,9 @@ class Isol8:
                 files: dict[str, str | bytes] | None = None,
                 workdir: str | None = None, output_paths: list[str] | None = None,
                 setup_script: str | None = None,
-                install_packages: list[str] | None = None) -> ExecutionResult:
+                install_packages: list[str] | None = None, code_url: str | None = None,
+                code_hash: str | None = None,
+                allow_insecure_code_url: bool = False) -> ExecutionResult:
         """Run ``code`` (or the shell command ``cmd``) in a fresh sandbox and wait for it.
 
         ``files`` (``{absolute path: str | bytes}``, under /sandbox or /tmp) are written
@@ -292,15 +301,21 @@ class Isol8:
         timeout budget; ``PackageInstallFailed`` if that fails (see isol8.packages).
         ``output_paths`` are read after the run into ``result.files`` as base64; missing
         ones are skipped (upstream), and 64 MiB in all are returned at most.
+        ``code_url`` (instead of ``code``) is fetched on the host first, as the engine's
+        ``remote_code`` policy allows (off by default), its sha256 checked against
+        ``code_hash`` when given; plain http needs ``allow_insecure_code_url``
+        (isol8.remote_code).
         """
         return self._execute(ExecutionRequest(
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
             file_extension=file_extension, files=files, workdir=workdir,
             output_paths=output_paths, setup_script=setup_script,
-            install_packages=install_packages))
+            install_packages=install_packages, code_url=code_url, code_hash=code_hash,
+            allow_insecure_code_url=allow_insecure_code_url))
 
     def _execute(self, request: ExecutionRequest, cancel_fd: int = -1,
                  max_output: int | None = None, masked: bool = True) -> ExecutionResult:
+        request = self._fetched(request)
         started = time.monotonic()
         staged, usage, runtime_name = finish(
             self._run(request, started, cancel_fd, max_output, masked))
@@ -315,7 +330,9 @@ class Isol8:
                        files: dict[str, str | bytes] | None = None,
                        workdir: str | None = None, output_paths: list[str] | None = None,
                        setup_script: str | None = None,
-                       install_packages: list[str] | None = None) -> Iterator[StreamEvent]:
+                       install_packages: list[str] | None = None,
+                       code_url: str | None = None, code_hash: str | None = None,
+                       allow_insecure_code_url: bool = False) -> Iterator[StreamEvent]:
         """Run like ``execute()``, yielding ``stdout``/``stderr`` events as output arrives,
         then ``exit`` (the code, as a string); a timeout gives an ``error`` event
         ``EXECUTION TIMED OUT`` first. Secrets are masked and the output cap applies, as in
@@ -330,10 +347,12 @@ class Isol8:
             code=code, runtime=runtime, cmd=cmd, timeout_ms=timeout_ms, env=env, stdin=stdin,
             file_extension=file_extension, files=files, workdir=workdir,
             output_paths=output_paths, setup_script=setup_script,
-            install_packages=install_packages))
+            install_packages=install_packages, code_url=code_url, code_hash=code_hash,
+            allow_insecure_code_url=allow_insecure_code_url))
 
     def _execute_stream(self, request: ExecutionRequest,
                         cancel_fd: int = -1) -> Iterator[StreamEvent]:
+        request = self._fetched(request)
         started = time.monotonic()
         run = self._run(dataclasses.replace(request, output_paths=None), started, cancel_fd)
         decoders = {(phase, name): codecs.getincrementaldecoder("utf-8")("replace")
@@ -668,6 +687,17 @@ class Isol8:
         # Longest first: a secret containing another must not be half-masked by it.
         secrets = sorted((v for _, v in self.options.secrets if v), key=len, reverse=True)
         return [log.masked(secrets) if secrets else log for log in net.logs]
+
+    def _fetched(self, request: ExecutionRequest) -> ExecutionRequest:
+        """A ``code_url`` request as the code it names (fetched before the run's clock
+        starts, as upstream); any other request as it is."""
+        if request.code_url is None:
+            return request
+        if (request.code or "").strip() or (request.cmd or "").strip():
+            raise InvalidRequest(_EXCLUSIVE)
+        code = fetch_code(request.code_url, self._remote_code, code_hash=request.code_hash,
+                          allow_insecure=request.allow_insecure_code_url is True)
+        return dataclasses.replace(request, code=code, code_url=None)
 
     def _stages(self, request: ExecutionRequest) -> tuple[Stages, str]:
         """The request, validated, as the processes to run, and the runtime's name."""

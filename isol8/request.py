@@ -15,7 +15,8 @@ MAX_REQUEST_FILES = 63  # one memfd each; the code is the 64th (protocol.MAX_FIL
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExecutionRequest:
-    """Upstream's request fields, snake_case. Exactly one of ``code`` and ``cmd``."""
+    """Upstream's request fields, snake_case. Exactly one of ``code``, ``code_url`` and
+    ``cmd``."""
 
     code: str | None = None
     runtime: str | None = None
@@ -29,6 +30,10 @@ class ExecutionRequest:
     output_paths: list[str] | None = None
     setup_script: str | None = None
     install_packages: list[str] | None = None  # checked by isol8.packages.names
+    # upstream's codeUrl, codeHash, allowInsecureCodeUrl (isol8.remote_code)
+    code_url: str | None = None
+    code_hash: str | None = None
+    allow_insecure_code_url: bool = False
 
 
 def validated_files(files: object) -> list[tuple[str, bytes]]:

@@ -62,14 +62,17 @@ class RemoteCodePolicy:
                 or any(s not in SCHEMES for s in schemes)):
             raise InvalidRequest(f"remoteCode.allowedSchemes: a non-empty list of "
                                  f"{' and '.join(SCHEMES)}, not {schemes!r}")
+        size = data.get("maxCodeSize", MAX_CODE_SIZE)
+        if not isinstance(size, (str, int)):
+            raise InvalidRequest(f"remoteCode.maxCodeSize: a size (bytes, or like \"1m\"), "
+                                 f"not {size!r}")
         ca_file = data.get("caFile")
         if ca_file is not None and (not isinstance(ca_file, str) or not os.path.isfile(ca_file)):
             raise InvalidRequest(f"remoteCode.caFile: {ca_file!r} is not a file")
         return cls(
             enabled=_flag(data, "enabled"),
             allowed_schemes=tuple(schemes),
-            max_code_size=parse_size(data.get("maxCodeSize", MAX_CODE_SIZE),
-                                     "remoteCode.maxCodeSize"),
+            max_code_size=parse_size(size, "remoteCode.maxCodeSize"),
             fetch_timeout_ms=positive_int(data.get("fetchTimeoutMs", FETCH_TIMEOUT_MS),
                                           "remoteCode.fetchTimeoutMs"),
             require_hash=_flag(data, "requireHash"),
