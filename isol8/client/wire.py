@@ -45,11 +45,13 @@ REQUEST_NAMES = {
     "code": "code", "runtime": "runtime", "cmd": "cmd", "timeout_ms": "timeoutMs",
     "env": "env", "stdin": "stdin", "file_extension": "fileExtension", "files": "files",
     "workdir": "workdir", "output_paths": "outputPaths", "setup_script": "setupScript",
-    "install_packages": "installPackages",
+    "install_packages": "installPackages", "code_url": "codeUrl", "code_hash": "codeHash",
+    "allow_insecure_code_url": "allowInsecureCodeUrl",
 }
 # Local engine settings that belong to the server's host, not to a request.
 SERVER_SIDE = ("uid_range", "cgroup_parent", "pool_size", "pool_strategy", "prewarm",
-               "workspace_dir", "max_concurrent", "package_index_url", "package_cache")
+               "workspace_dir", "max_concurrent", "package_index_url", "package_cache",
+               "remote_code")
 
 DEFAULT_RUN_TIMEOUT_MS = 30_000  # the engine's default timeout_ms
 # A run's answer may wait for admission (the server's queue) and a setup script on top of

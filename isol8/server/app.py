@@ -47,7 +47,8 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
     policy = policy or ServerPolicy.default()
     recorder = Metrics()
     capacity = Capacity(policy, recorder)
-    engines = EngineRegistry(max_engines or policy.capacity.max_engines, capacity)
+    engines = EngineRegistry(max_engines or policy.capacity.max_engines, capacity,
+                             policy.remote_code)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

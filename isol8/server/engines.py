@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from ..async_engine import AsyncIsol8
 from ..errors import Isol8Error
+from ..remote_code import RemoteCodePolicy
 from .policy import DEFAULT_MAX_ENGINES
 from .wire import engine_kwargs
 
@@ -93,8 +94,10 @@ class EngineRegistry:
     while ``stop()`` blocks and runs in a worker thread."""
 
     def __init__(self, max_engines: int = DEFAULT_MAX_ENGINES,
-                 capacity: Capacity | None = None) -> None:
+                 capacity: Capacity | None = None,
+                 remote_code: RemoteCodePolicy = RemoteCodePolicy()) -> None:
         self._max_engines = max_engines
+        self._remote_code = remote_code  # the operator's, never a client's
         self._capacity = capacity
         self._engines: OrderedDict[str, _Engine] = OrderedDict()
         self._sessions: dict[tuple[str, str], Session] = {}
@@ -114,7 +117,7 @@ class EngineRegistry:
             pool = self._capacity.reserve_pool(options) if self._capacity else None
             try:
                 engine = AsyncIsol8(prewarm=pool is not None or self._capacity is None,
-                                    **engine_kwargs(options))
+                                    remote_code=self._remote_code, **engine_kwargs(options))
             except BaseException:
                 if pool is not None:
                     self._capacity.release_pool(pool)  # type: ignore[union-attr]
@@ -174,7 +177,8 @@ class EngineRegistry:
         key = (owner, session_id)
         session = self._sessions.get(key)
         if session is None:
-            engine = AsyncIsol8(mode="persistent", **engine_kwargs(options))
+            engine = AsyncIsol8(mode="persistent", remote_code=self._remote_code,
+                                **engine_kwargs(options))
             session = self._sessions[key] = Session(engine, dict(options))
             if self._capacity is not None:
                 self._capacity.session_opened(key, options)

@@ -21,6 +21,7 @@ from ..errors import InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotA
     SessionLost, SetupScriptFailed
 from ..limits import LimitsUnavailable
 from ..packages import PackageInstallFailed
+from ..remote_code.fetch import RemoteCodeUnavailable
 from .engines import OptionsConflict, ShuttingDown
 from .wire import wire_message
 
@@ -47,7 +48,7 @@ _MEANING = {400: "invalid request, naming the field", 401: "missing Authorizatio
             403: "wrong key, or master key required", 404: "no such session, key or file",
             409: "the session has other engine options", 410: "the session's sandbox is lost",
             413: "body or code too large", 429: "over capacity; see Retry-After",
-            503: "the server is shutting down"}
+            502: "request.codeUrl could not be fetched", 503: "the server is shutting down"}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, object]]:
@@ -73,6 +74,8 @@ def _engine_error(exc: Isol8Error) -> JSONResponse:
         return error(400, str(exc), exitCode=exc.exit_code, stderr=exc.stderr, **kind)
     if isinstance(exc, SessionLost):
         return error(410, str(exc), **kind)
+    if isinstance(exc, RemoteCodeUnavailable):  # request.codeUrl's server failed us
+        return error(502, str(exc), **kind)
     # ProcessStartFailed: the request's own process could not start (a file it could not
     # write, a workdir name too long, the pids limit reached); the sandbox is fine.
     # LimitsUnavailable: the client's strictLimits cannot be met on this host.

@@ -47,6 +47,9 @@ allowance silently left at its default would hide the operator's intent)::
     sessionTtlMs = 3600000                    # idle sessions stopped after this
     drainTimeoutMs = 30000                    # SIGTERM: runs killed after this
     maxEngines = 4                            # shared engines (option sets) kept
+    [remoteCode]                              # request.codeUrl (isol8.remote_code): off
+    enabled = true                            # unless enabled here; upstream's keys; a
+    allowedHosts = ["^raw\\.githubusercontent\\.com$"]  # client's options cannot change it
 
 A client's ``mounts`` are checked against ``[[mounts]]`` after resolving symlinks, and sent
 to the engine resolved (its helper opens them with RESOLVE_NO_SYMLINKS), so a symlink
@@ -68,6 +71,7 @@ from ..errors import InvalidRequest
 from ..images.root import HOST
 from ..images.store import NAME
 from ..policy import NETWORK_MODES, Mount, parse_size, positive_int, validated_mounts
+from ..remote_code import RemoteCodePolicy
 from ..runtimes import RUNTIMES
 from .wire import ExecuteBody, WireError
 
@@ -87,7 +91,8 @@ _ALWAYS_REFUSED: dict[str, Callable[[object], bool]] = {
     "persist": lambda v: v is True,
     "debug": lambda v: v is True,
 }
-_TOP_KEYS = ("runtimes", "images", "ceilings", "network", "allow", "capacity", "mounts")
+_TOP_KEYS = ("runtimes", "images", "ceilings", "network", "allow", "capacity", "mounts",
+             "remoteCode")
 DEFAULT_MAX_ENGINES = 4
 # Queued requests per execution slot, by default. A burst of clients beyond it is answered
 # 429 and comes back after Retry-After, and every such round trip costs the server (and the
@@ -194,6 +199,7 @@ class ServerPolicy:
     capacity: CapacityPolicy = field(default_factory=CapacityPolicy.for_host)
     mounts: tuple[MountGrant, ...] = ()
     images: tuple[str, ...] | None = None  # None: every image in the store
+    remote_code: RemoteCodePolicy = RemoteCodePolicy()  # request.codeUrl; off by default
 
     @classmethod
     def default(cls) -> ServerPolicy:
@@ -236,7 +242,9 @@ class ServerPolicy:
             runtimes=_names(section.get("runtimes", list(policy.runtimes)), "runtimes",
                             tuple(RUNTIMES)),
             mounts=_grants(section.get("mounts", [])),
-            images=_image_names(section["images"]) if "images" in section else None)
+            images=_image_names(section["images"]) if "images" in section else None,
+            remote_code=RemoteCodePolicy.from_mapping(
+                section.get("remoteCode")))  # type: ignore[arg-type]
 
     def apply(self, body: ExecuteBody) -> tuple[ExecuteBody, list[Clamped]]:
         """The body this server will run: refused fields raise ``WireError`` (400), numeric
@@ -293,6 +301,9 @@ class ServerPolicy:
             if self.images is not None and image not in self.images:
                 raise WireError("options.image", f"{image!r} is not allowed by the server "
                                 f"policy (allowed: {', '.join(self.images) or 'none'})")
+        if request.get("codeUrl") and not self.remote_code.enabled:
+            raise WireError("request.codeUrl", "remote code is disabled on this server (its "
+                            "policy's remoteCode); send the code itself")
         runtime = request.get("runtime")
         if isinstance(runtime, str) and runtime in RUNTIMES and runtime not in self.runtimes:
             raise WireError("request.runtime", f"{runtime!r} is not allowed by the server "

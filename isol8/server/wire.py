@@ -123,11 +123,14 @@ REQUEST_FIELDS: dict[str, tuple[str, Callable[[str, object], object]]] = {
     "outputPaths": ("output_paths", _string_list),
     "setupScript": ("setup_script", _string),
     "installPackages": ("install_packages", _string_list),
+    # honoured only when the server's policy enables remoteCode (isol8.server.policy)
+    "codeUrl": ("code_url", _string),
+    "codeHash": ("code_hash", _string),
+    "allowInsecureCodeUrl": ("allow_insecure_code_url", _boolean),
 }
 # Upstream request fields this server cannot honour: refused rather than silently dropped,
 # since dropping them would run something other than what was asked.
 UNSUPPORTED_REQUEST = {
-    "codeUrl": "remote code is not supported by this server; send the code itself",
     "agentFlags": "the agent runtime is not supported by this server",
 }
 

@@ -22,7 +22,7 @@ router = APIRouter()
 
 
 @router.post("/execute", response_model=ExecutionResultWire, openapi_extra=EXECUTE_REQUEST_BODY,
-             responses=errors.responses(400, 401, 403, 409, 410, 413, 429, 503))
+             responses=errors.responses(400, 401, 403, 409, 410, 413, 429, 502, 503))
 async def execute(request: Request, owner: str = Depends(require_key)) -> JSONResponse:
     state = request.app.state
     parsed, clamped = policed(state, decode(await request.body()), owner)
