@@ -1,0 +1,77 @@
+"""Where the MCP server's runs happen: local engines, or an ``isol8 serve`` far away.
+
+Both kinds answer the same calls (``AsyncIsol8`` and ``AsyncRemoteIsol8`` are twins), so
+the tools never ask which one they hold. One-off runs share a single engine with a warm
+pool; every session gets an engine of its own, persistent, since a session is one sandbox
+that keeps its files (and, for Python, its variables) between calls.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from ..async_engine import AsyncIsol8
+from ..result import ExecutionResult, StreamEvent
+
+PREWARMED = {"runtimes": ["python"]}  # what agents run first, and most
+
+
+class Engine(Protocol):
+    """What the tools use of an engine, local or remote."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def put_file(self, path: str, content: str | bytes) -> None: ...
+    async def get_file(self, path: str) -> bytes: ...
+    async def execute(self, code: str | None = None, **fields: object) -> ExecutionResult: ...
+    def execute_stream(self, code: str | None = None,
+                       **fields: object) -> AsyncIterator[StreamEvent]: ...
+
+
+class Backend:
+    """Makes the engines. ``host``/``key`` select a remote server (``AsyncRemoteIsol8``);
+    ``options`` are the engine options every engine gets (from the config file, or the
+    caller), so every engine limit applies to every run, one-off or in a session."""
+
+    def __init__(self, options: dict[str, object], *, max_concurrent: int = 10,
+                 host: str | None = None, key: str | None = None) -> None:
+        self.options = dict(options)
+        self.remote = host is not None
+        self._host, self._key = host, key
+        self._max_concurrent = max_concurrent
+        self._shared: Engine | None = None
+
+    async def shared(self) -> Engine:
+        """The engine of one-off runs, started (its pool warmed) on first use."""
+        if self._shared is None:
+            engine = self._make(dict(self.options))
+            if isinstance(engine, AsyncIsol8):
+                await engine.start(PREWARMED)
+            else:
+                await engine.start()
+            self._shared = engine
+        return self._shared
+
+    def for_session(self, runtime: str) -> Engine:
+        """A new persistent engine for one session (not started: its sandbox is made on its
+        first run). A Python session is a REPL, so its variables outlive each call."""
+        options = dict(self.options, repl=runtime == "python")
+        if self.remote:  # the server's sessions are persistent
+            options["session_id"] = "mcp-" + secrets.token_hex(12)
+        else:
+            options["mode"] = "persistent"
+        return self._make(options)
+
+    async def close(self) -> None:
+        """Stop the shared engine; sessions are stopped by their store."""
+        engine, self._shared = self._shared, None
+        if engine is not None:
+            await engine.stop()
+
+    def _make(self, options: dict[str, Any]) -> Engine:
+        if self._host is not None:
+            from ..client.async_remote import AsyncRemoteIsol8
+            return AsyncRemoteIsol8(host=self._host, api_key=self._key, **options)
+        return AsyncIsol8(max_concurrent=self._max_concurrent, **options)
