@@ -105,7 +105,7 @@ host() {
     echo "== VM stage: building the guest venv in $stage/venv"
     rm -rf "$stage/venv"
     /usr/bin/python3 -m venv "$stage/venv"
-    "$stage/venv/bin/pip" install -qq --disable-pip-version-check "${repo}[test]"
+    "$stage/venv/bin/pip" install -qq --disable-pip-version-check "${repo}[test-core]"
     echo "$src" >"$stage/venv/.isol8-src"
   fi
   rm -rf "$stage/tests" "$stage/packaging" "$results"
