@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shlex
 import sys
+import urllib.parse
 import uuid
 from datetime import datetime, timezone
 from collections.abc import Iterable
@@ -25,6 +27,7 @@ from .runtimes import RUNTIMES, detect_runtime
 
 if TYPE_CHECKING:
     from .client import RemoteIsol8
+    from .config import Config
     from .engine import Isol8
 
 
@@ -57,8 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("file", nargs="?", help="a source file (.py, .js/.mjs/.cjs, .sh)")
     ex.add_argument("-e", "--eval", dest="code", metavar="CODE", help="inline code")
     ex.add_argument("--cmd", help="a shell command, run as bash -c")
+    ex.add_argument("--url", help="fetch the code from this URL first (the config's "
+                                  "remoteCode policy must enable it: off by default)")
+    ex.add_argument("--github", metavar="OWNER/REPO/REF/PATH",
+                    help="the code of a file on GitHub (raw.githubusercontent.com), as --url")
+    ex.add_argument("--gist", metavar="ID/FILE",
+                    help="the code of a gist's file (gist.githubusercontent.com), as --url")
+    ex.add_argument("--hash", metavar="SHA256",
+                    help="with --url, --github or --gist: the code's expected sha256 (hex)")
+    ex.add_argument("--allow-insecure-code-url", action="store_true",
+                    help="with --url: allow plain http (if the remoteCode policy does)")
     ex.add_argument("-r", "--runtime", choices=sorted(RUNTIMES), help="force the runtime")
-    ex.add_argument("--timeout", type=int, metavar="MS", help="timeout in ms (default 30000)")
+    ex.add_argument("--timeout", type=int, metavar="MS",
+                    help="timeout in ms (default: the config's, else 30000)")
     ex.add_argument("--max-output", type=int, metavar="BYTES",
                     help="output cap per stream (default 1048576)")
     ex.add_argument("--sandbox-size", help="size of the /sandbox tmpfs (default 512m)")
@@ -69,13 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the root filesystem: an image of the store (isol8 image list) or a "
                          "directory you own; default: the host's /usr (read-only)")
     ex.add_argument("--net", choices=("none", "host", "filtered"),
-                    help="network mode (default none; filtered with --install); filtered: "
-                         "HTTP(S) by hostname policy")
+                    help="network mode (default: the config's, else none; filtered with "
+                         "--install); filtered: HTTP(S) by hostname policy")
     ex.add_argument("--allow", action="append", default=[], metavar="REGEX",
-                    help="filtered: a hostname regex to allow (repeatable; none: every "
-                         "public host)")
+                    help="filtered: a hostname regex to allow (repeatable; replaces the "
+                         "config's whitelist; none: every public host)")
     ex.add_argument("--deny", action="append", default=[], metavar="REGEX",
-                    help="filtered: a hostname regex to deny; deny wins (repeatable)")
+                    help="filtered: a hostname regex to deny, added to the config's "
+                         "blacklist; deny wins (repeatable)")
     ex.add_argument("--pin", action="append", type=_env_pair, default=[],
                     metavar="NAME=ADDR[:PORT]",
                     help="filtered: send NAME to this address, like curl --resolve "
@@ -102,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--mount", action="append", type=_mount_spec, default=[],
                     metavar="SRC:DST[:ro|rw]",
                     help="mount a host directory or file at DST, inside /sandbox or /mnt; "
-                         "read-only unless :rw (repeatable)")
+                         "read-only unless :rw (repeatable; added to the config's)")
     ex.add_argument("--persistent", action="store_true",
                     help="run in a persistent sandbox (mode=persistent), stopped when the "
                          "run ends")
@@ -160,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="port (default $ISOL8_PORT, $PORT or 3000)")
     sv.add_argument("--key", help="the master API key (default $ISOL8_API_KEY; required)")
     sv.add_argument("--config", metavar="FILE",
-                    help="server policy, TOML or JSON (default $ISOL8_CONFIG)")
+                    help="a config file (its [server] section is the policy) or a server "
+                         "policy file, TOML or JSON (default $ISOL8_CONFIG, else "
+                         "~/.isol8/config.toml or config.json)")
     sv.add_argument("--auth-db", metavar="PATH",
                     help="SQLite file of API keys (created 0600); enables /auth/keys and "
                          "/auth/login")
@@ -211,9 +228,12 @@ def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 
 def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    sources = [x for x in (args.file, args.code, args.cmd) if x is not None]
+    """Run code. A local run takes its engine defaults from the config files
+    (isol8.config); a flag given always wins over them, so every flag defaults to None."""
+    code_url = _code_url(args, parser)
+    sources = [x for x in (args.file, args.code, args.cmd, code_url) if x is not None]
     if len(sources) != 1:
-        parser.error("give exactly one of FILE, -e/--eval or --cmd")
+        parser.error("give exactly one of FILE, -e/--eval, --cmd or --url/--github/--gist")
     runtime = args.runtime
     code = args.code
     if args.file is not None:
@@ -223,26 +243,45 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except OSError as exc:
             parser.error(f"cannot read {args.file}: {exc.strerror}")
         runtime = runtime or detect_runtime(args.file).name
-    net = args.net or ("filtered" if args.install else "none")
-    allow = args.allow
+    if code_url is not None and runtime is None:
+        try:
+            runtime = detect_runtime(urllib.parse.urlsplit(code_url).path).name
+        except Isol8Error:
+            parser.error(f"cannot tell the runtime of {code_url} from its name: give -r")
+    config = _local_config() if args.host is None else None
+    options = config.engine_options() if config is not None else {}
+    net = args.net or str(options.get("network", "none"))
+    if args.net is None and args.install and net == "none":
+        net = "filtered"
+    options["network"] = net
+    configured = config.values["network"] if config is not None else {}
+    assert isinstance(configured, dict)
+    allow = args.allow or list(configured.get("whitelist", []))
+    deny = list(dict.fromkeys([*configured.get("blacklist", []), *args.deny]))
     if args.install and args.net is None and not allow:  # upstream: the registry's hosts
         allow = registry_patterns(MANAGERS.get(runtime or ("bash" if args.cmd else "python"),
                                                "pip"), args.package_index)
-    options: dict[str, object] = {"network": net, "strict_limits": args.strict_limits,
-                                  "secrets": dict(args.secret), "mounts": args.mount,
-                                  "tmp_exec": args.tmp_exec}
+    options.pop("network_filter", None)
+    if (net == "filtered" and (allow or deny)) or args.allow or args.deny or args.pin \
+            or args.allow_private:
+        options["network_filter"] = {"whitelist": allow, "blacklist": deny,
+                                     "hosts": dict(args.pin),
+                                     "allow_private": args.allow_private}
+    for name in ("strict_limits", "tmp_exec", "log_network"):
+        if getattr(args, name):
+            options[name] = True
+    if args.secret:
+        options["secrets"] = dict(args.secret)
+    if args.mount:
+        options["mounts"] = [*options.get("mounts", []), *args.mount]  # type: ignore[misc]
     if args.persistent:
         options["mode"] = "persistent"
     if args.image is not None:
         options["rootfs"] = args.image
     if args.package_index:
         options["package_index_url"] = args.package_index
-    if allow or args.deny or args.pin or args.allow_private:
-        options["network_filter"] = {"whitelist": allow, "blacklist": args.deny,
-                                     "hosts": dict(args.pin),
-                                     "allow_private": args.allow_private}
-    if args.log_network:
-        options["log_network"] = True
+    if code_url is not None and config is not None:
+        options["remote_code"] = config.remote_code()
     renamed = {"max_output": "max_output_size", "memory": "memory_limit", "cpu": "cpu_limit"}
     for name in ("max_output", "sandbox_size", "tmp_size", "memory", "cpu", "pids_limit"):
         value = getattr(args, name)
@@ -253,6 +292,9 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                    stdin=args.stdin, workdir=args.workdir, files=files,
                    setup_script=_setup_script(args.setup, parser),
                    install_packages=args.install or None)
+    if code_url is not None:
+        request.update(code_url=code_url, code_hash=args.hash,
+                       allow_insecure_code_url=args.allow_insecure_code_url)
     with _engine(args, parser, options) as engine:  # stop() on the way out, also persistent
         if not (args.json or args.no_stream or args.out or args.log_network):
             return _stream(engine.execute_stream(code, **request))
@@ -274,6 +316,52 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                   + (f": {entry.reason}" if entry.action == "BLOCK" and entry.reason else ""),
                   file=sys.stderr)
     return result.exit_code
+
+
+def _local_config() -> "Config":
+    """The config files' effective configuration, its warnings printed."""
+    from .config import load_config
+
+    config = load_config()
+    for line in config.warnings:
+        print(f"isol8: warning: {line}", file=sys.stderr)
+    return config
+
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _code_url(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """Upstream's code-URL flags as one URL: ``--github OWNER/REPO/REF/PATH`` names
+    raw.githubusercontent.com, ``--gist ID/FILE`` gist.githubusercontent.com. Only the
+    URL is built here; the engine fetches it under the config's remoteCode policy."""
+    given = [(flag, value) for flag, value in (("--url", args.url), ("--github", args.github),
+                                               ("--gist", args.gist)) if value is not None]
+    if not given:
+        if args.hash is not None or args.allow_insecure_code_url:
+            parser.error("--hash and --allow-insecure-code-url need --url, --github or --gist")
+        return None
+    if len(given) > 1:
+        parser.error(f"give one of --url, --github and --gist, not {given[0][0]} and "
+                     f"{given[1][0]}")
+    if args.hash is not None and not _SHA256.match(args.hash):
+        parser.error(f"--hash: expected 64 hexadecimal digits (a sha256), got {args.hash!r}")
+    flag, value = given[0]
+    if flag == "--url":
+        return value
+    parts = value.split("/")
+    if flag == "--github":
+        if len(parts) < 4 or not all(parts):
+            parser.error(f"--github: expected OWNER/REPO/REF/PATH, got {value!r}")
+        return "https://raw.githubusercontent.com/" + "/".join(_quoted(parts))
+    if len(parts) != 2 or not all(parts):
+        parser.error(f"--gist: expected ID/FILE, got {value!r}")
+    return f"https://gist.githubusercontent.com/{_quoted(parts)[0]}/raw/{_quoted(parts)[1]}"
+
+
+def _quoted(parts: list[str]) -> list[str]:
+    """Each path segment percent-encoded: a ``?`` or ``#`` in a name stays in the path."""
+    return [urllib.parse.quote(part, safe="") for part in parts]
 
 
 # What to raise for each limit a run reached; a timeout already says so in its marker.
@@ -401,14 +489,17 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         from .server.audit import AuditLog
         from .server.keystore import KeyStore
-        from .server.policy import ServerPolicy
         from .server.run import serve
     except ImportError as exc:
         print(f"isol8: serve needs the server extra (pip install 'isol8[server]'): {exc}",
               file=sys.stderr)
         return 1
-    config = args.config or os.environ.get("ISOL8_CONFIG")
-    policy = ServerPolicy.load(config) if config else ServerPolicy.default()
+    from .config import load_config
+
+    config = load_config(path=args.config)  # else $ISOL8_CONFIG, else ~/.isol8
+    for line in config.warnings:
+        print(f"isol8: warning: {line}", file=sys.stderr)
+    policy = config.server_policy()
     key_store = KeyStore(args.auth_db) if args.auth_db else None
     serve(host=args.host, port=port, api_key=key, policy=policy, key_store=key_store,
           audit=AuditLog(args.audit, include_code=args.audit_include_code,

@@ -82,7 +82,7 @@ def tighten(values: dict[str, object], sources: dict[str, str], data: Mapping[st
             path: str) -> list[str]:
     """Apply the file's tightening keys to ``values`` (recording ``sources``); the warnings
     for the keys ignored."""
-    checked, warnings = check_file(data, path)
+    checked, warnings = check_file(data, path, only=RULES)
     label = f"{path} (working directory)"
     for top, value in checked.items():
         entries = value.items() if isinstance(value, dict) and top in TABLES \

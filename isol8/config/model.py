@@ -15,6 +15,7 @@ from .cwd import tighten
 from .schema import TABLES, check_file, default_values
 
 if TYPE_CHECKING:
+    from ..mcp.limits import McpLimits
     from ..server.policy import ServerPolicy
 
 DEFAULT = "default"
@@ -115,10 +116,25 @@ class Config:
         try:
             return ServerPolicy.from_mapping(section)
         except InvalidRequest as exc:
-            origins = sorted({self.sources[k] for k in self._keys("server")} - {DEFAULT}) \
-                or [self.sources.get("maxConcurrent", DEFAULT)]
-            prefix = "" if origins[0] in self.policy_files else "server."
-            raise InvalidRequest(f"{', '.join(origins)}: {prefix}{exc}") from None
+            origin = self._origin("server")
+            if origin == DEFAULT:
+                origin = self.sources.get("maxConcurrent", DEFAULT)
+            prefix = "" if origin in self.policy_files else "server."
+            raise InvalidRequest(f"{origin}: {prefix}{exc}") from None
+
+    def mcp_limits(self) -> McpLimits:
+        """The ``mcp`` section as the MCP server's limits; errors name the file."""
+        from ..mcp.limits import McpLimits
+
+        try:
+            return McpLimits.from_mapping(self.values["mcp"])  # type: ignore[arg-type]
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{self._origin('mcp')}: {exc}") from None
+
+    def _origin(self, name: str) -> str:
+        """The file(s) a section came from."""
+        return ", ".join(sorted({self.sources[k] for k in self._keys(name)} - {DEFAULT})) \
+            or DEFAULT
 
     def to_dict(self) -> dict[str, object]:
         return {"files": list(self.files), "values": self.values,
@@ -144,6 +160,11 @@ def load_config(cwd: str | None = None, path: str | None = None) -> Config:
         config.warnings += warnings
         if is_policy:
             config.policy_files.add(trusted)
+        if config.section("mcp") is not None:
+            try:  # checked now when the MCP server is installed (it is light to import)
+                config.mcp_limits()
+            except ImportError:
+                pass
     local = files.cwd_file(cwd, trusted)
     if local is not None:
         data, _ = files.read(local)

@@ -11,7 +11,7 @@ is an error, since a misspelled key silently left at its default would hide inte
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 
 from ..errors import InvalidRequest
 from ..images.root import validated_rootfs
@@ -157,10 +157,13 @@ IGNORED_VALUES: dict[tuple[str, object], str] = {
 }
 
 
-def check_file(data: object, origin: str) -> tuple[dict[str, object], list[str]]:
+def check_file(data: object, origin: str, only: Container[str] | None = None,
+               ) -> tuple[dict[str, object], list[str]]:
     """One file's content, checked: the values isol8 uses (upstream's shape, only the keys
     given) and a warning for each key that means nothing here. Errors name ``origin`` and
-    the key."""
+    the key. With ``only``, every key name is checked but only those values: the rest are
+    returned as written (a working-directory file's ignored mount of a missing path must
+    not stop a run)."""
     if not isinstance(data, Mapping):
         raise InvalidRequest(f"{origin}: expected a table/object at the top, got {data!r}")
     values: dict[str, object] = {}
@@ -171,27 +174,30 @@ def check_file(data: object, origin: str) -> tuple[dict[str, object], list[str]]
             keys = [f"{top}.{k}" for k in value] if isinstance(value, Mapping) else [top]
             warnings += [f"{origin}: {k}: ignored ({IGNORED[top]})" for k in keys or [top]]
         elif top in TABLES and top not in CHECKS:
-            section = _table(value, top)
-            assert isinstance(section, dict)
+            if not isinstance(value, Mapping):
+                raise InvalidRequest(f"{origin}: {top}: expected a table/object, got "
+                                     f"{value!r}")
             checked = {}
-            for name, item in section.items():
+            for name, item in value.items():
                 key = f"{top}.{name}"
                 if key in IGNORED:
                     warnings.append(f"{origin}: {key}: ignored ({IGNORED[key]})")
                     continue
-                checked[name] = _checked(key, item, origin)
+                value = _checked(key, item, origin, only)
                 reason = next((why for (k, v), why in IGNORED_VALUES.items()
                                if k == key and v is item), None)
                 if reason:
                     warnings.append(f"{origin}: {key} = {json.dumps(item)}: ignored "
                                     f"({reason})")
+                else:
+                    checked[name] = value
             values[top] = checked
         else:
-            values[top] = _checked(top, value, origin)
+            values[top] = _checked(top, value, origin, only)
     return values, warnings
 
 
-def _checked(key: str, value: object, origin: str) -> object:
+def _checked(key: str, value: object, origin: str, only: Container[str] | None) -> object:
     check = CHECKS.get(key)
     if check is None:
         section = key.rpartition(".")[0]
@@ -201,6 +207,8 @@ def _checked(key: str, value: object, origin: str) -> object:
         else:
             known = sorted({k.partition(".")[0] for k in [*CHECKS, *IGNORED]})
         raise InvalidRequest(f"{origin}: unknown key {key} (known: {', '.join(known)})")
+    if only is not None and key not in only:
+        return value
     try:
         return check(value, key)
     except InvalidRequest as exc:
