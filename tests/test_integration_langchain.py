@@ -14,7 +14,7 @@ from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
-from conftest import child_pids, watching_host
+from conftest import child_pids, host_processes_matching, watching_host
 from isol8 import AsyncIsol8, Isol8
 from isol8.integrations.langchain import Isol8Tool
 
@@ -32,7 +32,8 @@ def readme_example(name: str) -> str:
 
 
 def run_example(code: str) -> tuple[dict, list[str]]:
-    """Runs an example verbatim; each print's output must be what its comment says."""
+    """Runs an example verbatim; each print's output must be what its comment says, as
+    test_readme checks the README's examples: the output, then the end or ': '/'; ' prose."""
     namespace: dict = {"__name__": "readme_example"}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -42,7 +43,8 @@ def run_example(code: str) -> tuple[dict, list[str]]:
                 if line.startswith("print(")]
     assert len(printed) == len(comments), printed
     for output, comment in zip(printed, comments):
-        assert comment == output or comment.startswith(output + " "), (output, comment)
+        assert comment == output or comment.startswith((output + ": ", output + "; ")), (
+            output, comment)
     return namespace, printed
 
 
@@ -192,3 +194,58 @@ def test_wrong_engine_kind_is_a_clear_error():
         Isol8Tool(AsyncIsol8()).invoke({"code": "print(1)"})
     with pytest.raises(TypeError, match="Isol8 is synchronous: run this tool with invoke"):
         asyncio.run(Isol8Tool(Isol8()).ainvoke({"code": "print(1)"}))
+
+
+def test_cancelling_ainvoke_kills_the_run_before_it_returns():
+    marker = "lc-cancel-93b7"
+
+    async def main():
+        async with AsyncIsol8(mode="persistent", repl=True) as session:
+            tool = Isol8Tool(session)
+            call = {"code": f"(exec -a {marker} sleep 600) ; echo never", "language": "bash"}
+            task = asyncio.create_task(tool.ainvoke(call))
+            while not host_processes_matching(marker):
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gone = host_processes_matching(marker) == []  # before the session stops
+            after = json.loads(await tool.ainvoke({"code": "print('still here')"}))
+            return gone, after
+
+    gone, after = asyncio.run(main())
+    assert gone and after["stdout"] == "still here"
+    assert child_pids() == []
+
+
+def test_remote_sessions_sync_and_async():
+    pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
+    pytest.importorskip("httpx2", reason="the client extra (isol8[client]) is not installed")
+    from isol8.client import AsyncRemoteIsol8, RemoteIsol8
+    from test_server import KEY, running
+
+    def steps():
+        return scripted(("x = 6 * 7", "python"), ('echo "$TOKEN"', "bash"),
+                        ("print(x)", "python"), "42")
+
+    async def main(url):
+        async with AsyncRemoteIsol8(host=url, api_key=KEY, session_id="lc-async", repl=True,
+                                    secrets={"TOKEN": SECRET}) as box:
+            tool = Isol8Tool(box)
+            return tool, await create_agent(steps(), tools=[tool]).ainvoke(
+                {"messages": [("user", "go")]})
+
+    with running() as server:
+        with RemoteIsol8(host=server.url, api_key=KEY, session_id="lc-sync", repl=True,
+                         secrets={"TOKEN": SECRET}) as box:
+            tool = Isol8Tool(box)
+            sync_state = ask(create_agent(steps(), tools=[tool]))
+            assert "Python variables and imports survive" in tool.description
+        async_tool, async_state = asyncio.run(main(server.url))
+        with RemoteIsol8(host=server.url, api_key=KEY) as client:
+            assert client.list_sessions() == []  # both stopped on the server
+    assert "Python variables and imports survive" in async_tool.description
+    for state in (sync_state, async_state):
+        assert [json.loads(m.content)["stdout"] for m in tool_messages(state)] == [
+            "", "***", "42"]
+        assert SECRET not in repr(state)

@@ -199,3 +199,24 @@ def test_bad_engines_and_options_are_clear_errors():
         Isol8Toolset(mode="ephemeral")
     with pytest.raises(InvalidRequest):
         Isol8Toolset(memory_limit="lots")
+
+
+def test_a_remote_session_serves_the_toolset():
+    pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
+    pytest.importorskip("httpx2", reason="the client extra (isol8[client]) is not installed")
+    from isol8.client import AsyncRemoteIsol8, RemoteIsol8
+    from test_server import KEY, running
+
+    script = Script(("x = 6 * 7",), ('echo "$TOKEN"', "bash"), ("print(x)",), "42")
+
+    async def main(url):
+        async with AsyncRemoteIsol8(host=url, api_key=KEY, session_id="pai", repl=True,
+                                    secrets={"TOKEN": SECRET}) as box:
+            return await Agent(FunctionModel(script), toolsets=[Isol8Toolset(box)]).run("go")
+
+    with running() as server:
+        result = asyncio.run(main(server.url))
+        with RemoteIsol8(host=server.url, api_key=KEY) as client:
+            assert client.list_sessions() == []
+    assert [stdout(p) for p in returns(result)] == ["", "***", "42"]
+    assert SECRET not in repr(script.seen)
