@@ -238,3 +238,44 @@ def test_a_limit_reached_is_named_with_the_flag_that_raises_it(mode):
         assert json.loads(p.stdout)["resourceUsage"]["limitsReached"] == ["output"]
     else:
         assert p.returncode == 0 and line in p.stderr.splitlines(), p.stderr
+
+
+# upstream's code-URL flags: the URL each builds, and the usage errors (the fetch itself is
+# isol8.remote_code's, tested in test_code_url.py)
+@pytest.mark.parametrize("flags, url", [
+    (("--github", "octo/repo/main/src/hello world.py"),
+     "https://raw.githubusercontent.com/octo/repo/main/src/hello%20world.py"),
+    (("--gist", "abc123/run.py"), "https://gist.githubusercontent.com/abc123/raw/run.py"),
+    (("--url", "https://example.test/x.py"), "https://example.test/x.py"),
+])
+def test_code_url_flags_build_the_url(flags: tuple[str, str], url: str) -> None:
+    from isol8.cli import _code_url, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["exec", *flags, "--hash", "a" * 64])
+    assert _code_url(args, parser) == url
+
+
+@pytest.mark.parametrize("args, message", [
+    (("exec", "--github", "octo/repo/main"), "--github: expected OWNER/REPO/REF/PATH"),
+    (("exec", "--gist", "abc/def/x.py"), "--gist: expected ID/FILE"),
+    (("exec", "--url", "https://a.test/x.py", "--gist", "a/b"), "give one of --url"),
+    (("exec", "--url", "https://a.test/x.py", "--hash", "abc"), "--hash: expected 64"),
+    (("exec", "-e", "1", "--hash", "a" * 64), "--hash and --allow-insecure-code-url need"),
+    (("exec", "--url", "https://a.test/x.py", "-e", "1"), "exactly one of FILE"),
+    (("exec", "--url", "https://a.test/code"), "cannot tell the runtime of"),
+])
+def test_code_url_flag_errors(args: tuple[str, ...], message: str) -> None:
+    p = isol8(*args)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+
+
+def test_exec_flags_default_to_none_so_the_config_applies():
+    """Upstream's --net defaulted to "none" and so overrode the config's network: every
+    flag a config key also sets must be absent unless given (test_config runs them)."""
+    from isol8.cli import build_parser
+
+    args = build_parser().parse_args(["exec", "-e", "1"])
+    for name in ("net", "timeout", "memory", "cpu", "pids_limit", "max_output",
+                 "sandbox_size", "tmp_size", "image"):
+        assert getattr(args, name) is None, name

@@ -56,8 +56,10 @@ def test_no_file_is_the_defaults(home: Path) -> None:
 
 
 def test_json_alone_is_read(home: Path) -> None:
-    (home / "config.json").write_text('{"defaults": {"timeoutMs": 7000}}')
+    (home / "config.json").write_text('{"$schema": "./isol8.config.schema.json", '
+                                      '"defaults": {"timeoutMs": 7000}}')
     config = load_config()
+    assert config.warnings == []
     assert config.engine_options()["timeout_ms"] == 7000
     assert config.sources["defaults.timeoutMs"] == str(home / "config.json")
 
@@ -338,37 +340,6 @@ def test_serve_takes_its_policy_from_the_config(home: Path, tmp_path: Path) -> N
         assert (status, body.get("stdout")) == (200, "hi"), body
     finally:
         srv.stop()
-
-
-# -- the code-URL flags ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("flags, url", [
-    (("--github", "octo/repo/main/src/hello world.py"),
-     "https://raw.githubusercontent.com/octo/repo/main/src/hello%20world.py"),
-    (("--gist", "abc123/run.py"), "https://gist.githubusercontent.com/abc123/raw/run.py"),
-    (("--url", "https://example.test/x.py"), "https://example.test/x.py"),
-])
-def test_code_url_flags_build_the_url(flags: tuple[str, str], url: str) -> None:
-    from isol8.cli import _code_url, build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(["exec", *flags, "--hash", "a" * 64])
-    assert _code_url(args, parser) == url
-
-
-@pytest.mark.parametrize("args, message", [
-    (("exec", "--github", "octo/repo/main"), "--github: expected OWNER/REPO/REF/PATH"),
-    (("exec", "--gist", "abc/def/x.py"), "--gist: expected ID/FILE"),
-    (("exec", "--url", "https://a.test/x.py", "--gist", "a/b"), "give one of --url"),
-    (("exec", "--url", "https://a.test/x.py", "--hash", "abc"), "--hash: expected 64"),
-    (("exec", "-e", "1", "--hash", "a" * 64), "--hash and --allow-insecure-code-url need"),
-    (("exec", "--url", "https://a.test/x.py", "-e", "1"), "exactly one of FILE"),
-    (("exec", "--url", "https://a.test/code"), "cannot tell the runtime of"),
-])
-def test_code_url_flag_errors(home: Path, tmp_path: Path, args: tuple[str, ...],
-                              message: str) -> None:
-    p = isol8(*args, cwd=tmp_path / "work", env={"HOME": str(tmp_path / "home")})
-    assert p.returncode == 2 and message in p.stderr, p.stderr
 
 
 # -- the README's example -------------------------------------------------------------------

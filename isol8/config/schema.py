@@ -170,6 +170,8 @@ def check_file(data: object, origin: str, only: Container[str] | None = None,
     warnings: list[str] = []
     for top, value in data.items():
         top = str(top)
+        if top == "$schema":  # a JSON file's pointer to upstream's schema, for editors
+            continue
         if top in IGNORED:
             keys = [f"{top}.{k}" for k in value] if isinstance(value, Mapping) else [top]
             warnings += [f"{origin}: {k}: ignored ({IGNORED[top]})" for k in keys or [top]]
