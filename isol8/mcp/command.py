@@ -73,6 +73,7 @@ async def _serve_stdio(backend: "Backend", limits: "McpLimits") -> int:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    backend.warm()
     try:
         await server.run_stdio_async()
     except asyncio.CancelledError:
@@ -93,8 +94,15 @@ async def _serve_http(backend: "Backend", limits: "McpLimits", bind: str, port: 
     server = build_server(backend, limits, caller_of)
     app = BearerAuth(server.streamable_http_app(host=bind), tokens)
     config = uvicorn.Config(app, host=bind, port=port, log_level="warning")
+    backend.warm()
+    # uvicorn shuts down on SIGTERM, then raises it again for the handler it found: a no-op
+    # one here, so that the engines are stopped below instead of the process just dying.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         await uvicorn.Server(config).serve()
     finally:
-        await backend.close()
+        try:
+            await backend.close()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -8,6 +8,7 @@ that keeps its files (and, for Python, its variables) between calls.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -41,18 +42,34 @@ class Backend:
         self.remote = host is not None
         self._host, self._key = host, key
         self._max_concurrent = max_concurrent
-        self._shared: Engine | None = None
+        self._starting: asyncio.Future[Engine] | None = None
+
+    def warm(self) -> None:
+        """Start the shared engine now, in the background, so the first call finds its
+        pool warm (a server process calls this as it starts)."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_shared())
 
     async def shared(self) -> Engine:
         """The engine of one-off runs, started (its pool warmed) on first use."""
-        if self._shared is None:
+        self.warm()
+        assert self._starting is not None
+        return await asyncio.shield(self._starting)
+
+    async def _start_shared(self) -> Engine:
+        engine = None
+        try:
             engine = self._make(dict(self.options))
             if isinstance(engine, AsyncIsol8):
                 await engine.start(PREWARMED)
             else:
                 await engine.start()
-            self._shared = engine
-        return self._shared
+        except BaseException:
+            self._starting = None  # the next call tries again, and says why it fails
+            if engine is not None:
+                await engine.stop()
+            raise
+        return engine
 
     def for_session(self, runtime: str) -> Engine:
         """A new persistent engine for one session (not started: its sandbox is made on its
@@ -65,9 +82,14 @@ class Backend:
         return self._make(options)
 
     async def close(self) -> None:
-        """Stop the shared engine; sessions are stopped by their store."""
-        engine, self._shared = self._shared, None
-        if engine is not None:
+        """Stop the shared engine (once it has started); sessions are stopped by their
+        store."""
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            try:
+                engine = await starting
+            except Exception:
+                return  # it never started: nothing runs
             await engine.stop()
 
     def _make(self, options: dict[str, Any]) -> Engine:
