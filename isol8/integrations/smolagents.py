@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from smolagents.local_python_executor import CodeOutput  # type: ignore[import-not-found]
-from smolagents.monitoring import AgentLogger, LogLevel  # type: ignore[import-not-found]
-from smolagents.remote_executors import RemotePythonExecutor  # type: ignore[import-not-found]
-from smolagents.tools import Tool, get_tools_definition_code  # type: ignore[import-not-found]
-from smolagents.utils import AgentError  # type: ignore[import-not-found]
+from smolagents.local_python_executor import CodeOutput
+from smolagents.monitoring import AgentLogger, LogLevel
+from smolagents.remote_executors import RemotePythonExecutor
+from smolagents.tools import Tool, get_tools_definition_code
+from smolagents.utils import AgentError
 
 from ..engine import Isol8
 from ..errors import InvalidRequest, Isol8Error, SessionLost
