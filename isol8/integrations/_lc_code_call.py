@@ -11,9 +11,17 @@ refuse a bash program.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from ..errors import InvalidRequest, ProcessStartFailed, SessionLost
+
+if TYPE_CHECKING:  # the client is an extra of its own: only its types are needed here
+    from ..async_engine import AsyncIsol8
+    from ..client import AsyncRemoteIsol8, RemoteIsol8
+    from ..engine import Isol8
+
+AsyncEngine = Union["AsyncIsol8", "AsyncRemoteIsol8"]
+Engine = Union["Isol8", "RemoteIsol8", AsyncEngine]
 
 # The argument is ``language``, not the engine's ``runtime``: LangGraph's ToolNode takes a
 # tool argument named ``runtime`` for its own ToolRuntime injection and hides it from the model.

@@ -50,7 +50,7 @@ class Isol8Tool(BaseTool):
     handle_tool_error: Any = True
     engine: SkipValidation[Any] = Field(default=None, exclude=True)
 
-    def __init__(self, engine: Any = None, **fields: Any) -> None:
+    def __init__(self, engine: call.Engine | None = None, **fields: Any) -> None:
         if engine is not None and not callable(getattr(engine, "execute", None)):
             raise TypeError(f"engine: expected an isol8 engine (Isol8, AsyncIsol8, "
                             f"RemoteIsol8, AsyncRemoteIsol8), got {type(engine).__name__}")

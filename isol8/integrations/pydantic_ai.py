@@ -40,7 +40,7 @@ from .contract import contract_json, failure
 _RETRIES = 2
 
 
-def isol8_tool(engine: Any, *, max_retries: int = _RETRIES) -> Tool[Any]:
+def isol8_tool(engine: call.AsyncEngine, *, max_retries: int = _RETRIES) -> Tool[Any]:
     """``execute_code`` as a ``Tool`` that runs in ``engine`` (the caller's to stop)."""
     _require_async(engine)
     return _tool(lambda: engine, session=call.is_session(engine), max_retries=max_retries)
@@ -52,7 +52,7 @@ class Isol8Toolset(FunctionToolset[Any]):
     ``options`` are ``AsyncIsol8``'s (``secrets``, ``timeout_ms``, ``memory_limit``,
     ``network``...) for the per-run sessions; with ``engine`` they belong to the engine."""
 
-    def __init__(self, engine: Any = None, *, max_retries: int = _RETRIES,
+    def __init__(self, engine: call.AsyncEngine | None = None, *, max_retries: int = _RETRIES,
                  id: str | None = None, **options: Any) -> None:
         if engine is not None:
             _require_async(engine)
