@@ -280,8 +280,6 @@ def _exec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         options["rootfs"] = args.image
     if args.package_index:
         options["package_index_url"] = args.package_index
-    if code_url is not None and config is not None:
-        options["remote_code"] = config.remote_code()
     renamed = {"max_output": "max_output_size", "memory": "memory_limit", "cpu": "cpu_limit"}
     for name in ("max_output", "sandbox_size", "tmp_size", "memory", "cpu", "pids_limit"):
         value = getattr(args, name)

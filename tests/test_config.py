@@ -3,6 +3,7 @@ CLI's use of them (flags win) and ``isol8 config``. Real runs on the real kernel
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -12,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
+import test_code_url as served
+from test_code_url import cert, tls
 from isol8 import Isol8
+from isol8.cli import main
 from isol8.config import load_config
 from isol8.errors import InvalidRequest
 from isol8.remote_code import RemoteCodePolicy
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_FALLBACK = Path("/tmp/i13/readme-config.md")
+SHARED_FIXTURES = (cert, tls)  # pytest fixtures: the loopback TLS server of code URLs
 
 
 @pytest.fixture
@@ -340,6 +345,27 @@ def test_serve_takes_its_policy_from_the_config(home: Path, tmp_path: Path) -> N
         assert (status, body.get("stdout")) == (200, "hi"), body
     finally:
         srv.stop()
+
+
+def test_exec_fetches_a_url_under_the_config_remote_code(
+        home: Path, tmp_path: Path, request: pytest.FixtureRequest,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """End to end on loopback only: test_code_url's TLS server, a name pinned to it (and
+    this process's loopback-only connector); a working-directory file can turn it off."""
+    cert, tls = request.getfixturevalue("cert"), request.getfixturevalue("tls")
+    url = "https://code.test/hello.py"
+    p = isol8("exec", "--url", url, cwd=tmp_path / "work", env={"HOME": str(home.parent)})
+    assert p.returncode == 1 and "remote code is disabled" in p.stderr, p.stderr
+    policy = served.remote_code(cert, tls)
+    (home / "config.json").write_text(json.dumps({"remoteCode": policy}))
+    digest = hashlib.sha256(served.HELLO).hexdigest()
+    assert main(["exec", "--url", url, "--hash", digest]) == 0
+    assert capsys.readouterr().out == "hello from a url\n"
+    assert main(["exec", "--url", url, "--hash", "0" * 64]) == 1
+    assert "sha256" in capsys.readouterr().err
+    Path("isol8.config.json").write_text('{"remoteCode": {"enabled": false}}')
+    assert main(["exec", "--url", url]) == 1
+    assert "remote code is disabled" in capsys.readouterr().err
 
 
 # -- the README's example -------------------------------------------------------------------

@@ -72,8 +72,8 @@ class Config:
         return [key for key in self.sources if key == name or key.startswith(name + ".")]
 
     def engine_options(self) -> dict[str, object]:
-        """Keyword arguments for ``Isol8(...)``, from ``defaults``, ``network``,
-        ``security`` and the pool keys."""
+        """Keyword arguments for ``Isol8(...)`` (and ``AsyncIsol8``), from ``defaults``,
+        ``network``, ``security``, the pool keys and ``remoteCode``."""
         d = self.values["defaults"]
         net = self.values["network"]
         assert isinstance(d, dict) and isinstance(net, dict)
@@ -86,7 +86,7 @@ class Config:
             "network": d["network"], "sandbox_size": d["sandboxSize"],
             "tmp_size": d["tmpSize"], "rootfs": d["image"], "seccomp": security["seccomp"],
             "pool_strategy": self.values["poolStrategy"],
-            "pool_size": self.values["poolSize"],
+            "pool_size": self.values["poolSize"], "remote_code": self.remote_code(),
         }
         if d["mounts"]:
             options["mounts"] = list(d["mounts"])
