@@ -216,3 +216,24 @@ def test_bad_arguments_are_refused_clearly():
     for wrong in ({"repl": False}, {"mode": "ephemeral"}):
         with pytest.raises(InvalidRequest, match="repl"):
             Isol8Executor(**wrong)
+
+
+def test_a_remote_session_is_the_interpreter_too():
+    pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
+    from isol8.client import RemoteIsol8
+    from test_server import KEY, running
+
+    with running() as server:
+        engine = RemoteIsol8(host=server.url, api_key=KEY, session_id="smol-remote",
+                             repl=True, secrets={"API_TOKEN": "tok-remote-6604"})
+        agent, model = agent_for(Isol8Executor(engine), [
+            step("import os\nx = 20\nprint(os.environ['API_TOKEN'])"),
+            step("y = x + 1\ny"),
+            step("final_answer(y * 2)")])
+        with agent:
+            assert agent.run("t") == 42
+            assert len(server.call("GET", "/sessions")[1]["sessions"]) == 1
+        shown = seen_by_model(model)
+        assert "Last output from code snippet:\n21" in shown
+        assert "***" in shown and "6604" not in shown
+        assert server.call("GET", "/sessions")[1]["sessions"] == []  # cleanup ended it
