@@ -378,12 +378,12 @@ def _readme_example() -> str:
 
 
 def test_the_readme_example_runs(home: Path) -> None:
-    (home / "config.toml").write_text(
-        "[defaults]\ntimeoutMs = 10000\nmemoryLimit = '256m'\n")
     namespace: dict[str, object] = {}
     exec(compile(_readme_example(), "README.md (config)", "exec"), namespace)
-    result = namespace["result"]
-    assert result.stdout == "hello from the config's engine"  # type: ignore[attr-defined]
+    fast, slow = namespace["fast"], namespace["slow"]
+    assert (fast.stdout, fast.exit_code) == ("in time", 0)  # type: ignore[attr-defined]
+    assert slow.exit_code == 137  # type: ignore[attr-defined]
+    assert slow.duration_ms < 4000  # type: ignore[attr-defined]
 
 
 def test_the_readme_schema_example_loads(home: Path) -> None:
