@@ -181,7 +181,14 @@ def test_default_tool_runs_each_call_in_a_fresh_sandbox_sync_and_async():
 def test_description_tells_the_model_whether_state_persists():
     with Isol8(mode="persistent", repl=True) as session:
         assert "Python variables and imports survive" in Isol8Tool(session).description
+    with Isol8(mode="persistent") as session:  # files persist, variables do not
+        tool = Isol8Tool(session)
+        assert "Python variables do not survive" in tool.description
+        tool.invoke({"code": "open('n', 'w').write('1')\nx = 1"})
+        assert json.loads(tool.invoke({"code": "cat n", "language": "bash"}))["stdout"] == "1"
     assert "nothing persists" in Isol8Tool(Isol8()).description
+    async_session = AsyncIsol8(mode="persistent", repl=True)
+    assert "Python variables and imports survive" in Isol8Tool(async_session).description
     schema = Isol8Tool().tool_call_schema.model_json_schema()
     assert set(schema["properties"]) == {"code", "language"}
     assert schema["properties"]["language"]["enum"] == ["python", "node", "bash"]

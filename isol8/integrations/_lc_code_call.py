@@ -2,23 +2,22 @@
 pydantic-ai adapters, so both give a model the same tool with the same meaning.
 
 The engine is any of isol8's four (Isol8, AsyncIsol8, RemoteIsol8, AsyncRemoteIsol8): the
-adapters only call ``execute``. Whether it is a session decides two things the model must
-know: state survives between calls, and bash then runs beside the session's interpreter
-(``cmd``), since a session is bound to its first runtime and a Python REPL session would
-refuse a bash program.
-"""
+adapters only call ``execute``. Whether it is a session, and a REPL one, decides what the
+model must know: what survives between calls (variables, or only files), and that bash
+runs beside the session's program (``cmd``), since a session is bound to its first runtime
+and a Python session would refuse a bash program."""
 
 from __future__ import annotations
 
 import inspect
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+from ..engine import Isol8
 from ..errors import InvalidRequest, ProcessStartFailed, SessionLost
 
 if TYPE_CHECKING:  # the client is an extra of its own: only its types are needed here
     from ..async_engine import AsyncIsol8
     from ..client import AsyncRemoteIsol8, RemoteIsol8
-    from ..engine import Isol8
 
 AsyncEngine = Union["AsyncIsol8", "AsyncRemoteIsol8"]
 Engine = Union["Isol8", "RemoteIsol8", AsyncEngine]
@@ -44,10 +43,20 @@ def is_async(engine: Any) -> bool:
 
 def is_session(engine: Any) -> bool:
     """A local engine in persistent mode, or a remote client bound to a session id."""
-    options = getattr(engine, "options", None)
-    if options is not None and getattr(options, "mode", None) is not None:
-        return bool(options.mode == "persistent")
+    local = getattr(engine, "_engine", engine)  # AsyncIsol8 wraps an Isol8
+    if isinstance(local, Isol8):
+        return local.options.mode == "persistent"
     return getattr(engine, "session_id", None) is not None
+
+
+def is_repl(engine: Any) -> bool:
+    """Whether Python calls are cells of one interpreter (``repl=True``). The engines keep the
+    flag private (Isol8._repl, the remote client's wire options), so it is read there."""
+    local = getattr(engine, "_engine", engine)
+    if isinstance(local, Isol8):
+        return bool(local._repl)
+    core = getattr(engine, "_core", None)
+    return is_session(engine) and bool(getattr(core, "options", {}).get("repl"))
 
 
 def execute_fields(engine: Any, code: str, language: str) -> dict[str, object]:
@@ -57,15 +66,20 @@ def execute_fields(engine: Any, code: str, language: str) -> dict[str, object]:
     return {"code": code, "runtime": language}
 
 
-def description(session: bool) -> str:
-    """What the model reads about the tool: where the code runs and what persists."""
+def description(engine: Any) -> str:
+    """What the model reads about the tool: where the code runs and what persists (None: an
+    engine per call)."""
     where = ("Runs code in a sandbox (no network unless configured). The result is JSON: "
              "stdout, stderr, exitCode, durationMs, truncated; a non-zero exitCode with a "
              "traceback in stderr means the code failed, so fix it and call again.")
-    if session:
+    if engine is not None and is_repl(engine):
         return (where + " The sandbox is a session kept between calls: Python variables and "
                 "imports survive (each python call is a cell of one interpreter), files in "
                 "/sandbox persist, and bash runs shell commands in the same sandbox.")
+    if engine is not None and is_session(engine):
+        return (where + " The sandbox is kept between calls: files in /sandbox and "
+                "background processes persist, but every call is a new process (Python "
+                "variables do not survive); bash runs in the same sandbox.")
     return where + " Every call starts a fresh sandbox: nothing persists between calls."
 
 

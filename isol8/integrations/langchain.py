@@ -45,7 +45,7 @@ class Isol8Tool(BaseTool):
     """``execute_code`` for LangChain agents, run in ``engine`` (see the module's doc)."""
 
     name: str = call.TOOL_NAME
-    description: str = call.description(False)
+    description: str = call.description(None)
     args_schema: ArgsSchema | None = CodeInput
     handle_tool_error: Any = True
     engine: SkipValidation[Any] = Field(default=None, exclude=True)
@@ -54,47 +54,44 @@ class Isol8Tool(BaseTool):
         if engine is not None and not callable(getattr(engine, "execute", None)):
             raise TypeError(f"engine: expected an isol8 engine (Isol8, AsyncIsol8, "
                             f"RemoteIsol8, AsyncRemoteIsol8), got {type(engine).__name__}")
-        fields.setdefault("description", call.description(
-            engine is not None and call.is_session(engine)))
+        fields.setdefault("description", call.description(engine))
         super().__init__(engine=engine, **fields)
 
     def _run(self, code: str, language: str = "python",
              run_manager: CallbackManagerForToolRun | None = None) -> str:
         if self.engine is None:
             with Isol8() as engine:
-                return _answer(_guarded(engine.execute, call.execute_fields(engine, code,
-                                                                            language)))
+                return _execute(engine, code, language)
         if call.is_async(self.engine):
             raise TypeError(f"{type(self.engine).__name__} is asynchronous: run this tool "
                             "with ainvoke (an agent's ainvoke/astream), or give it Isol8")
-        return _answer(_guarded(self.engine.execute,
-                                call.execute_fields(self.engine, code, language)))
+        return _execute(self.engine, code, language)
 
     async def _arun(self, code: str, language: str = "python",
                     run_manager: AsyncCallbackManagerForToolRun | None = None) -> str:
         if self.engine is None:
             async with AsyncIsol8() as engine:
-                fields = call.execute_fields(engine, code, language)
-                return _answer(await _guarded_async(engine.execute, fields))
+                return await _execute_async(engine, code, language)
         if not call.is_async(self.engine):
             raise TypeError(f"{type(self.engine).__name__} is synchronous: run this tool "
                             "with invoke, or give it AsyncIsol8 for ainvoke")
-        fields = call.execute_fields(self.engine, code, language)
-        return _answer(await _guarded_async(self.engine.execute, fields))
+        return await _execute_async(self.engine, code, language)
 
 
-def _guarded(execute: Any, fields: dict[str, object]) -> ExecutionResult:
+def _execute(engine: Any, code: str, language: str) -> str:
     try:
-        return execute(**fields)  # type: ignore[no-any-return]
+        result = engine.execute(**call.execute_fields(engine, code, language))
     except call.MODEL_ERRORS as error:
         raise ToolException(str(error)) from error
+    return _answer(result)
 
 
-async def _guarded_async(execute: Any, fields: dict[str, object]) -> ExecutionResult:
+async def _execute_async(engine: Any, code: str, language: str) -> str:
     try:
-        return await execute(**fields)  # type: ignore[no-any-return]
+        result = await engine.execute(**call.execute_fields(engine, code, language))
     except call.MODEL_ERRORS as error:
         raise ToolException(str(error)) from error
+    return _answer(result)
 
 
 def _answer(result: ExecutionResult) -> str:

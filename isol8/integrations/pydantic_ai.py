@@ -43,7 +43,8 @@ _RETRIES = 2
 def isol8_tool(engine: call.AsyncEngine, *, max_retries: int = _RETRIES) -> Tool[Any]:
     """``execute_code`` as a ``Tool`` that runs in ``engine`` (the caller's to stop)."""
     _require_async(engine)
-    return _tool(lambda: engine, session=call.is_session(engine), max_retries=max_retries)
+    return _tool(lambda: engine, description=call.description(engine),
+                 max_retries=max_retries)
 
 
 class Isol8Toolset(FunctionToolset[Any]):
@@ -64,7 +65,8 @@ class Isol8Toolset(FunctionToolset[Any]):
                 if fixed in options:
                     raise TypeError(f"{fixed}: the per-run session is always "
                                     "mode='persistent', repl=True")
-            AsyncIsol8(mode="persistent", repl=True, **options)  # bad options fail here
+        # What the model is told is the session's; bad options fail here, not in a run.
+        described = engine or AsyncIsol8(mode="persistent", repl=True, **options)
         super().__init__(id=id)
         self._given = engine
         self._engine = engine
@@ -72,8 +74,8 @@ class Isol8Toolset(FunctionToolset[Any]):
         self._max_retries = max_retries
         self._entered = 0
         self._lock = asyncio.Lock()
-        session = engine is None or call.is_session(engine)
-        self.add_tool(_tool(self._current, session=session, max_retries=max_retries))
+        self.add_tool(_tool(self._current, description=call.description(described),
+                            max_retries=max_retries))
 
     async def for_run(self, ctx: RunContext[Any]) -> AbstractToolset[Any]:
         if self._given is not None:
@@ -104,7 +106,7 @@ class Isol8Toolset(FunctionToolset[Any]):
         return self._engine
 
 
-def _tool(engine_of: Any, *, session: bool, max_retries: int) -> Tool[Any]:
+def _tool(engine_of: Any, *, description: str, max_retries: int) -> Tool[Any]:
     async def execute_code(
             code: Annotated[str, Field(description=call.CODE_HELP)],
             language: Annotated[call.Language, Field(description=call.LANGUAGE_HELP)] = "python",
@@ -120,7 +122,7 @@ def _tool(engine_of: Any, *, session: bool, max_retries: int) -> Tool[Any]:
             raise ModelRetry(call.limit_message(sentence, contract_json(result)))
         return contract_json(result)
 
-    return Tool(execute_code, name=call.TOOL_NAME, description=call.description(session),
+    return Tool(execute_code, name=call.TOOL_NAME, description=description,
                 max_retries=max_retries)
 
 
