@@ -4,6 +4,7 @@ CLI's use of them (flags win) and ``isol8 config``. Real runs on the real kernel
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -329,6 +330,11 @@ def test_isol8_config_prints_values_and_sources(home: Path, tmp_path: Path) -> N
     assert out["sources"]["defaults.timeoutMs"] == f"{cwd_file} (working directory)"
     assert out["files"] == [str(home / "config.toml"), str(cwd_file)]
     assert len(out["warnings"]) == 1
+    if importlib.util.find_spec("fastapi") is not None:  # the server section is checked
+        (home / "config.toml").write_text("[server.ceilings]\nmemoryLimt = '1g'\n")
+        p = isol8("config", cwd=tmp_path / "work", env=env)
+        assert p.returncode == 1 and p.stdout == ""
+        assert f"isol8: {home / 'config.toml'}: server.ceilings: unknown key" in p.stderr
 
 
 def test_serve_takes_its_policy_from_the_config(home: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 def main(args: argparse.Namespace) -> int:
     config = load_config()
-    validate_sections(config)
+    validate_server(config)
     for line in config.warnings:
         print(f"isol8: warning: {line}", file=sys.stderr)
     if args.json:
@@ -30,19 +30,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_sections(config: Config) -> None:
-    """The ``server`` and ``mcp`` sections are checked by their own code, which needs its
-    extra: checked here when installed, so a mistake shows before a server starts."""
+def validate_server(config: Config) -> None:
+    """The ``server`` section is checked by the server's own code, which needs its extra
+    (load_config leaves it to isol8 serve): checked here when installed, so a mistake
+    shows before a server starts."""
     if config.section("server") is not None or config.values.get("maxConcurrent"):
         try:
             config.server_policy()
         except ImportError:
             config.warnings.append("server: not checked (needs isol8[server])")
-    if config.section("mcp") is not None:
-        try:
-            config.mcp_limits()
-        except ImportError:
-            config.warnings.append("mcp: not checked (needs isol8[mcp])")
 
 
 def _value(config: Config, key: str) -> object:

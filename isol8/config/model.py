@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from ..server.policy import ServerPolicy
 
 DEFAULT = "default"
-FLAG = "flag"
-_RAW = ("server", "mcp")  # sections validated by their own consumers
 
 
 @dataclass
@@ -28,9 +26,9 @@ class Config:
     """The effective configuration in upstream's shape (camelCase, per section).
 
     ``sources`` maps each key (``defaults.timeoutMs``, ``poolStrategy``, ``server.ceilings``)
-    to where its value came from: ``"default"``, a file's path, a working-directory file's
-    path followed by `` (working directory)``, or ``"flag"``. ``warnings`` are the lines a
-    command prints (keys ignored, files shadowed); the library prints nothing."""
+    to where its value came from: ``"default"``, a file's path, or a working-directory
+    file's path followed by `` (working directory)``. ``warnings`` are the lines a command
+    prints (keys ignored, files shadowed); the library prints nothing."""
 
     values: dict[str, object] = field(default_factory=default_values)
     sources: dict[str, str] = field(default_factory=dict)
