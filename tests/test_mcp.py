@@ -67,6 +67,8 @@ def test_tools_have_typed_inputs_and_output_schemas():
     props = run.input_schema["properties"]
     assert {"code", "cmd", "runtime", "timeout_ms", "stdin", "env", "files",
             "install_packages"} <= set(props)
+    assert {"session_id", "code", "cmd", "install_packages"} \
+        <= set(tools["execute_in_session"].input_schema["properties"])
     assert props["code"]["description"] and props["timeout_ms"]["anyOf"][0]["type"] == "integer"
     assert set(run.output_schema["properties"]) == {"stdout", "stderr", "exitCode",
                                                       "durationMs", "truncated", "failure"}
@@ -117,7 +119,8 @@ def test_invalid_input_is_a_tool_error_that_says_what_is_wrong():
         return [await call(client, "execute_code", **args) for args in (
             {}, {"code": "1", "cmd": "true"}, {"code": "1", "runtime": "cobol"},
             {"code": "1", "timeout_ms": 10**9}, {"code": "1", "timeout_ms": "soon"},
-            {"cmd": "true", "files": {"/etc/passwd": "x"}})]
+            {"cmd": "true", "files": {"/etc/passwd": "x"}},
+            {"code": "1", "install_packages": ["six"]})]
     results = serve(test)
     assert all(r.is_error for r in results)
     texts = [r.content[0].text for r in results]
@@ -126,6 +129,7 @@ def test_invalid_input_is_a_tool_error_that_says_what_is_wrong():
     assert "timeout_ms: at most 300000" in texts[3]
     assert "timeout_ms" in texts[4]
     assert "/etc/passwd" in texts[5] and "/sandbox" in texts[5]
+    assert "install_packages: needs network='filtered'" in texts[6]
 
 
 def test_progress_reports_output_before_the_result():

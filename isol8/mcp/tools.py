@@ -23,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
+from .. import __version__
 from ..errors import Isol8Error
 from ..runtimes import RUNTIMES
 from .engines import Backend
@@ -101,7 +102,8 @@ def build_server(backend: Backend, limits: McpLimits,
             reaper.cancel()
             await store.close()
 
-    server: MCPServer = MCPServer("isol8", instructions=INSTRUCTIONS, lifespan=lifespan)
+    server: MCPServer = MCPServer("isol8", version=__version__, instructions=INSTRUCTIONS,
+                                  lifespan=lifespan, log_level="WARNING")
 
     def store_of(ctx: Context) -> SessionStore:
         return ctx.request_context.lifespan_context["sessions"]
@@ -150,11 +152,13 @@ def build_server(backend: Backend, limits: McpLimits,
     async def execute_in_session(ctx: Context, session_id: SessionId, code: Code = None,
                                  cmd: Cmd = None, timeout_ms: TimeoutMs = None,
                                  stdin: Stdin = None, env: Env = None, files: Files = None,
+                                 install_packages: Packages = None,
                                  ) -> Annotated[CallToolResult, RunResult]:
         """Run code (in the session's runtime) or a shell command in a session's sandbox;
-        what earlier calls left there is still there. Same result as execute_code."""
-        fields = checked_fields(dict(code=code, cmd=cmd, timeout_ms=timeout_ms,
-                                          stdin=stdin, env=env, files=files))
+        what earlier calls left there (files, variables, installed packages) is still
+        there. Same result as execute_code."""
+        fields = checked_fields(dict(code=code, cmd=cmd, timeout_ms=timeout_ms, stdin=stdin,
+                                     env=env, files=files, install_packages=install_packages))
         with _tool_errors():
             async with store_of(ctx).using(owner_of(ctx), session_id) as session:
                 if code is not None:
