@@ -20,11 +20,12 @@ instead of ending the run (LangGraph's ``ToolNode`` re-raises unhandled tool err
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, ToolException
-from langchain_core.tools.base import ArgsSchema
+from langchain_core.tools.base import ArgsSchema, ToolExceptionHandlerOutput
 from pydantic import BaseModel, Field, SkipValidation
 
 from ..async_engine import AsyncIsol8
@@ -47,7 +48,8 @@ class Isol8Tool(BaseTool):
     name: str = call.TOOL_NAME
     description: str = call.description(None)
     args_schema: ArgsSchema | None = CodeInput
-    handle_tool_error: Any = True
+    handle_tool_error: (bool | str | Callable[[ToolException], ToolExceptionHandlerOutput]
+                        | None) = True
     engine: SkipValidation[Any] = Field(default=None, exclude=True)
 
     def __init__(self, engine: call.Engine | None = None, **fields: Any) -> None:
