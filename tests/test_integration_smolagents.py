@@ -216,6 +216,9 @@ def test_bad_arguments_are_refused_clearly():
     for wrong in ({"repl": False}, {"mode": "ephemeral"}):
         with pytest.raises(InvalidRequest, match="repl"):
             Isol8Executor(**wrong)
+    with pytest.raises(InvalidRequest, match="one live interpreter"):
+        Isol8Executor(Isol8())  # each run a new process: no state between steps
+    assert child_pids() == []
 
 
 def test_a_remote_session_is_the_interpreter_too():

@@ -61,9 +61,6 @@ class Isol8Executor(RemotePythonExecutor):
             raise TypeError("Isol8Executor: pass engine options or an engine, not both")
         if engine is None:
             engine = Isol8(**{"mode": "persistent", "repl": True, **options})
-        if isinstance(engine, Isol8) and not engine._repl:
-            raise InvalidRequest("Isol8Executor: the engine must be Isol8(mode='persistent', "
-                                 "repl=True): smolagents keeps variables between steps")
         super().__init__([], logger or AgentLogger(level=LogLevel.ERROR), allow_pickle=False)
         self.engine = engine
         # secret values, masked on the host too: the engine masks them as they are written,
@@ -72,6 +69,12 @@ class Isol8Executor(RemotePythonExecutor):
         self._setup: list[str] = []  # the tools' and variables' cells, sent again to a
         self._recording = False      # session that replaces a lost one
         try:
+            self._cell("", setup=True)
+            if self._cell("", setup=False) is None:  # the first cell's state is gone
+                raise InvalidRequest(
+                    "Isol8Executor: the engine must keep one live interpreter, "
+                    "Isol8(mode='persistent', repl=True) or RemoteIsol8(session_id=..., "
+                    "repl=True): smolagents keeps variables between steps")
             self.installed_packages = self._install_missing(list(additional_imports))
         except BaseException:
             engine.stop()
@@ -86,11 +89,9 @@ class Isol8Executor(RemotePythonExecutor):
     def run_code_raise_errors(self, code: str) -> CodeOutput:
         """One step: its output, or ``AgentError`` with what the agent's model should read
         (the traceback, or why a limit ended the code), which ``CodeAgent`` feeds back."""
-        if self._recording:
-            if code not in self._setup:  # a second run sends the same tools again
-                self._setup.append(code)
-            return self._cell(code, setup=self._setup.index(code) == 0)
-        output = self._cell(code, setup=not self._setup)
+        if self._recording and code not in self._setup:  # a second run sends them again
+            self._setup.append(code)
+        output = self._cell(code, setup=False)
         if output is None:  # a new interpreter: the lost one's state is gone
             self._replay()
             raise AgentError("The sandbox's Python session was restarted, and the variables "
@@ -200,8 +201,9 @@ class Isol8Executor(RemotePythonExecutor):
 
     def _replay(self) -> None:
         """Define the tools and variables again in a new session (the old one is gone)."""
-        for index, code in enumerate(self._setup):
-            self._cell(code, setup=index == 0)
+        self._cell("", setup=True)
+        for code in self._setup:
+            self._cell(code, setup=False)
 
     def _mask(self, text: str) -> str:
         for secret in self._secrets:
