@@ -169,8 +169,9 @@ class Isol8Executor(RemotePythonExecutor):
             result = self.engine.execute(cell, runtime="python")
         except SessionLost as exc:
             self._replay()
-            raise AgentError(f"{exc}. Tools are defined again; the code must be run again, "
-                             "recreating what it needs.", self.logger) from exc
+            raise AgentError(f"{exc}. A new session starts with the tools defined again: "
+                             "recreate the variables the next steps need.",
+                             self.logger) from exc
         stderr, _, reported = result.stderr.rpartition("\n" + nonce)
         if not _:
             stderr = result.stderr
