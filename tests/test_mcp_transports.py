@@ -184,36 +184,57 @@ def test_http_refuses_to_start_without_a_usable_token(tmp_path):
     assert key_alone.returncode != 0 and "--key: only with --host" in key_alone.stderr
 
 
-def test_remote_mode_runs_the_tools_on_an_isol8_serve():
+def test_remote_mode_runs_the_tools_on_an_isol8_serve(tmp_path):
     pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
-    from isol8.mcp.engines import Backend
-    from isol8.mcp.limits import McpLimits
-    from isol8.mcp.tools import build_server
     from test_server import KEY, running
 
     async def main(url: str):
-        backend = Backend({}, host=url, key=KEY)
-        try:
-            async with Client(build_server(backend, McpLimits(), lambda ctx: "")) as client:
-                once = await client.call_tool("execute_code", {"code": "print(2 ** 8)"})
-                slow = await client.call_tool("execute_code", {"cmd": "sleep 5",
-                                                               "timeout_ms": 300})
-                sid = (await client.call_tool("create_session", {})).structured_content[
-                    "sessionId"]
-                await client.call_tool("execute_in_session", {"session_id": sid,
-                                                              "code": "v = 'kept'"})
-                kept = await client.call_tool("execute_in_session", {"session_id": sid,
-                                                                     "code": "print(v)"})
-                return once, slow, kept
-        finally:
-            await backend.close()
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "isol8", "mcp", "--host", url, "--key", KEY],
+            env=_env(tmp_path), cwd=str(tmp_path))
+        async with Client(params) as client:
+            once = await client.call_tool("execute_code", {"code": "print(2 ** 8)"})
+            slow = await client.call_tool("execute_code", {"cmd": "sleep 5", "timeout_ms": 300})
+            sid = (await client.call_tool("create_session", {})).structured_content["sessionId"]
+            await client.call_tool("execute_in_session", {"session_id": sid, "code": "v = 'kept'"})
+            kept = await client.call_tool("execute_in_session", {"session_id": sid,
+                                                                 "code": "print(v)"})
+            return once, slow, kept
     with running() as server:
         once, slow, kept = asyncio.run(main(server.url))
-        sessions = server.call("GET", "/sessions")[1]
+        deadline = time.monotonic() + 10
+        while (sessions := server.call("GET", "/sessions")[1]["sessions"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert once.structured_content["stdout"] == "256"
     assert not slow.is_error and "timed out" in slow.structured_content["failure"]
     assert kept.structured_content["stdout"] == "kept"
-    assert sessions.get("sessions", sessions) == []  # the session ended with the connection
+    assert sessions == []  # the MCP session's server session ended with the connection
+
+
+def test_the_config_files_engine_options_and_mcp_limits_apply(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[defaults]\ntimeoutMs = 400\n[mcp]\nmaxSessions = 1\n")
+    params = StdioServerParameters(command=sys.executable, args=["-m", "isol8", "mcp"],
+                                   env=_env(tmp_path, ISOL8_CONFIG=str(config)),
+                                   cwd=str(tmp_path))
+
+    async def main():
+        async with Client(params) as client:
+            slow = await client.call_tool("execute_code", {"code": "while True: pass"})
+            first = await client.call_tool("create_session", {"runtime": "bash"})
+            second = await client.call_tool("create_session", {"runtime": "bash"})
+            return slow, first, second
+    slow, first, second = asyncio.run(main())
+    assert slow.structured_content["durationMs"] < 3000
+    assert "timed out" in slow.structured_content["failure"]
+    assert not first.is_error and second.is_error
+    assert "at most 1 sessions" in second.content[0].text
+    config.write_text("[mcp]\nmaxSesions = 1\n")
+    bad = subprocess.run([sys.executable, "-m", "isol8", "mcp"], stdin=subprocess.DEVNULL,
+                         env=_env(tmp_path, ISOL8_CONFIG=str(config)), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "mcp.maxSesions: unknown key" in bad.stderr
 
 
 def readme_example() -> str:

@@ -46,16 +46,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from ..config import load_config
     from .engines import Backend
-    from .limits import McpLimits
 
     if args.key is not None and args.host is None:
         raise InvalidRequest("--key: only with --host")
     config = load_config()
-    limits = McpLimits.from_mapping(config.section("mcp") or {})
+    limits = config.mcp_limits()
     options = config.engine_options()
-    if args.host is not None:  # the server's host settings are its operator's
-        from ..client.wire import SERVER_SIDE
-        options = {k: v for k, v in options.items() if k not in SERVER_SIDE}
+    if args.host is not None:  # only what a request carries; the rest is its operator's
+        from ..client.wire import OPTION_NAMES
+        options = {k: v for k, v in options.items() if k in OPTION_NAMES}
     backend = Backend(options, max_concurrent=limits.max_concurrent,
                       host=args.host, key=args.key)
     if args.http:
