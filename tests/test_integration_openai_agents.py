@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from agents import Agent, RunConfig, Runner, ShellTool
 from agents.run_config import SandboxRunConfig
-from agents.sandbox import Manifest, SandboxAgent
+from agents.sandbox import LocalSnapshotSpec, Manifest, SandboxAgent
 from agents.sandbox.errors import WorkspaceReadNotFoundError
 from agents.testing import ScriptedModel, assistant_message, function_call
 from openai.types.responses.response_function_shell_tool_call import (
@@ -143,6 +143,24 @@ def test_sandbox_files_and_workspace_archives_round_trip():
             result = await again.exec("ls /tmp")
             assert b".isol8-workspace" not in result.stdout  # the staging archive is gone
     asyncio.run(scenario())
+    assert child_pids() == []
+
+
+def test_a_session_resumes_from_its_snapshot_in_a_new_sandbox(tmp_path):
+    async def scenario() -> bytes:
+        client = Isol8SandboxClient()
+        first = await client.create(manifest=Manifest(),
+                                    snapshot=LocalSnapshotSpec(base_path=tmp_path))
+        await first.start()
+        await first.write(Path("keep/me.txt"), io.BytesIO(b"kept"))
+        await first.stop()  # persists the workspace to the snapshot
+        payload = client.serialize_session_state(first.state)
+        await first.shutdown()
+        assert child_pids() == []  # the first sandbox is gone
+        resumed = await client.resume(client.deserialize_session_state(payload))
+        async with resumed:
+            return (await resumed.read(Path("keep/me.txt"))).read()
+    assert asyncio.run(scenario()) == b"kept"
     assert child_pids() == []
 
 
