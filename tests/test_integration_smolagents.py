@@ -175,6 +175,12 @@ def test_variables_are_sent_as_json_and_the_last_expression_is_the_output():
         assert executor("total = 0").output is None  # a statement has no value
         with pytest.raises(AgentError, match="SyntaxError"):
             executor("def broken(:")
+    with Isol8Executor(max_output_size=1000) as executor:
+        out = executor("print('y' * 5000)\n6 * 7")
+        assert out.output == "42"  # the report, after the cut stdout, came through
+        assert "--- OUTPUT TRUNCATED (5001 bytes, limit: 1000) ---" in out.logs
+        with pytest.raises(AgentError, match="passed the sandbox's size limit"):
+            executor("import sys\nsys.stderr.write('z' * 5000)")  # cuts the report too
 
 
 def test_engine_is_stopped_by_cleanup_and_nothing_remains():
