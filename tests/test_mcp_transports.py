@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,15 +239,31 @@ def test_the_config_files_engine_options_and_mcp_limits_apply(tmp_path):
     assert bad.returncode != 0 and "mcp.maxSesions: unknown key" in bad.stderr
 
 
-def readme_example() -> str:
-    """The README's MCP example (the lead merges it; until then, this helper's draft)."""
+def readme_section() -> str:
+    """The README's MCP section (the lead merges it; until then, this helper's draft)."""
     text = README.read_text()
     if "<!-- example: mcp -->" not in text:
         text = README_FALLBACK.read_text()
+    start = text.index("## MCP server")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def readme_example() -> str:
     match = re.search(r"<!-- example: mcp -->\s*```python\n(.*?)```\s*<!-- /example -->",
-                      text, re.S)
+                      readme_section(), re.S)
     assert match, "the README's MCP example is missing"
     return match.group(1)
+
+
+def test_the_readme_config_blocks_are_what_the_server_takes():
+    from isol8.mcp.limits import McpLimits
+
+    blocks = dict(re.findall(r"```(json|toml)\n(.*?)```", readme_section(), re.S))
+    entry = json.loads(blocks["json"])["mcpServers"]["isol8"]
+    assert [entry["command"], *entry["args"]] == ["isol8", "mcp"]
+    # the documented limits are the defaults
+    assert McpLimits.from_mapping(tomllib.loads(blocks["toml"])["mcp"]) == McpLimits()
 
 
 def test_the_readme_example_runs_verbatim(tmp_path):
