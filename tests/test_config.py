@@ -263,6 +263,16 @@ enabled = true
     assert config.files == [str(home / "config.toml"), str(cwd_file)]
 
 
+def test_the_working_directory_file_named_explicitly_is_trusted(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Named by $ISOL8_CONFIG (the user chose it), it is read in full, and once."""
+    Path("isol8.config.json").write_text('{"defaults": {"timeoutMs": 90000}}')
+    monkeypatch.setenv("ISOL8_CONFIG", "isol8.config.json")
+    config = load_config()
+    assert config.engine_options()["timeout_ms"] == 90_000 and config.warnings == []
+    assert config.files == [os.path.abspath("isol8.config.json")]
+
+
 def test_an_unknown_key_in_the_working_directory_file_is_an_error(home: Path) -> None:
     Path("isol8.config.json").write_text('{"defaults": {"timeout": 1}}')
     with pytest.raises(InvalidRequest, match=r"work/isol8.config.json: unknown key "
