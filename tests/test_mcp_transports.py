@@ -175,15 +175,17 @@ def test_http_server_requires_its_token_and_keeps_each_callers_sessions(tmp_path
 
 
 def test_http_refuses_to_start_without_a_usable_token(tmp_path):
-    def start(*flags: str, token: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "isol8", "mcp", "--http", "--port",
-                               str(_free_port()), *flags],
-                              env=_env(tmp_path, ISOL8_MCP_TOKEN=token), cwd=tmp_path,
+    def start(*flags: str, http: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "isol8", "mcp", *flags, *(
+                                  ["--http", "--port", str(_free_port())] if http else [])],
+                              env=_env(tmp_path), cwd=tmp_path, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=30)
-    none, short, key_alone = start(), start("--token", "short"), start("--key", "k")
+    none, short = start(), start("--token", "short")
+    key_alone, port_alone = start("--key", "k"), start("--port", "3100", http=False)
     assert none.returncode != 0 and "needs a bearer token" in none.stderr
     assert short.returncode != 0 and "at least 16 printable characters" in short.stderr
     assert key_alone.returncode != 0 and "--key: only with --host" in key_alone.stderr
+    assert port_alone.returncode != 0 and "only with --http" in port_alone.stderr
 
 
 def test_remote_mode_runs_the_tools_on_an_isol8_serve(tmp_path):

@@ -29,13 +29,14 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                     "config file (isol8 config shows them).")
     mc.add_argument("--http", action="store_true",
                     help="serve streamable HTTP at /mcp instead of stdio")
-    mc.add_argument("--port", type=int, default=DEFAULT_PORT,
+    mc.add_argument("--port", type=int,
                     help=f"with --http: the port (default {DEFAULT_PORT})")
-    mc.add_argument("--bind", default="127.0.0.1",
-                    help="with --http: the address to listen on (default 127.0.0.1)")
+    mc.add_argument("--bind", help="with --http: the address to listen on (default "
+                                   "127.0.0.1)")
     mc.add_argument("--token", action="append", default=[],
                     help="with --http: a bearer token callers must send (repeat for several "
-                         "callers, each with its own sessions; default $ISOL8_MCP_TOKEN)")
+                         "callers, each with its own sessions); better $ISOL8_MCP_TOKEN "
+                         "(comma-separated), since other users can read a command line")
     mc.add_argument("--host", help="run on this isol8 serve (URL) instead of local engines")
     mc.add_argument("--key", help="with --host: its API key (default $ISOL8_API_KEY)")
 
@@ -49,6 +50,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.key is not None and args.host is None:
         raise InvalidRequest("--key: only with --host")
+    if not args.http and (args.port is not None or args.bind is not None or args.token):
+        raise InvalidRequest("--port, --bind, --token: only with --http")
     config = load_config()
     limits = config.mcp_limits()
     options = config.engine_options()
@@ -58,8 +61,10 @@ def main(args: argparse.Namespace) -> int:
     backend = Backend(options, max_concurrent=limits.max_concurrent,
                       host=args.host, key=args.key)
     if args.http:
-        tokens = args.token or [t for t in os.environ.get("ISOL8_MCP_TOKEN", "").split(",")]
-        return asyncio.run(_serve_http(backend, limits, args.bind, args.port, tokens))
+        tokens = args.token or os.environ.get("ISOL8_MCP_TOKEN", "").split(",")
+        port = DEFAULT_PORT if args.port is None else args.port
+        return asyncio.run(_serve_http(backend, limits, args.bind or "127.0.0.1", port,
+                                       tokens))
     return asyncio.run(_serve_stdio(backend, limits))
 
 

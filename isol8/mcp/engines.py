@@ -42,6 +42,7 @@ class Backend:
         self.remote = host is not None
         self._host, self._key = host, key
         self._max_concurrent = max_concurrent
+        self._engine = self._make(dict(self.options))  # bad options fail here, at startup
         self._starting: asyncio.Future[Engine] | None = None
 
     def warm(self) -> None:
@@ -57,17 +58,15 @@ class Backend:
         return await asyncio.shield(self._starting)
 
     async def _start_shared(self) -> Engine:
-        engine = None
+        engine = self._engine
         try:
-            engine = self._make(dict(self.options))
             if isinstance(engine, AsyncIsol8):
                 await engine.start(PREWARMED)
             else:
                 await engine.start()
         except BaseException:
             self._starting = None  # the next call tries again, and says why it fails
-            if engine is not None:
-                await engine.stop()
+            await engine.stop()
             raise
         return engine
 
