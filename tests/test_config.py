@@ -8,8 +8,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -303,6 +305,24 @@ def test_exec_network_from_the_config_unless_a_flag_says(home: Path, tmp_path: P
         "no proxy\n"
     (tmp_path / "work" / "isol8.config.json").write_text('{"defaults": {"network": "none"}}')
     assert isol8("exec", *show, cwd=tmp_path / "work", env=env).stdout == "no proxy\n"
+
+
+def test_exec_mounts_are_the_config_s_and_the_flag_s(home: Path, tmp_path: Path) -> None:
+    """--mount adds to the config's mounts (a list flag that adds, as --deny does)."""
+    shared = Path(tempfile.mkdtemp(prefix="isol8-config-", dir="/var/tmp"))
+    try:
+        for name in ("a", "b"):
+            (shared / name).mkdir()
+            (shared / name / "f").write_text(name)
+        shared.chmod(0o755)
+        (home / "config.json").write_text(json.dumps({"defaults": {"mounts": [
+            {"source": str(shared / "a"), "target": "/mnt/a"}]}}))
+        p = isol8("exec", "--mount", f"{shared / 'b'}:/mnt/b", "--cmd",
+                  "cat /mnt/a/f /mnt/b/f", cwd=tmp_path / "work",
+                  env={"HOME": str(home.parent)})
+        assert (p.returncode, p.stdout) == (0, "ab"), p.stderr
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_exec_prints_the_warnings_and_refuses_a_bad_file(home: Path, tmp_path: Path) -> None:
