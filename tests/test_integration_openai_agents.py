@@ -68,7 +68,8 @@ def sandbox_run(model: ScriptedModel, **options: object) -> str:
 
 
 async def memory_backend() -> str | None:
-    """What enforces memory_limit here: only a cgroup OOM-kills (the rlimit fails malloc)."""
+    """What enforces memory_limit here (a cgroup or the watchdog kills; an rlimit fails
+    the allocation instead)."""
     async with AsyncIsol8() as engine:
         return (await engine.execute(cmd=":")).resource_usage.enforced.get("memory")
 
@@ -103,7 +104,7 @@ def test_sandbox_timeout_and_oom_are_clear_to_the_model():
     assert sandbox_run(model, timeout_ms=1000, memory_limit="64m") == "done"
     calls = [repr(call.input[-1]) for call in model.calls[1:]]
     assert "Command timed out after" in calls[0]
-    if memory in ("cgroup1", "cgroup2"):
+    if memory in ("cgroup1", "cgroup2", "watchdog"):  # an OOM kill, not MemoryError
         assert "the code ran out of memory and was killed" in calls[1]
         assert "exited with code 137" in calls[1]
     assert "after" in calls[2]
@@ -206,7 +207,7 @@ def test_shell_caps_the_models_timeout_and_stops_after_a_kill():
                 await memory_backend()]
     first, second, memory = asyncio.run(scenario())
     assert len(first) == 1 and first[0]["outcome"] == {"type": "timeout"}  # 700 ms, not 600 s
-    if memory in ("cgroup1", "cgroup2"):
+    if memory in ("cgroup1", "cgroup2", "watchdog"):  # an OOM kill, not MemoryError
         assert len(second) == 1 and second[0]["outcome"] == {"type": "exit", "exit_code": 137}
         assert "the code ran out of memory and was killed" in second[0]["stderr"]
     assert child_pids() == []
