@@ -271,16 +271,17 @@ def test_an_idle_session_expires_and_its_sandbox_goes():
 
 
 def test_disconnecting_destroys_the_connections_sessions():
-    marker = "1732.0508"
+    markers = ["1732.0508", "1732.0509", "1732.0510"]
 
     async def test(client):
-        sid = (await call(client, "create_session", runtime="bash")).structured_content[
-            "sessionId"]
-        await call(client, "execute_in_session", session_id=sid,
-                   cmd=f"(setsid sleep {marker} > /dev/null 2>&1 &)")
-        return await until_running(marker)
-    assert serve(test)
-    assert host_processes_matching(marker) == []
+        for marker, runtime in zip(markers, ("bash", "python", "node")):
+            sid = (await call(client, "create_session", runtime=runtime)).structured_content[
+                "sessionId"]
+            await call(client, "execute_in_session", session_id=sid,
+                       cmd=f"(setsid sleep {marker} > /dev/null 2>&1 &)")
+        return [await until_running(marker) for marker in markers]
+    assert all(serve(test))
+    assert [host_processes_matching(marker) for marker in markers] == [[], [], []]
 
 
 def test_limits_from_the_config_files_mcp_section():

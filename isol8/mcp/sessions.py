@@ -11,6 +11,7 @@ ever stopped under a running call.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import time
@@ -23,6 +24,7 @@ from .engines import Backend, Engine
 from .limits import McpLimits
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_log = logging.getLogger(__name__)
 
 
 class UnknownSession(InvalidRequest):
@@ -113,8 +115,7 @@ class SessionStore:
         now = self._clock()
         stale = [key for key, s in self._sessions.items()
                  if not s.busy and now - s.last_used > self._limits.session_ttl_s]
-        for key in stale:
-            await _stop(self._sessions.pop(key))
+        await _stop(*(self._sessions.pop(key) for key in stale))
 
     async def expire_forever(self) -> None:
         """Sweep on a timer, so an idle server stops expired sessions' sandboxes too."""
@@ -126,11 +127,19 @@ class SessionStore:
     async def close(self) -> None:
         """Stop every session (the connection or the server is going away)."""
         self._closed = True
-        while self._sessions:
-            await _stop(self._sessions.pop(next(iter(self._sessions))))
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await _stop(*sessions)
 
 
-async def _stop(session: Session) -> None:
-    """Stop a session's engine even when the caller is being cancelled: a sandbox left
-    running because its owner hung up is exactly the leak this store exists to prevent."""
-    await asyncio.shield(session.engine.stop())
+async def _stop(*sessions: Session) -> None:
+    """Stop sessions' engines, all of them, even when the caller is being cancelled (every
+    stop is under way before the first wait) or one of them fails: a sandbox left running
+    because its owner hung up is exactly the leak this store exists to prevent."""
+    if not sessions:
+        return
+    stops = [asyncio.ensure_future(session.engine.stop()) for session in sessions]
+    outcomes = await asyncio.shield(asyncio.gather(*stops, return_exceptions=True))
+    for session, outcome in zip(sessions, outcomes):
+        if isinstance(outcome, Exception):
+            _log.error("isol8 mcp: stopping session %s failed: %s", session.id, outcome)
