@@ -155,8 +155,13 @@ class Isol8Executor(RemotePythonExecutor):
             return []
         probe = (f"[m for m in {modules!r} "
                  "if __import__('importlib.util').util.find_spec(m) is None]")
-        missing = ast.literal_eval(self.run_code_raise_errors(probe).output or "[]")
-        return [name for name in missing if name in modules]
+        try:  # literals only: the sandbox's answer is data, never code
+            missing = ast.literal_eval(self.run_code_raise_errors(probe).output or "[]")
+        except (ValueError, SyntaxError, RecursionError, MemoryError):
+            missing = modules  # unreadable (the agent's code patched something): install
+        if not isinstance(missing, list):
+            missing = modules
+        return [name for name in modules if name in missing]
 
     def cleanup(self) -> None:
         """Stop the engine: its sandbox, and every process in it, goes."""
@@ -172,14 +177,14 @@ class Isol8Executor(RemotePythonExecutor):
             raise AgentError(f"{exc}. A new session starts with the tools defined again: "
                              "recreate the variables the next steps need.",
                              self.logger) from exc
-        stderr, _, reported = result.stderr.rpartition("\n" + nonce)
-        if not _:
+        stderr, found, reported = result.stderr.rpartition("\n" + nonce)
+        if not found:
             stderr = result.stderr
         logs = self._mask("".join(f"{text}\n" for text in (result.stdout, stderr) if text))
         limit = failure(result)
         if limit is not None:
             raise AgentError(_joined(logs, f"Error: {limit}."), self.logger)
-        record = _record(reported) if _ else None
+        record = _record(reported) if found else None
         if record is None:
             why = ("its output passed the sandbox's size limit and was cut; print less"
                    if result.truncated else
