@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import http.server
 import os
 import shutil
@@ -287,3 +288,49 @@ def test_nothing_is_left_open(engine):
             pass
     assert fds() <= before
     assert threading.active_count() <= threads
+
+
+def test_the_server_fetches_what_its_operator_allows(cert, tls, tmp_path):
+    from isol8.client import RemoteIsol8
+    from isol8.client.errors import RemoteError
+    from test_server import KEY, running
+
+    # a config file: upstream's top-level remoteCode, and a default timeout for every run
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"defaults": {"timeoutMs": 700},
+                                  "remoteCode": remote_code(cert, tls)}))
+    with running(config) as srv:
+        status, body = srv.call("POST", "/execute", {"request": {
+            "codeUrl": "https://code.test/hello.py", "runtime": "python",
+            "codeHash": hashlib.sha256(HELLO).hexdigest()}})
+        assert (status, body["stdout"]) == (200, "hello from a url")
+        status, body = srv.call("POST", "/execute", {"request": {
+            "codeUrl": "https://nope.test/hello.py", "runtime": "python"}})
+        assert status == 400 and "host nope.test is not allowed" in body["error"]
+        status, body = srv.call("POST", "/execute", {"request": {
+            "codeUrl": "https://code.test/missing.py", "runtime": "python"}})
+        assert status == 502 and "answered 404" in body["error"]
+        # a client cannot bring its own policy
+        status, body = srv.call("POST", "/execute", {
+            "request": {"codeUrl": "https://nope.test/hello.py", "runtime": "python"},
+            "options": {"remoteCode": {"enabled": True}}})
+        assert status == 400
+        # the config's defaults hold for every run that does not say otherwise
+        started = time.monotonic()
+        status, body = srv.execute("import time; time.sleep(5)")
+        assert status == 200 and body["exitCode"] != 0, body
+        assert time.monotonic() - started < 4
+        with RemoteIsol8(host=srv.url, api_key=KEY) as client:
+            r = client.execute(code_url="https://code.test/hello.py", runtime="python")
+            assert r.stdout == "hello from a url"
+            with pytest.raises(RemoteError, match="answered 404"):
+                client.execute(code_url="https://code.test/missing.py", runtime="python")
+
+
+def test_remote_code_is_refused_by_a_server_without_the_policy():
+    from test_server import running
+
+    with running() as srv:
+        status, body = srv.call("POST", "/execute", {"request": {
+            "codeUrl": "https://code.test/hello.py", "runtime": "python"}})
+    assert status == 400 and "remote code is disabled on this server" in body["error"]

@@ -4,7 +4,7 @@ from, and its translations for the engine, the server and code URLs."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidRequest
@@ -13,6 +13,11 @@ from ..remote_code import RemoteCodePolicy
 from . import files
 from .cwd import tighten
 from .schema import TABLES, check_file, default_values
+
+# defaults.* that isol8 serve applies to a request's options (its engine options, by their
+# wire names); mounts need the policy's grants, and readonlyRootFs is always true
+SERVER_DEFAULTS = ("timeoutMs", "memoryLimit", "cpuLimit", "pidsLimit", "maxOutputSize",
+                   "network", "sandboxSize", "tmpSize", "image")
 
 if TYPE_CHECKING:
     from ..mcp.limits import McpLimits
@@ -112,13 +117,30 @@ class Config:
                 and "maxConcurrent" not in capacity:
             section["capacity"] = {**capacity, "maxConcurrent": concurrent}
         try:
-            return ServerPolicy.from_mapping(section)
+            policy = ServerPolicy.from_mapping(section)
         except InvalidRequest as exc:
             origin = self._origin("server")
             if origin == DEFAULT:
                 origin = self.sources.get("maxConcurrent", DEFAULT)
             prefix = "" if origin in self.policy_files else "server."
             raise InvalidRequest(f"{origin}: {prefix}{exc}") from None
+        # upstream's server runs with config.defaults and config.remoteCode (a client's
+        # options override the defaults within the policy, never the remote-code policy)
+        if "remoteCode" not in section and self._origin("remoteCode") != DEFAULT:
+            policy = replace(policy, remote_code=self.remote_code())
+        return replace(policy, defaults=self._wire_defaults())
+
+    def _wire_defaults(self) -> dict[str, object]:
+        """The ``defaults`` a file set, as the wire's option names; the network lists too
+        when the default network is filtered."""
+        d, net = self.values["defaults"], self.values["network"]
+        assert isinstance(d, dict) and isinstance(net, dict)
+        wire = {name: d[name] for name in SERVER_DEFAULTS
+                if self.sources.get(f"defaults.{name}", DEFAULT) != DEFAULT}
+        if d["network"] == "filtered" and (net["whitelist"] or net["blacklist"]):
+            wire["networkFilter"] = {"whitelist": list(net["whitelist"]),
+                                     "blacklist": list(net["blacklist"])}
+        return wire
 
     def mcp_limits(self) -> McpLimits:
         """The ``mcp`` section as the MCP server's limits; errors name the file."""

@@ -200,6 +200,9 @@ class ServerPolicy:
     mounts: tuple[MountGrant, ...] = ()
     images: tuple[str, ...] | None = None  # None: every image in the store
     remote_code: RemoteCodePolicy = RemoteCodePolicy()  # request.codeUrl; off by default
+    # options a request gets unless it sets them: a config file's [defaults]
+    # (isol8.config), not a key of the policy file
+    defaults: Mapping[str, object] = field(default_factory=dict)
 
     @classmethod
     def default(cls) -> ServerPolicy:
@@ -250,7 +253,7 @@ class ServerPolicy:
         """The body this server will run: refused fields raise ``WireError`` (400), numeric
         options are clamped to the ceilings and every ceiling'd option is filled in, so two
         bodies that run alike have equal options (the engine key, isol8.server.engines)."""
-        options, request = dict(body.options), dict(body.request)
+        options, request = {**self.defaults, **body.options}, dict(body.request)
         self._refuse(options, request)
         if options.get("mounts") not in (None, [], ()):
             options["mounts"] = [{"source": m.source, "target": m.target,
