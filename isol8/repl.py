@@ -25,6 +25,7 @@ from .session import Session
 
 _INTERRUPT_GRACE = 1.0  # seconds for a cell to stop at SIGINT
 _KILL_GRACE = 5.0
+_OOM_REPORT_GRACE = 0.1  # seconds for the watchdog's report of a kill, after a hang-up
 _TRUE = "/usr/bin/true"
 
 
@@ -80,6 +81,8 @@ class Repl:
                         pass
                 close_all(write_ends)
                 session.adopt(list(pipes))
+        if outcome.lost and not outcome.oom:
+            self._lost_to_memory(outcome)
         session.check(outcome)
         if outcome.lost and outcome.oom:  # this run reports the OOM; the next one raises
             self.lost, outcome.lost = "the interpreter was killed for exceeding the memory " \
@@ -88,6 +91,23 @@ class Repl:
             self.lost = "the interpreter exited during a run (os._exit, a crash or a kill)"
             raise self._lost_error()
         return outcome
+
+    def _lost_to_memory(self, outcome: RunOutcome) -> None:
+        """Whether the interpreter that hung up was killed for memory: its hang-up can
+        overtake the report. A memory cgroup counts the kill (v2 sends no event for it);
+        the init's watchdog reports its kill as an event, read here within a short grace."""
+        session = self.session
+        if (session.cgroup is not None
+                and session.cgroup.usage().oom_kills > session.oom_kills_seen):
+            outcome.oom = True
+            return
+        probe = RunOutcome(outcome.stdout, outcome.stderr)  # the output is flushed: no pipes
+        for _ in supervise(session.sandbox, probe, {}, time.monotonic() + _OOM_REPORT_GRACE,
+                           session.cgroup, -1, -1):
+            pass
+        outcome.oom, outcome.gone = probe.oom, outcome.gone or probe.gone
+        outcome.peak_bytes = probe.peak_bytes or outcome.peak_bytes
+        outcome.error = outcome.error or probe.error
 
     def _lost_error(self) -> SessionLost:
         return SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "

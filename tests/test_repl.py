@@ -89,6 +89,20 @@ def test_an_interpreter_that_dies_raises_session_lost(repl):
     assert repl.execute("print(1 + 1)").stdout == "2"
 
 
+def test_an_interpreter_killed_for_memory_says_so():
+    # The interpreter's hang-up can overtake the report of its OOM kill (a memory cgroup's
+    # count, the watchdog's event): the run still reports the OOM, and the next call the
+    # memory limit, whatever the backend.
+    with Isol8(mode="persistent", repl=True, memory_limit="96m") as eng:
+        eng.execute("keep = 1")
+        r = eng.execute("hog = bytearray(400 << 20)")
+        assert (r.exit_code, r.resource_usage.oom) == (137, True), r
+        assert "memory" in r.resource_usage.limits_reached
+        with pytest.raises(SessionLost, match="exceeding the memory limit"):
+            eng.execute("print(keep)")
+        assert eng.execute("print('keep' in globals())").stdout == "False"
+
+
 def test_cmd_runs_beside_the_repl_and_other_runtimes_are_refused(repl):
     repl.execute("open('/sandbox/from_repl', 'w').write('r')")
     assert repl.execute(cmd="cat /sandbox/from_repl").stdout == "r"
