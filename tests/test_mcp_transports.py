@@ -93,6 +93,16 @@ def test_stdio_server_sessions_progress_cancel_and_disconnect(tmp_path):
     assert host_processes_matching(marker) == []
 
 
+def test_stdio_ends_at_eof_on_a_pipe_and_on_anything_else(tmp_path):
+    """On pipes the server reads and writes on the loop, anything else (here /dev/null)
+    keeps the SDK's threads; either way EOF ends it cleanly."""
+    for stdin in (subprocess.PIPE, subprocess.DEVNULL):
+        run = subprocess.run([sys.executable, "-m", "isol8", "mcp"], stdin=stdin, input=None,
+                             env=_env(tmp_path), cwd=tmp_path, capture_output=True,
+                             timeout=60)
+        assert (run.returncode, run.stdout) == (0, b""), run.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

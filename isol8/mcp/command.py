@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
 async def _serve_stdio(backend: "Backend", limits: "McpLimits") -> int:
     """One connection, this process's stdin/stdout: it ends at EOF (or SIGTERM), and its
     sessions and engines with it."""
+    from .stdio import serve_stdio
     from .tools import build_server
 
     server = build_server(backend, limits, lambda ctx: "")
@@ -79,7 +80,7 @@ async def _serve_stdio(backend: "Backend", limits: "McpLimits") -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     backend.warm()
     try:
-        await server.run_stdio_async()
+        await serve_stdio(server)
     except asyncio.CancelledError:
         pass
     finally:
