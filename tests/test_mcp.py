@@ -241,13 +241,20 @@ def test_session_limits_ids_and_runtimes():
         bad_id = await call(client, "create_session", session_id="../x")
         node = await call(client, "execute_in_session", session_id="a",
                           code="globalThis.y = 1; console.log(typeof require)")
-        return first, dup, second, full, bad_id, node
-    first, dup, second, full, bad_id, node = serve(test, limits=McpLimits(max_sessions=2))
+        await call(client, "destroy_session", session_id="a")
+        cobol = await call(client, "create_session", runtime="cobol")
+        listed = await call(client, "list_sessions")
+        return first, dup, second, full, bad_id, node, cobol, listed
+    first, dup, second, full, bad_id, node, cobol, listed = serve(
+        test, limits=McpLimits(max_sessions=2))
     assert first.structured_content["sessionId"] == "a" and not second.is_error
     assert dup.is_error and "already exists" in dup.content[0].text
     assert full.is_error and "at most 2 sessions" in full.content[0].text
     assert bad_id.is_error and "session_id" in bad_id.content[0].text
     assert not node.is_error and node.structured_content["exitCode"] == 0
+    # a session that could not start holds no slot
+    assert cobol.is_error and 'Unknown runtime: "cobol"' in cobol.content[0].text
+    assert len(listed.structured_content["sessions"]) == 1
 
 
 def test_an_idle_session_expires_and_its_sandbox_goes():

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
+from ..runtimes import get_runtime
 from .engines import Backend, Engine
 from .limits import McpLimits
 
@@ -62,6 +63,7 @@ class SessionStore:
         elif not isinstance(session_id, str) or not _ID.fullmatch(session_id):
             raise InvalidRequest("session_id: 1 to 64 letters, digits, '_', '.' or '-', "
                                  "starting with a letter or digit")
+        get_runtime(runtime)  # the first run is a command, which would not check it
         if (owner, session_id) in self._sessions:
             raise InvalidRequest(f"session_id: {session_id!r} already exists")
         if len(self._sessions) >= self._limits.max_sessions:
