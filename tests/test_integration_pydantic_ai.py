@@ -99,24 +99,35 @@ def _concurrent_step(messages) -> TextPart | ToolCallPart:
     return steps[done] if done < len(steps) else TextPart(f"done {prompt}")
 
 
-def test_timeout_and_oom_are_retries_the_model_sees_and_the_run_goes_on():
-    bomb = "chunks = []\nwhile True:\n    chunks.append(b'x' * (20 << 20))"
-    script = Script(("print('working', flush=True)\nwhile True: pass",), (bomb,),
-                    ("print(1)",), "done")
+def test_timeout_is_a_retry_the_model_sees_and_the_run_goes_on():
+    script = Script(("print('working', flush=True)\nwhile True: pass",), ("print(1)",),
+                    "done")
 
     async def main():
-        async with AsyncIsol8(timeout_ms=2000, memory_limit="128m") as engine:
+        async with AsyncIsol8(timeout_ms=1500) as engine:
             return await Agent(FunctionModel(script), tools=[isol8_tool(engine)]).run("go")
 
     result = asyncio.run(main())
-    timeout, oom, ok = returns(result)
-    assert (timeout.outcome, oom.outcome, ok.outcome) == ("retried", "retried", "success")
+    timeout, ok = returns(result)
+    assert (timeout.outcome, ok.outcome) == ("retried", "success")
     sentence, partial = timeout.content.split("\noutput so far: ")
     assert sentence.startswith("the code timed out and was killed after ")
     assert json.loads(partial)["stdout"] == "working"
-    assert oom.content.startswith("the code ran out of memory and was killed")
     assert result.output == "done"
     assert "timed out" in repr(script.seen[1])  # what the model was shown
+    assert child_pids() == []
+
+
+def test_oom_is_a_retry_and_so_is_the_lost_state_it_leaves():
+    bomb = "chunks = []\nwhile True:\n    chunks.append(b'x' * (20 << 20))"
+    script = Script(("x = 1",), (bomb,), ("print(x)",), ("print('fresh')",), "done")
+    toolset = Isol8Toolset(memory_limit="128m", timeout_ms=20_000)
+    result = Agent(FunctionModel(script), toolsets=[toolset]).run_sync("go")
+    _, oom, lost, fresh = returns(result)
+    assert (oom.outcome, lost.outcome, fresh.outcome) == ("retried", "retried", "success")
+    assert oom.content.startswith("the code ran out of memory and was killed")
+    assert "killed for exceeding the memory limit; its variables are gone" in lost.content
+    assert stdout(fresh) == "fresh"
     assert child_pids() == []
 
 
