@@ -626,7 +626,7 @@ class Isol8:
             config = config_message(
                 self._config_body, host_uid=host.uid, host_gid=host.gid,
                 rlimits=limits.rlimits(opts.limits, self._enforced, timeout_ms=timeout_ms,
-                                       max_file=self._max_file),
+                                       max_file=self._max_file, cpu_budget=not self._repl),
                 cgroup_kinds=sandbox_cgroups.kinds if sandbox_cgroups else b"",
                 ops=etc.per_sandbox_plan())
         except BaseException:

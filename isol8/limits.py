@@ -86,15 +86,20 @@ def enforcement(limits: Limits, cgroup_backend, nproc_applies: bool) -> dict[str
 
 
 def rlimits(limits: Limits, chosen: dict[str, str | None], *, timeout_ms: int,
-            max_file: int) -> tuple[tuple[int, int, int], ...]:
+            max_file: int, cpu_budget: bool = True) -> tuple[tuple[int, int, int], ...]:
     """The rlimits one sandbox gets: always core, open files and file size; pids and CPU
-    seconds only where no cgroup enforces them."""
+    seconds only where no cgroup enforces them.
+
+    ``cpu_budget=False`` (a REPL's sandbox): no CPU-seconds budget. RLIMIT_CPU counts a
+    process's CPU time since it started, and a REPL's interpreter lives for the session:
+    a budget of one timeout's worth would kill it once its cells had used that much in
+    all. Each cell's timeout still holds."""
     nofile = open_files(limits, chosen)
     out = [core_limit(), (resource.RLIMIT_NOFILE, nofile, nofile),
            (resource.RLIMIT_FSIZE, max_file, max_file)]
     if chosen["pids"] == "rlimit":
         out.append((resource.RLIMIT_NPROC, limits.pids, limits.pids))
-    if chosen["cpu"] == "rlimit":
+    if chosen["cpu"] == "rlimit" and cpu_budget:
         budget = max(1, math.ceil(limits.cpu * timeout_ms / 1000))
         out.append((resource.RLIMIT_CPU, budget, budget + 1))
     return tuple(out)

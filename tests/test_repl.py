@@ -103,6 +103,17 @@ def test_an_interpreter_killed_for_memory_says_so():
         assert eng.execute("print('keep' in globals())").stdout == "False"
 
 
+def test_cells_that_spend_their_timeout_on_the_cpu_do_not_wear_the_interpreter_out():
+    # Under the rlimit cpu backend (rootless here) a CPU-seconds budget of one timeout
+    # would count every cell of the long-lived interpreter: the third cell would kill it.
+    with Isol8(mode="persistent", repl=True, timeout_ms=600) as eng:
+        eng.execute("x = 41")
+        for _ in range(3):
+            r = eng.execute("while True: pass")
+            assert (r.exit_code, r.resource_usage.limits_reached) == (137, ["timeout"]), r
+        assert eng.execute("print(x + 1)").stdout == "42"
+
+
 def test_cmd_runs_beside_the_repl_and_other_runtimes_are_refused(repl):
     repl.execute("open('/sandbox/from_repl', 'w').write('r')")
     assert repl.execute(cmd="cat /sandbox/from_repl").stdout == "r"
