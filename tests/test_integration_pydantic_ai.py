@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from pydantic_ai import Agent
@@ -12,7 +13,7 @@ from pydantic_ai.exceptions import UnexpectedModelBehavior
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import FunctionModel
 
-from conftest import child_pids, watching_host
+from conftest import child_pids, host_processes_matching
 from isol8 import AsyncIsol8, Isol8, InvalidRequest
 from isol8.integrations.pydantic_ai import Isol8Toolset, isol8_tool
 from test_integration_langchain import readme_example, run_example
@@ -75,28 +76,42 @@ def test_each_run_has_its_own_session_stopped_when_it_ends():
 
 def test_concurrent_async_runs_share_nothing_and_leave_nothing_running():
     marker = "pai-bg-61e0"
-    agent = Agent(FunctionModel(lambda messages, info: ModelResponse(parts=[
-        _concurrent_step(messages)])), toolsets=[Isol8Toolset()])
+    alive: list[bool] = []
+
+    def model(messages, info) -> ModelResponse:
+        """Sets x to the prompt's number, starts a background process, prints x, ends."""
+        prompt = messages[0].parts[-1].content
+        done = sum(1 for m in messages for p in m.parts if p.part_kind == "tool-return")
+        if done == 2:  # the background process started, and lives as long as the session
+            alive.append(_appears(marker))
+        steps = [ToolCallPart("execute_code", {"code": f"x = {prompt}"}),
+                 ToolCallPart("execute_code", {"code": f"(exec -a {marker} sleep 600 &); "
+                                                       "echo started", "language": "bash"}),
+                 ToolCallPart("execute_code", {"code": "print(x)"})]
+        return ModelResponse(parts=[steps[done] if done < len(steps)
+                                    else TextPart(f"done {prompt}")])
+
+    agent = Agent(FunctionModel(model), toolsets=[Isol8Toolset()])
 
     async def main():
         return await asyncio.gather(agent.run("10"), agent.run("20"))
 
-    with watching_host(marker):
-        results = asyncio.run(main())
+    results = asyncio.run(main())
     assert [[stdout(p) for p in returns(r)] for r in results] == [
         ["", "started", "10"], ["", "started", "20"]]
     assert [r.output for r in results] == ["done 10", "done 20"]
+    assert alive == [True, True]
+    assert host_processes_matching(marker) == [] and child_pids() == []
 
 
-def _concurrent_step(messages) -> TextPart | ToolCallPart:
-    """Sets x to the prompt's number, starts a background process, prints x, ends."""
-    prompt = messages[0].parts[-1].content
-    done = sum(1 for m in messages for p in m.parts if p.part_kind == "tool-return")
-    steps = [ToolCallPart("execute_code", {"code": f"x = {prompt}"}),
-             ToolCallPart("execute_code", {"code": "(exec -a pai-bg-61e0 sleep 600 &); "
-                                                   "echo started", "language": "bash"}),
-             ToolCallPart("execute_code", {"code": "print(x)"})]
-    return steps[done] if done < len(steps) else TextPart(f"done {prompt}")
+def _appears(pattern: str) -> bool:
+    """Whether a host process matching pattern shows up within 10 s."""
+    deadline = time.monotonic() + 10
+    while not host_processes_matching(pattern):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_timeout_is_a_retry_the_model_sees_and_the_run_goes_on():
