@@ -51,6 +51,7 @@ bench: setup
 	$(VPY) benchmarks/warm_pool.py
 	$(VPY) benchmarks/network_filtered.py
 	$(VPY) benchmarks/relay_throughput.py
+	$(VPY) benchmarks/mcp_overhead.py
 
 clean:
 	$(MAKE) -C csrc clean

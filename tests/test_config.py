@@ -25,7 +25,6 @@ from isol8.errors import InvalidRequest
 from isol8.remote_code import RemoteCodePolicy
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-README_FALLBACK = Path("/tmp/i13/readme-config.md")
 SHARED_FIXTURES = (cert, tls)  # pytest fixtures: the loopback TLS server of code URLs
 
 
@@ -407,8 +406,7 @@ def test_exec_fetches_a_url_under_the_config_remote_code(
 # -- the README's example -------------------------------------------------------------------
 
 def _readme_example() -> str:
-    text = README.read_text() if "<!-- example: config -->" in README.read_text() \
-        else README_FALLBACK.read_text()
+    text = README.read_text()
     block = text.split("<!-- example: config -->", 1)[1].split("<!-- /example -->", 1)[0]
     return block.split("```python\n", 1)[1].split("```", 1)[0]
 
@@ -423,8 +421,7 @@ def test_the_readme_example_runs(home: Path) -> None:
 
 
 def test_the_readme_schema_example_loads(home: Path) -> None:
-    text = README.read_text() if "<!-- example: config -->" in README.read_text() \
-        else README_FALLBACK.read_text()
+    text = README.read_text()
     section = text.split("## Config files", 1)[1]
     (home / "config.toml").write_text(section.split("```toml\n", 1)[1].split("```", 1)[0])
     config = load_config()

@@ -24,14 +24,11 @@ from conftest import child_pids, watching_host
 from test_packages import Index
 
 REPO = Path(__file__).resolve().parent.parent
-README_FALLBACK = Path("/tmp/i13/readme-agents.md")
 
 
 def readme_example(name: str) -> str:
-    """The README's example block ``name`` (before the lead merges it: the helper's draft)."""
+    """The README's example block ``name``."""
     readme = (REPO / "README.md").read_text()
-    if f"<!-- example: {name} -->" not in readme:
-        readme = README_FALLBACK.read_text()
     found = re.search(rf"<!-- example: {name} -->\n```python\n(.*?)```\n<!-- /example -->",
                       readme, re.S)
     assert found, f"no example {name} in the README"

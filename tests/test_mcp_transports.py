@@ -30,7 +30,6 @@ from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
 TOKENS = ("token-of-alice-0123456789", "token-of-bob-9876543210ab")
 README = Path(__file__).resolve().parent.parent / "README.md"
-README_FALLBACK = Path("/tmp/i13/readme-mcp.md")
 
 
 def _env(home: Path, **more: str) -> dict[str, str]:
@@ -252,10 +251,8 @@ def test_the_config_files_engine_options_and_mcp_limits_apply(tmp_path):
 
 
 def readme_section() -> str:
-    """The README's MCP section (the lead merges it; until then, this helper's draft)."""
+    """The README's MCP section."""
     text = README.read_text()
-    if "<!-- example: mcp -->" not in text:
-        text = README_FALLBACK.read_text()
     start = text.index("## MCP server")
     end = text.find("\n## ", start + 1)
     return text[start:end if end != -1 else len(text)]

@@ -52,6 +52,16 @@ NOT_EXAMPLES = {
     "Packages": "needs a package index; tests/test_packages.py installs from one on loopback",
     "Wheels": "builds release files into dist/ (root installs a cross compiler); "
               "tests/test_wheel.py builds the same wheels and installs one",
+    "Code from a URL (`code_url`)": "fetches from GitHub; tests/test_code_url.py makes the "
+                                    "same calls against a loopback HTTPS server",
+    "Config files": "a config file and a host's example: tests/test_config.py loads the TOML "
+                    "and runs the example verbatim",
+    "MCP server": "starts a server; tests/test_mcp_transports.py runs its Python example "
+                  "verbatim and checks its JSON and TOML blocks",
+    "smolagents": "needs a model; tests/test_integration_smolagents.py runs the example "
+                  "verbatim with a scripted one",
+    "OpenAI Agents SDK": "needs a model; tests/test_integration_openai_agents.py runs both "
+                         "examples verbatim with a scripted one",
 }
 
 

@@ -53,6 +53,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.http and (args.port is not None or args.bind is not None or args.token):
         raise InvalidRequest("--port, --bind, --token: only with --http")
     config = load_config()
+    for line in config.warnings:  # on stderr: over stdio, stdout is the protocol's
+        print(f"isol8: warning: {line}", file=sys.stderr)
     limits = config.mcp_limits()
     options = config.engine_options()
     if args.host is not None:  # only what a request carries; the rest is its operator's
