@@ -28,6 +28,8 @@
 #                            qemu-user       runs that helper for its smoke test
 #                            python3-pip, npm  install_packages' managers on the host rootfs
 #                                            (a fresh Debian has neither)
+#                            haproxy, postgresql  the balancer and the shared key store of the
+#                                            multi-node tests (each test starts its own)
 #   system-deps.sh [--test] PKG...   and these too (the benchmark adds bubblewrap)
 # As root it runs apt-get with its output in $ISOL8_APT_LOG (default
 # /var/log/isol8-system-deps.log), printed whole if apt-get fails; on success one line says what
@@ -40,7 +42,7 @@ args=("$@")
 if [ "${1:-}" = --test ]; then
   need+=(nodejs mount procps git passwd netbase fontconfig python3-requests openssl curl
         mmdebstrap uidmap fakechroot fakeroot gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-        qemu-user python3-pip npm)
+        qemu-user python3-pip npm haproxy postgresql)
   shift
 fi
 need+=("$@")
