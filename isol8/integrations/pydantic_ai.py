@@ -28,7 +28,6 @@ import asyncio
 from typing import Annotated, Any
 
 from pydantic import Field
-
 from pydantic_ai import ModelRetry, RunContext, Tool
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
