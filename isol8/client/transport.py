@@ -22,7 +22,7 @@ except ImportError as exc:  # the core library installs without it
                       f"({exc})") from exc
 
 from .errors import RemoteConnectionError, RemoteTimeout
-from .wire import CONNECT_TIMEOUT_S, Answer, Call, Rejected
+from .wire import CONNECT_TIMEOUT_S, Answer, Call, Rejected, ws_query
 
 # One event may carry a whole output chunk, JSON-escaped (a control byte becomes six):
 # httpx2's defaults (64 KiB per WebSocket message, 1 MiB per SSE event) are too small.
@@ -110,7 +110,7 @@ class Transport:
         """Send ``message`` (JSON) and read text messages until the server closes."""
         try:
             with _translated(self.base_url + path), self._http().websocket(
-                    path, max_message_size_bytes=MAX_EVENT_BYTES,
+                    path, params=ws_query(message), max_message_size_bytes=MAX_EVENT_BYTES,
                     timeout=_timeout(timeout)) as ws:
                 ws.send_text(json.dumps(message))
                 yield _messages(ws, timeout, self.base_url + path)
@@ -184,7 +184,8 @@ class AsyncTransport:
 
         async def pump() -> None:
             try:
-                async with self._http().websocket(path, max_message_size_bytes=MAX_EVENT_BYTES,
+                async with self._http().websocket(path, params=ws_query(message),
+                                                  max_message_size_bytes=MAX_EVENT_BYTES,
                                                   timeout=_timeout(timeout)) as ws:
                     await ws.send_text(json.dumps(message))
                     opened.set_result(None)

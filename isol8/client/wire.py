@@ -115,6 +115,14 @@ WS_PATH = "/execute/ws"
 STREAMING = ("auto", "websocket", "sse")
 
 
+def ws_query(message: object) -> dict[str, str]:
+    """The WebSocket upgrade's query for the ``execute`` message ``message``: its session
+    id, which a balancer pinning sessions (deploy/haproxy) can only read there, since the
+    upgrade has no body. The server reads the message's own."""
+    sid = message.get("sessionId") if isinstance(message, dict) else None
+    return {"sessionId": sid} if isinstance(sid, str) else {}
+
+
 class Core:
     """Everything a remote client knows, and every decision it makes, without I/O. The sync
     and async clients take the same arguments and hand them here whole."""
