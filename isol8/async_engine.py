@@ -36,6 +36,11 @@ class AsyncIsol8:
         self._max_concurrent = positive_int(max_concurrent, "max_concurrent")
         self._slots: asyncio.Semaphore | None = None
 
+    @property
+    def repl(self) -> bool:
+        """Whether python runs are cells of one interpreter (``repl=True``)."""
+        return self._engine.repl
+
     async def __aenter__(self) -> "AsyncIsol8":
         await self.start()
         return self

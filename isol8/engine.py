@@ -127,6 +127,11 @@ class Isol8:
         # leaves them out then)
         self._no_bytes = None if opts.network == "host" else 0
 
+    @property
+    def repl(self) -> bool:
+        """Whether python runs are cells of one interpreter (``repl=True``)."""
+        return self._repl
+
     def __enter__(self) -> "Isol8":
         self.start()
         return self

@@ -62,6 +62,10 @@ NOT_EXAMPLES = {
                   "verbatim with a scripted one",
     "OpenAI Agents SDK": "needs a model; tests/test_integration_openai_agents.py runs both "
                          "examples verbatim with a scripted one",
+    "LangChain": "needs a model; tests/test_integration_langchain.py runs the example "
+                 "verbatim with a scripted one",
+    "pydantic-ai": "needs a model; tests/test_integration_pydantic_ai.py runs the example "
+                   "verbatim with a scripted one",
 }
 
 

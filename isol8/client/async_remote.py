@@ -32,6 +32,11 @@ class AsyncRemoteIsol8:
     def session_id(self) -> str | None:
         return self._core.session_id
 
+    @property
+    def repl(self) -> bool:
+        """Whether python runs are cells of one interpreter (``repl=True``, a session)."""
+        return self._core.options.get("repl") is True
+
     async def __aenter__(self) -> "AsyncRemoteIsol8":
         await self.start()
         return self

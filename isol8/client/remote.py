@@ -45,6 +45,11 @@ class RemoteIsol8:
     def session_id(self) -> str | None:
         return self._core.session_id
 
+    @property
+    def repl(self) -> bool:
+        """Whether python runs are cells of one interpreter (``repl=True``, a session)."""
+        return self._core.options.get("repl") is True
+
     def __enter__(self) -> "RemoteIsol8":
         self.start()
         return self

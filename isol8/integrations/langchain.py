@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, SkipValidation
 from ..async_engine import AsyncIsol8
 from ..engine import Isol8
 from ..result import ExecutionResult
-from . import _lc_code_call as call
+from . import _code_call as call
 from .contract import contract_json, failure
 
 

@@ -33,7 +33,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from ..async_engine import AsyncIsol8
 from ..result import ExecutionResult
-from . import _lc_code_call as call
+from . import _code_call as call
 from .contract import contract_json, failure
 
 _RETRIES = 2

@@ -50,13 +50,8 @@ def is_session(engine: Any) -> bool:
 
 
 def is_repl(engine: Any) -> bool:
-    """Whether Python calls are cells of one interpreter (``repl=True``). The engines keep the
-    flag private (Isol8._repl, the remote client's wire options), so it is read there."""
-    local = getattr(engine, "_engine", engine)
-    if isinstance(local, Isol8):
-        return bool(local._repl)
-    core = getattr(engine, "_core", None)
-    return is_session(engine) and bool(getattr(core, "options", {}).get("repl"))
+    """Whether Python calls are cells of one interpreter (``repl=True``)."""
+    return is_session(engine) and getattr(engine, "repl", False) is True
 
 
 def execute_fields(engine: Any, code: str, language: str) -> dict[str, object]:
