@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import textwrap
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -359,43 +360,59 @@ def container_markers(existing: Iterable[str], environ: Mapping[str, str],
     return markers
 
 
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """What a container runtime put around this process that can stop a nested sandbox."""
+
+    masked: tuple[str, ...]  # /proc files and directories overmounted (procMount Default)
+    filtered: bool  # a seccomp filter is installed (Seccomp: 2)
+    label: str  # the AppArmor label, "unconfined" without one
+
+    @property
+    def confined(self) -> bool:
+        return not (self.label == "unconfined" or self.label.endswith("(unconfined)"))
+
+
+def confinement(mountinfo: str, proc_status: str, apparmor_label: str | None) -> Confinement:
+    masked = sorted(m.point for m in parse_mountinfo(mountinfo)
+                    if m.point.startswith("/proc/") and m.point not in _PROC_EMPTY_DIR_MOUNTS)
+    return Confinement(tuple(masked), _status_field(proc_status, "Seccomp") == "2",
+                       (apparmor_label or "unconfined").strip())
+
+
 def check_container(markers: list[str], mountinfo: str, proc_status: str,
                     apparmor_label: str | None) -> Check:
     """What a container runtime does to us that breaks nesting: the kernel refuses a fresh
     /proc in a new user namespace while any file of the current one is overmounted, Docker's
     default seccomp profile refuses clone(CLONE_NEWUSER), unshare and mount, and its
     docker-default AppArmor profile refuses mount."""
-    masked = sorted(m.point for m in parse_mountinfo(mountinfo)
-                    if m.point.startswith("/proc/") and m.point not in _PROC_EMPTY_DIR_MOUNTS)
-    filtered = _status_field(proc_status, "Seccomp") == "2"
-    label = (apparmor_label or "unconfined").strip()
-    confined = not (label == "unconfined" or label.endswith("(unconfined)"))
+    found = confinement(mountinfo, proc_status, apparmor_label)
     where = (f"container markers: {'; '.join(markers)}" if markers
              else "no container markers")
-    if not (masked or filtered or confined):
+    if not (found.masked or found.filtered or found.confined):
         nest = ("; /proc is unmasked and no seccomp filter or AppArmor profile confines isol8"
                 if markers else "")
         return Check("container", "ok", where + nest)
     findings, fixes = [], []
-    if masked:
-        shown = ", ".join(masked[:6]) + (", ..." if len(masked) > 6 else "")
+    if found.masked:
+        shown = ", ".join(found.masked[:6]) + (", ..." if len(found.masked) > 6 else "")
         findings.append(f"/proc is masked ({shown} are overmounted), so the kernel refuses the "
                         "sandbox its own /proc")
         fixes.append("run the container with an unmasked /proc: docker/podman "
                       "'--security-opt systempaths=unconfined', Kubernetes "
                       "'securityContext.procMount: Unmasked'")
-    if filtered:
+    if found.filtered:
         findings.append("a seccomp filter already confines this process (Docker's default "
                         "profile refuses clone(CLONE_NEWUSER), unshare and mount)")
         fixes.append("if the sandbox check fails, run the container with "
                      "'--security-opt seccomp=unconfined' (Kubernetes: seccompProfile "
                      "Unconfined)")
-    if confined:
-        findings.append(f"the AppArmor profile {label} confines this process (Docker's "
+    if found.confined:
+        findings.append(f"the AppArmor profile {found.label} confines this process (Docker's "
                         "docker-default denies mount)")
         fixes.append("if the sandbox check fails, run the container with "
                      "'--security-opt apparmor=unconfined'")
-    return Check("container", "fail" if masked else "warn",
+    return Check("container", "fail" if found.masked else "warn",
                  f"{where}; {'; '.join(findings)}", "; ".join(fixes))
 
 
@@ -476,7 +493,7 @@ def _manager_controllers() -> str | None:
                  "cgroup.controllers")
 
 
-def _probe() -> tuple[str | None, dict[str, str | None] | None]:
+def _probe(timeout_ms: int = 15_000) -> tuple[str | None, dict[str, str | None] | None]:
     """Run one real sandbox: the only check no sysctl or LSM can talk its way past. Returns
     the error, if any, and the backend that enforced each limit."""
     from .engine import Isol8
@@ -484,7 +501,7 @@ def _probe() -> tuple[str | None, dict[str, str | None] | None]:
 
     try:
         with Isol8() as engine:
-            result = engine.execute(cmd="true", timeout_ms=15_000)
+            result = engine.execute(cmd="true", timeout_ms=timeout_ms)
     except (Isol8Error, OSError) as exc:
         return str(exc), None
     enforced = dict(result.resource_usage.enforced)
@@ -550,7 +567,9 @@ def _proc_net(*names: str) -> str:
     return "".join(_read(f"/proc/net/{name}") or "" for name in names)
 
 
-def main() -> int:
+def main(ready: bool = False) -> int:
+    if ready:
+        return ready_main()
     checks = gather()
     print(render(checks))
     return 1 if _blocked(checks) else 0
@@ -558,3 +577,68 @@ def main() -> int:
 
 def _blocked(checks: list[Check]) -> bool:
     return any(c.status == "fail" for c in checks)
+
+
+# ``isol8 doctor --ready``: a container's readiness probe (deploy/k8s). It runs every few
+# seconds, so it runs the sandbox and reads only the few /proc files that explain a failure;
+# the full report stays one ``isol8 doctor`` away.
+READY_TIMEOUT_MS = 4_000
+
+
+def not_ready_reason(error: str, userns: Check, chroot_check: Check, apparmor: Check,
+                     found: Confinement) -> str:
+    """One line naming the restriction that stopped the sandbox and the setting that lifts
+    it. The static facts say what is in the way; the helper's failing step says which of
+    them bit (a seccomp filter that allows user namespaces may sit beside a masked /proc)."""
+    for check in (userns, chroot_check, apparmor):
+        if check.status == "fail":
+            return (f"user namespaces refused ({check.name}): {check.detail}; "
+                    f"fix: {check.action}")
+    at_clone = "at step 'clone'" in error
+    if found.filtered and at_clone:
+        return ("user namespaces refused by a seccomp filter on this process (a container "
+                "runtime's default profile allows clone with namespace flags, clone3, unshare "
+                "and mount only to a container holding CAP_SYS_ADMIN); fix: Kubernetes "
+                "securityContext.seccompProfile type Unconfined, or a Localhost profile that "
+                f"allows them ({error})")
+    if found.masked and not at_clone:
+        shown = ", ".join(found.masked[:3]) + (", ..." if len(found.masked) > 3 else "")
+        return (f"/proc is masked ({shown} overmounted), so the kernel refuses the sandbox a "
+                "/proc of its own; fix: Kubernetes securityContext.procMount: Unmasked (which "
+                "needs hostUsers: false), docker/podman --security-opt systempaths=unconfined "
+                f"({error})")
+    if found.confined and not at_clone:
+        return (f"the AppArmor profile {found.label} confines this process (a runtime's "
+                "default profile denies mount); fix: Kubernetes "
+                "securityContext.appArmorProfile type Unconfined, docker/podman "
+                f"--security-opt apparmor=unconfined ({error})")
+    return f"a real sandbox failed to run 'true': {error}"
+
+
+def ready_main() -> int:
+    """Exit 0 when a sandbox ran here, else 1 with the reason on one line. A limit enforced
+    only at best effort (no cgroup delegated to the container) is a warning, not a failure:
+    sandboxes still run, and the full report says what to delegate."""
+    started = time.monotonic()
+    error, enforced = _probe(READY_TIMEOUT_MS)
+    if error is not None:
+        euid = os.geteuid()
+        found = confinement(_read("/proc/self/mountinfo") or "",
+                            _read("/proc/self/status") or "",
+                            _read("/proc/self/attr/apparmor/current"))
+        reason = not_ready_reason(
+            error,
+            check_userns(_read("/proc/sys/user/max_user_namespaces"),
+                         _read("/proc/sys/kernel/unprivileged_userns_clone"), euid),
+            check_chroot(chroot.this_process()),
+            check_apparmor(_read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+                           _read("/sys/kernel/security/apparmor/profiles"), euid,
+                           str(_paths.helper_path())),
+            found)
+        print(f"not ready: {reason}")
+        return 1
+    print(f"ready: a sandbox ran 'true' in {(time.monotonic() - started) * 1000:.0f} ms")
+    limits = check_limits(enforced)
+    if limits.status != "ok":
+        print(f"warning: limits: {limits.detail}")
+    return 0
