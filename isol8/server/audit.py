@@ -1,4 +1,6 @@
-"""The server's audit log (``isol8 serve --audit FILE``): one JSON line per execution.
+"""The server's audit log (``isol8 serve --audit FILE``): one JSON line per execution; or,
+behind a balancer, one row per execution in a PostgreSQL table every node shares (``--audit
+postgresql://...``, :mod:`isol8.server.audit_postgres`).
 
 A line has upstream's ``ExecutionAudit`` fields (isol8-api.md §5.10: ``executionId``,
 ``userId``, ``timestamp``, ``runtime``, ``codeHash``, ``exitCode``, ``durationMs``,
@@ -20,6 +22,11 @@ microseconds); one writer thread builds and appends the lines. Each line is one
 and Linux holds the inode lock for the write), so lines stay whole even beside another
 process appending to the same file. A failing write is logged, never raised: an audit
 problem must not fail the request that was already served.
+
+Into PostgreSQL the writer inserts what is queued in batches, one transaction each. While the
+database is unreachable (a restart, a failover) it retries a batch for about
+``sum(INSERT_RETRIES)`` seconds, records queuing meanwhile within the same bounds, so a short
+outage loses nothing; a longer one drops the batch, logged and counted as a failed write is.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import stat
 import threading
 import time
@@ -37,13 +45,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import InvalidRequest
 from ..result import ExecutionResult
 from ..secrets import MASK
+from .keystore import StoreUnavailable, is_postgres_url
 from .runs import mode_of
 from .wire import ExecuteBody
+
+if TYPE_CHECKING:
+    from .audit_postgres import AuditTable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +67,9 @@ T = TypeVar("T")
 MAX_PENDING = 10_000
 MAX_PENDING_CHARS = 256 << 20
 CLOSE_TIMEOUT = 10.0
+#: Rows per INSERT transaction into PostgreSQL, and the waits before retrying a batch.
+INSERT_BATCH = 500
+INSERT_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _MASK = MASK.decode()
 
 # limits_reached names (isol8.limits.REACHED_ORDER) -> security event type and message.
@@ -99,27 +114,39 @@ class _Run:
 
 
 class AuditLog:
-    """Appends one JSON line per execution to ``path`` (no path: records nothing).
+    """Appends one JSON line per execution to ``path`` (no path: records nothing), or a row
+    to the ``audit_log`` table when ``path`` is a ``postgresql://`` URL; ``node`` names this
+    node on its rows (default ``$ISOL8_NODE``, else the host name).
 
     The file is created 0600, and an existing regular file with group or other bits is
     tightened to 0600: with ``include_code`` it holds every tenant's code."""
 
     def __init__(self, path: str | None = None, *, include_code: bool = False,
-                 include_output: bool = False) -> None:
+                 include_output: bool = False, node: str | None = None) -> None:
         self.path, self.include_code, self.include_output = path, include_code, include_output
+        self.name = path  # for messages: a URL's password is not for the logs
         self._queue: queue.Queue[_Run | None] = queue.Queue(MAX_PENDING)
         self._dropped = self._failed = self._pending_chars = 0
         self._lock = threading.Lock()  # the pending counts, taken by callers and the writer
         self._closed = False
+        self._closing = threading.Event()  # cuts the writer's waits between retries short
         self._thread: threading.Thread | None = None
-        if path is not None:
+        if path is None:
+            return
+        if is_postgres_url(path):
+            table = _open_table(path, node or os.environ.get("ISOL8_NODE")
+                                or socket.gethostname())
+            self.name = table.name
+            self._thread = threading.Thread(target=self._insert_all, args=(table,),
+                                            name="isol8-audit", daemon=True)
+        else:
             # The writer owns the descriptor and closes it as it ends: were close() to do it
             # under a writer stuck in write(2), the write could land in whatever file the
             # number is reused for.
             fd = _open(path)
             self._thread = threading.Thread(target=self._write_all, args=(fd,),
                                             name="isol8-audit", daemon=True)
-            self._thread.start()
+        self._thread.start()
 
     def record(self, owner: str, parsed: ExecuteBody, result: ExecutionResult) -> None:
         """Queue a finished run's line. Never raises, never blocks."""
@@ -140,7 +167,7 @@ class AuditLog:
         try:
             run = take()
         except Exception:  # a malformed body must not fail a request already served
-            log.exception("audit log %s: a record could not be taken", self.path)
+            log.exception("audit log %s: a record could not be taken", self.name)
             return
         with self._lock:
             if self._pending_chars + run.size <= MAX_PENDING_CHARS:
@@ -154,7 +181,7 @@ class AuditLog:
             dropped = self._dropped
         if dropped == 1 or dropped % 1000 == 0:
             log.error("audit log %s: %d records dropped, its writes are not keeping up",
-                      self.path, dropped)
+                      self.name, dropped)
 
     def close(self) -> None:
         """Write what is queued and end the writer, within ``CLOSE_TIMEOUT``. A writer stuck
@@ -163,6 +190,7 @@ class AuditLog:
         if self._thread is None or self._closed:
             return
         self._closed = True
+        self._closing.set()
         deadline = time.monotonic() + CLOSE_TIMEOUT
         try:
             self._queue.put(None, timeout=CLOSE_TIMEOUT)
@@ -177,10 +205,10 @@ class AuditLog:
                         self._queue.get_nowait()
                         lost += 1
             log.error("audit log %s: %d records dropped at shutdown, its writes are stuck",
-                      self.path, lost)
+                      self.name, lost)
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            log.error("audit log %s: the writer is stuck in a write, left behind", self.path)
+            log.error("audit log %s: the writer is stuck in a write, left behind", self.name)
 
     def _write_all(self, fd: int) -> None:
         try:
@@ -190,11 +218,63 @@ class AuditLog:
                 try:
                     data = self.line(run)
                 except Exception:
-                    log.exception("audit log %s: a record could not be built", self.path)
+                    log.exception("audit log %s: a record could not be built", self.name)
                     continue
                 self._write(fd, data)
         finally:
             os.close(fd)
+
+    def _insert_all(self, table: AuditTable) -> None:
+        try:
+            ending = False
+            while not ending and (run := self._queue.get()) is not None:
+                batch = [run]
+                while len(batch) < INSERT_BATCH:
+                    try:
+                        run = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if run is None:
+                        ending = True
+                        break
+                    batch.append(run)
+                with self._lock:
+                    self._pending_chars -= sum(run.size for run in batch)
+                entries = []
+                for run in batch:
+                    try:
+                        entries.append(self.entry(run))
+                    except Exception:
+                        log.exception("audit log %s: a record could not be built", self.name)
+                self._insert(table, entries)
+        finally:
+            table.close()
+
+    def _insert(self, table: AuditTable, entries: list[dict[str, object]]) -> None:
+        """Insert one batch, retrying while the database is unreachable (not once closing:
+        the shutdown is bounded); a batch it refuses is dropped at once."""
+        waits = iter(INSERT_RETRIES)
+        while entries:
+            try:
+                table.insert(entries)
+            except StoreUnavailable as exc:
+                wait = next(waits, None)
+                if wait is not None and not self._closing.wait(wait):
+                    continue
+                problem = str(exc)
+            except Exception as exc:  # a row the database refused: retrying cannot help
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if self._failed:
+                    log.error("audit log %s: writing again after %d lost records", self.name,
+                              self._failed)
+                    self._failed = 0
+                return
+            if not self._failed:
+                log.error("audit log %s: %d records lost: %s", self.name, len(entries),
+                          problem)
+            self._failed += len(entries)
+            return
 
     def _write(self, fd: int, data: bytes) -> None:
         try:
@@ -203,10 +283,10 @@ class AuditLog:
         except OSError as exc:
             self._failed += 1
             if self._failed == 1:
-                log.error("audit log %s: write failed: %s", self.path, exc.strerror or exc)
+                log.error("audit log %s: write failed: %s", self.name, exc.strerror or exc)
             return
         if self._failed:
-            log.error("audit log %s: writing again after %d lost records", self.path,
+            log.error("audit log %s: writing again after %d lost records", self.name,
                       self._failed)
             self._failed = 0
 
@@ -291,6 +371,15 @@ def _masked(value: T, secrets: list[str]) -> T:
 def _iso(at: float) -> str:
     """ISO 8601 in UTC, as the engine writes a result's ``timestamp``."""
     return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _open_table(url: str, node: str) -> AuditTable:
+    try:
+        from .audit_postgres import AuditTable
+    except ImportError as exc:
+        raise InvalidRequest(f"--audit postgresql://... needs the postgres extra "
+                             f"(pip install 'isol8[postgres]'): {exc}") from None
+    return AuditTable(url, node)
 
 
 def _open(path: str) -> int:

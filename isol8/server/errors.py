@@ -23,9 +23,12 @@ from ..limits import LimitsUnavailable
 from ..packages import PackageInstallFailed
 from ..remote_code.fetch import RemoteCodeUnavailable
 from .engines import OptionsConflict, ShuttingDown
+from .keystore import StoreUnavailable
 from .wire import wire_message
 
 _log = logging.getLogger("isol8.server")
+#: A database restart takes seconds; a client that waits this long mostly finds it back.
+STORE_RETRY_AFTER_S = 2
 
 
 class ApiError(Exception):
@@ -92,6 +95,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
         return error(exc.status, str(exc))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # The shared key database, not this node nor the request: try again shortly (a
+        # balancer may send the retry to a node whose connection still works).
+        _log.error("key store: %s", exc)
+        return JSONResponse({"error": str(exc), "type": type(exc).__name__},
+                            status_code=503, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
     @app.exception_handler(Isol8Error)
     async def _engine(request: Request, exc: Isol8Error) -> JSONResponse:

@@ -1,7 +1,9 @@
-"""Who may call the server: the operator's master key, and API keys stored hashed in SQLite.
+"""Who may call the server: the operator's master key, and API keys stored hashed in SQLite
+(one node) or PostgreSQL (every node behind a balancer, ``--auth-db postgresql://...``).
 
-Pure standard library (sqlite3, hashlib, hmac): the FastAPI dependency that turns these
-answers into 401/403 lives in :mod:`isol8.server.auth`.
+No web framework here: the FastAPI dependency that turns these answers into 401/403 lives in
+:mod:`isol8.server.auth`, and a database that cannot be reached is :class:`StoreUnavailable`,
+a 503 (:mod:`isol8.server.errors`).
 
 Upstream's model (``apps/server/src/auth.ts``, ``db/**``), kept where it is sound:
 
@@ -10,8 +12,8 @@ Upstream's model (``apps/server/src/auth.ts``, ``db/**``), kept where it is soun
 - ``POST /auth/login`` mints a fresh expiring key for the CLI (``{token, expiresAt, keyId}``).
 
 and fixed where it is not (§8.3): the master key is compared in constant time, the database
-is created 0600, its schema is versioned (``PRAGMA user_version`` plus forward migrations kept
-here as plain SQL, so a PostgreSQL backend can run the same list with its own version table),
+is created 0600, its schema is versioned (forward migrations in
+:mod:`isol8.server.migrations`, applied under a lock so nodes starting together migrate once),
 and a login token may be *bound* to an API key: it carries that key's tenant and owner, never
 outlives it, and dies when it is revoked.
 
@@ -32,17 +34,15 @@ import hmac
 import math
 import os
 import secrets
-import sqlite3
-import stat
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal, TypeGuard
+from typing import Any, Literal, Protocol, TypeGuard
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, Isol8Error
+from .migrations import SQLITE_VERSION
 
 KEY_PREFIX = "isol8_"
 #: Upstream's ``tenantId`` default, so ``GET /auth/keys?tenantId=default`` finds keys made
@@ -64,28 +64,10 @@ LAST_USED_RESOLUTION_MS = 60_000
 BUSY_TIMEOUT = 10.0
 _DISPLAY_PREFIX = 10  # upstream's keyPrefix: "isol8_" and 4 characters, then "..."
 
-#: Forward migrations, in order: index ``i`` takes ``user_version`` from ``i`` to ``i + 1``.
-#: Portable SQL only (TEXT, INTEGER, BIGINT-sized millisecond timestamps), so a PostgreSQL
-#: backend can apply the same list. Never edit a released entry: append a new one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE api_keys (
-            id TEXT PRIMARY KEY,
-            key_hash TEXT NOT NULL UNIQUE,
-            key_prefix TEXT NOT NULL,
-            name TEXT NOT NULL,
-            tenant_id TEXT NOT NULL,
-            parent_id TEXT REFERENCES api_keys(id) ON DELETE CASCADE,
-            created_at INTEGER NOT NULL,
-            expires_at INTEGER,
-            last_used_at INTEGER,
-            revoked INTEGER NOT NULL DEFAULT 0
-        )""",
-        "CREATE INDEX api_keys_tenant ON api_keys(tenant_id)",
-        "CREATE INDEX api_keys_parent ON api_keys(parent_id)",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+#: The SQLite file's ``user_version`` (isol8.server.migrations has the steps).
+SCHEMA_VERSION = SQLITE_VERSION
+#: ``--auth-db`` values that name a PostgreSQL database rather than a SQLite file.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 _COLUMNS = (
     "id, key_prefix, name, tenant_id, parent_id, created_at, expires_at, last_used_at, revoked"
@@ -139,7 +121,7 @@ class KeyInfo:
         }
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> KeyInfo:
+    def _from_row(cls, row: Mapping[str, Any]) -> KeyInfo:
         created = _from_ms(row["created_at"])
         assert created is not None  # NOT NULL column
         return cls(
@@ -179,79 +161,77 @@ def _ttl_ms(ttl_seconds: object) -> int:
     return max(1, round(ttl_seconds * 1000))
 
 
-def _create_private(path: str) -> None:
-    """Create the database 0600 before SQLite opens it: it holds every key's hash and tenant.
+class StoreUnavailable(Isol8Error):
+    """The shared database could not be reached or did not answer in time: the server
+    answers 503 with ``Retry-After`` (the node is fine; the next call connects again)."""
 
-    SQLite gives its journal and WAL files the database file's mode, so they follow. An
-    existing file with group or other bits is tightened rather than trusted as is."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+
+class _Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class _Statements(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> _Cursor: ...
+
+
+class _Backend(Protocol):
+    busy: tuple[type[Exception], ...]
+    for_update: str
+
+    def transaction(self) -> AbstractContextManager[_Statements]: ...
+
+    def statements(self) -> AbstractContextManager[_Statements]: ...
+
+    def close(self) -> None: ...
+
+
+def is_postgres_url(value: str) -> bool:
+    return value.startswith(POSTGRES_SCHEMES)
 
 
 class KeyStore:
-    """API keys in SQLite, safe to share between the server's worker threads.
+    """API keys in SQLite (a path, one node) or PostgreSQL (a ``postgresql://`` URL, every
+    node behind a balancer), safe to share between the server's worker threads.
 
-    One connection behind one lock: every operation is a few indexed statements, so
-    serialising them costs less than a connection per thread, and SQLite allows one writer
-    at a time anyway. ``clock`` returns seconds since the epoch (tests inject their own)."""
+    The statements are the same on both; the backends (:mod:`isol8.server.keys_sqlite`,
+    :mod:`isol8.server.keys_postgres`) own the connections, the transactions and the
+    migrations. ``clock`` returns seconds since the epoch (tests inject their own)."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+        self, target: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
     ) -> None:
-        path = os.fspath(path)
-        if path != ":memory:":
-            _create_private(path)
+        target = os.fspath(target)
         self._clock = clock
-        self._lock = threading.Lock()
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _transaction).
-        self._db = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        try:
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
-        except BaseException:
-            self._db.close()
-            raise
-
-    def _migrate(self) -> None:
-        with self._transaction() as db:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"auth database schema version {version} is newer than this isol8's "
-                    f"({SCHEMA_VERSION}): upgrade isol8 or use another --auth-db"
-                )
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    db.execute(statement)
-            # PRAGMA takes no parameters; the value is an int from len(), not input.
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Lock, then BEGIN IMMEDIATE: another process sharing the file waits (up to the
-        connect timeout) instead of failing half-way through a read-then-write."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        self._backend: _Backend
+        if is_postgres_url(target):
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                from .keys_postgres import PostgresKeys
+            except ImportError as exc:
+                raise InvalidRequest(
+                    f"--auth-db {target.split(':', 1)[0]}://... needs the postgres extra "
+                    f"(pip install 'isol8[postgres]'): {exc}"
+                ) from None
+            self._backend = PostgresKeys(target)
+        else:
+            from .keys_sqlite import SqliteKeys
+
+            self._backend = SqliteKeys(target, busy_timeout=BUSY_TIMEOUT)
+
+    def _transaction(self) -> AbstractContextManager[_Statements]:
+        """A read-then-write as one transaction, excluding other writers of what it read."""
+        return self._backend.transaction()
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
 
     def _insert(
         self,
-        db: sqlite3.Connection,
+        db: _Statements,
         name: str,
         tenant: str,
         expires_at: int | None,
@@ -316,7 +296,9 @@ class KeyStore:
         with self._transaction() as db:
             # Re-read: the KeyInfo may be stale (revoked since it was verified).
             row = db.execute(
-                "SELECT revoked, expires_at FROM api_keys WHERE id = ?", (parent.id,)
+                "SELECT revoked, expires_at FROM api_keys WHERE id = ?"
+                + self._backend.for_update,
+                (parent.id,),
             ).fetchone()
             now = self._now_ms()
             if row is None or row["revoked"] or _expired(row["expires_at"], now):
@@ -332,8 +314,8 @@ class KeyStore:
         if not looks_like_key(plaintext):
             return None
         digest = _hash(plaintext)
-        with self._lock:
-            row = self._db.execute(
+        with self._backend.statements() as db:
+            row = db.execute(
                 f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (digest,)
             ).fetchone()
             now = self._now_ms()
@@ -342,15 +324,15 @@ class KeyStore:
             last = row["last_used_at"]
             if last is None or now - last >= LAST_USED_RESOLUTION_MS:
                 try:
-                    self._db.execute(
+                    db.execute(
                         "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, row["id"])
                     )
-                except sqlite3.OperationalError:
+                except self._backend.busy:
                     # Another process holds the write lock past the timeout: lastUsedAt is
                     # bookkeeping, and a live key must not fail to authenticate over it.
                     pass
                 else:
-                    row = self._db.execute(
+                    row = db.execute(
                         f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (row["id"],)
                     ).fetchone()
         return KeyInfo._from_row(row)
@@ -362,6 +344,10 @@ class KeyStore:
         if not isinstance(key_id, str) or len(key_id) > MAX_PRESENTED_LENGTH:
             return False
         with self._transaction() as db:
+            # Locked first where the backend can: a token minted meanwhile on another node
+            # commits before this UPDATE starts, which then sees (and revokes) it.
+            db.execute("SELECT id FROM api_keys WHERE id = ?" + self._backend.for_update,
+                       (key_id,))
             cursor = db.execute(
                 "UPDATE api_keys SET revoked = 1 WHERE id = ? OR parent_id = ?", (key_id, key_id)
             )
@@ -375,24 +361,23 @@ class KeyStore:
         if tenant is not None:
             query += " WHERE tenant_id = ?"
             params = (tenant,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at, id", params).fetchall()
+        with self._backend.statements() as db:
+            rows = db.execute(query + " ORDER BY created_at, id", params).fetchall()
         return [KeyInfo._from_row(row) for row in rows]
 
     def purge(self) -> int:
         """Delete revoked and expired keys (upstream's periodic ``cleanup()``); bound tokens
         go with their key. Returns how many rows went."""
         with self._transaction() as db:
-            before = db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]
+            before = db.execute("SELECT COUNT(*) AS n FROM api_keys").fetchone()["n"]
             db.execute(
                 "DELETE FROM api_keys WHERE revoked = 1 OR expires_at <= ?", (self._now_ms(),)
             )
-            after = db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]
+            after = db.execute("SELECT COUNT(*) AS n FROM api_keys").fetchone()["n"]
         return int(before - after)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._backend.close()
 
     def __enter__(self) -> KeyStore:
         return self
