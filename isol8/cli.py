@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import secrets
 import shlex
+import socket
 import sys
 import urllib.parse
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -187,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --audit: put each run's code on its line (secrets masked)")
     sv.add_argument("--audit-include-output", action="store_true",
                     help="with --audit: put each run's stdout and stderr on its line")
+    sv.add_argument("--node", metavar="NAME",
+                    help="this server's name among many, a label on every metric "
+                         "(default $ISOL8_NODE, else the host name)")
+    sv.add_argument("--drain-timeout", metavar="SECONDS", type=float,
+                    help="on SIGTERM or POST /admin/drain, how long running executions "
+                         "and sessions may go on (default: the policy's drainTimeoutMs)")
     return parser
 
 
@@ -484,6 +493,14 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"serve: the port must be 0 to 65535, got {port}")
     if (args.audit_include_code or args.audit_include_output) and not args.audit:
         parser.error("serve: --audit-include-code and --audit-include-output need --audit")
+    node = args.node if args.node is not None else \
+        os.environ.get("ISOL8_NODE") or socket.gethostname()
+    if not node.strip():
+        parser.error("serve: --node must not be empty")
+    drain = args.drain_timeout
+    if drain is not None and not (math.isfinite(drain) and drain > 0):
+        parser.error(f"serve: --drain-timeout must be a positive number of seconds, "
+                     f"got {drain:g}")
     try:
         from .server.audit import AuditLog
         from .server.keystore import KeyStore
@@ -498,10 +515,14 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for line in config.warnings:
         print(f"isol8: warning: {line}", file=sys.stderr)
     policy = config.server_policy()
+    if drain is not None:
+        ms = max(1, round(drain * 1000))
+        policy = replace(policy, capacity=replace(policy.capacity, drain_timeout_ms=ms))
     key_store = KeyStore(args.auth_db) if args.auth_db else None
     serve(host=args.host, port=port, api_key=key, policy=policy, key_store=key_store,
           audit=AuditLog(args.audit, include_code=args.audit_include_code,
-                         include_output=args.audit_include_output) if args.audit else None)
+                         include_output=args.audit_include_output) if args.audit else None,
+          node=node)
     return 0
 
 

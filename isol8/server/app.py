@@ -2,8 +2,8 @@
 
 Blocking engine calls never run on the event loop: runs go through ``AsyncIsol8`` (a worker
 thread each, cancellable) and engine stops through ``asyncio.to_thread``. At shutdown (the
-lifespan's end, which uvicorn reaches on SIGTERM or SIGINT) every engine and session is
-stopped, so no sandbox outlives the server.
+lifespan's end, which uvicorn reaches once a SIGTERM's or SIGINT's drain is over:
+isol8.server.drain) every engine and session is stopped, so no sandbox outlives the server.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from . import errors
 from .audit import AuditLog
 from .bodylimit import BodyLimit
 from .capacity import Capacity
+from .drain import Drain
 from .engines import EngineRegistry
 from .keystore import KeyStore, MasterKey
 from .metrics import Metrics
 from .policy import ServerPolicy
-from .routes import cleanup, execute, files, health, keys, metrics, sessions, stream
+from .routes import admin, cleanup, execute, files, health, keys, metrics, sessions, stream
 
 # Worker threads for runs, stops and key-store calls: asyncio's default pool has
 # min(32, cpus + 4), which on a small host would queue runs behind a few long ones. At least
@@ -39,16 +40,20 @@ _log = logging.getLogger("isol8.server")
 
 def create_app(api_key: str, policy: ServerPolicy | None = None, *,
                max_engines: int | None = None, key_store: KeyStore | None = None,
-               audit: AuditLog | None = None) -> FastAPI:
+               audit: AuditLog | None = None, node: str | None = None) -> FastAPI:
     """The server's app; ``api_key`` is the master key (non-empty). ``key_store`` enables
-    API keys (``/auth/*``); ``audit`` logs every execution. The app closes both."""
+    API keys (``/auth/*``); ``audit`` logs every execution. The app closes both. ``node``
+    names this server among many: a label on every metric, and in ``/health``'s drain."""
     if not isinstance(api_key, str) or not api_key:
         raise ValueError("create_app: api_key must be a non-empty string")
     policy = policy or ServerPolicy.default()
-    recorder = Metrics()
+    recorder = Metrics(node=node)
     capacity = Capacity(policy, recorder)
     engines = EngineRegistry(max_engines or policy.capacity.max_engines, capacity,
                              policy.remote_code)
+    drain = Drain(capacity, engines)
+    recorder.gauge_callback("isol8_draining", "1 while the node drains (new work gets 503).",
+                            lambda: float(drain.draining))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +66,7 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
         finally:
             if purging is not None:
                 purging.cancel()
+            drain.cancel()
             await engines.close()
             executor.shutdown(wait=True)
             app.state.audit.close()
@@ -73,10 +79,12 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
     app.state.engines = engines
     app.state.keys = key_store
     app.state.capacity = capacity
+    app.state.drain = drain
+    app.state.node = node
     app.state.metrics = recorder
     app.state.audit = audit or AuditLog()
     errors.install(app)
-    for module in (health, execute, stream, sessions, files, cleanup, keys, metrics):
+    for module in (health, execute, stream, sessions, files, cleanup, keys, metrics, admin):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=policy.capacity.max_body_size)
     metrics.install(app)  # the request counter (outermost: it sees BodyLimit's 413s too)

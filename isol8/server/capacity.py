@@ -17,9 +17,11 @@ sandbox's *limits*: memory (``memoryLimit``) and tmpfs (``sandboxSize + tmpSize`
 
 A request that does not fit waits in a FIFO queue (first come, first served, so a large
 request is not starved by small ones) for at most ``queueTimeoutMs``; a full queue or a
-wait that times out is a 429 with ``Retry-After`` naming what was short. On SIGTERM
-(``drain``) queued and new requests get 503, running ones may finish until the deadline,
-then are cancelled (which kills their sandboxes) and answered 503.
+wait that times out is a 429 with ``Retry-After`` naming what was short. While the node
+drains (isol8.server.drain), new work (an ephemeral run, a session this node does not
+have) gets 503 with ``Retry-After``, queued or not; runs in the node's existing sessions
+are admitted as ever, and ``kill_running`` ends what still runs at the drain's deadline
+(a cancelled run kills its sandbox and is answered 503).
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ class OverCapacity(HTTPException):
     def __init__(self, reason: str, message: str, retry_after_s: int) -> None:
         super().__init__(429, message, headers={"Retry-After": str(retry_after_s)})
         self.reason = reason
+
+
+class Draining(HTTPException):
+    """503: the node drains and takes no new work. Nothing was started, so the request may
+    go to another node as it is (a balancer may retry it there)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(503, message, headers={"Retry-After": str(retry_after_s)})
 
 
 class TooLarge(HTTPException):
@@ -98,6 +108,7 @@ def sandbox_cost(options: Mapping[str, object]) -> Cost:
 class _Waiter:
     need: Cost
     future: asyncio.Future[None]
+    new: bool  # an ephemeral run or a session's first: refused once the node drains
     granted: bool = False
 
 
@@ -133,6 +144,7 @@ class Capacity:
         self._tasks: set[asyncio.Task[object]] = set()
         self._killed: set[asyncio.Task[object]] = set()
         self.draining = False
+        self._refusal = ""  # the drain's 503 message
         # Set by the engine registry: stop idle engines so their pools give room back.
         self.reclaim: Callable[[], None] | None = None
         if metrics is not None:
@@ -167,29 +179,36 @@ class Capacity:
     def used(self) -> Cost:
         return self._usage.used
 
+    @property
+    def idle(self) -> bool:
+        """No run admitted or waiting, and no session: a drain has nothing left to wait for."""
+        return not self._tasks and not self._queue and not self._sessions
+
     # -- admission ------------------------------------------------------------------------
 
     @asynccontextmanager
     async def admit(self, owner: str, parsed: ExecuteBody) -> AsyncIterator[None]:
         """Hold a slot (and the run's or new session's room) for the block; raises 413,
-        429 (``OverCapacity``) or 503 (``ShuttingDown``) instead of admitting."""
-        if self.draining:
-            raise ShuttingDown("the server is shutting down")
+        429 (``OverCapacity``) or 503 (``Draining``) instead of admitting."""
+        key = None if parsed.session_id is None else (owner, parsed.session_id)
+        if self.draining and key not in self._sessions:
+            raise Draining(self._refusal, self.limits.retry_after_s)
         self._check_code(parsed.request)
         cost = sandbox_cost(parsed.options)
         self._check_budget(cost)
-        key = None if parsed.session_id is None else (owner, parsed.session_id)
-        need = cost
+        need, new = cost, True
         if key is not None:
             held = self._sessions.get(key)
             if held is None:
                 self._check_sessions(owner)
                 held = self._sessions[key] = _Held(cost)
-            elif held.reserved or held.users:
-                need = Cost()  # already counted, or being counted by its first run
+            else:
+                new = False
+                if held.reserved or held.users:
+                    need = Cost()  # already counted, or being counted by its first run
             held.users += 1
         try:
-            await self._acquire(need)
+            await self._acquire(need, new)
         except BaseException:
             if key is not None:
                 self._unhold(key)
@@ -205,8 +224,8 @@ class Capacity:
             if task in self._killed:  # drain's deadline, not the client: answer 503
                 task.uncancel()
                 raise ShuttingDown(
-                    "the server shut down before the run finished; it was "
-                    "killed at the drain deadline"
+                    "the node drained before the run finished: it was killed at the "
+                    "drain deadline"
                 ) from None
             raise
         finally:
@@ -284,7 +303,7 @@ class Capacity:
         self._usage.running += 1
         self._usage.used += need
 
-    async def _acquire(self, need: Cost) -> None:
+    async def _acquire(self, need: Cost, new: bool) -> None:
         if not self._queue and self._fits(need):
             self._take(need)
             return
@@ -301,7 +320,7 @@ class Capacity:
                 f"over capacity ({_REASONS[reason]}) and "
                 f"{len(self._queue)} requests already wait: retry later",
             )
-        waiter = _Waiter(need, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(need, asyncio.get_running_loop().create_future(), new)
         self._queue.append(waiter)
         self._wake()  # may reclaim pools for it
         try:
@@ -402,29 +421,30 @@ class Capacity:
         self._usage.releasing -= cost
         self._wake()
 
-    # -- drain ------------------------------------------------------------------------------
+    # -- drain (isol8.server.drain) --------------------------------------------------------
 
-    async def drain(self, deadline_s: float) -> None:
-        """SIGTERM: refuse new and queued work (503), let running executions finish until
-        ``deadline_s``, then kill the rest; returns once none is left."""
+    def start_drain(self, message: str) -> None:
+        """Refuse new work from now on with ``message`` (503): new requests and the queued
+        ones that would start a sandbox; runs in existing sessions still wait their turn.
+        Called again, it only changes the message (a SIGTERM during an operator's drain)."""
         self.draining = True
+        self._refusal = message
         for waiter in self._queue:
-            if not waiter.future.done():
-                waiter.future.set_exception(ShuttingDown("the server is shutting down"))
-        self._queue.clear()
-        until = time.monotonic() + deadline_s
-        while self._tasks and time.monotonic() < until:
-            await asyncio.sleep(_POLL_S)
-        self.kill()
-        until = time.monotonic() + _KILLED_WAIT_S
-        while self._tasks and time.monotonic() < until:
-            await asyncio.sleep(_POLL_S)
+            if waiter.new and not waiter.future.done():  # its own finally unqueues it
+                waiter.future.set_exception(Draining(message, self.limits.retry_after_s))
 
     def kill(self) -> None:
         """Cancel every running execution (a cancelled run kills its sandbox)."""
         for task in self._tasks - self._killed:
             self._killed.add(task)
             task.cancel()
+
+    async def kill_running(self) -> None:
+        """The drain's deadline: kill what still runs and return once it is gone."""
+        self.kill()
+        until = time.monotonic() + _KILLED_WAIT_S
+        while self._tasks and time.monotonic() < until:
+            await asyncio.sleep(_POLL_S)
 
 
 _REASONS = {

@@ -66,6 +66,7 @@ ROUTES = (
     "/auth/login",
     "/openapi.json",
     "/metrics",
+    "/admin/drain",
 )
 # 5 ms (a warm-pool print(1)) to 5 min (the longest sensible timeout), 2x to 3x apart so a
 # quantile interpolated between two bounds is never off by more than that factor
@@ -107,10 +108,11 @@ def _float(value: float) -> str:
     return repr(float(value))
 
 
-def _labels(names: tuple[str, ...], values: _LabelKey, extra: str = "") -> str:
+def _labels(names: tuple[str, ...], values: _LabelKey, *extra: str) -> str:
+    """A series' label string; ``extra`` are rendered pairs (the node's, a bucket's ``le``),
+    an empty one left out."""
     pairs = [f'{n}="{_escape_label(v)}"' for n, v in zip(names, values)]
-    if extra:
-        pairs.append(extra)
+    pairs += [pair for pair in extra if pair]
     return "{" + ",".join(pairs) + "}" if pairs else ""
 
 
@@ -143,8 +145,9 @@ class _Counter:
         help_text: str,
         label_names: tuple[str, ...] = (),
         initial: Iterable[_LabelKey] = ((),),
+        const: str = "",
     ) -> None:
-        self.name, self.help, self.label_names = name, help_text, label_names
+        self.name, self.help, self.label_names, self.const = name, help_text, label_names, const
         self.values: dict[_LabelKey, int] = {}
         self.labels: dict[_LabelKey, str] = {}
         # series known in advance are exposed at 0 from the start, so that an alert on their
@@ -154,12 +157,12 @@ class _Counter:
 
     def inc(self, key: _LabelKey, amount: int = 1) -> None:
         if key not in self.values:
-            self.labels[key] = _labels(self.label_names, key)
+            self.labels[key] = _labels(self.label_names, key, self.const)
             self.values[key] = 0
         self.values[key] += amount
 
     def copy(self) -> _Counter:
-        twin = _Counter(self.name, self.help, self.label_names, ())
+        twin = _Counter(self.name, self.help, self.label_names, (), self.const)
         twin.values, twin.labels = dict(self.values), self.labels.copy()
         return twin
 
@@ -173,9 +176,15 @@ class _Histogram:
     """A labelled histogram: per-bucket counts, made cumulative only when rendered."""
 
     def __init__(
-        self, name: str, help_text: str, label_names: tuple[str, ...], bounds: tuple[float, ...]
+        self,
+        name: str,
+        help_text: str,
+        label_names: tuple[str, ...],
+        bounds: tuple[float, ...],
+        const: str = "",
     ) -> None:
         self.name, self.help, self.label_names, self.bounds = name, help_text, label_names, bounds
+        self.const = const
         self.les = [_float(b) for b in bounds] + ["+Inf"]
         # per series: one count per bound and a last one for +Inf, and the sum
         self.counts: dict[_LabelKey, list[int]] = {}
@@ -187,13 +196,14 @@ class _Histogram:
         if key not in self.counts:
             self.counts[key] = [0] * len(self.les)
             self.sums[key] = 0.0
-            buckets = [_labels(self.label_names, key, f'le="{le}"') for le in self.les]
-            self.labels[key] = (_labels(self.label_names, key), buckets)
+            buckets = [_labels(self.label_names, key, self.const, f'le="{le}"')
+                       for le in self.les]
+            self.labels[key] = (_labels(self.label_names, key, self.const), buckets)
         self.counts[key][bisect_left(self.bounds, value)] += 1  # le is inclusive (<=)
         self.sums[key] += value
 
     def copy(self) -> _Histogram:
-        twin = _Histogram(self.name, self.help, self.label_names, self.bounds)
+        twin = _Histogram(self.name, self.help, self.label_names, self.bounds, self.const)
         twin.counts = {key: list(counts) for key, counts in self.counts.items()}
         twin.sums, twin.labels = dict(self.sums), self.labels.copy()
         return twin
@@ -215,10 +225,16 @@ class Metrics:
     """Every metric ``isol8 serve`` exposes, safe to update from any thread.
 
     ``routes`` are the route templates the app serves (default ``ROUTES``); requests on any
-    other path count under route "other".
+    other path count under route "other". ``node`` names this server among many: every
+    series then carries ``node="<name>"``, so series of several nodes stay apart once they
+    are summed up or federated, whatever the scrape's own target labels.
     """
 
-    def __init__(self, routes: Iterable[str] = ROUTES) -> None:
+    def __init__(self, routes: Iterable[str] = ROUTES, *, node: str | None = None) -> None:
+        if node is not None and (not isinstance(node, str) or not node):
+            raise ValueError(f"Metrics: node must be a non-empty string, got {node!r}")
+        node_label = "" if node is None else f'node="{_escape_label(node)}"'
+        self._gauge_labels = "{" + node_label + "}" if node_label else ""
         self._lock = threading.Lock()
         self._runtimes = frozenset(RUNTIMES)
         self._outcomes = frozenset(RUN_OUTCOMES)
@@ -232,38 +248,48 @@ class Metrics:
             " failure, timeout, oom, refused = never started).",
             ("runtime", "mode", "outcome"),
             (),
+            node_label,
         )
         self._durations = _Histogram(
             "isol8_run_duration_seconds",
             "Wall time of executions that ran (refused ones are left out).",
             ("runtime", "mode"),
             RUN_DURATION_BUCKETS,
+            node_label,
         )
-        self._timeouts = _Counter("isol8_timeouts_total", "Executions killed at their timeout.")
-        self._ooms = _Counter("isol8_ooms_total", "Executions killed by the OOM killer.")
+        self._timeouts = _Counter(
+            "isol8_timeouts_total", "Executions killed at their timeout.", const=node_label
+        )
+        self._ooms = _Counter(
+            "isol8_ooms_total", "Executions killed by the OOM killer.", const=node_label
+        )
         self._rejected = _Counter(
             "isol8_rejected_total",
             "Requests answered 429 Too Many Requests, by the limit that was reached.",
             ("reason",),
             [(reason,) for reason in REJECT_REASONS],
+            node_label,
         )
         self._network = _Counter(
             "isol8_network_bytes_total",
             "Bytes the filtered network proxy moved for executions (in = to the sandbox).",
             ("direction",),
             [("in",), ("out",)],
+            node_label,
         )
         self._requests = _Counter(
             "isol8_http_requests_total",
             "HTTP requests answered, by route template, method and status class.",
             ("route", "method", "code"),
             (),
+            node_label,
         )
         self._latency = _Histogram(
             "isol8_http_request_duration_seconds",
             "Time from request to response (to the end of the stream for SSE and WebSocket).",
             ("route",),
             REQUEST_DURATION_BUCKETS,
+            node_label,
         )
         self._families: tuple[_Counter | _Histogram, ...] = (
             self._runs,
@@ -373,5 +399,5 @@ class Metrics:
             family.render(out)
         for name, help_text, value in values:
             out.append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} gauge\n")
-            out.append(f"{name} {_float(value)}\n")
+            out.append(f"{name}{self._gauge_labels} {_float(value)}\n")
         return "".join(out)

@@ -2,18 +2,19 @@
 
 uvicorn alone, on a signal, stops accepting, closes idle keep-alive connections and gives
 requests a grace period before it cancels them. Here a signal starts a drain instead
-(isol8.server.capacity): the server keeps answering, but new and queued executions get
-503 (also on keep-alive connections already open, and from a load balancer that has not
-yet noticed), running ones may finish until the policy's ``drainTimeoutMs``, and are then
-cancelled, which kills their sandboxes and answers them 503. Only then does uvicorn shut
-down, and the app's lifespan end stops every engine and session, so no sandbox, cgroup or
-temporary directory outlives the process. A second signal ends the wait at once.
+(isol8.server.drain): the server keeps answering, but new work gets 503 (also on keep-alive
+connections already open, and from a load balancer that has not yet noticed), running
+executions may finish and the node's sessions go on until they end or the policy's
+``drainTimeoutMs``; what is left then is killed (a run answered 503). Only then does
+uvicorn shut down, and the app's lifespan end stops every engine, so no sandbox, cgroup or
+temporary directory outlives the process. A signal during an operator's drain
+(``POST /admin/drain``) waits for that drain, under its deadline; a second signal ends the
+wait at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import socket
 from types import FrameType
@@ -22,20 +23,19 @@ from typing import Any
 import uvicorn
 
 from .app import create_app
-from .capacity import Capacity
+from .drain import SIGNAL, Drain
 
 # After the drain: what is left is not an execution (a file transfer, a response being
 # sent), and gets this long before uvicorn cancels it.
 GRACE_SECONDS = 5
-_log = logging.getLogger("isol8.server")
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, capacity: Capacity) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
         super().__init__(config)
-        self._capacity = capacity
+        self._drain = drain
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drain: asyncio.Task[None] | None = None
+        self._exiting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -51,20 +51,15 @@ class _DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._on_signal)
 
     def _on_signal(self) -> None:
-        if self._drain is not None:  # a second signal: stop waiting for the runs
-            self._capacity.kill()
+        if self._exiting is not None:  # a second signal: stop waiting
+            self._drain.hurry()
             return
-        deadline = self._capacity.limits.drain_timeout_ms / 1000
-        _log.info(
-            "draining: %d execution(s) running, new work gets 503, killed after %g s",
-            self._capacity.running,
-            deadline,
-        )
-        self._drain = asyncio.get_running_loop().create_task(self._drained(deadline))
+        drained = self._drain.start(SIGNAL)
+        self._exiting = asyncio.get_running_loop().create_task(self._exit_after(drained))
 
-    async def _drained(self, deadline: float) -> None:
+    async def _exit_after(self, drained: asyncio.Task[None]) -> None:
         try:
-            await self._capacity.drain(deadline)
+            await asyncio.wait({drained})
         finally:
             self.should_exit = True
 
@@ -75,7 +70,7 @@ def serve(*, host: str, port: int, api_key: str, **app_options: Any) -> None:
     # would get a server that cannot be stopped gracefully.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
     app = create_app(api_key, **app_options)
-    capacity: Capacity = app.state.capacity
+    limits = app.state.capacity.limits
     # A WebSocket message is a body too: uvicorn refuses larger ones (close code 1009).
     config = uvicorn.Config(
         app,
@@ -85,6 +80,6 @@ def serve(*, host: str, port: int, api_key: str, **app_options: Any) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACE_SECONDS,
-        ws_max_size=capacity.limits.max_body_size,
+        ws_max_size=limits.max_body_size,
     )
-    _DrainingServer(config, capacity).run()
+    _DrainingServer(config, app.state.drain).run()

@@ -1,8 +1,11 @@
 """``GET /health``: unauthenticated, as upstream (``RemoteIsol8.start()`` calls it).
 
-While the server drains (after SIGTERM) it answers 503 (``{"error", "status": "draining"}``,
-the shape of every error answer): a load balancer polling it stops sending work the server
-would only refuse."""
+While the node drains (SIGTERM, or ``POST /admin/drain``: isol8.server.drain) it answers
+503 with ``Retry-After``, in the shape of every error answer plus what is left to drain:
+``{"error", "status": "draining", "version", "node", "running", "sessions",
+"deadlineMs"}``. A 503 is what takes a node out of rotation everywhere a probe is a status
+check: HAProxy's ``http-check expect status 200``, a Kubernetes readiness probe. A serving
+node's answer is upstream's ``{"status": "ok", "version"}``."""
 
 from __future__ import annotations
 
@@ -23,7 +26,11 @@ class Health(BaseModel):
 
 @router.get("/health", response_model=Health, responses=responses(503))
 async def health(request: Request) -> dict[str, str] | JSONResponse:
-    if request.app.state.capacity.draining:
-        return JSONResponse({"error": "the server is shutting down", "status": "draining",
-                             "version": __version__}, status_code=503)
+    state = request.app.state
+    if state.drain.draining:
+        capacity = state.capacity
+        return JSONResponse(
+            {"error": state.drain.refusal, "version": __version__, "node": state.node,
+             **state.drain.status()},
+            status_code=503, headers={"Retry-After": str(capacity.limits.retry_after_s)})
     return {"status": "ok", "version": __version__}
