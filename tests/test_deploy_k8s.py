@@ -11,14 +11,26 @@ Run as a script, this module rewrites deploy/k8s/haproxy.cfg from deploy/haproxy
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from postgres import running_postgres
+from test_doctor_ready import PROBE_CODE, PROBE_FALLBACK
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -219,6 +231,114 @@ def test_ingress_reaches_haproxy_which_reaches_the_nodes():
     expected = {(str(i + 1), f"isol8-{i}.isol8-nodes.{NAMESPACE}.svc.cluster.local")
                 for i in range(replicas)}
     assert set(servers) == expected
+
+
+# The node's container, run here as its pod would run it: the manifest's command and
+# arguments, $(VAR)s expanded from its env (the Secret's values made up, the database a real
+# PostgreSQL), the ConfigMap's file where the mount puts it (under a temp dir), on loopback.
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _call(url: str, method: str, path: str, key: str, body: object = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _container_argv(container: dict[str, Any], env: dict[str, str], root: Path,
+                    port: int) -> list[str]:
+    """The container's argv as the kubelet expands it, with the pod's paths under ``root``
+    and its listening address on loopback (all traffic here stays on 127.0.0.0/8)."""
+    def expand(arg: str) -> str:
+        return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+
+    argv = [expand(a) for a in container["command"] + container["args"]]
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    argv[argv.index("--port") + 1] = str(port)
+    config = argv.index("--config") + 1
+    argv[config] = str(root) + argv[config]
+    isol8 = Path(sys.executable).with_name("isol8")
+    return ([str(isol8)] if isol8.exists() else [sys.executable, "-m", "isol8"]) + argv[1:]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with running_postgres() as url:
+        yield url
+
+
+def test_node_container_serves_as_its_pod_runs_it(tmp_path, postgres_url):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("psycopg")
+    container, pod = _node_container(), _node_pod()
+    values = {"master-key": secrets.token_hex(32), "auth-db": postgres_url}
+    env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8"}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = str(tmp_path) + item["value"] if item["name"] == "HOME" \
+                else item["value"]
+        elif "secretKeyRef" in item["valueFrom"]:
+            env[item["name"]] = values[item["valueFrom"]["secretKeyRef"]["key"]]
+        else:  # the downward API: the pod's name
+            env[item["name"]] = "isol8-0"
+    for mount in container["volumeMounts"]:
+        (tmp_path / mount["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+    config_mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    for name, text in _one("ConfigMap", volume["configMap"]["name"])["data"].items():
+        (tmp_path / config_mount["mountPath"].lstrip("/") / name).write_text(text)
+    port = _free_port()
+    url, key = f"http://127.0.0.1:{port}", env["ISOL8_API_KEY"]
+    node = subprocess.Popen(_container_argv(container, env, tmp_path, port), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _call(url, "GET", "/health", key)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert node.poll() is None, node.communicate()[0]
+            assert time.monotonic() < deadline, "the node did not start"
+            time.sleep(0.05)
+        # the shared key store and audit log: a key made with the Secret's master key
+        status, made = _call(url, "POST", "/auth/keys", key, {"name": "k8s"})
+        assert status == 201, made
+        status, result = _call(url, "POST", "/execute", made["key"],
+                               {"request": {"code": "print(6 * 7)", "runtime": "python"}})
+        assert (status, result["stdout"]) == (200, "42"), result
+        # the readiness probe, in the pod's environment
+        probe = container["readinessProbe"]["exec"]["command"]
+        assert probe == ["isol8", "doctor", "--ready"]
+        help_text = subprocess.run([sys.executable, "-m", "isol8", "doctor", "--help"],
+                                   capture_output=True, text=True, env=env).stdout
+        code = PROBE_CODE if "--ready" in help_text else PROBE_FALLBACK
+        ready = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               env=env, timeout=container["readinessProbe"]["timeoutSeconds"])
+        assert ready.returncode == 0 and ready.stdout.startswith("ready: "), ready.stdout
+        # Kubernetes stops a pod with SIGTERM: the idle node drains and exits in its grace
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=pod["terminationGracePeriodSeconds"])
+        assert node.returncode is not None
+    finally:
+        if node.poll() is None:
+            node.kill()
+        node.communicate()
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT node FROM audit_log").fetchall()
+    assert rows == [("isol8-0",)]
 
 
 def k8s_haproxy_config(balancer: str) -> str:
