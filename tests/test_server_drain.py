@@ -85,6 +85,19 @@ def gauge(srv: Server, name: str) -> float:
     return value
 
 
+def ws_run(srv: Server, body: dict) -> list[dict]:
+    """One execution over ``/execute/ws``: its events, to the exit or the error."""
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{srv.port}/execute/ws",
+                 additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        ws.send(json.dumps({"type": "execute", **body}))
+        events = [json.loads(ws.recv(timeout=30))]
+        while events[-1]["type"] not in ("exit", "error"):
+            events.append(json.loads(ws.recv(timeout=30)))
+    return events
+
+
 def test_admin_drain_keeps_sessions_and_runs_and_refuses_new_work(tmp_path):
     before = set(child_pids())
     srv = serve(tmp_path, 6000, "--auth-db", str(tmp_path / "auth.db"), "--node", "drain-a")
@@ -125,6 +138,11 @@ def test_admin_drain_keeps_sessions_and_runs_and_refuses_new_work(tmp_path):
         assert (status, result.get("stdout")) == (200, "kept"), result
         assert srv.call("GET", "/file?sessionId=kept&path=/sandbox/n") == (
             200, {"content": "a2VwdA=="})
+        # the same over a WebSocket: the refusal is an error event with the 503's fields
+        events = ws_run(srv, run("print(open('/sandbox/n').read())", session="kept"))
+        assert [e["data"] for e in events if e["type"] == "stdout"] == ["kept\n"], events
+        (refusal,) = ws_run(srv, run("print(1)", session="new-ws"))
+        assert (refusal["type"], refusal["status"], refusal["retryAfter"]) == ("error", 503, 1)
         finishing.join(30)
         assert finished[0][0] == 200 and finished[0][1]["stdout"] == "finished", finished
 
