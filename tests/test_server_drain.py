@@ -233,3 +233,25 @@ def test_bad_serve_flags_are_refused(flags, error, capsys):
         main(["serve", "--key", "k", "--port", "0", *flags])
     assert exited.value.code == 2
     assert error in capsys.readouterr().err
+
+
+def test_sigint_lets_runs_finish_but_waits_for_no_session(tmp_path):
+    """Ctrl-C at a terminal: the run in progress finishes, the open session does not hold
+    the server until the deadline."""
+    before = set(child_pids())
+    srv = serve(tmp_path, 60_000)
+    try:
+        assert post(srv, run("print(1)", session="s"))[0] == 200
+        finishing, finished = in_background(post, srv, run(SLOW.format(1)))
+        wait_for(lambda: gauge(srv, "isol8_executions_running") == 1)
+        below = srv.descendants()
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGINT)
+        finishing.join(30)
+        assert finished[0][0] == 200 and finished[0][1]["stdout"] == "finished", finished
+        assert srv.proc.wait(30) in (0, -signal.SIGINT, 128 + signal.SIGINT)
+        assert time.monotonic() - started < 10
+    finally:
+        srv.stop(signal.SIGKILL)
+    assert alive(below) == set()
+    assert set(child_pids()) <= before

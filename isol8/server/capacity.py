@@ -179,10 +179,10 @@ class Capacity:
     def used(self) -> Cost:
         return self._usage.used
 
-    @property
-    def idle(self) -> bool:
-        """No run admitted or waiting, and no session: a drain has nothing left to wait for."""
-        return not self._tasks and not self._queue and not self._sessions
+    def idle(self, *, sessions: bool = True) -> bool:
+        """No run admitted or waiting (and with ``sessions``, no session open): nothing left
+        for a drain to wait for."""
+        return not self._tasks and not self._queue and not (sessions and self._sessions)
 
     # -- admission ------------------------------------------------------------------------
 

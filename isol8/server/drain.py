@@ -13,6 +13,10 @@ refusing). From that moment:
 * runs already admitted finish, and the node's sessions keep working (runs, files, their
   DELETE) until they end by themselves: deleted, or idle past their TTL.
 
+``SIGINT`` is someone at a terminal pressing Ctrl-C, not an orchestrator rolling nodes: its
+drain lets running executions finish but waits for no session (gunicorn's INT is a quick
+shutdown, its TERM a graceful one, for the same reason).
+
 The drain ends once nothing is left, or at the deadline (the policy's ``drainTimeoutMs``,
 ``isol8 serve --drain-timeout``): runs still going are then killed (answered 503, "killed
 at the drain deadline") and the remaining sessions and warm pools are stopped, so a drained
@@ -28,9 +32,10 @@ import time
 from .capacity import Capacity
 from .engines import EngineRegistry, ShuttingDown
 
-SIGNAL, ADMIN = "signal", "admin"  # what started a drain
+SIGNAL, INTERRUPT, ADMIN = "SIGTERM", "SIGINT", "admin"  # what starts a drain
 _REFUSAL = {
     SIGNAL: "the server is shutting down",
+    INTERRUPT: "the server is shutting down",
     ADMIN: "this node is draining",
 }
 _AFTER = (": it takes no new sessions or ephemeral runs; retry, and a load balancer sends "
@@ -48,6 +53,7 @@ class Drain:
         self._task: asyncio.Task[None] | None = None
         self._until = 0.0  # the deadline, on the monotonic clock
         self._hurried = False
+        self._sessions = True  # wait for the sessions to end (not after a SIGINT)
         self.refusal = ""  # what new work is answered with (503)
 
     @property
@@ -55,10 +61,11 @@ class Drain:
         return self._task is not None
 
     def start(self, trigger: str) -> asyncio.Task[None]:
-        """Start draining (``SIGNAL`` or ``ADMIN``), or join the drain under way: its deadline
-        stays, only the refusals' wording follows a later SIGTERM. The task ends with the
-        drain."""
+        """Start draining (``SIGNAL``, ``INTERRUPT`` or ``ADMIN``), or join the drain under
+        way: its deadline stays, the refusals' wording follows a later signal, and a SIGINT
+        stops the wait for sessions. The task ends with the drain."""
         self.refusal = _REFUSAL[trigger] + _AFTER
+        self._sessions = self._sessions and trigger != INTERRUPT
         self._capacity.start_drain(self.refusal)
         if self._task is None:
             deadline = self._capacity.limits.drain_timeout_ms / 1000
@@ -87,7 +94,7 @@ class Drain:
                 "sessions": self._engines.counts()[1], "deadlineMs": int(left * 1000)}
 
     async def _run(self) -> None:
-        while (not self._capacity.idle and not self._hurried
+        while (not self._capacity.idle(sessions=self._sessions) and not self._hurried
                and time.monotonic() < self._until):
             await asyncio.sleep(_POLL_S)
         await self._capacity.kill_running()

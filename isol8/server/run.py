@@ -4,8 +4,9 @@ uvicorn alone, on a signal, stops accepting, closes idle keep-alive connections 
 requests a grace period before it cancels them. Here a signal starts a drain instead
 (isol8.server.drain): the server keeps answering, but new work gets 503 (also on keep-alive
 connections already open, and from a load balancer that has not yet noticed), running
-executions may finish and the node's sessions go on until they end or the policy's
-``drainTimeoutMs``; what is left then is killed (a run answered 503). Only then does
+executions may finish and, after SIGTERM, the node's sessions go on until they end or the
+policy's ``drainTimeoutMs`` (SIGINT, a Ctrl-C, waits for the runs only); what is left then
+is killed (a run answered 503). Only then does
 uvicorn shut down, and the app's lifespan end stops every engine, so no sandbox, cgroup or
 temporary directory outlives the process. A signal during an operator's drain
 (``POST /admin/drain``) waits for that drain, under its deadline; a second signal ends the
@@ -23,7 +24,7 @@ from typing import Any
 import uvicorn
 
 from .app import create_app
-from .drain import SIGNAL, Drain
+from .drain import INTERRUPT, SIGNAL, Drain
 
 # After the drain: what is left is not an execution (a file transfer, a response being
 # sent), and gets this long before uvicorn cancels it.
@@ -48,13 +49,13 @@ class _DrainingServer(uvicorn.Server):
         if self._loop is None:  # not serving yet: nothing to drain
             self.should_exit = True
             return
-        self._loop.call_soon_threadsafe(self._on_signal)
+        self._loop.call_soon_threadsafe(self._on_signal, sig)
 
-    def _on_signal(self) -> None:
+    def _on_signal(self, sig: int) -> None:
         if self._exiting is not None:  # a second signal: stop waiting
             self._drain.hurry()
             return
-        drained = self._drain.start(SIGNAL)
+        drained = self._drain.start(INTERRUPT if sig == signal.SIGINT else SIGNAL)
         self._exiting = asyncio.get_running_loop().create_task(self._exit_after(drained))
 
     async def _exit_after(self, drained: asyncio.Task[None]) -> None:
