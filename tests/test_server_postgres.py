@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -208,10 +209,14 @@ def test_a_database_restart_is_unavailable_meanwhile_then_works() -> None:
             assert store.verify(key) is not None  # the stale connection was replaced
 
 
-def test_the_fixture_leaves_nothing() -> None:
+def test_a_unix_socket_url_and_the_fixture_leaves_nothing() -> None:
     with postgres_server() as pg:
         pid, where = pg.proc.pid, pg.dir
         assert os.path.exists(f"/proc/{pid}") and where.is_dir()
+        assert "?host=/" in pg.socket_url
+        with KeyStore(pg.socket_url) as over_socket, KeyStore(pg.url) as over_tcp:
+            _, key = over_socket.create("ci", None)
+            assert over_tcp.verify(key) is not None
     assert not os.path.exists(f"/proc/{pid}") and not where.exists()
 
 
@@ -311,6 +316,23 @@ def test_audit_rows_from_both_nodes(nodes: tuple[Server, Server], cluster_db: st
         assert (record["executionId"], record["userId"], record["exitCode"]) == \
             (execution, user, 0)
         assert "stdout" not in record and "code" not in record  # not asked for
+    # the README's query, verbatim: the last hour's runs, node by node
+    found = _rows(cluster_db, _readme_example("audit-sql"))
+    assert {(node, exit_code) for node, _, exit_code, _ in found} >= \
+        {("node-a", "0"), ("node-b", "0")}
+    assert [node for node, *_ in found] == sorted(node for node, *_ in found)
+
+
+def _readme_example(name: str) -> str:
+    """The block between ``<!-- example: NAME -->`` and ``<!-- /example -->`` in README.md
+    (until the section is merged there: in the helper's draft)."""
+    marker = f"<!-- example: {name} -->"
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    if marker not in text:
+        text = Path("/tmp/i14/readme-pg.md").read_text()
+    block = text.split(marker, 1)[1].split("<!-- /example -->", 1)[0]
+    return block.split("```sql\n", 1)[1].split("```", 1)[0]
 
 
 def _raw(node: Server, method: str, path: str, key: str) -> tuple[int, dict, str | None]:
