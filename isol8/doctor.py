@@ -586,7 +586,7 @@ READY_TIMEOUT_MS = 4_000
 
 
 def not_ready_reason(error: str, userns: Check, chroot_check: Check, apparmor: Check,
-                     found: Confinement) -> str:
+                     found: Confinement, rootless: bool) -> str:
     """One line naming the restriction that stopped the sandbox and the setting that lifts
     it. The static facts say what is in the way; the helper's failing step says which of
     them bit (a seccomp filter that allows user namespaces may sit beside a masked /proc)."""
@@ -601,6 +601,11 @@ def not_ready_reason(error: str, userns: Check, chroot_check: Check, apparmor: C
                 "and mount only to a container holding CAP_SYS_ADMIN); fix: Kubernetes "
                 "securityContext.seccompProfile type Unconfined, or a Localhost profile that "
                 f"allows them ({error})")
+    if rootless and apparmor.status != "ok":
+        # restricted, and whether the helper's profile is loaded cannot be read here (a
+        # container seldom mounts securityfs): the likeliest cause, named as such
+        return (f"user namespaces without capabilities (apparmor): {apparmor.detail}; "
+                f"fix: {apparmor.action} ({error})")
     if found.masked and not at_clone:
         shown = ", ".join(found.masked[:3]) + (", ..." if len(found.masked) > 3 else "")
         return (f"/proc is masked ({shown} overmounted), so the kernel refuses the sandbox a "
@@ -634,7 +639,7 @@ def ready_main() -> int:
             check_apparmor(_read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
                            _read("/sys/kernel/security/apparmor/profiles"), euid,
                            str(_paths.helper_path())),
-            found)
+            found, euid != 0)
         print(f"not ready: {reason}")
         return 1
     print(f"ready: a sandbox ran 'true' in {(time.monotonic() - started) * 1000:.0f} ms")

@@ -142,11 +142,11 @@ AT_ROOTFS = "sandbox setup failed at step 'rootfs': mount(proc) on /proc: EPERM"
 
 def test_reason_sysctl_and_apparmor_restriction_come_first():
     off = doctor.check_userns("0", None, 1000)
-    reason = doctor.not_ready_reason(AT_CLONE, off, OK_CHROOT, OK_APPARMOR, FILTERED)
+    reason = doctor.not_ready_reason(AT_CLONE, off, OK_CHROOT, OK_APPARMOR, FILTERED, True)
     assert reason.startswith("user namespaces refused (user namespaces): ")
     assert "max_user_namespaces=0" in reason
     restricted = doctor.check_apparmor("1", "", 1000, "/h")
-    reason = doctor.not_ready_reason(AT_ROOTFS, OK_USERNS, OK_CHROOT, restricted, MASKED)
+    reason = doctor.not_ready_reason(AT_ROOTFS, OK_USERNS, OK_CHROOT, restricted, MASKED, True)
     assert reason.startswith("user namespaces refused (apparmor): ")
     assert "isol8-helper" in reason
 
@@ -154,20 +154,35 @@ def test_reason_sysctl_and_apparmor_restriction_come_first():
 def test_reason_follows_the_failing_step():
     # a filter at the clone step is the filter, even beside a masked /proc
     assert "seccomp filter" in doctor.not_ready_reason(AT_CLONE, OK_USERNS, OK_CHROOT,
-                                                       OK_APPARMOR, MASKED)
+                                                       OK_APPARMOR, MASKED, True)
     # past the clone, a filter that let the namespaces through is not blamed
-    reason = doctor.not_ready_reason(AT_ROOTFS, OK_USERNS, OK_CHROOT, OK_APPARMOR, MASKED)
+    reason = doctor.not_ready_reason(AT_ROOTFS, OK_USERNS, OK_CHROOT, OK_APPARMOR, MASKED,
+                                     True)
     assert reason.startswith("/proc is masked (/proc/keys, /proc/kcore, /proc/scsi, ...")
     confined = doctor.Confinement(masked=(), filtered=False, label="docker-default (enforce)")
     reason = doctor.not_ready_reason("sandbox setup failed at step 'rootfs': mount: EACCES",
-                                     OK_USERNS, OK_CHROOT, OK_APPARMOR, confined)
+                                     OK_USERNS, OK_CHROOT, OK_APPARMOR, confined, True)
     assert "docker-default (enforce)" in reason and "appArmorProfile" in reason
 
 
 def test_reason_without_a_known_restriction_quotes_the_error():
     clean = doctor.Confinement(masked=(), filtered=False, label="unconfined")
-    reason = doctor.not_ready_reason(AT_CLONE, OK_USERNS, OK_CHROOT, OK_APPARMOR, clean)
+    reason = doctor.not_ready_reason(AT_CLONE, OK_USERNS, OK_CHROOT, OK_APPARMOR, clean, True)
     assert reason == f"a real sandbox failed to run 'true': {AT_CLONE}"
+
+
+def test_reason_apparmor_restriction_with_unreadable_profiles_only_rootless():
+    # a pod's uid 1000 under Ubuntu's restriction, securityfs not mounted: the profile
+    # list cannot be read, so the check only warns; the failed sandbox makes it the cause
+    unknown = doctor.check_apparmor("1", None, 1000, "/h")
+    clean = doctor.Confinement(masked=(), filtered=False, label="unconfined")
+    reason = doctor.not_ready_reason(AT_ROOTFS, OK_USERNS, OK_CHROOT, unknown, clean, True)
+    assert reason.startswith("user namespaces without capabilities (apparmor): ")
+    assert "apparmor_restrict_unprivileged_userns=1" in reason and "isol8-helper" in reason
+    # root is exempt from the restriction: not blamed
+    exempt = doctor.check_apparmor("1", None, 0, "/h")
+    reason = doctor.not_ready_reason(AT_ROOTFS, OK_USERNS, OK_CHROOT, exempt, clean, False)
+    assert reason.startswith("a real sandbox failed")
 
 
 @pytest.mark.parametrize("label, confined", [
