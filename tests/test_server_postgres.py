@@ -164,6 +164,32 @@ def test_expiry_and_bound_tokens_hold_on_every_node(db: str) -> None:
         assert b.list() == []
 
 
+def test_a_token_minted_while_its_key_is_revoked_elsewhere_dies_with_it(db: str) -> None:
+    """Node A mints tokens bound to a key while node B revokes it: whichever commits first,
+    no token outlives the revocation (each locks the key's row before it acts on it)."""
+    with KeyStore(db) as a, KeyStore(db) as b:
+        for _ in range(15):
+            info, _ = a.create("raced", None)
+            tokens: list[str] = []
+            start = threading.Barrier(2)
+
+            def mint() -> None:
+                start.wait()
+                for _ in range(10):
+                    try:
+                        tokens.append(a.login(parent=info)[1])
+                    except InvalidRequest:  # revoked before this one: refused, as it must
+                        return
+
+            minting = threading.Thread(target=mint)
+            minting.start()
+            start.wait()
+            time.sleep(0.002)
+            assert b.revoke(info.id)
+            minting.join(30)
+            assert [t for t in tokens if a.verify(t) is not None] == []
+
+
 def test_the_pool_is_bounded_and_closes_every_connection(db: str) -> None:
     threads_before = threading.active_count()
     store = KeyStore(db)
