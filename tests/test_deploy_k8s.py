@@ -35,8 +35,10 @@ from test_doctor_ready import PROBE_CODE, PROBE_FALLBACK
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
 BALANCER_CFG = REPO / "deploy" / "haproxy" / "isol8.cfg"
-# User namespaces for pods (hostUsers) and procMount are stable from this version on.
-KUBERNETES_VERSION = "1.36.0"
+# User namespaces for pods (hostUsers) and procMount: on by default (beta) from 1.33, stable
+# from 1.36, the version the manifests are written for.
+KUBERNETES_VERSIONS = ("1.33.0", "1.36.0")
+KUBERNETES_VERSION = KUBERNETES_VERSIONS[-1]
 NAMESPACE = "isol8"
 HAPROXY = "/usr/sbin/haproxy"
 
@@ -85,16 +87,18 @@ def _node_container() -> dict[str, Any]:
     return container
 
 
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("path", sorted(p.name for p in K8S.glob("*.yaml")
                                         if p.name != "kustomization.yaml"))
-def test_manifest_is_valid_in_strict_mode(path):
+def test_manifest_is_valid_in_strict_mode(path, version):
     for doc in _documents(K8S / path):
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_generated_configmaps_are_valid():
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_generated_configmaps_are_valid(version):
     for doc in _generated_configmaps():
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_strict_validation_catches_a_misspelt_field():
