@@ -323,6 +323,34 @@ def test_label_values_and_help_are_escaped():
     assert families["isol8_odd"]["help"] == 'say "hi" \\ then\nmore'
 
 
+def test_a_node_labels_every_series():
+    """Several nodes behind one balancer: each series carries the node's name, counters,
+    every line of a histogram and gauges alike, so summing or federating keeps them apart;
+    without a node the exposition is the one above."""
+    metrics = Metrics(routes=("/execute", "/health"), node=NASTY)
+    metrics.run_finished("python", "ephemeral", "ok", 0.005)
+    metrics.rejected("queue")
+    metrics.request("/execute", "POST", 200, 0.004)
+    metrics.gauge_callback("isol8_queue_depth", "Executions waiting for capacity.", lambda: 3)
+    text = metrics.render()
+    node = 'node="a\\"b\\\\c\\nd}{,=\\""'
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert lines and all(node in line for line in lines), text
+    assert f"isol8_queue_depth{{{node}}} 3.0" in lines
+    assert f"isol8_timeouts_total{{{node}}} 0" in lines
+    assert f'isol8_run_duration_seconds_bucket{{runtime="python",mode="ephemeral",{node},' \
+           'le="0.005"} 1' in lines
+    families = parse(text)
+    assert value(families, "isol8_rejected_total", reason="queue", node=NASTY) == 1
+    assert value(families, "isol8_queue_depth", node=NASTY) == 3
+
+
+@pytest.mark.parametrize("node", ["", 7])
+def test_a_node_needs_a_name(node):
+    with pytest.raises(ValueError, match="node must be a non-empty string"):
+        Metrics(node=node)  # type: ignore[arg-type]
+
+
 def test_prometheus_client_reads_the_exposition():
     """The reference parser agrees with ours, escapes included (only where installed: the
     project does not depend on prometheus_client)."""
@@ -653,13 +681,32 @@ def server():
 
 
 def scrape(srv, key: str | None = None) -> tuple[str, dict[str, dict[str, object]]]:
-    """(content type, families) of one scrape with the master key."""
+    """(content type, families) of one scrape with the master key, each series checked for
+    the node label and named without it."""
     from test_server import KEY
 
     request = urllib.request.Request(srv.url + "/metrics")
     request.add_header("Authorization", f"Bearer {key or KEY}")
     with urllib.request.urlopen(request, timeout=30) as response:
-        return response.headers["Content-Type"], parse(response.read().decode())
+        return response.headers["Content-Type"], without_node(parse(response.read().decode()))
+
+
+def without_node(families: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """``families`` with the node label (``isol8 serve --node``, else the host name) taken
+    off every sample, once it is checked to be there, the same on every one."""
+    nodes = set()
+    for family in families.values():
+        samples = family["samples"]
+        assert isinstance(samples, dict)
+        family["samples"] = {
+            (name, tuple(pair for pair in labels if pair[0] != "node")): value
+            for (name, labels), value in samples.items()
+        }
+        for _, labels in samples:
+            assert [k for k, _ in labels].count("node") == 1, labels
+            nodes |= {v for k, v in labels if k == "node"}
+    assert len(nodes) == 1, nodes
+    return families
 
 
 def test_metrics_needs_the_master_key(server):
