@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, TypeGuard
 
 from ..errors import InvalidRequest, Isol8Error
+from .keys_sqlite import SqliteKeys
 from .migrations import SQLITE_VERSION
 
 KEY_PREFIX = "isol8_"
@@ -180,6 +181,10 @@ class _Statements(Protocol):
 
 
 class _Backend(Protocol):
+    """Where the keys live: transactions that exclude other writers of the rows they read,
+    plain statements, and the two places the dialects differ (which errors mean "the file
+    is locked, skip the bookkeeping", and how a row is locked for the transaction)."""
+
     busy: tuple[type[Exception], ...]
     for_update: str
 
@@ -191,6 +196,7 @@ class _Backend(Protocol):
 
 
 def is_postgres_url(value: str) -> bool:
+    """Whether ``--auth-db``/``--audit`` name a shared database rather than a local file."""
     return value.startswith(POSTGRES_SCHEMES)
 
 
@@ -209,7 +215,7 @@ class KeyStore:
         self._clock = clock
         self._backend: _Backend
         if is_postgres_url(target):
-            try:
+            try:  # psycopg is an extra, and only these nodes need it
                 from .keys_postgres import PostgresKeys
             except ImportError as exc:
                 raise InvalidRequest(
@@ -218,8 +224,6 @@ class KeyStore:
                 ) from None
             self._backend = PostgresKeys(target)
         else:
-            from .keys_sqlite import SqliteKeys
-
             self._backend = SqliteKeys(target, busy_timeout=BUSY_TIMEOUT)
 
     def _transaction(self) -> AbstractContextManager[_Statements]:
