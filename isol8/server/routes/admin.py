@@ -28,7 +28,7 @@ class DrainStatus(BaseModel):
 
 
 @router.post("/admin/drain", status_code=202, response_model=DrainStatus,
-             responses=errors.responses(401, 403))
+             responses=errors.responses(401, 403, 413))  # 413: BodyLimit, for any body
 async def drain(request: Request, owner: str = Depends(require_master)) -> JSONResponse:
     """Start draining, or report the drain under way: calling it again changes nothing."""
     state = request.app.state
