@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from cluster import CONFIG, HAPROXY, Cluster, call, policy_file, running_cluster
 from conftest import child_pids
 from postgres import running_postgres
-from test_server import KEY, SEED_CURL, Server, alive
+from test_server import KEY, SEED_CURL, alive
 
 pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
 pytest.importorskip("httpx2", reason="the client extra (isol8[client]) is not installed")
@@ -29,6 +31,8 @@ if not os.access(HAPROXY, os.X_OK):
 
 from isol8.client import RemoteIsol8, SessionNotFound  # noqa: E402
 
+README = CONFIG.parents[2] / "README.md"
+README_DRAFT = Path("/tmp/i14/readme-lb.md")
 # Enough sessions per key for 50 sessions on three nodes however the ring spreads them.
 CAPACITY = {"maxSessionsPerKey": 64, "maxSessions": 64}
 # Appends one byte to a file in the session's /sandbox and prints the file: its length is
@@ -68,10 +72,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator
     assert set(child_pids()) <= before
 
 
-def test_the_shipped_config_is_valid():
-    out = subprocess.run([HAPROXY, "-c", "-f", str(CONFIG)], capture_output=True, text=True,
-                         timeout=30, env={"PATH": "/usr/bin:/bin"})
+def readme_example(name: str) -> str:
+    """A ``sh`` block of the README between its example markers."""
+    marker = f"<!-- example: {name} -->"
+    text = README.read_text()
+    if marker not in text:  # until the section is merged into README.md
+        text = README_DRAFT.read_text()
+    block = text.split(marker, 1)[1].split("<!-- /example -->", 1)[0]
+    found = re.search(r"```sh\n(.*?)```", block, re.S)
+    assert found, block
+    return found.group(1)
+
+
+def test_the_shipped_config_passes_haproxys_check_as_the_readme_runs_it():
+    command = readme_example("haproxy-check")
+    assert str(CONFIG.relative_to(CONFIG.parents[2])) in command
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
+                         cwd=CONFIG.parents[2], env={"PATH": "/usr/sbin:/usr/bin:/bin"})
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "Configuration file is valid" in out.stdout + out.stderr
 
 
 def test_a_key_created_on_one_node_works_on_every_node(cluster):
@@ -200,8 +219,9 @@ def test_a_dead_node_loses_only_its_sessions(tmp_path, database):
     assert set(child_pids()) <= before
 
 
-def test_a_draining_node_finishes_its_run_while_new_sessions_go_elsewhere(tmp_path,
-                                                                          database):
+@pytest.mark.parametrize("how", ["admin", "sigterm"])
+def test_a_draining_node_finishes_its_run_while_new_sessions_go_elsewhere(tmp_path, database,
+                                                                          how):
     before = set(child_pids())
     with running_cluster(tmp_path, "--auth-db", database,
                          policy=policy_file(tmp_path, CAPACITY)) as cluster:
@@ -214,7 +234,11 @@ def test_a_draining_node_finishes_its_run_while_new_sessions_go_elsewhere(tmp_pa
         running.start()
         time.sleep(0.7)  # the run is in progress on node 1
         draining = cluster.nodes[0]
-        _drain(draining)
+        if how == "admin":  # the operator's way: through the node itself, master key
+            status, body = call(draining.url, "POST", "/admin/drain", key=KEY)
+            assert (status, body["status"]) == (202, "draining"), body
+        else:
+            draining.proc.send_signal(signal.SIGTERM)
         cluster.balancer.wait_for_log("node1 is DOWN")
         # new sessions and ephemeral runs go to the other two
         fresh = [f"after-{n}" for n in range(12)]
@@ -233,8 +257,12 @@ def test_a_draining_node_finishes_its_run_while_new_sessions_go_elsewhere(tmp_pa
         survivors = descendants(cluster)
         for name in [*started, *fresh]:
             assert cluster.call("DELETE", f"/session/{name}") == (200, {"ok": True})
-        # idle now, the drained node exits by itself
-        assert draining.proc.wait(timeout=20) in (0, -signal.SIGTERM)
+        if how == "sigterm":  # idle now, the node exits by itself
+            assert draining.proc.wait(timeout=20) in (0, -signal.SIGTERM)
+        else:  # it stays up, out of the balancer, until it is stopped
+            status, body = call(draining.url, "GET", "/health", key=None)
+            assert (status, body["status"], body["sessions"]) == (503, "draining", 0), body
+            assert draining.proc.poll() is None
     assert alive(survivors) == set()
     assert set(child_pids()) <= before
 
@@ -245,9 +273,3 @@ def _home(cluster: Cluster, session: str) -> int:
     assert status == 200, result
     (home,) = cluster.holders(session)
     return home
-
-
-def _drain(node: Server) -> None:
-    """Drain ``node``: SIGTERM (the drain that exists on every version); the node keeps
-    serving its running execution and exits once idle or at its deadline."""
-    node.proc.send_signal(signal.SIGTERM)
