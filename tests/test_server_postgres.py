@@ -190,6 +190,39 @@ def test_a_token_minted_while_its_key_is_revoked_elsewhere_dies_with_it(db: str)
             assert [t for t in tokens if a.verify(t) is not None] == []
 
 
+def test_audit_rows_keep_the_line_and_what_jsonb_cannot_hold(db: str) -> None:
+    from isol8.result import ExecutionResult, ResourceUsage
+    from isol8.server.audit import AuditLog
+    from isol8.server.wire import ExecuteBody
+
+    usage = ResourceUsage(cpu_time_ms=1, cpu_percent=1.0, memory_mb=1.0, peak_memory_mb=1.0,
+                          oom=False, enforced={})
+    result = ExecutionResult(stdout="a\x00b\udcff", stderr="", exit_code=3, duration_ms=5,
+                             truncated=False, execution_id=str(uuid.uuid4()), runtime="python",
+                             timestamp="2026-01-01T00:00:00.000+00:00", resource_usage=usage)
+    body = ExecuteBody("s-9", {"code": "print(1)", "runtime": "python"},
+                       {"secrets": {"K": "hunter2"}})
+    threads_before = threading.active_count()
+    audit = AuditLog(db, include_output=True, node="n-1")
+    try:
+        for _ in range(3):
+            audit.record("key_1", body, result)
+    finally:
+        audit.close()
+    assert threading.active_count() == threads_before
+    assert _settles(lambda: _isol8_connections(db) == 0)
+    rows = _rows(db, "SELECT execution_id, user_id, node, record FROM audit_log")
+    assert len(rows) == 3
+    execution, user, node, record = rows[0]
+    assert (execution, user, node) == (result.execution_id, "key_1", "n-1")
+    assert set(record) == {"executionId", "userId", "timestamp", "runtime", "codeHash",
+                           "exitCode", "durationMs", "resourceUsage", "securityEvents",
+                           "sessionId", "mode", "stdout", "stderr"}  # the file's line
+    assert (record["executionId"], record["exitCode"], record["runtime"]) == \
+        (result.execution_id, 3, "python")
+    assert record["stdout"] == "a\ufffdb\ufffd" and record["sessionId"] == "s-9"
+
+
 def test_the_pool_is_bounded_and_closes_every_connection(db: str) -> None:
     threads_before = threading.active_count()
     store = KeyStore(db)
