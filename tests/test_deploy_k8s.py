@@ -18,8 +18,10 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -412,6 +414,137 @@ def test_haproxy_config_passes_haproxy_check():
     proc = subprocess.run([HAPROXY, "-c", "-f", "/dev/stdin"], input=tried,
                           capture_output=True, text=True, timeout=60)
     assert "could not resolve address 'isol8-0.isol8-nodes" in proc.stderr
+
+
+class ClusterDns:
+    """The cluster's DNS as HAProxy's resolvers see it, on a free 127.0.0.1 UDP port, in a
+    thread: an A query for a name in ``names`` gets its address, an AAAA query for it an
+    empty answer (HAProxy then asks for A), any other name NXDOMAIN (a pod not there)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                query, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            self.sock.sendto(self._answer(query), peer)
+
+    def _answer(self, query: bytes) -> bytes:
+        labels, at = [], 12
+        while query[at]:
+            labels.append(query[at + 1:at + 1 + query[at]].decode())
+            at += 1 + query[at]
+        qtype, end = int.from_bytes(query[at + 1:at + 3], "big"), at + 5
+        address = self.names.get(".".join(labels).lower())
+        answer = b""
+        if address is not None and qtype == 1:  # A, TTL 1 s, pointing at the question
+            answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 1, 4) + socket.inet_aton(address)
+        flags = 0x8180 | (0 if address is not None else 3)  # a response; NXDOMAIN
+        header = query[:2] + struct.pack(">HHHHH", flags, 1, 1 if answer else 0, 0, 0)
+        return header + query[12:end] + answer
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def _pod(index: int) -> str:
+    return f"isol8-{index}.isol8-nodes.{NAMESPACE}.svc.cluster.local"
+
+
+@pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs Debian's haproxy 2.6")
+def test_haproxy_follows_the_pods_as_the_cluster_dns_names_them(tmp_path):
+    """HAProxy running deploy/k8s/haproxy.cfg (its resolver the only change: the pod's
+    resolv.conf points off this machine) starts while no pod resolves, takes a node once
+    its name resolves, and keeps a node's sessions on it when another node joins."""
+    pytest.importorskip("fastapi")
+    from cluster import call
+    from test_server import KEY, Server
+
+    def held(node: Any) -> set[str]:
+        status, body = call(node.url, "GET", "/sessions", key=KEY)
+        assert status == 200, body
+        return {entry["id"] for entry in body["sessions"]}
+
+    text = (K8S / "haproxy.cfg").read_text()
+    assert "    parse-resolv-conf\n" in text
+    dns = ClusterDns()
+    nodes: list[Any] = []
+    haproxy = None
+    try:
+        text = text.replace("    parse-resolv-conf\n",
+                            f"    nameserver test 127.0.0.1:{dns.port}\n")
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(text)
+        nodes = [Server(), Server()]
+        port = _free_port()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "ISOL8_LB_BIND": f"127.0.0.1:{port}", "ISOL8_CHECK_INTER": "200ms",
+               # the pods' names, as in the cluster; the ports the loopback nodes have
+               "ISOL8_NODE1": f"{_pod(0)}:{nodes[0].port}",
+               "ISOL8_NODE2": f"{_pod(1)}:{nodes[1].port}",
+               "ISOL8_NODE3": f"{_pod(2)}:{_free_port()}"}  # never scheduled
+        with open(tmp_path / "haproxy.log", "wb") as log:
+            haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        def until(check, what: str) -> None:
+            deadline = time.monotonic() + 15
+            while not check():
+                assert haproxy.poll() is None, (tmp_path / "haproxy.log").read_text()
+                assert time.monotonic() < deadline, \
+                    f"{what}: {(tmp_path / 'haproxy.log').read_text()}"
+                time.sleep(0.1)
+
+        def health() -> int:
+            try:
+                return call(url, "GET", "/health", key=None)[0]
+            except OSError:
+                return 0
+
+        def run(session: str) -> None:
+            status, result = call(url, "POST", "/execute", {
+                "sessionId": session, "request": {"code": "print(1)", "runtime": "python"}})
+            assert status == 200, result
+
+        until(lambda: health() == 503, "HAProxy never answered while no pod resolved")
+        dns.names[_pod(0)] = "127.0.0.1"
+        until(lambda: health() == 200, "isol8-0 never joined once its name resolved")
+        first = [f"k8s-first-{n}" for n in range(8)]
+        for session in first:
+            run(session)
+        assert held(nodes[0]) == set(first) and held(nodes[1]) == set()
+        # isol8-1 is scheduled: new sessions start reaching it, old ones stay where they are
+        dns.names[_pod(1)] = "127.0.0.1"
+        later = iter(f"k8s-later-{n}" for n in range(1000))
+        until(lambda: run(next(later)) or bool(held(nodes[1])),
+              "isol8-1 never took a session once its name resolved")
+        for session in first:
+            run(session)
+        assert set(first) <= held(nodes[0]) and not set(first) & held(nodes[1])
+    finally:
+        if haproxy is not None:
+            haproxy.terminate()
+            haproxy.wait(timeout=10)
+        for node in nodes:
+            # a node with sessions drains until its deadline: end them first
+            if node.proc.poll() is None:
+                for session in held(node):
+                    call(node.url, "DELETE", f"/session/{session}", key=KEY)
+            node.stop()
+        dns.close()
 
 
 if __name__ == "__main__":
