@@ -33,8 +33,8 @@ _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)")
 
 def example(name: str) -> str:
     """The README's example ``name``: the code block between its markers."""
-    text = README.read_text()
     marker = f"<!-- example: {name} -->"
+    text = README.read_text()
     if marker not in text:
         text = README_DRAFT.read_text()
     block = text.split(marker, 1)[1].split("<!-- /example -->", 1)[0]
@@ -160,7 +160,7 @@ def test_admin_drain_keeps_sessions_and_runs_and_refuses_new_work(tmp_path):
         assert srv.stop() in (0, -signal.SIGTERM)
         assert time.monotonic() - stopping < 5  # nothing left to wait for
     finally:
-        srv.stop(signal.SIGKILL)
+        srv.stop()
     assert set(child_pids()) <= before
 
 
@@ -188,7 +188,7 @@ def test_sigterm_lets_a_run_and_a_session_go_on_until_the_deadline(tmp_path):
         # the session held the node until the deadline, and not much longer
         assert 2.8 < took < 15, took
     finally:
-        srv.stop(signal.SIGKILL)
+        srv.stop()
     assert alive(below) == set()
     assert set(child_pids()) <= before
 
@@ -208,7 +208,7 @@ def test_sigterm_exits_once_the_last_session_ends(tmp_path):
         assert srv.proc.wait(30) in (0, -signal.SIGTERM)
         assert time.monotonic() - ended < 5
     finally:
-        srv.stop(signal.SIGKILL)
+        srv.stop()
 
 
 def test_the_node_label_defaults_to_the_host_name(tmp_path):
@@ -252,6 +252,6 @@ def test_sigint_lets_runs_finish_but_waits_for_no_session(tmp_path):
         assert srv.proc.wait(30) in (0, -signal.SIGINT, 128 + signal.SIGINT)
         assert time.monotonic() - started < 10
     finally:
-        srv.stop(signal.SIGKILL)
+        srv.stop()
     assert alive(below) == set()
     assert set(child_pids()) <= before
