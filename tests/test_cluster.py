@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import CONFIG, HAPROXY, Cluster, call, policy_file, running_cluster
+from cluster import (CONFIG, HAPROXY, Balancer, Cluster, call, policy_file,
+                     running_cluster)
 from conftest import child_pids
 from postgres import running_postgres
 from test_server import KEY, SEED_CURL, alive
@@ -109,7 +110,7 @@ def test_a_key_created_on_one_node_works_on_every_node(cluster):
     assert status == 403 and result["error"], result
 
 
-def test_fifty_sessions_keep_their_state_through_the_balancer(cluster):
+def test_fifty_sessions_keep_their_state_through_the_balancer(cluster, tmp_path):
     sessions = [f"state-{n}" for n in range(50)]
 
     def use(session: str) -> list[str]:
@@ -132,6 +133,15 @@ def test_fifty_sessions_keep_their_state_through_the_balancer(cluster):
     for session in sessions:
         status, body = cluster.call("GET", f"/file?sessionId={session}&path=/sandbox/n")
         assert (status, base64.b64decode(body["content"])) == (200, b"x" * 10), body
+    # a second HAProxy, its stick table empty, finds every session by the ring alone: the
+    # instances of a highly available pair agree without sharing their tables
+    second = Balancer(cluster.nodes, tmp_path / "second.log")
+    try:
+        for session in sessions:
+            status, body = call(second.url, "GET", f"/file?sessionId={session}&path=/sandbox/n")
+            assert status == 200, (session, body)
+    finally:
+        second.stop()
     # DELETE /session/{id} too (another node would answer ok and leave it running)
     for session in sessions:
         assert cluster.call("DELETE", f"/session/{session}") == (200, {"ok": True})
@@ -208,6 +218,17 @@ def test_a_dead_node_loses_only_its_sessions(tmp_path, database):
         for session in kept:
             status, result = cluster.call("POST", "/execute", run(APPEND, session))
             assert (status, result["stdout"]) == (200, "2"), (session, result)
+        # ...also through a fresh HAProxy, by the consistent ring alone (no stick table
+        # yet): losing a node moves no other node's session
+        second = Balancer(cluster.nodes, tmp_path / "second.log")
+        try:
+            second.wait_for_log("node2 is DOWN")
+            for session in kept:
+                status, body = call(second.url, "GET",
+                                    f"/file?sessionId={session}&path=/sandbox/n")
+                assert status == 200, (session, body)
+        finally:
+            second.stop()
         deadline = time.monotonic() + 10
         while alive(sandboxes) and time.monotonic() < deadline:
             time.sleep(0.05)
