@@ -181,6 +181,20 @@ def test_a_websocket_stream_reaches_its_session_node(cluster):
         assert cluster.holders(session) == []  # stop() deleted it on its node
 
 
+@pytest.mark.parametrize("streaming", ["sse", "websocket"])
+def test_streams_pass_the_balancer_as_they_come(cluster, streaming):
+    """HAProxy buffers requests (to read their body), never answers: an event is
+    forwarded when the node sends it, not when the run ends."""
+    code = "import time; print('first', flush=True); time.sleep(1); print('last')"
+    arrivals = []
+    with RemoteIsol8(host=cluster.url, api_key=KEY, streaming=streaming) as remote:
+        for event in remote.execute_stream(code):
+            arrivals.append((time.monotonic(), event.type, str(event.data)))
+    first = next(at for at, kind, data in arrivals if kind == "stdout" and "first" in data)
+    assert arrivals[-1][1:] == ("exit", "0"), arrivals
+    assert arrivals[-1][0] - first >= 0.8, arrivals
+
+
 def test_a_dead_node_loses_only_its_sessions(tmp_path, database):
     before = set(child_pids())
     with running_cluster(tmp_path, "--auth-db", database,
