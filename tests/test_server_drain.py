@@ -255,3 +255,31 @@ def test_sigint_lets_runs_finish_but_waits_for_no_session(tmp_path):
         srv.stop()
     assert alive(below) == set()
     assert set(child_pids()) <= before
+
+
+def test_queued_new_work_is_refused_and_a_queued_session_run_waits_its_turn(tmp_path):
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"capacity": {"drainTimeoutMs": 20_000, "maxConcurrent": 1,
+                                               "maxQueue": 4}}))
+    srv = Server(policy)
+    try:
+        assert post(srv, run("open('/sandbox/n', 'w').write('s')", session="s"))[0] == 200
+        holding, held = in_background(post, srv, run(SLOW.format(2)))
+        wait_for(lambda: gauge(srv, "isol8_executions_running") == 1)
+        queued_new, new_answer = in_background(post, srv, run("print(1)"))
+        queued_own, own_answer = in_background(
+            post, srv, run("print(open('/sandbox/n').read())", session="s"))
+        wait_for(lambda: gauge(srv, "isol8_queue_depth") == 2)
+        assert call(srv, "POST", "/admin/drain")[0] == 202
+        queued_new.join(5)  # refused at once, not when the slot frees
+        status, refused, headers = new_answer[0]
+        assert (status, headers.get("retry-after")) == (503, "1"), refused
+        assert gauge(srv, "isol8_executions_running") == 1  # the slow run still holds it
+        for thread in (holding, queued_own):
+            thread.join(30)
+        assert held[0][0] == 200 and held[0][1]["stdout"] == "finished", held
+        assert own_answer[0][0] == 200 and own_answer[0][1]["stdout"] == "s", own_answer
+        assert srv.call("DELETE", "/session/s") == (200, {"ok": True})
+        wait_for(lambda: helpers_alive(srv) == 0, 10)  # the drain is over: pools gone too
+    finally:
+        srv.stop()
