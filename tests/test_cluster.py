@@ -192,7 +192,7 @@ def test_streams_pass_the_balancer_as_they_come(cluster, streaming):
             arrivals.append((time.monotonic(), event.type, str(event.data)))
     first = next(at for at, kind, data in arrivals if kind == "stdout" and "first" in data)
     assert arrivals[-1][1:] == ("exit", "0"), arrivals
-    assert arrivals[-1][0] - first >= 0.8, arrivals
+    assert arrivals[-1][0] - first >= 0.9, arrivals  # HAProxy may hold an event 200 ms
 
 
 def test_a_dead_node_loses_only_its_sessions(tmp_path, database):
