@@ -394,9 +394,16 @@ _DEFAULT_SERVER = """\
 """
 
 
+def _directives(config: str) -> list[str]:
+    return [line.strip() for line in config.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 def test_haproxy_config_is_the_balancers():
+    # what HAProxy does, line for line; a comment edited in the balancer's file can wait
+    # for the next regeneration
     expected = k8s_haproxy_config(BALANCER_CFG.read_text())
-    assert (K8S / "haproxy.cfg").read_text() == expected, (
+    assert _directives((K8S / "haproxy.cfg").read_text()) == _directives(expected), (
         "deploy/k8s/haproxy.cfg is not deploy/haproxy/isol8.cfg made for the cluster: "
         "run `python tests/test_deploy_k8s.py` and review the difference")
 
