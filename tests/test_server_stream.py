@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -637,7 +638,8 @@ def _runs(server: Server, outcome: str) -> float:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {KEY}"})
-        lines = conn.getresponse().read().decode().splitlines()
+        # without every series' node label (isol8 serve --node)
+        lines = re.sub(r',node="[^"]*"', "", conn.getresponse().read().decode()).splitlines()
     finally:
         conn.close()
     series = f'isol8_runs_total{{runtime="python",mode="ephemeral",outcome="{outcome}"}} '
