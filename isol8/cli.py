@@ -181,11 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a config file (its [server] section is the policy) or a server "
                          "policy file, TOML or JSON (default $ISOL8_CONFIG, else "
                          "~/.isol8/config.toml or config.json)")
-    sv.add_argument("--auth-db", metavar="PATH",
-                    help="SQLite file of API keys (created 0600); enables /auth/keys and "
-                         "/auth/login")
-    sv.add_argument("--audit", metavar="FILE",
-                    help="append one JSON line per execution to FILE")
+    sv.add_argument("--auth-db", metavar="PATH|URL",
+                    help="SQLite file of API keys (created 0600), or a postgresql:// URL "
+                         "every node shares; enables /auth/keys and /auth/login")
+    sv.add_argument("--audit", metavar="FILE|URL",
+                    help="append one JSON line per execution to FILE, or insert a row into "
+                         "the audit_log table of a postgresql:// URL")
     sv.add_argument("--audit-include-code", action="store_true",
                     help="with --audit: put each run's code on its line (secrets masked)")
     sv.add_argument("--audit-include-output", action="store_true",
@@ -521,7 +522,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     key_store = KeyStore(args.auth_db) if args.auth_db else None
     serve(host=args.host, port=port, api_key=key, policy=policy, key_store=key_store,
           audit=AuditLog(args.audit, include_code=args.audit_include_code,
-                         include_output=args.audit_include_output) if args.audit else None,
+                         include_output=args.audit_include_output, node=node)
+          if args.audit else None,
           node=node)
     return 0
 
