@@ -504,7 +504,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      f"got {drain:g}")
     try:
         from .server.audit import AuditLog
-        from .server.keystore import KeyStore
+        from .server.keystore import KeyStore, is_postgres_url
         from .server.run import serve
     except ImportError as exc:
         print(f"isol8: serve needs the server extra (pip install 'isol8[server]'): {exc}",
@@ -520,7 +520,14 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ms = max(1, round(drain * 1000))
         policy = replace(policy, capacity=replace(policy.capacity, drain_timeout_ms=ms))
     key_store = KeyStore(args.auth_db) if args.auth_db else None
+    # nodes sharing a database record which of them holds each session
+    directory = None
+    if args.auth_db and is_postgres_url(args.auth_db):
+        from .server.session_directory import SessionDirectory  # psycopg: only then
+
+        directory = SessionDirectory(args.auth_db, node)
     serve(host=args.host, port=port, api_key=key, policy=policy, key_store=key_store,
+          directory=directory,
           audit=AuditLog(args.audit, include_code=args.audit_include_code,
                          include_output=args.audit_include_output, node=node)
           if args.audit else None,

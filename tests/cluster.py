@@ -134,8 +134,8 @@ def running_cluster(directory: Path, *flags: str,
     nodes: list[Server] = []
     balancer: Balancer | None = None
     try:
-        for _ in range(NODES):
-            nodes.append(Server(policy, *flags))
+        for number in range(1, NODES + 1):  # named as HAProxy names them
+            nodes.append(Server(policy, "--node", f"node{number}", *flags))
         balancer = Balancer(nodes, directory / "haproxy.log")
         yield Cluster(nodes, balancer)
     finally:

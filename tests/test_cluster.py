@@ -225,9 +225,19 @@ def test_a_dead_node_loses_only_its_sessions(tmp_path, database):
         with RemoteIsol8(host=cluster.url, api_key=KEY, session_id=lost[0]) as remote:
             with pytest.raises(SessionNotFound):
                 remote.get_file("/sandbox/n")
-        # ...and an /execute of one starts it afresh on a live node (upstream's semantics)
-        status, result = cluster.call("POST", "/execute", run(APPEND, lost[1 % len(lost)]))
+        # ...and so is an /execute of one, naming the node that lost it (the shared session
+        # directory), once: the next request with the id starts it afresh on a live node,
+        # as upstream starts any unknown id
+        gone = lost[1 % len(lost)]
+        status, body = cluster.call("POST", "/execute", run(APPEND, gone))
+        assert status == 404 and body["error"].startswith("Session not found"), body
+        assert "node 'node2'" in body["error"], body
+        status, result = cluster.call("POST", "/execute", run(APPEND, gone))
         assert (status, result["stdout"]) == (200, "1"), result
+        if len(lost) > 2:
+            with RemoteIsol8(host=cluster.url, api_key=KEY, session_id=lost[2]) as remote:
+                with pytest.raises(SessionNotFound, match="node2"):
+                    remote.execute(APPEND, runtime="python")
         # the other nodes' sessions carry on
         for session in kept:
             status, result = cluster.call("POST", "/execute", run(APPEND, session))
@@ -250,6 +260,13 @@ def test_a_dead_node_loses_only_its_sessions(tmp_path, database):
         survivors = descendants(cluster)
         for session in sessions:  # idle nodes stop at once (a drain waits for sessions)
             assert cluster.call("DELETE", f"/session/{session}") == (200, {"ok": True})
+        # the directory forgot every session that ended; only the dead node's lost ones that
+        # nobody asked for since are left, naming it
+        import psycopg
+        with psycopg.connect(database) as conn:
+            left = conn.execute("SELECT session_id, node FROM isol8_sessions").fetchall()
+        assert {node for _, node in left} <= {"node2"}, left
+        assert {sid for sid, _ in left} <= set(lost) - {gone}, left
     assert alive(survivors) == set()
     assert set(child_pids()) <= before
 

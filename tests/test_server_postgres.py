@@ -78,7 +78,7 @@ def test_migrations_from_empty_then_idempotent(db: str) -> None:
     assert [v for v, _ in versions] == list(range(1, migrations.POSTGRES_VERSION + 1))
     tables = {name for (name,) in _rows(
         db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert tables == {"isol8_schema", "api_keys", "audit_log"}
+    assert tables == {"isol8_schema", "api_keys", "audit_log", "isol8_sessions"}
     for _ in range(2):  # reopening runs nothing again and keeps the keys
         with KeyStore(db) as store:
             assert len(store.list()) == 1

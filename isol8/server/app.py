@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -28,6 +29,9 @@ from .metrics import Metrics
 from .policy import ServerPolicy
 from .routes import admin, cleanup, execute, files, health, keys, metrics, sessions, stream
 
+if TYPE_CHECKING:  # psycopg, which the postgres extra alone brings
+    from .session_directory import SessionDirectory
+
 # Worker threads for runs, stops and key-store calls: asyncio's default pool has
 # min(32, cpus + 4), which on a small host would queue runs behind a few long ones. At least
 # this many, and two per admitted run (a run and a stop of a session at once) beyond it:
@@ -40,17 +44,20 @@ _log = logging.getLogger("isol8.server")
 
 def create_app(api_key: str, policy: ServerPolicy | None = None, *,
                max_engines: int | None = None, key_store: KeyStore | None = None,
-               audit: AuditLog | None = None, node: str | None = None) -> FastAPI:
+               audit: AuditLog | None = None, node: str | None = None,
+               directory: SessionDirectory | None = None) -> FastAPI:
     """The server's app; ``api_key`` is the master key (non-empty). ``key_store`` enables
-    API keys (``/auth/*``); ``audit`` logs every execution. The app closes both. ``node``
-    names this server among many: a label on every metric, and in ``/health``'s drain."""
+    API keys (``/auth/*``); ``audit`` logs every execution. ``node`` names this server among
+    many: a label on every metric, and in ``/health``'s drain; ``directory`` records which
+    node holds each session, so one a dead node lost is told apart from a new one. The app
+    closes all three."""
     if not isinstance(api_key, str) or not api_key:
         raise ValueError("create_app: api_key must be a non-empty string")
     policy = policy or ServerPolicy.default()
     recorder = Metrics(node=node)
     capacity = Capacity(policy, recorder)
     engines = EngineRegistry(max_engines or policy.capacity.max_engines, capacity,
-                             policy.remote_code)
+                             policy.remote_code, directory)
     drain = Drain(capacity, engines)
     recorder.gauge_callback("isol8_draining", "1 while the node drains (new work gets 503).",
                             lambda: float(drain.draining))
@@ -69,6 +76,8 @@ def create_app(api_key: str, policy: ServerPolicy | None = None, *,
             drain.cancel()
             await engines.close()
             executor.shutdown(wait=True)
+            if directory is not None:
+                directory.close()
             app.state.audit.close()
             if key_store is not None:
                 key_store.close()

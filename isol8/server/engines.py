@@ -38,8 +38,10 @@ from .wire import engine_kwargs
 
 if TYPE_CHECKING:
     from .capacity import Capacity, Cost
+    from .session_directory import SessionDirectory
 
-__all__ = ["DEFAULT_MAX_ENGINES", "EngineRegistry", "OptionsConflict", "ShuttingDown"]
+__all__ = ["DEFAULT_MAX_ENGINES", "EngineRegistry", "OptionsConflict", "SessionGone",
+           "ShuttingDown"]
 _log = logging.getLogger("isol8.server")
 
 
@@ -54,6 +56,16 @@ class OptionsConflict(Isol8Error):
 
 class ShuttingDown(Isol8Error):
     """The server is stopping: no new engine or run."""
+
+
+class SessionGone(Isol8Error):
+    """A session another node held, and lost with it (isol8.server.session_directory):
+    upstream's 404, whose words the clients read as a session not found."""
+
+    def __init__(self, session_id: str, node: str) -> None:
+        super().__init__(f"Session not found: {session_id!r} was held by node {node!r}, "
+                         "which no longer has it (its state is gone); the next request with "
+                         "this id starts a new session")
 
 
 @dataclass(slots=True)
@@ -95,8 +107,11 @@ class EngineRegistry:
 
     def __init__(self, max_engines: int = DEFAULT_MAX_ENGINES,
                  capacity: Capacity | None = None,
-                 remote_code: RemoteCodePolicy = RemoteCodePolicy()) -> None:
+                 remote_code: RemoteCodePolicy = RemoteCodePolicy(),
+                 directory: SessionDirectory | None = None) -> None:
         self._max_engines = max_engines
+        self._directory = directory  # many nodes: which node holds each session
+        self._claiming = asyncio.Lock()  # one session start at a time asks the directory
         self._remote_code = remote_code  # the operator's, never a client's
         self._capacity = capacity
         self._engines: OrderedDict[str, _Engine] = OrderedDict()
@@ -176,13 +191,21 @@ class EngineRegistry:
         self._check_open()
         key = (owner, session_id)
         session = self._sessions.get(key)
-        if session is None:
-            engine = AsyncIsol8(mode="persistent", remote_code=self._remote_code,
-                                **engine_kwargs(options))
-            session = self._sessions[key] = Session(engine, dict(options))
-            if self._capacity is not None:
-                self._capacity.session_opened(key, options)
-                self._start_pruner()
+        if session is None and self._directory is not None:
+            async with self._claiming:  # a concurrent first request must not see a "loss"
+                session = self._sessions.get(key)
+                if session is None:
+                    lost_on = await asyncio.to_thread(self._directory.claim, owner,
+                                                      session_id)
+                    if lost_on is not None:
+                        raise SessionGone(session_id, lost_on)
+                    try:
+                        session = self._start_session(key, options)
+                    except BaseException:  # never started: not this node's to hold
+                        await self._forget(key)
+                        raise
+        elif session is None:
+            session = self._start_session(key, options)
         else:
             differ = sorted(f"options.{name}" for name in set(session.options) | set(options)
                             if session.options.get(name) != options.get(name))
@@ -190,6 +213,15 @@ class EngineRegistry:
                 raise OptionsConflict(session_id, differ)
         async with _held(session) as engine:
             yield engine
+
+    def _start_session(self, key: tuple[str, str], options: Mapping[str, object]) -> Session:
+        engine = AsyncIsol8(mode="persistent", remote_code=self._remote_code,
+                            **engine_kwargs(options))
+        session = self._sessions[key] = Session(engine, dict(options))
+        if self._capacity is not None:
+            self._capacity.session_opened(key, options)
+            self._start_pruner()
+        return session
 
     @asynccontextmanager
     async def existing_session(self, owner: str,
@@ -244,6 +276,18 @@ class EngineRegistry:
         finally:
             if self._capacity is not None:
                 self._capacity.session_closed(key)
+            await self._forget(key)
+
+    async def _forget(self, key: tuple[str, str]) -> None:
+        """Remove a session's record from the directory (many nodes). A database that is
+        down keeps the record: the session's next request is told it was lost, which it
+        was, though by its node's choice."""
+        if self._directory is None:
+            return
+        try:
+            await asyncio.to_thread(self._directory.release, *key)
+        except Isol8Error as exc:
+            _log.warning("session %r ended, its record kept: %s", key[1], exc)
 
     def _start_pruner(self) -> None:
         if self._pruner is None:

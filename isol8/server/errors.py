@@ -22,7 +22,7 @@ from ..errors import InvalidRequest, Isol8Error, ProcessStartFailed, RuntimeNotA
 from ..limits import LimitsUnavailable
 from ..packages import PackageInstallFailed
 from ..remote_code.fetch import RemoteCodeUnavailable
-from .engines import OptionsConflict, ShuttingDown
+from .engines import OptionsConflict, SessionGone, ShuttingDown
 from .keystore import StoreUnavailable
 from .wire import wire_message
 
@@ -75,6 +75,8 @@ def _engine_error(exc: Isol8Error) -> JSONResponse:
                      stderr=exc.stderr, **kind)
     if isinstance(exc, PackageInstallFailed):  # the client's packages: its outcome too
         return error(400, str(exc), exitCode=exc.exit_code, stderr=exc.stderr, **kind)
+    if isinstance(exc, SessionGone):  # another node's, lost with it: upstream's 404
+        return error(404, str(exc), **kind)
     if isinstance(exc, SessionLost):
         return error(410, str(exc), **kind)
     if isinstance(exc, RemoteCodeUnavailable):  # request.codeUrl's server failed us

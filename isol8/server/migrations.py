@@ -3,8 +3,8 @@
 Index ``i`` of a list takes the schema from version ``i`` to ``i + 1``. Never edit a released
 entry: append a new one. The lists differ by backend because the types do: a millisecond
 timestamp (~1.8e12) fits SQLite's INTEGER, which grows to 64 bits, but not PostgreSQL's,
-which is 32 bits; and the audit log is a table only in PostgreSQL (a single node appends to a
-file). The statements the key store runs afterwards are the same on both.
+which is 32 bits; and the audit log and the session directory are tables only in PostgreSQL
+(a single node appends to a file, and holds every session it knows of). The statements the key store runs afterwards are the same on both.
 
 SQLite keeps its version in ``PRAGMA user_version`` and migrates inside the store's
 ``BEGIN IMMEDIATE``, which already excludes another process. PostgreSQL keeps one row per
@@ -67,6 +67,16 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_log_at ON audit_log(at)",
         "CREATE INDEX audit_log_user ON audit_log(user_id, at)",
+    ),
+    (
+        # Which node holds each session (isol8.server.session_directory).
+        """CREATE TABLE isol8_sessions (
+            owner TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            node TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (owner, session_id)
+        )""",
     ),
 )
 
