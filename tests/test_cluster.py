@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -33,7 +32,6 @@ if not os.access(HAPROXY, os.X_OK):
 from isol8.client import RemoteIsol8, SessionNotFound  # noqa: E402
 
 README = CONFIG.parents[2] / "README.md"
-README_DRAFT = Path("/tmp/i14/readme-lb.md")
 # Enough sessions per key for 50 sessions on three nodes however the ring spreads them.
 CAPACITY = {"maxSessionsPerKey": 64, "maxSessions": 64}
 # Appends one byte to a file in the session's /sandbox and prints the file: its length is
@@ -77,8 +75,6 @@ def readme_example(name: str) -> str:
     """A ``sh`` block of the README between its example markers."""
     marker = f"<!-- example: {name} -->"
     text = README.read_text()
-    if marker not in text:  # until the section is merged into README.md
-        text = README_DRAFT.read_text()
     block = text.split(marker, 1)[1].split("<!-- /example -->", 1)[0]
     found = re.search(r"```sh\n(.*?)```", block, re.S)
     assert found, block

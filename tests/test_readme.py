@@ -66,6 +66,13 @@ NOT_EXAMPLES = {
                  "verbatim with a scripted one",
     "pydantic-ai": "needs a model; tests/test_integration_pydantic_ai.py runs the example "
                    "verbatim with a scripted one",
+    "Draining": "needs a running isol8 serve; tests/test_server_drain.py runs the curl "
+                "verbatim against one",
+    "Keys and audit in PostgreSQL": "needs PostgreSQL and nodes; tests/test_server_postgres.py "
+                                    "runs both flags against a real database and the SQL "
+                                    "query verbatim",
+    "Many nodes": "needs three nodes and HAProxy; tests/test_cluster.py runs the check "
+                  "verbatim and the whole set-up on loopback",
 }
 
 

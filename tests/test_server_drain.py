@@ -25,7 +25,6 @@ from test_server_capacity import in_background, post, run, wait_for
 pytest.importorskip("fastapi", reason="the server extra (isol8[server]) is not installed")
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-README_DRAFT = Path("/tmp/i14/readme-drain.md")  # until the lead merges it into README.md
 SLOW = "import time; time.sleep({}); print('finished')"
 # a sample line of the exposition: name, labels, value
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)")
@@ -35,8 +34,6 @@ def example(name: str) -> str:
     """The README's example ``name``: the code block between its markers."""
     marker = f"<!-- example: {name} -->"
     text = README.read_text()
-    if marker not in text:
-        text = README_DRAFT.read_text()
     block = text.split(marker, 1)[1].split("<!-- /example -->", 1)[0]
     return block.split("```sh\n", 1)[1].split("```", 1)[0]
 
