@@ -52,6 +52,7 @@ bench: setup
 	$(VPY) benchmarks/network_filtered.py
 	$(VPY) benchmarks/relay_throughput.py
 	$(VPY) benchmarks/mcp_overhead.py
+	$(VPY) benchmarks/cluster.py
 
 clean:
 	$(MAKE) -C csrc clean

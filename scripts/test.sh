@@ -51,7 +51,7 @@ pytest_rootless() {  # a venv and copy of the tests that isol8-ci can read, then
   mkdir "$copy" &&
     /usr/bin/python3 -m venv "$copy/venv" &&
     "$copy/venv/bin/pip" install -qq --disable-pip-version-check "${repo}[test]" &&
-    cp -r tests packaging rootfs pyproject.toml README.md Makefile "$copy/" &&
+    cp -r tests packaging rootfs deploy pyproject.toml README.md Makefile "$copy/" &&
     # the wheel tests build from the source (ISOL8_SOURCE_DIR), which isol8-ci cannot read in
     # the checkout; under src/, so that its isol8/ does not shadow the installed package
     # (rootfs/ too: isol8/images/rootfs is a link to it)
