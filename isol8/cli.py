@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the output when the run ends instead of as it arrives")
     _remote_arguments(ex, "run on this isol8 serve instead of locally (needs isol8[client])")
 
-    sub.add_parser("doctor", help="what this host supports, and what isol8 does about it")
+    dr = sub.add_parser("doctor", help="what this host supports, and what isol8 does about it")
+    dr.add_argument("--ready", action="store_true",
+                    help="a readiness probe: run one sandbox, exit 0 if it ran, else 1 with "
+                         "one line naming the restriction that stopped it")
 
     cl = sub.add_parser("cleanup", help="remove what supervisors that died without stopping "
                                         "their engines left behind (cgroups, uid leases, "
@@ -542,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             from .doctor import main as doctor_main
 
-            return doctor_main()
+            return doctor_main(ready=args.ready)
         if args.command == "cleanup":
             from .cleanup import main as cleanup_main
 

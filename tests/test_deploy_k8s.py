@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from postgres import running_postgres
-from test_doctor_ready import PROBE_CODE, PROBE_FALLBACK
+from test_doctor_ready import PROBE_CODE
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -326,10 +326,7 @@ def test_node_container_serves_as_its_pod_runs_it(tmp_path, postgres_url):
         # the readiness probe, in the pod's environment
         probe = container["readinessProbe"]["exec"]["command"]
         assert probe == ["isol8", "doctor", "--ready"]
-        help_text = subprocess.run([sys.executable, "-m", "isol8", "doctor", "--help"],
-                                   capture_output=True, text=True, env=env).stdout
-        code = PROBE_CODE if "--ready" in help_text else PROBE_FALLBACK
-        ready = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+        ready = subprocess.run([sys.executable, "-c", PROBE_CODE], capture_output=True, text=True,
                                env=env, timeout=container["readinessProbe"]["timeoutSeconds"])
         assert ready.returncode == 0 and ready.stdout.startswith("ready: "), ready.stdout
         # Kubernetes stops a pod with SIGTERM: the idle node drains and exits in its grace

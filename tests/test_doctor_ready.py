@@ -22,9 +22,6 @@ import pytest
 from isol8 import doctor
 
 PROBE_CODE = "import sys; from isol8.cli import main; sys.exit(main(['doctor', '--ready']))"
-# Until `isol8 doctor` has the --ready flag in cli.py (the lead wires it), the same function
-# is reached directly; the output and exit status are the function's either way.
-PROBE_FALLBACK = "import sys; from isol8.doctor import main; sys.exit(main(ready=True))"
 
 # Loads, in this child, what containerd's and Docker's default seccomp profiles deny a
 # container without CAP_SYS_ADMIN (contrib/seccomp/seccomp_default.go): clone with
@@ -48,12 +45,6 @@ os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])
 """
 
 
-def _probe_code() -> str:
-    help_text = subprocess.run([sys.executable, "-m", "isol8", "doctor", "--help"],
-                               capture_output=True, text=True, timeout=60).stdout
-    return PROBE_CODE if "--ready" in help_text else PROBE_FALLBACK
-
-
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
@@ -65,7 +56,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_ready_here_runs_a_sandbox_quickly():
-    code = _probe_code()
+    code = PROBE_CODE
     started = time.monotonic()
     proc = _run([sys.executable, "-c", code])
     elapsed = time.monotonic() - started
@@ -80,7 +71,7 @@ def test_ready_here_runs_a_sandbox_quickly():
 
 
 def test_ready_under_a_seccomp_filter_refusing_user_namespaces_names_the_filter():
-    proc = _run([sys.executable, "-c", DENY_USERNS, _probe_code()])
+    proc = _run([sys.executable, "-c", DENY_USERNS, PROBE_CODE])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = _one_line(proc)
     assert line.startswith("not ready: user namespaces refused by a seccomp filter")
@@ -91,7 +82,7 @@ def test_ready_with_a_masked_proc_names_proc_mount():
     # what procMount: Default leaves: files of /proc overmounted (here /proc/keys with
     # /dev/null, as runc does), in a mount namespace of this child only
     inner = (f"mount --bind /dev/null /proc/keys && exec {sys.executable} -c "
-             f"\"{_probe_code()}\"")
+             f"\"{PROBE_CODE}\"")
     unshare = ["unshare", "--mount"] if os.geteuid() == 0 else \
         ["unshare", "--user", "--map-root-user", "--mount"]
     proc = _run([*unshare, "sh", "-c", inner])
@@ -102,25 +93,17 @@ def test_ready_with_a_masked_proc_names_proc_mount():
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-# Until the lead merges the section into README.md.
-README_DRAFT = Path("/tmp/i14/readme-k8s.md")
 
 
 def _readme_example(name: str) -> str:
     marker = f"<!-- example: {name} -->"
     text = README.read_text()
-    if marker not in text:
-        text = README_DRAFT.read_text()
     block = text.split(marker, 1)[1].split("<!-- /example -->", 1)[0]
     return re.search(r"```sh\n(.*?)```", block, re.S).group(1)
 
 
 def test_readme_ready_example_runs_verbatim():
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    help_text = subprocess.run(["isol8", "doctor", "--help"], capture_output=True,
-                               text=True, env=env, timeout=60).stdout
-    if "--ready" not in help_text:
-        pytest.skip("isol8 doctor has no --ready flag yet (cli.py: the lead wires it)")
     proc = subprocess.run(["bash", "-c", _readme_example("k8s-ready")], capture_output=True,
                           text=True, env=env, timeout=60)
     lines = proc.stdout.splitlines()

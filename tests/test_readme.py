@@ -73,6 +73,9 @@ NOT_EXAMPLES = {
                                     "query verbatim",
     "Many nodes": "needs three nodes and HAProxy; tests/test_cluster.py runs the check "
                   "verbatim and the whole set-up on loopback",
+    "Kubernetes": "kubectl commands need a cluster; tests/test_deploy_k8s.py validates the "
+                  "manifests and runs the node's command, tests/test_doctor_ready.py runs "
+                  "the doctor --ready example verbatim",
 }
 
 
