@@ -157,8 +157,10 @@ enter() {
   mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/run"
   mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
 
-  # This machine's registry settings: apt, DNS, CA certificates, pip.
-  carry /etc/apt "$root/etc/apt"
+  # This machine's registry settings: apt, DNS, CA certificates, pip. /etc/apt is a copy, not
+  # a read-only bind: packages write there as they install (postgresql-common's postinst adds
+  # apt.conf.d/02autoremove-postgresql), as on any machine.
+  rm -rf "$root/etc/apt" && cp -a /etc/apt "$root/etc/apt"
   carry /etc/resolv.conf "$root/etc/resolv.conf"
   [ -d /usr/local/share/ca-certificates ] &&
     carry /usr/local/share/ca-certificates "$root/usr/local/share/ca-certificates"
