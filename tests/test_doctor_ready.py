@@ -85,6 +85,15 @@ def test_ready_with_a_masked_proc_names_proc_mount():
              f"\"{PROBE_CODE}\"")
     unshare = ["unshare", "--mount"] if os.geteuid() == 0 else \
         ["unshare", "--user", "--map-root-user", "--mount"]
+    # The kernel refuses a new proc in a user namespace only if no proc mount of the mount
+    # namespace is fully visible (fs/namespace.c, mount_too_revealing): in a chroot whose
+    # host /proc is still mounted, hidden, the mask blocks nothing. Asked of the kernel
+    # itself, without isol8:
+    kernel = _run([*unshare, "sh", "-c", "mount --bind /dev/null /proc/keys && exec unshare "
+                   "--user --map-root-user --mount --pid --fork --mount-proc true"])
+    if kernel.returncode == 0:
+        pytest.skip("another proc mount of this mount namespace is fully visible (a "
+                    "chroot's hidden host /proc): the kernel allows a new proc despite the mask")
     proc = _run([*unshare, "sh", "-c", inner])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = _one_line(proc)
