@@ -216,6 +216,36 @@ def child_pids() -> list[int]:
     return children
 
 
+# Children that outlive the module that made them: the leak checks of later tests (child_pids()
+# == []) fail then, far from the cause. Each module's end records what it left, with the
+# command line, and the summary names the first module that did (a diagnosis, not a test).
+LEFT_BY_MODULE: list[tuple[str, list[str]]] = []
+
+
+def _described(pid: int) -> str:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} [{state}] {cmd[:160] or '?'}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _children_left_by_the_module(request):
+    before = set(child_pids())
+    yield
+    left = sorted(set(child_pids()) - before)
+    if left:
+        LEFT_BY_MODULE.append((request.module.__name__, [_described(p) for p in left]))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for module, left in LEFT_BY_MODULE[:3]:
+        terminalreporter.write_line(f"children left by {module}: {'; '.join(left)}")
+
+
 @contextlib.contextmanager
 def watching_host(pattern: str, *, no_children: bool = True):
     """Polls the host process list during the block (the positive control: the marked
