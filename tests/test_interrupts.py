@@ -28,13 +28,16 @@ def test_random_interrupts_leak_nothing():
     interrupted = 0
     try:
         for _ in range(250):
-            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0001, 0.008))
+            # the alarm may also land in the finally, before it is disarmed: caught too,
+            # or it would end the whole pytest session
             try:
-                engine.execute(cmd="sleep 0.01")
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0001, 0.008))
+                try:
+                    engine.execute(cmd="sleep 0.01")
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
             except KeyboardInterrupt:
                 interrupted += 1
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.signal(signal.SIGALRM, previous)
     # The test must really have interrupted calls (most land in the wait, some in setup or
