@@ -15,12 +15,10 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from test_server import KEY, Server, _free_port
+from test_server import KEY, Server, _free_port, call
 
 HAPROXY = "/usr/sbin/haproxy"
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "isol8.cfg"
@@ -103,20 +101,6 @@ class Cluster:
         return found
 
 
-def call(url: str, method: str, path: str, body: object = None, *, key: str | None = KEY,
-         raw: bytes | None = None) -> tuple[int, dict]:
-    """``method path`` on ``url``: the status and the JSON answer (every answer is JSON,
-    the balancer's own errors included)."""
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url + path, data=data, method=method)
-    if key is not None:
-        req.add_header("Authorization", f"Bearer {key}")
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def policy_file(directory: Path, capacity: dict[str, object]) -> Path:

@@ -37,6 +37,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def call(url: str, method: str, path: str, body: object = None, *, key: str | None = KEY,
+         raw: bytes | None = None) -> tuple[int, dict]:
+    """``method path`` on ``url``: the status and the JSON answer (every answer is JSON, a
+    balancer's own errors included)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url + path, data=data, method=method)
+    if key is not None:
+        req.add_header("Authorization", f"Bearer {key}")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 class Server:
     """``isol8 serve`` in a subprocess on a free loopback port, with a policy file, more
     ``serve`` flags and more environment if given."""
@@ -66,17 +82,7 @@ class Server:
 
     def call(self, method: str, path: str, body: object = None, *, key: str | None = KEY,
              raw: bytes | None = None) -> tuple[int, dict]:
-        data = raw if raw is not None else (json.dumps(body).encode()
-                                            if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if key is not None:
-            req.add_header("Authorization", f"Bearer {key}")
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return call(self.url, method, path, body, key=key, raw=raw)
 
     def execute(self, code: str, *, session: str | None = None, **options: object,
                 ) -> tuple[int, dict]:
