@@ -24,6 +24,7 @@ from isol8 import Isol8
 from isol8.errors import InvalidRequest
 from isol8.network import outbound
 from isol8.remote_code.fetch import RemoteCodeRefused, RemoteCodeUnavailable
+from test_network_filtered import _serve
 
 HELLO = b"print('hello from a url')\n"
 NAMES = ("code.test", "other.test", "public.test")
@@ -76,21 +77,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _serve(context: ssl.SSLContext | None) -> Iterator[http.server.ThreadingHTTPServer]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
@@ -108,12 +94,12 @@ def cert(tmp_path_factory) -> tuple[Path, Path]:
 def tls(cert) -> Iterator[http.server.ThreadingHTTPServer]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert[1]), str(cert[0]))
-    yield from _serve(context)
+    yield from _serve(context, _Handler)
 
 
 @pytest.fixture(scope="module")
 def plain() -> Iterator[http.server.ThreadingHTTPServer]:
-    yield from _serve(None)
+    yield from _serve(None, _Handler)
 
 
 def remote_code(cert, tls, **extra) -> dict:

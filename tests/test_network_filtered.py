@@ -74,8 +74,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _serve(context: ssl.SSLContext | None = None) -> Iterator[http.server.ThreadingHTTPServer]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def _serve(context: ssl.SSLContext | None = None,
+           handler: type[http.server.BaseHTTPRequestHandler] | None = None,
+           ) -> Iterator[http.server.ThreadingHTTPServer]:
+    """A loopback server (TLS with ``context``) in a thread, ``_Handler`` unless another
+    ``handler`` is given (tests/test_code_url.py), shut down after."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler or _Handler)
     server.daemon_threads = True
     server.seen = []  # type: ignore[attr-defined]
     server.lock = threading.Lock()  # type: ignore[attr-defined]
