@@ -29,8 +29,9 @@ from .request import (ExecutionRequest, validated_files, validated_output_paths,
                       validated_setup_script, validated_workdir)
 from .result import ExecutionResult, NetworkLog, ResourceUsage, StreamEvent
 from .runtimes import BASH, SANDBOX_HOME, base_env, get_runtime
-from .sandbox import (RunOutcome, RunSpec, finish, signals_deferred, stream_ephemeral,
+from .sandbox import (RunOutcome, RunSpec, finish, stream_ephemeral,
                       stream_once)
+from .interrupts import signals_deferred
 from .interpreter import zygote_can_run
 from .network.filtered import RESOLV_CONF, FilteredNetwork, PhasedNetwork
 from .network.proxy import NetworkUsage

@@ -23,7 +23,8 @@ from .errors import InvalidRequest, Isol8Error
 from .identity import HostIdentity
 from .interpreter import Interpreter, send_code, start_interpreter
 from .runtimes import get_runtime
-from .sandbox import NetworkHook, RunSpec, Sandbox, error_from_event, signals_deferred
+from .sandbox import NetworkHook, RunSpec, Sandbox, error_from_event
+from .interrupts import signals_deferred
 
 _READY_TIMEOUT = 10.0
 # A ready zygote takes a run within microseconds. The wait runs with signals deferred

@@ -19,7 +19,8 @@ from .interpreter import send_code, start_interpreter
 from .output import CappedOutput
 from .runtimes import BASH
 from .sandbox import (Chunk, RunOutcome, RunSpec, close_all, flush_pipes, open_pipes,
-                      signals_deferred, supervise)
+                      supervise)
+from .interrupts import signals_deferred
 from .secrets import Masker
 from .session import Session
 

@@ -10,9 +10,7 @@ exits only after the kernel has reaped the whole namespace.
 
 from __future__ import annotations
 
-import _signal
 import array
-import contextlib
 import errno
 import fcntl
 import os
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from . import protocol
 from ._paths import helper_path
 from .errors import Isol8Error, ProcessStartFailed, SandboxSetupError
+from .interrupts import signals_deferred
 from .cgroups import SandboxCgroups
 from .output import CappedOutput
 from .secrets import Masker
@@ -430,31 +429,6 @@ def stream_once(launch: Callable[[int, int], Sandbox], *, deadline: float, max_o
     if outcome.error is not None:
         raise error_from_event(outcome.error)
     return outcome
-
-
-# The C-level calls: signal.pthread_sigmask converts every signal number to an enum member,
-# which costs 160 us per block/unblock pair against 2 us here (measured by benchmarks/).
-_ALL_SIGNALS = _signal.valid_signals()
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Block every signal in this thread for the duration (about a microsecond each way).
-
-    Python runs signal handlers only in the main thread, between bytecodes; with the signal
-    blocked, the handler (and the KeyboardInterrupt it raises) runs right after the block.
-
-    The mask is read first and blocked inside ``try``: a handler already due runs as the
-    blocking call returns, and its exception, raised before a ``try`` that follows it,
-    would leave every signal blocked in this thread for good (pytest-timeout's SIGALRM did,
-    and the next test's subprocess inherited the mask and could not be stopped).
-    """
-    old = _signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    try:
-        _signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
-        yield
-    finally:
-        _signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def open_pipes(outcome: RunOutcome, owner: tuple[int, int] | None,

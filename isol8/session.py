@@ -32,8 +32,9 @@ from .interpreter import Interpreter, send_code
 from .output import CappedOutput
 from .sandbox import (Chunk, NetworkHook, RunOutcome, RunSpec, Sandbox, Sink, close_all,
                       error_from_event,
-                      finish, flush_pipes, is_start_failure, open_pipes, signals_deferred,
+                      finish, flush_pipes, is_start_failure, open_pipes,
                       supervise)
+from .interrupts import signals_deferred
 from .secrets import Masker
 
 if TYPE_CHECKING:
