@@ -14,8 +14,9 @@ atomic for Python handlers, at two levels:
   back, under the kernel block, so that it runs as the block lifts: after the step, never in
   it.
 
-About 10 us a deferral in the main thread, 5 in others (benchmarks/ measured the enum-converting ``signal.pthread_sigmask`` at
-160 us a pair: the C-level ``_signal`` is used throughout).
+About 10 us a deferral in the main thread, 5 in others (benchmarks/ measured the
+enum-converting ``signal.pthread_sigmask`` at 160 us a pair: the C-level ``_signal`` is used
+throughout).
 """
 
 from __future__ import annotations
