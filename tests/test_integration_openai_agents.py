@@ -64,6 +64,11 @@ def sandbox_run(model: ScriptedModel, **options: object) -> str:
     return asyncio.run(Runner.run(agent, "t", run_config=run)).final_output
 
 
+# Holds what it allocated: a hog that exits at once can end before the watchdog's next count
+# (best effort, csrc/watchdog.c) on a loaded machine (seen: exit 0 after 0.42 s).
+HOG = "python3 -c 'import time; b = bytearray(512 << 20); time.sleep(30)'"
+
+
 async def memory_backend() -> str | None:
     """What enforces memory_limit here (a cgroup or the watchdog kills; an rlimit fails
     the allocation instead)."""
@@ -94,7 +99,7 @@ def test_sandbox_timeout_and_oom_are_clear_to_the_model():
     memory = asyncio.run(memory_backend())
     model = ScriptedModel([
         exec_command("c1", "sleep 5"),
-        exec_command("c2", "python3 -c 'bytearray(512 << 20)'"),
+        exec_command("c2", HOG),
         exec_command("c3", "echo after"),
         [assistant_message("done")],
     ])
@@ -195,7 +200,7 @@ def test_shell_caps_the_models_timeout_and_stops_after_a_kill():
         async with Isol8Shell(timeout_ms=700, memory_limit="64m") as shell:
             model = ScriptedModel([
                 shell_call("c1", "sleep 3", "echo never", timeout_ms=600_000),
-                shell_call("c2", "python3 -c 'bytearray(512 << 20)'", "echo never"),
+                shell_call("c2", HOG, "echo never"),
                 [assistant_message("done")],
             ])
             agent = Agent(name="t", model=model, tools=[ShellTool(executor=shell)])
