@@ -84,7 +84,9 @@ except RuntimeError:
     ["-r", "bash", "-e", "echo from bash; exit 4"],
     ["--setup", "echo one", "--setup", "echo two >&2; exit 6", "-e", "print('never')"],
     ["--pids-limit", "8", "--cpu", "0.5", "-e", THREADS],
-    ["--memory", "64m", "-e", "x = bytearray(256 << 20); print('never')"],
+    # holds the memory: the watchdog (rootless, best effort) may miss a hog that ends at once
+    ["--memory", "64m", "-e", "import time; x = bytearray(256 << 20); time.sleep(9); "
+                              "print('never')"],
     ["--workdir", "sub", "--cmd", "pwd"],
     ["-e", "print(1", "--no-stream"],
 ])
