@@ -25,10 +25,10 @@ import _signal
 import _thread
 import contextlib
 import signal
+import threading
 from collections.abc import Generator
 
 _ALL_SIGNALS = _signal.valid_signals()
-_MAIN_THREAD = _thread.get_ident()  # imported in the main thread, as every package is
 _recorded: list[int] = []
 _depth = 0  # nested deferrals in the main thread: only the outer one swaps
 
@@ -49,7 +49,9 @@ def signals_deferred() -> Generator[None, None, None]:
     global _depth
     old = _signal.pthread_sigmask(signal.SIG_BLOCK, ())
     swapped: dict[int, object] = {}
-    outer = _thread.get_ident() == _MAIN_THREAD and _depth == 0
+    # Only the main thread runs Python handlers (and may set them): isol8 may be imported
+    # first in another one, so the main thread is asked for, not remembered at import.
+    outer = _depth == 0 and _thread.get_ident() == threading.main_thread().ident
     try:
         _signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         if outer:

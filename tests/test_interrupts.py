@@ -12,6 +12,8 @@ alone left 34 helpers in 250 calls).
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -67,3 +69,25 @@ def _interrupt_250_runs() -> int:
     assert child_pids() == []
     assert sorted(os.listdir("/proc/self/fd")) == fds  # uid leases are fds too
     return interrupted
+
+
+def test_isol8_imported_first_in_a_worker_thread_runs_in_every_thread():
+    # Only the main thread may set signal handlers: deferral must ask which thread is the
+    # main one, not take the thread that imported isol8 for it (an agent framework may
+    # import a tool's module lazily, in its executor thread).
+    script = """
+import threading
+out = []
+def work():
+    from isol8 import Isol8
+    out.append(Isol8().execute(cmd="echo in-thread").stdout)
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+from isol8 import Isol8
+out.append(Isol8().execute(cmd="echo in-main").stdout)
+print(out)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "['in-thread', 'in-main']", done.stderr[-2000:]
