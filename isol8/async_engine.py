@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .engine import Isol8
 from .policy import positive_int
@@ -30,7 +30,7 @@ class AsyncIsol8:
     the rest wait their turn. Every other option is ``Isol8``'s.
     """
 
-    def __init__(self, *, max_concurrent: int = 10, **options: object) -> None:
+    def __init__(self, *, max_concurrent: int = 10, **options: Any) -> None:
         self._engine = Isol8(**options)
         self.options = self._engine.options
         self._max_concurrent = positive_int(max_concurrent, "max_concurrent")

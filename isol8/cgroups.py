@@ -52,7 +52,8 @@ class Discovery:
 
 def discover(mountinfo: str, self_cgroup: str) -> Discovery:
     """Pure: the hierarchies from /proc/self/mountinfo and /proc/self/cgroup."""
-    v2_mount, v1_mounts = None, {}
+    v2_mount: str | None = None
+    v1_mounts: dict[str, str] = {}
     for line in mountinfo.splitlines():
         before, _, after = line.partition(" - ")
         fields, tail = before.split(), after.split()
@@ -270,8 +271,9 @@ class EngineCgroups:
         # Dead engines may have used hierarchies this one does not (another pids choice, an
         # older isol8): look in all of them.
         bases = {v2_base} | {h.own for c, h in discovery.v1.items() if c in CONTROLLERS}
-        for base in bases - {None}:
-            reclaim(base)
+        for base in bases:
+            if base is not None:
+                reclaim(base)
         self._seq = itertools.count(1)
 
     def backend(self, controller: str) -> str | None:

@@ -77,12 +77,14 @@ class HostIdentity:
 def validate_uid_range(uid_range: object) -> tuple[int, int]:
     """A configured ``(start, count)``, refused when it overlaps a range systemd assigns or
     an /etc/subuid or /etc/subgid entry."""
+    start: object
+    count: object
     try:
-        start, count = uid_range  # type: ignore[misc]
+        start, count = uid_range  # type: ignore[misc]  # any 2-item iterable, checked below
     except (TypeError, ValueError):
         raise InvalidRequest(f"uid_range: expected (start, count), got {uid_range!r}") from None
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, count)) \
-            or start < 0 or count < 1:
+    if not isinstance(start, int) or not isinstance(count, int) \
+            or isinstance(start, bool) or isinstance(count, bool) or start < 0 or count < 1:
         raise InvalidRequest(f"uid_range: expected (start, count) integers, start >= 0 and "
                              f"count >= 1, got {uid_range!r}")
     last = start + count - 1

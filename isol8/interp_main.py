@@ -66,7 +66,7 @@ def _main():
             os.close(fd)
         stdin_raw = io.FileIO(0, "rb", closefd=False)
         stdin_raw.name = "<stdin>"
-        sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(  # type: ignore[misc]  # deliberately
             io.BufferedReader(stdin_raw), encoding=stdin_encoding, errors=stdin_errors)
         os.environ.clear()
         os.environ.update(env)

@@ -21,7 +21,7 @@ throughout).
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]  # CPython's C module, no stub
 import _thread
 import contextlib
 import signal

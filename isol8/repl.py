@@ -18,7 +18,7 @@ from .errors import Isol8Error, SessionLost
 from .interpreter import send_code, start_interpreter
 from .output import CappedOutput
 from .runtimes import BASH
-from .sandbox import (Chunk, RunOutcome, RunSpec, close_all, flush_pipes, open_pipes,
+from .sandbox import (Chunk, RunOutcome, RunSpec, Sink, close_all, flush_pipes, open_pipes,
                       supervise)
 from .interrupts import signals_deferred
 from .secrets import Masker
@@ -54,7 +54,7 @@ class Repl:
                 raise Isol8Error(f"writing the request's files failed: {written.stderr.text()}")
         outcome = RunOutcome(CappedOutput(max_output, Masker(secrets)),
                              CappedOutput(max_output, Masker(secrets)))
-        pipes: dict[int, tuple[str, CappedOutput]] = {}
+        pipes: dict[int, tuple[str, Sink]] = {}
         write_ends: list[int] = []
         sent = ended = False
         session.sandbox.network_usage()  # what went before the cell is not its own
@@ -114,7 +114,7 @@ class Repl:
         return SessionLost(f"the REPL session is lost: {self.lost}; its variables are gone, "
                            "and the next call starts a new session")
 
-    def _interrupt(self, outcome: RunOutcome, pipes: dict[int, tuple[str, CappedOutput]],
+    def _interrupt(self, outcome: RunOutcome, pipes: dict[int, tuple[str, Sink]],
                    ) -> Generator[Chunk, None, None]:
         """SIGINT to the cell (at a timeout, a cancellation or an OOM kill of one of its
         processes); if it does not stop, kill the interpreter."""

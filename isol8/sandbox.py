@@ -126,12 +126,12 @@ class Sandbox:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def receive(self) -> dict[str, object] | None:
+    def receive(self) -> dict[str, Any] | None:
         """The next event, or None when the helper has hung up."""
         with signals_deferred():  # fds received must reach their owner before any interrupt
             return self._receive()
 
-    def _receive(self) -> dict[str, object] | None:
+    def _receive(self) -> dict[str, Any] | None:
         # A helper that exited with our exec request unread makes the kernel report
         # ECONNRESET once, before the events still queued for us (its error report among
         # them): so one retry.
@@ -170,7 +170,7 @@ class Sandbox:
         close_all(fds)
         return event
 
-    def _adopt_listeners(self, event: dict[str, object], fds: list[int]) -> None:
+    def _adopt_listeners(self, event: dict[str, Any], fds: list[int]) -> None:
         """Keep the sockets of a "listeners" event; anything unexpected (a second event, a
         socket of another kind than announced) is refused and its fds closed."""
         try:
@@ -562,7 +562,7 @@ def drain(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def warn_unmapped(event: dict[str, object]) -> None:
+def warn_unmapped(event: dict[str, Any]) -> None:
     """As root, a mount the helper could not idmap keeps the plain ownership: say so, once
     per mount and reason (the warnings registry), since its files then behave otherwise."""
     warnings.warn(f"isol8: mount {event['target']} is not idmapped ({event['reason']}): host "
@@ -570,13 +570,13 @@ def warn_unmapped(event: dict[str, object]) -> None:
                   RuntimeWarning, stacklevel=2)
 
 
-def is_start_failure(event: dict[str, object]) -> bool:
+def is_start_failure(event: dict[str, Any]) -> bool:
     """Whether an "error" event is one run's failure to start (it names the run), after
     which the init lives on, rather than the init's own failure, after which it is gone."""
     return "id" in event
 
 
-def error_from_event(event: dict[str, object]) -> Isol8Error:
+def error_from_event(event: dict[str, Any]) -> Isol8Error:
     if is_start_failure(event):
         return ProcessStartFailed(str(event["syscall"]), int(event["errno"]), str(event["path"]))
     return SandboxSetupError(str(event["step"]), str(event["syscall"]), int(event["errno"]),

@@ -193,7 +193,8 @@ def _compile() -> tuple[bytes, bytes]:
         nr = lib.seccomp_syscall_resolve_name(name.encode())
         if nr < 0:
             return  # not a syscall on this architecture (vm86 on x86_64, ...)
-        array = (_native.ArgCmp * len(cmps))(*cmps) if cmps else None
+        # ctypes builds each ArgCmp from its tuple
+        array = (_native.ArgCmp * len(cmps))(*cmps) if cmps else None  # type: ignore[misc]
         _check(lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), array),
                "seccomp_rule_add", name)
 
@@ -216,9 +217,9 @@ def _compile() -> tuple[bytes, bytes]:
         eperm, eafnosupport = _errno_action(errno.EPERM), _errno_action(errno.EAFNOSUPPORT)
         for flag in CLONE_NAMESPACE_FLAGS:
             add(args, eperm, "clone", (0, _CMP_MASKED_EQ, flag, flag))
-        for rule in socket_denials():  # socketpair reaches the same families' code
-            add(args, eafnosupport, "socket", *rule)
-            add(args, eafnosupport, "socketpair", *rule)
+        for cmps in socket_denials():  # socketpair reaches the same families' code
+            add(args, eafnosupport, "socket", *cmps)
+            add(args, eafnosupport, "socketpair", *cmps)
         for request in TTY_IOCTLS_DENIED:
             # MASKED_EQ on the low 32 bits: CVE-2019-10063 set the upper bits to slip past
             # a plain equality test while the kernel truncates the number to an int.
@@ -227,8 +228,8 @@ def _compile() -> tuple[bytes, bytes]:
             add(args, eperm, *rule)
         for rule in pid1_denials():
             add(args, eperm, *rule)
-        for code, *rule in core_limit_rules():
-            add(args, _errno_action(code), *rule)
+        for code, *limit in core_limit_rules():
+            add(args, _errno_action(code), *limit)
         return _export(lib, base), _export(lib, args)
     finally:
         lib.seccomp_release(base)
@@ -243,8 +244,9 @@ def socket_denials() -> list[tuple[tuple[int, int, int, int], ...]]:
     truncate to an int). Netlink: any protocol other than NETLINK_ROUTE (0).
     """
     top = max(SOCKET_FAMILIES_ALLOWED)
-    rules = [((0, _CMP_EQ, family, 0),) for family in range(top)
-             if family not in SOCKET_FAMILIES_ALLOWED]
+    rules: list[tuple[tuple[int, int, int, int], ...]] = [
+        ((0, _CMP_EQ, family, 0),) for family in range(top)
+        if family not in SOCKET_FAMILIES_ALLOWED]
     rules.append(((0, _CMP_GT, top, 0),))
     rules.append(((0, _CMP_EQ, AF_NETLINK, 0), (2, _CMP_GT, NETLINK_ROUTE, 0)))
     return rules

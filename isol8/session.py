@@ -116,7 +116,7 @@ class Session:
         """End every process of the session but its init (background processes, the
         zygote, a REPL's interpreter), e.g. before ``/sandbox`` is read back on the host."""
         with signals_deferred():
-            for interpreter in (self.zygote, self.repl and self.repl.interpreter):
+            for interpreter in (self.zygote, self.repl.interpreter if self.repl else None):
                 if interpreter is not None:
                     interpreter.close()
             self.zygote = self.repl = None
@@ -262,7 +262,7 @@ class Session:
         """Destroy the sandbox, everything in it, and the session's cgroups and lease."""
         with signals_deferred():
             self.sandbox.destroy()
-            for interpreter in (self.zygote, self.repl and self.repl.interpreter):
+            for interpreter in (self.zygote, self.repl.interpreter if self.repl else None):
                 if interpreter is not None:
                     interpreter.close()
             if self.cgroup is not None:

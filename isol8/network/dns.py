@@ -394,6 +394,7 @@ class FakeDNS:
         if query.qclass != CLASS_IN or query.qtype in (TYPE_AXFR, TYPE_IXFR):
             return REFUSED, ()
         name = query.hostname
+        v6: ipaddress.IPv6Address | None
         if name is not None and is_localhost(name):
             v4, v6 = _LOCALHOST_V4, _LOCALHOST_V6
         elif name is None or not self.allowed(name):

@@ -34,7 +34,7 @@ import inspect
 import json
 import logging
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
 from contextlib import aclosing
 from typing import Any, cast
 
@@ -286,7 +286,7 @@ class _Conversation:
             receive.cancel()
             await self._kill()
 
-    async def _handle(self, message: dict[str, Any]) -> tuple[int, str] | None:
+    async def _handle(self, message: MutableMapping[str, Any]) -> tuple[int, str] | None:
         """Act on one client message; a close code and reason if it ends the connection."""
         try:
             data = decode(
