@@ -7,11 +7,12 @@
 #   make vm-test  only the VM stage (scripts/vm-limits-test.sh, ~3 min, root)
 #   make wheels   the sdist and the x86_64 and aarch64 wheels of the last commit in dist/
 #                 (scripts/build-wheels.sh: static helpers, Debian's cross compiler, no Docker)
+#   make typecheck  mypy (pinned) over isol8/, which ships py.typed (not in make test: 40 s)
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: all setup build run test vm-test wheels bench clean
+.PHONY: all setup build run test vm-test wheels bench typecheck clean
 
 all: build
 
@@ -53,6 +54,10 @@ bench: setup
 	$(VPY) benchmarks/relay_throughput.py
 	$(VPY) benchmarks/mcp_overhead.py
 	$(VPY) benchmarks/cluster.py
+
+typecheck: setup
+	$(VPY) -m pip install -qq 'mypy==2.4.1'
+	$(VPY) -m mypy isol8/
 
 clean:
 	$(MAKE) -C csrc clean

@@ -8,11 +8,13 @@ import re
 import stat
 import sys
 import sysconfig
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import _paths
 from .errors import InvalidRequest
 from .images.root import validated_rootfs
+from .images.store import default_root as image_store_root
 from .packages.cache import default_root
 from .identity import (DEFAULT_UID_RANGE, LEASE_DIR, default_uid_range, maps_foreign_ids,
                        require_searchable, validate_uid_range)
@@ -120,7 +122,8 @@ class Mount:
     readonly: bool = True
 
 
-def _mount_source(value: object, field: str, readonly: bool = True) -> str:
+def _mount_source(value: object, field: str, readonly: bool = True,
+                  also_own: Mapping[str, str] | None = None) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value or "\0" in value:
@@ -138,7 +141,7 @@ def _mount_source(value: object, field: str, readonly: bool = True) -> str:
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
         raise InvalidRequest(f"{field}: {value} is not a directory or a regular file")
     if not readonly:
-        _refuse_own_files(resolved, value, field)
+        _refuse_own_files(resolved, value, field, also_own)
     for tree in _KERNEL_TREES:
         if resolved == tree or resolved.startswith(tree + "/"):
             raise InvalidRequest(f"{field}: {value} is in the host's {tree}, which cannot be "
@@ -187,27 +190,38 @@ def _require_reachable_by_others(resolved: str, value: str, field: str) -> None:
 def own_files() -> dict[str, str]:
     """What runs or steers this supervisor and the next sandboxes, by what it is: the
     package with its helper binary, the Python prefix it runs from and the interpreter with
-    its standard library, the per-user cache and the uid leases (isol8 reads no configuration
-    file), each resolved. As root a read-write mount is idmapped to the source's owner, so the
-    sandbox writes there as root; rootless, as the caller, who owns all of it."""
+    its standard library, the per-user cache, the uid leases, the configuration the next
+    isol8 reads as trusted (``~/.isol8``, ``$ISOL8_CONFIG``: a sandbox writing there could
+    turn on ``network: "host"`` for every later run), the image store whose images later
+    sandboxes run on and the package download cache they install from (one tenant's write
+    would poison every other's), each resolved. As root a read-write mount is idmapped to the
+    source's owner, so the sandbox writes there as root; rootless, as the caller, who owns
+    all of it."""
+    from .config.files import home_dir  # isol8.config imports this module
+
     paths = sysconfig.get_paths()
-    found = {
+    found: dict[str, str | os.PathLike[str] | None] = {
         "package": _paths.PACKAGE_DIR, "helper binary": _paths.helper_path(),
         "Python prefix": sys.prefix, "Python exec prefix": sys.exec_prefix,
         "interpreter": sys.executable, "standard library": paths["stdlib"],
         "platform standard library": paths["platstdlib"], "cache": _paths.cache_dir(),
         "uid leases": os.path.dirname(LEASE_DIR),
+        "configuration": home_dir(), "configuration file": os.environ.get("ISOL8_CONFIG"),
+        "image store": image_store_root(), "package cache": default_root(),
     }
-    return {what: os.path.realpath(path) for what, path in found.items() if path}
+    return {what: os.path.realpath(os.fspath(path)) for what, path in found.items() if path}
 
 
-def _refuse_own_files(resolved: str, value: object, field: str) -> None:
+def _refuse_own_files(resolved: str, value: object, field: str,
+                      also_own: Mapping[str, str] | None) -> None:
     """A read-write mount may neither contain one of isol8's own files nor lie inside one:
     either way user code could rewrite what the supervisor executes or trusts next (the
     seccomp cache an older isol8 loads, the helper, a module). Read-only mounts of them are
     fine."""
     overlaps = []  # (rank, relation, what, path): the closest relation is named
-    for what, path in own_files().items():
+    own = own_files()
+    own.update({what: os.path.realpath(path) for what, path in (also_own or {}).items()})
+    for what, path in own.items():
         if path == resolved:
             overlaps.append((0, "is", what, path))
         elif path.startswith(resolved.rstrip("/") + "/"):
@@ -238,8 +252,11 @@ def _mount_target(value: object, field: str) -> str:
     return target
 
 
-def validated_mounts(value: object) -> tuple[Mount, ...]:
-    """``[{"source": host path, "target": sandbox path, "readonly": True}, ...]``."""
+def validated_mounts(value: object, also_own: Mapping[str, str] | None = None
+                     ) -> tuple[Mount, ...]:
+    """``[{"source": host path, "target": sandbox path, "readonly": True}, ...]``;
+    ``also_own`` names more of isol8's files than ``own_files()`` (an engine's own package
+    cache), which a read-write mount must not reach either."""
     if value is None:
         return ()
     if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
@@ -264,7 +281,7 @@ def validated_mounts(value: object) -> tuple[Mount, ...]:
         if not isinstance(readonly, bool):
             raise InvalidRequest(f"{field}.readonly: expected true or false, got {readonly!r}")
         target = _mount_target(item.get("target"), f"{field}.target")
-        source = _mount_source(item.get("source"), f"{field}.source", readonly)
+        source = _mount_source(item.get("source"), f"{field}.source", readonly, also_own)
         mounts.append(Mount(source, target, readonly))
     # One mount per target, none inside another: a mount point inside a host mount would
     # have to be created in the host's directory.
@@ -317,6 +334,7 @@ class EngineOptions:
         if parent is not None and not os.path.isabs(parent):
             raise InvalidRequest(f"cgroup_parent: expected an absolute path, got {parent!r}")
         network = choice(network, NETWORK_MODES, "network")
+        cache = _package_cache(package_cache)
         if network_filter is not None and network != "filtered":
             raise InvalidRequest(f"network_filter: needs network='filtered' (network is "
                                  f"{network!r}, which it would not restrict)")
@@ -340,10 +358,10 @@ class EngineOptions:
             seccomp=choice(seccomp, SECCOMP_MODES, "seccomp"),
             uid_range=(default_uid_range() if uid_range is None
                        else validate_uid_range(uid_range)),
-            mounts=validated_mounts(mounts),
+            mounts=validated_mounts(mounts, {"package cache": cache} if cache else None),
             rootfs=validated_rootfs(rootfs),
             package_index_url=_index_url(package_index_url),
-            package_cache=_package_cache(package_cache),
+            package_cache=cache,
         )
 
 

@@ -673,10 +673,56 @@ def test_a_read_write_mount_of_the_callers_home_with_the_cache_is_refused(host_d
     monkeypatch.setenv("XDG_CACHE_HOME", str(host_dir / "elsewhere"))
     with pytest.raises(InvalidRequest, match="isol8's own cache"):
         Isol8(mounts=_rw(host_dir / "elsewhere"))
-    Isol8(mounts=_rw(home))  # the cache is not there any more: an ordinary directory
+    (home / "work").mkdir()
+    Isol8(mounts=_rw(home / "work"))  # not a parent of the cache any more
     with Isol8(mounts=[{"source": str(home), "target": "/mnt/home"}]) as eng:  # read-only
         r = run_sh(eng, "ls -a /mnt/home/.cache; touch /mnt/home/.cache/isol8/x")
     assert "isol8" in r.stdout and "Read-only file system" in r.stderr, (r.stdout, r.stderr)
+
+
+STEERING = {  # what the next isol8 trusts, each moved into host_dir by its variable
+    "configuration": ("HOME", "home", "home/.isol8"),
+    "configuration file": ("ISOL8_CONFIG", "etc/config.toml", "etc/config.toml"),
+    "image store": ("ISOL8_IMAGES", "img/images", "img/images"),
+    "package cache": ("ISOL8_PACKAGE_CACHE", "pkg/packages", "pkg/packages"),
+}
+
+
+@pytest.mark.parametrize("what", STEERING)
+def test_read_write_mounts_of_what_steers_the_next_sandboxes_are_refused(what, host_dir,
+                                                                        monkeypatch):
+    """A sandbox that could write ~/.isol8/config.toml would set network "host" for every
+    later run; one that could write the image store or the package cache would choose what
+    later sandboxes run. Refused whether or not the path exists yet (the sandbox could
+    create it through its parent)."""
+    variable, value, path = STEERING[what]
+    for xdg in ("XDG_CACHE_HOME", "XDG_DATA_HOME"):  # apart, so each parent holds one file
+        monkeypatch.setenv(xdg, str(host_dir / "xdg" / xdg))
+    monkeypatch.setenv(variable, str(host_dir / value))
+    own = Path(os.path.realpath(host_dir / path))
+    assert policy.own_files()[what] == str(own)
+    own.parent.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(InvalidRequest, match=f"contains isol8's own {what} \\({own}\\)"):
+        Isol8(mounts=_rw(own.parent))  # before it exists
+    if what == "configuration file":
+        own.write_text("")
+    else:
+        own.mkdir()
+    for source, relation in ((own.parent, "contains"), (own, "is")):
+        with pytest.raises(InvalidRequest, match=f"{relation} isol8's own {what} \\({own}\\)"):
+            Isol8(mounts=_rw(source))
+    with Isol8(mounts=[{"source": str(own.parent), "target": "/mnt/x"}]) as eng:  # read-only
+        r = run_sh(eng, f"ls -a /mnt/x; echo '[network]' > /mnt/x/{own.name}/config.toml")
+    assert own.name in r.stdout.split() and ("Read-only file system" in r.stderr
+                                             or "Not a directory" in r.stderr), r
+
+
+def test_an_engines_own_package_cache_is_refused_as_a_read_write_mount(host_dir):
+    cache = host_dir / "shared" / "cache"
+    cache.mkdir(parents=True)
+    with pytest.raises(InvalidRequest, match=f"contains isol8's own package cache \\({cache}\\)"):
+        Isol8(package_cache=str(cache), mounts=_rw(host_dir / "shared"))
+    Isol8(package_cache=False, mounts=_rw(host_dir / "shared"))  # no cache: an ordinary dir
 
 
 def test_a_symlink_to_isol8s_files_is_resolved_before_the_check(host_dir):
