@@ -19,7 +19,7 @@ import urllib.parse
 import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .errors import Isol8Error, SetupScriptFailed
@@ -522,6 +522,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if drain is not None:
         ms = max(1, round(drain * 1000))
         policy = replace(policy, capacity=replace(policy.capacity, drain_timeout_ms=ms))
+    policy = replace(policy, state_files=_state_files(args, is_postgres_url))
     key_store = KeyStore(args.auth_db) if args.auth_db else None
     # nodes sharing a database record which of them holds each session
     directory = None
@@ -536,6 +537,21 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           if args.audit else None,
           node=node)
     return 0
+
+
+def _state_files(args: argparse.Namespace, is_url: Callable[[str], bool]) -> dict[str, str]:
+    """The server's own files on the host (see ServerPolicy.state_files), resolved;
+    SQLite's journal files beside its database hold its keys as much as the database does."""
+    files = {}
+    if args.auth_db and not is_url(args.auth_db):
+        files["key store"] = os.path.realpath(args.auth_db)
+        for suffix in ("-wal", "-shm", "-journal"):
+            files[f"key store{suffix}"] = os.path.realpath(args.auth_db + suffix)
+    if args.audit and not is_url(args.audit):
+        files["audit log"] = os.path.realpath(args.audit)
+    if args.config:
+        files["configuration file"] = os.path.realpath(args.config)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,22 +218,33 @@ def _refuse_own_files(resolved: str, value: object, field: str,
     either way user code could rewrite what the supervisor executes or trusts next (the
     seccomp cache an older isol8 loads, the helper, a module). Read-only mounts of them are
     fine."""
-    overlaps = []  # (rank, relation, what, path): the closest relation is named
     own = own_files()
     own.update({what: os.path.realpath(path) for what, path in (also_own or {}).items()})
-    for what, path in own.items():
+    overlap = overlapping(resolved, own)
+    if overlap:
+        relation, what, path = overlap
+        raise InvalidRequest(
+            f"{field}: {value} {relation} isol8's own {what} ({path}); a read-write mount "
+            "would let sandboxed code rewrite what runs the supervisor and the next sandboxes. "
+            "Mount it read-only, or mount a directory that does not contain it")
+
+
+def overlapping(resolved: str, files: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(relation, what, path) of the file in ``files`` (what -> resolved path) that the
+    resolved ``resolved`` is, contains or lies inside, the closest relation first; None if
+    none."""
+    overlaps = []  # (rank, relation, what, path)
+    for what, path in files.items():
         if path == resolved:
             overlaps.append((0, "is", what, path))
         elif path.startswith(resolved.rstrip("/") + "/"):
             overlaps.append((1, "contains", what, path))
         elif resolved.startswith(path + "/"):
             overlaps.append((2, "is inside", what, path))
-    if overlaps:
-        _, relation, what, path = min(overlaps, key=lambda o: o[0])
-        raise InvalidRequest(
-            f"{field}: {value} {relation} isol8's own {what} ({path}); a read-write mount "
-            "would let sandboxed code rewrite what runs the supervisor and the next sandboxes. "
-            "Mount it read-only, or mount a directory that does not contain it")
+    if not overlaps:
+        return None
+    _, relation, what, path = min(overlaps, key=lambda o: o[0])
+    return relation, what, path
 
 
 def _mount_target(value: object, field: str) -> str:

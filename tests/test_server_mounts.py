@@ -5,6 +5,7 @@ lead a mount outside it. Against a real ``isol8 serve`` on loopback."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +85,43 @@ def test_bad_grants_are_refused_when_the_policy_loads():
         ServerPolicy.from_mapping({"mounts": [{"source": "/usr", "readonly": True}]})
     with pytest.raises(InvalidRequest, match="writable: expected true or false"):
         ServerPolicy.from_mapping({"mounts": [{"source": "/usr", "writable": "yes"}]})
+
+
+def test_the_servers_own_files_are_never_mountable_even_inside_a_grant():
+    """An operator who keeps the key store and the audit log under a granted directory still
+    keeps them from tenants: the audit log holds every tenant's code, a writable key store
+    would let one mint keys. Read-only mounts of them are refused too."""
+    with host_tempdir("isol8-grant-state-") as grant:
+        grant.chmod(0o777)
+        (grant / "keys").mkdir()
+        (grant / "work").mkdir()
+        (grant / "work" / "w.txt").write_text("mine\n")
+        (grant / "work" / "w.txt").chmod(0o644)
+        config = grant / "policy.json"
+        config.write_text(json.dumps({"mounts": [{"source": str(grant), "writable": True}]}))
+        db, audit = grant / "keys" / "auth.db", grant / "audit.jsonl"
+        srv = Server(config, "--auth-db", str(db), "--audit", str(audit))
+        try:
+            assert srv.execute("print(1)")[0] == 200  # the key store and the log exist now
+            for source, readonly, relation, what, path in (
+                    (grant, False, "contains", "key store", db),
+                    (grant / "keys", True, "contains", "key store", db),
+                    (db, True, "is", "key store", db),
+                    (audit, False, "is", "audit log", audit),
+                    (config, True, "is", "configuration file", config)):
+                status, body = srv.execute("print(1)", **_mount(source, readonly))
+                assert status == 400, (source, body)
+                assert body["error"] == (
+                    f"options.mounts[0].source: {source} {relation} this server's own {what} "
+                    f"({path}), which no client may mount"), body
+            # the rest of the grant still mounts, read-write
+            status, body = srv.execute("print(open('/sandbox/m/w.txt').read(), end='')",
+                                       **_mount(grant / "work", readonly=False))
+            assert (status, body.get("stdout")) == (200, "mine"), body
+            # every request was logged, refusals too (a line may land just after its answer)
+            deadline = time.monotonic() + 10
+            while len(audit.read_text().splitlines()) < 7 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(audit.read_text().splitlines()) == 7
+        finally:
+            srv.stop()

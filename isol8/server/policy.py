@@ -70,7 +70,8 @@ from dataclasses import dataclass, field, fields, replace
 from ..errors import InvalidRequest
 from ..images.root import HOST
 from ..images.store import NAME
-from ..policy import NETWORK_MODES, Mount, parse_size, positive_int, validated_mounts
+from ..policy import (NETWORK_MODES, Mount, overlapping, parse_size, positive_int,
+                      validated_mounts)
 from ..remote_code import RemoteCodePolicy
 from ..runtimes import RUNTIMES
 from .wire import ExecuteBody, WireError
@@ -203,6 +204,11 @@ class ServerPolicy:
     # options a request gets unless it sets them: a config file's [defaults]
     # (isol8.config), not a key of the policy file
     defaults: Mapping[str, object] = field(default_factory=dict)
+    # what this server keeps on the host (its key store, audit log, config file), by what
+    # it is, resolved: no client mount may reach them, even inside a grant, read-only
+    # either (the audit log holds every tenant's code, the key store every key's hash and
+    # a writable one would let a tenant mint keys). Set by `isol8 serve`.
+    state_files: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def default(cls) -> ServerPolicy:
@@ -328,6 +334,11 @@ class ServerPolicy:
             if grant is None:
                 raise WireError(f"options.mounts[{i}].source", f"{mount.source} is not a "
                                 "path the server policy lets clients mount")
+            overlap = overlapping(mount.source, self.state_files)
+            if overlap:
+                relation, what, path = overlap
+                raise WireError(f"options.mounts[{i}].source", f"{mount.source} {relation} "
+                                f"this server's own {what} ({path}), which no client may mount")
             if not mount.readonly and not grant.writable:
                 raise WireError(f"options.mounts[{i}].readonly", f"{grant.source} may only "
                                 "be mounted read-only by the server policy")
