@@ -42,6 +42,15 @@ def _main():
         import gc
         compile("", "", "exec")
         gc.freeze()
+    else:
+        # Before the hello: once it is out, a cell can arrive and its timeout's SIGINT with
+        # it, and SIGINT's default (KeyboardInterrupt) during these imports would end the
+        # interpreter with the cell unread (seen in the slow TCG VM). Cells re-enable it.
+        import linecache
+        import signal
+        import traceback
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         control.send(b"R" + os.getpid().to_bytes(4, "little"))
     except BrokenPipeError:
@@ -114,10 +123,6 @@ def _main():
                         "_frozen_importlib_external"].SourceFileLoader("__main__", script))
         sys.exit(run(code, script, main, sys.excepthook))
 
-    import linecache
-    import signal
-    import traceback
-
     def cell(code, filename):
         """One cell's exit status; SIGINT interrupts cells only (see the module doc)."""
         try:
@@ -131,7 +136,6 @@ def _main():
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     builtins = main["__builtins__"]
     main.clear()
     main.update(__name__="__main__", __doc__=None, __package__=None, __spec__=None,

@@ -508,7 +508,12 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
                 return
             if fd == done_fd:
                 assert done is not None
-                status = done.recv(8)
+                try:
+                    status = done.recv(8)
+                except ConnectionResetError:
+                    # It died with bytes of ours unread: af_unix reports ECONNRESET before
+                    # EOF then (unix_release_sock). A hang-up all the same.
+                    status = b""
                 outcome.ended_ns = time.monotonic_ns()
                 if len(status) == 4:
                     outcome.exit_code = int.from_bytes(status, "little", signed=True)

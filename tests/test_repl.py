@@ -1,6 +1,7 @@
 """repl=True: a persistent Python REPL whose variables and imports survive between calls."""
 
 import base64
+import time
 
 import pytest
 
@@ -89,6 +90,22 @@ def test_an_interpreter_that_dies_raises_session_lost(repl):
     assert repl.execute("print(1 + 1)").stdout == "2"
 
 
+def test_an_interpreter_that_dies_with_a_cell_unread_is_lost_not_a_crash(repl):
+    # Stopped, then sent a cell, then killed: the cell is unread when it dies, so the
+    # supervisor's read of the cell's status gets ECONNRESET (af_unix), not EOF. It used to
+    # escape as ConnectionResetError; it is the interpreter's loss like any other.
+    repl.execute("import os, subprocess\n"
+                 "subprocess.Popen(['sh', '-c', f'kill -STOP {os.getpid()}; "
+                 "touch /sandbox/stopped; sleep 2; kill -KILL {os.getpid()}'])")
+    deadline = time.monotonic() + 60
+    while repl.execute(cmd="test -f /sandbox/stopped").exit_code != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(SessionLost, match="exited during a run"):
+        repl.execute("print(2)")
+    assert repl.execute("print(1 + 1)").stdout == "2"
+
+
 def test_an_interpreter_killed_for_memory_says_so():
     # The interpreter's hang-up can overtake the report of its OOM kill (a memory cgroup's
     # count, the watchdog's event): the run still reports the OOM, and the next call the
@@ -107,7 +124,8 @@ def test_cells_that_spend_their_timeout_on_the_cpu_do_not_wear_the_interpreter_o
     # Under the rlimit cpu backend (rootless here) a CPU-seconds budget of one timeout
     # would count every cell of the long-lived interpreter: the third cell would kill it.
     with Isol8(mode="persistent", repl=True, timeout_ms=600) as eng:
-        eng.execute("x = 41")
+        # the first call also starts the sandbox and its interpreter: seconds in the TCG VM
+        eng.execute("x = 41", timeout_ms=60_000)
         for _ in range(3):
             r = eng.execute("while True: pass")
             # interrupted at its deadline: 137 with "timeout"; in the slow TCG VM the
