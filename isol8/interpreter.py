@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import Isol8Error
 from .runtimes import SANDBOX_HOME, base_env
-from .sandbox import RunSpec, Sandbox, close_all, drain, sealed_memfd
+from .sandbox import RunSpec, Sandbox, close_all, drain, recv_or_hangup, sealed_memfd
 
 SOURCE = Path(__file__).with_name("interp_main.py").read_text()
 READY_TIMEOUT = 10.0
@@ -91,10 +91,7 @@ class Interpreter:
                 return True
             if not ready:
                 continue
-            try:
-                said = self.control.recv(8)
-            except ConnectionResetError:
-                return False
+            said = recv_or_hangup(self.control, 8)
             if said == b"A":
                 return True
             if not said:

@@ -508,12 +508,7 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
                 return
             if fd == done_fd:
                 assert done is not None
-                try:
-                    status = done.recv(8)
-                except ConnectionResetError:
-                    # It died with bytes of ours unread: af_unix reports ECONNRESET before
-                    # EOF then (unix_release_sock). A hang-up all the same.
-                    status = b""
+                status = recv_or_hangup(done, 8)
                 outcome.ended_ns = time.monotonic_ns()
                 if len(status) == 4:
                     outcome.exit_code = int.from_bytes(status, "little", signed=True)
@@ -549,6 +544,16 @@ def supervise(sandbox: Sandbox, outcome: RunOutcome,
             elif kind == "error" and event.get("id", run_id) == run_id:
                 outcome.error = event
                 return
+
+
+def recv_or_hangup(sock: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes, or b"" once the peer has hung up. A peer that exits with bytes
+    of ours unread makes af_unix report ECONNRESET once, before EOF (unix_release_sock): a
+    hang-up all the same."""
+    try:
+        return sock.recv(size)
+    except ConnectionResetError:
+        return b""
 
 
 def drain(fd: int) -> bytes:
